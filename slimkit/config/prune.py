@@ -1,0 +1,30 @@
+"""Pruning configs."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from slimkit.config.base import PassConfig
+from slimkit.config.finetune import FinetuneConfig
+
+
+class MagnitudePruneConfig(PassConfig):
+    """Unstructured magnitude pruning to ``sparsity`` (fraction of prunable weights set to zero).
+
+    scope: ``layer`` prunes each layer to the same sparsity; ``global`` ranks all weights together.
+    steps > 1 prunes iteratively on a schedule, fine-tuning between steps with ``finetune``.
+    """
+
+    kind: ClassVar[str] = "prune"
+    method: Literal["magnitude"] = "magnitude"
+    sparsity: float = Field(gt=0, lt=1)
+    scope: Literal["layer", "global"] = "global"
+    norm: Literal["l1", "l2"] = "l1"
+    steps: int = Field(1, ge=1, le=100)
+    schedule: Literal["cubic", "linear"] = "cubic"
+    finetune: FinetuneConfig | None = None
+    include: list[str] = Field(default_factory=lambda: ["Linear", "Conv1d", "Conv2d", "Conv3d"])
+    exclude: list[str] = Field(default_factory=list, description="module names (glob) left dense")
+    min_numel: int = Field(0, ge=0, description="leave layers with fewer weights than this dense")

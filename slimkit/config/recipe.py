@@ -1,0 +1,202 @@
+"""The recipe: model, data, stages, evaluation, constraints and export, validated before any compute."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, field_validator, model_validator
+
+from slimkit.config.base import PassConfig, StrictModel, build, format_loc, validation_problems
+from slimkit.errors import RecipeError
+
+
+class TrainBaselineConfig(StrictModel):
+    """Train a baseline when the recipe gives no weights (quick, deterministic)."""
+
+    epochs: int = Field(10, ge=1, le=1000)
+    lr: float = Field(2e-3, gt=0, le=10)
+    weight_decay: float = Field(1e-4, ge=0, le=1)
+    batch_size: int | None = Field(None, ge=1, le=65536)
+
+
+class ModelConfig(StrictModel):
+    """Exactly one source: a built-in ``arch``, a Python ``entry_point`` (``pkg.mod:factory``), or ``hf``."""
+
+    arch: str | None = None
+    entry_point: str | None = None
+    hf: str | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    weights: Path | None = None
+    train: TrainBaselineConfig | None = None
+
+    @field_validator("entry_point")
+    @classmethod
+    def _entry_point_form(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", v):
+            raise ValueError("entry_point must look like 'package.module:factory'")
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelConfig:
+        given = [k for k in ("arch", "entry_point", "hf") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of arch, entry_point, hf (got {given or 'none'})")
+        return self
+
+
+class DataConfig(StrictModel):
+    name: Literal["digits", "fashion-mnist", "image-folder", "tensors"] = "digits"
+    path: Path | None = None
+    batch_size: int = Field(64, ge=1, le=65536)
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    test_fraction: float = Field(0.25, gt=0, lt=1)
+    calibration_samples: int = Field(256, ge=1, le=1_000_000)
+    limit: int | None = Field(None, ge=10, description="use at most this many training samples (small runs)")
+    image_size: int | None = Field(None, ge=4, le=4096)
+    seed: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> DataConfig:
+        if self.name in ("image-folder", "tensors") and self.path is None:
+            raise ValueError(f"data '{self.name}' needs a path")
+        return self
+
+
+class LatencyConfig(StrictModel):
+    batch: int = Field(1, ge=1, le=4096)
+    warmup: int = Field(10, ge=0, le=10_000)
+    repeats: int = Field(30, ge=1, le=100_000)
+    threads: int | None = Field(None, ge=1, le=1024, description="None: all cores")
+
+
+class EvaluateConfig(StrictModel):
+    latency: LatencyConfig | None = Field(default_factory=LatencyConfig)
+    split: Literal["test", "val"] = "test"
+    fidelity: bool = False
+
+
+class ConstraintsConfig(StrictModel):
+    """Limits the final model must meet. Accuracy is a fraction: 0.01 is one point."""
+
+    max_accuracy_drop: float | None = Field(None, ge=0, le=1)
+    min_accuracy: float | None = Field(None, ge=0, le=1)
+    max_size_bytes: int | None = Field(None, ge=1)
+    max_size_ratio: float | None = Field(None, gt=0, description="final bytes / baseline bytes")
+    min_speedup: float | None = Field(None, gt=0, description="baseline latency / final latency")
+    min_sparsity: float | None = Field(None, ge=0, le=1)
+
+
+class OnnxConfig(StrictModel):
+    opset: int = Field(18, ge=13, le=23)
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    parity_atol: float = Field(1e-3, gt=0)
+
+
+class ExportConfig(StrictModel):
+    formats: list[Literal["safetensors", "onnx"]] = Field(default_factory=lambda: ["safetensors"])
+    onnx: OnnxConfig = Field(default_factory=OnnxConfig)
+
+
+class Recipe(StrictModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    seed: int = Field(0, ge=0)
+    model: ModelConfig
+    data: DataConfig = Field(default_factory=DataConfig)
+    stages: list[Any] = Field(default_factory=list)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    constraints: ConstraintsConfig = Field(default_factory=ConstraintsConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+
+    @property
+    def passes(self) -> list[PassConfig]:
+        return list(self.stages)
+
+    def resolved(self) -> dict[str, Any]:
+        """The recipe with every default filled in, as plain data (for recipe.yaml and report.json)."""
+        data = self.model_dump(mode="json", exclude={"stages"})
+        data["stages"] = [s.stage_dict() for s in self.stages]
+        return data
+
+
+def parse_recipe(data: Any, *, source: str | None = None, base_dir: Path | None = None) -> Recipe:
+    """Validate a recipe mapping. Every problem is collected and raised at once as RecipeError."""
+    from slimkit.registry import parse_stage
+
+    if not isinstance(data, dict):
+        raise RecipeError([("", f"a recipe is a mapping, got {type(data).__name__}")], source=source)
+    problems: list[tuple[str, str]] = []
+    raw_stages = data.get("stages", []) or []
+    if not isinstance(raw_stages, list):
+        problems.append(("stages", f"must be a list of stages, got {type(raw_stages).__name__}"))
+        raw_stages = []
+    stages: list[PassConfig] = []
+    for i, stage in enumerate(raw_stages):
+        cfg, probs = parse_stage(stage, i)
+        problems.extend(probs)
+        if cfg is not None:
+            stages.append(cfg)
+    top = dict(data)
+    top["stages"] = []
+    try:
+        recipe = Recipe.model_validate(top)
+    except Exception as exc:  # pydantic.ValidationError
+        from pydantic import ValidationError
+
+        if not isinstance(exc, ValidationError):
+            raise
+        problems = validation_problems(exc, Recipe) + problems
+        recipe = None
+    if recipe is not None and base_dir is not None:
+        problems.extend(_check_paths(recipe, base_dir))
+    if problems:
+        raise RecipeError(problems, source=source)
+    assert recipe is not None
+    recipe = recipe.model_copy(update={"stages": stages})
+    return _resolve_paths(recipe, base_dir) if base_dir is not None else recipe
+
+
+def _check_paths(recipe: Recipe, base_dir: Path) -> list[tuple[str, str]]:
+    problems = []
+    if recipe.model.weights is not None:
+        p = recipe.model.weights if recipe.model.weights.is_absolute() else base_dir / recipe.model.weights
+        if not p.exists():
+            problems.append(("model.weights", f"file not found: {p}"))
+    if recipe.data.path is not None:
+        p = recipe.data.path if recipe.data.path.is_absolute() else base_dir / recipe.data.path
+        if not p.exists():
+            problems.append(("data.path", f"not found: {p}"))
+    return problems
+
+
+def _resolve_paths(recipe: Recipe, base_dir: Path) -> Recipe:
+    def fix(p: Path | None) -> Path | None:
+        if p is None or p.is_absolute():
+            return p
+        return (base_dir / p).resolve()
+
+    model = recipe.model.model_copy(update={"weights": fix(recipe.model.weights)})
+    data = recipe.data.model_copy(update={"path": fix(recipe.data.path)})
+    return recipe.model_copy(update={"model": model, "data": data})
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a YAML recipe file. Paths inside are relative to the current directory."""
+    path = Path(path)
+    if not path.exists():
+        raise RecipeError([("", f"recipe file not found: {path}")])
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
+        raise RecipeError([("", f"not valid YAML ({where}): {getattr(exc, 'problem', exc)}")], source=str(path)) from None
+    return parse_recipe(data, source=str(path), base_dir=Path.cwd())
+
+
+__all__ = [
+    "ConstraintsConfig", "DataConfig", "EvaluateConfig", "ExportConfig", "LatencyConfig", "ModelConfig",
+    "OnnxConfig", "Recipe", "TrainBaselineConfig", "build", "format_loc", "load_recipe", "parse_recipe",
+]

@@ -1,0 +1,50 @@
+"""What a pass may need besides the model and its config."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass
+class PassContext:
+    """Inputs a pass may use. Verbs build one from keyword arguments; the runner builds one from the recipe.
+
+    example_inputs: a tuple of tensors the model accepts (for tracing, MACs and export).
+    calibration: an iterable of batches (``x`` or ``(x, y)``) for observers and importance.
+    train_loader / val_loader: labelled batches ``(x, y)`` for fine-tuning and distillation.
+    teacher: the model before compression (the runner sets it), used by distillation.
+    """
+
+    example_inputs: tuple[torch.Tensor, ...] | None = None
+    calibration: Iterable[Any] | None = None
+    train_loader: Iterable[Any] | None = None
+    val_loader: Iterable[Any] | None = None
+    teacher: nn.Module | None = None
+    num_classes: int | None = None
+    seed: int = 0
+    workdir: Path | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def require(self, *names: str, pass_name: str = "this pass") -> None:
+        from slimkit.errors import ConfigError
+
+        missing = [n for n in names if getattr(self, n) is None]
+        if missing:
+            raise ConfigError(
+                f"{pass_name} needs {', '.join(missing)} but none was given.",
+                hint="Pass it as a keyword argument (e.g. calibration=loader) or give the recipe a data section.",
+            )
+
+
+def model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return torch.device("cpu")
