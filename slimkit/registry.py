@@ -39,6 +39,9 @@ class PassSpec:
     """Context items the handler cannot run without: example_inputs, calibration, train_loader."""
     default: bool = False
     """Whether this method is used when a recipe stage gives no ``method``."""
+    rebuild: Callable[..., Any] | None = None
+    """For passes that change the module structure: ``rebuild(model, cfg, manifest) -> model`` redoes the
+    structural change without data or compute, so a saved checkpoint of this stage can be loaded on resume."""
 
 
 _BY_CONFIG: dict[type, PassSpec] = {}
@@ -47,7 +50,8 @@ _loaded = False
 
 
 def register_pass(
-    config_cls: type[PassConfig], *, needs: tuple[str, ...] = (), default: bool = False
+    config_cls: type[PassConfig], *, needs: tuple[str, ...] = (), default: bool = False,
+    rebuild: Callable[..., Any] | None = None,
 ) -> Callable[[Handler], Handler]:
     """Decorator: ``@register_pass(MagnitudePruneConfig, default=True)`` on ``def handler(model, cfg, ctx)``."""
 
@@ -57,7 +61,7 @@ def register_pass(
         method = method_field.default
         if not kind or not isinstance(method, str):
             raise TypeError(f"{config_cls.__name__} needs a ClassVar kind and a default method")
-        spec = PassSpec(kind, method, config_cls, fn, frozenset(needs), default)
+        spec = PassSpec(kind, method, config_cls, fn, frozenset(needs), default, rebuild)
         _BY_CONFIG[config_cls] = spec
         _BY_KIND.setdefault(kind, {})[method] = spec
         return fn
