@@ -1,0 +1,185 @@
+"""The ``slimkit`` command line. User errors print one paragraph and exit 2; --verbose shows tracebacks."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from slimkit.errors import SlimkitError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="slimkit: make trained PyTorch models smaller and faster, with measured numbers.")
+console = Console()
+err_console = Console(stderr=True)
+_state: dict[str, Any] = {"verbose": False}
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show logs and full tracebacks.")] = False) -> None:
+    _state["verbose"] = verbose
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _reporter() -> Any:
+    from slimkit.cli.progress import RichReporter
+    from slimkit.progress import use_reporter
+
+    return use_reporter(RichReporter(err_console))
+
+
+def _print_report(report: dict[str, Any], run_dir: Path) -> None:
+    from slimkit.pipeline.report.render import COLUMNS, fmt, rows
+
+    table = Table(title=f"slimkit: {report['name']}")
+    table.add_column("model")
+    for _, label in COLUMNS:
+        table.add_column(label, justify="right")
+    for label, m in rows(report):
+        table.add_row(label, *[fmt(k, m) for k, _ in COLUMNS])
+    console.print(table)
+    for c in report.get("constraints", []):
+        mark = {True: "[green]met[/]", False: "[red]NOT met[/]", None: "[yellow]not measured[/]"}[c["met"]]
+        console.print(f"  {c['name']}: limit {c['limit']}, value {c['value']} -> {mark}")
+    console.print(f"\n[bold]Verdict:[/] {report['verdict']}")
+    console.print(f"Report: {(run_dir / 'report.html').resolve()}")
+
+
+@app.command()
+def run(
+    recipe: Annotated[Path, typer.Argument(help="YAML recipe")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="run directory (default runs/<name>)")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue after the last finished stage")] = False,
+) -> None:
+    """Run a recipe: baseline, each stage, evaluation, constraints, report."""
+    from slimkit.pipeline.runner import coerce_recipe, run_recipe
+
+    r = coerce_recipe(recipe)
+    run_dir = out or Path("runs") / r.name
+    with _reporter():
+        report = run_recipe(r, out=run_dir, resume=resume)
+    _print_report(report, run_dir)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o")] = Path("runs/demo"),
+    resume: Annotated[bool, typer.Option("--resume")] = False,
+) -> None:
+    """Run the embedded demo: train a CNN on digits, prune it in steps with fine-tuning, report."""
+    from slimkit.pipeline.runner import run_recipe
+    from slimkit.recipes import demo_recipe_path
+
+    if (out / "state.json").exists() and not resume:
+        import shutil
+
+        console.print(f"[dim]removing previous demo run in {out}[/]")
+        shutil.rmtree(out)
+    with _reporter():
+        report = run_recipe(demo_recipe_path(), out=out, resume=resume)
+    _print_report(report, out)
+
+
+@app.command()
+def validate(recipe: Annotated[Path, typer.Argument(help="YAML recipe")]) -> None:
+    """Check a recipe without computing anything; list every problem."""
+    from slimkit.config.recipe import load_recipe
+
+    r = load_recipe(recipe)
+    console.print(f"[green]ok[/]: {recipe} ({len(r.stages)} stage(s): "
+                  + ", ".join(f"{s.kind}:{s.method}" for s in r.stages) + ")")
+
+
+@app.command("eval")
+def eval_(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory (evaluates its final model)")],
+    stage: Annotated[str, typer.Option(help="'final', 'baseline' or a stage index")] = "final",
+) -> None:
+    """Re-evaluate a saved model of a run from its artifact on disk."""
+    from slimkit.pipeline.artifacts import evaluate_saved
+
+    with _reporter():
+        metrics = evaluate_saved(run_dir, stage)
+    table = Table(title=f"{run_dir} [{stage}]")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in metrics.items():
+        table.add_row(k, str(v))
+    console.print(table)
+
+
+@app.command()
+def inspect(
+    model: Annotated[str, typer.Argument(help="a built-in arch name, or a run directory")],
+    input_shape: Annotated[str, typer.Option("--input", help="C,H,W for a built-in arch")] = "1,8,8",
+    num_classes: Annotated[int, typer.Option("--classes")] = 10,
+) -> None:
+    """Layers, parameters and MACs of a model."""
+    import torch
+
+    from slimkit.evaluation.cost import count_macs, count_params
+    from slimkit.pipeline.artifacts import load_saved
+
+    if Path(model).is_dir():
+        net, example = load_saved(Path(model), "final")
+    else:
+        from slimkit.config.recipe import ModelConfig
+        from slimkit.models import build_model
+
+        try:
+            shape = tuple(int(s) for s in input_shape.split(","))
+        except ValueError:
+            raise SlimkitError(f"--input must be C,H,W integers, got {input_shape!r}") from None
+        net = build_model(ModelConfig(arch=model), input_shape=shape, num_classes=num_classes)
+        example = (torch.randn(1, *shape),)
+    table = Table(title=f"{model}")
+    for col in ("layer", "type", "shape", "params"):
+        table.add_column(col, justify="right" if col == "params" else "left")
+    for name, mod in net.named_modules():
+        if len(list(mod.children())) == 0:
+            n = sum(p.numel() for p in mod.parameters(recurse=False))
+            w = getattr(mod, "weight", None)
+            shape_s = "x".join(map(str, w.shape)) if hasattr(w, "shape") else ""
+            table.add_row(name or "(root)", type(mod).__name__, shape_s, f"{n:,}")
+    console.print(table)
+    console.print(f"params: {count_params(net):,}   MACs (batch 1): {count_macs(net, example):,}")
+
+
+def main() -> None:
+    """Console entry point: typer app with typed errors turned into exit codes."""
+    try:
+        app(standalone_mode=False)
+    except SlimkitError as exc:
+        if _state["verbose"]:
+            traceback.print_exc()
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted; finished stages are saved: run again with --resume to continue")
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the one place that catches everything
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(1)
+        if _state["verbose"]:
+            traceback.print_exc()
+        err_console.print(f"[bold red]internal error[/] ({type(exc).__name__}): {exc}\n"
+                          "This is a bug in slimkit; run with --verbose for the traceback and report it.",
+                          highlight=False)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

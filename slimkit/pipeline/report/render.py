@@ -1,0 +1,121 @@
+"""Render a report dict as Markdown or as one self-contained HTML page with inlined plots."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from typing import Any
+
+COLUMNS = [
+    ("accuracy", "accuracy"), ("f1", "F1"), ("params", "params"), ("nonzero_params", "non-zero"),
+    ("macs", "MACs"), ("size_bytes", "bytes"), ("sparsity", "sparsity"), ("latency", "latency ms (p90)"),
+]
+
+
+def fmt(key: str, m: dict[str, Any]) -> str:
+    """Format one metric of a METRICS dict for a table; 'n/a' for what was not measured."""
+    if key == "latency":
+        lat = m.get("latency_ms")
+        if not lat:
+            return "n/a"
+        return f"{lat['median']:.3f} ({lat['p90']:.3f}) b{lat['batch']}"
+    v = m.get(key)
+    if v is None:
+        return "n/a"
+    if key in ("accuracy", "f1", "sparsity"):
+        return f"{100 * v:.2f}%"
+    if key == "size_bytes":
+        return _bytes(v)
+    if isinstance(v, int):
+        return f"{v:,}"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def rows(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(label, metrics) for the baseline, each stage and the final model."""
+    out = [("baseline", report["baseline"])]
+    for s in report["stages"]:
+        out.append((f"{s['index']}: {s['pass']} ({s['seconds']:.1f}s)", s["metrics"]))
+    out.append(("final", report["final"]))
+    return out
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    lines = [f"# slimkit report: {report['name']}", "", f"**Verdict.** {report['verdict']}", ""]
+    lines.append("| model | " + " | ".join(label for _, label in COLUMNS) + " |")
+    lines.append("|---" * (len(COLUMNS) + 1) + "|")
+    for label, m in rows(report):
+        lines.append(f"| {label} | " + " | ".join(fmt(k, m) for k, _ in COLUMNS) + " |")
+    if report.get("constraints"):
+        lines += ["", "## Constraints", "", "| constraint | limit | value | met |", "|---|---|---|---|"]
+        for c in report["constraints"]:
+            val = "n/a" if c["value"] is None else f"{c['value']:.4g}"
+            met = {True: "yes", False: "NO", None: "not measured"}[c["met"]]
+            lines.append(f"| {c['name']} | {c['limit']} | {val} | {met} |")
+    if report.get("exports"):
+        lines += ["", "## Exports", ""]
+        for e in report["exports"]:
+            lines.append(f"- {e.get('format')}: `{e.get('artifact')}` ({_bytes(e.get('size_bytes') or 0)})"
+                         + (f", parity max |diff| {e['parity'].get('max_abs_diff'):.2e}" if e.get("parity") else ""))
+    env = report.get("environment") or {}
+    if env:
+        lines += ["", f"Measured on {env.get('cpu')} with torch {env.get('torch')}, {env.get('threads')} threads."]
+    lines += ["", "Latency is the median of repeated runs after warm-up, baseline and final measured alternately in "
+              "the same process. Sizes are bytes on disk of each stage's artifact.", ""]
+    return "\n".join(lines)
+
+
+def _plot(report: dict[str, Any], x_key: str, x_label: str) -> str | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = []
+    for label, m in rows(report):
+        x = m.get("size_bytes") if x_key == "size" else (m.get("latency_ms") or {}).get("median")
+        y = m.get("accuracy")
+        if x is not None and y is not None:
+            pts.append((label, x, 100 * y))
+    if not pts:
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=110)
+    xs = [p[1] for p in pts]
+    ys = [p[2] for p in pts]
+    ax.plot(xs, ys, "-", color="#bbb", zorder=1)
+    ax.scatter(xs, ys, c=["#1f77b4"] + ["#ff7f0e"] * (len(pts) - 2) + ["#2ca02c"], zorder=2)
+    for label, x, y in pts:
+        ax.annotate(label.split(" (")[0], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("accuracy (%)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def render_html(report: dict[str, Any]) -> str:
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("slimkit.pipeline.report", "templates"),
+                             autoescape=jinja2.select_autoescape(["html", "j2"]))
+    tmpl = env.get_template("report.html.j2")
+    plots = [p for p in (
+        ("Accuracy against size on disk", _plot(report, "size", "bytes on disk")),
+        ("Accuracy against latency", _plot(report, "latency", "latency (ms, median)")),
+    ) if p[1]]
+    table = [(label, [fmt(k, m) for k, _ in COLUMNS]) for label, m in rows(report)]
+    return tmpl.render(r=report, columns=[c for _, c in COLUMNS], table=table, plots=plots,
+                       constraints=report.get("constraints") or [], exports=report.get("exports") or [],
+                       env=report.get("environment") or {}, esc=html.escape)
