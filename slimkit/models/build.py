@@ -1,0 +1,161 @@
+"""Build a model from a ``ModelConfig`` (built-in arch, Python entry point or Hugging Face) and load
+weights into it safely."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from slimkit.errors import ConfigError, ModelLoadError
+from slimkit.models.registry import get_arch, list_archs
+
+log = logging.getLogger(__name__)
+
+_SHOW = 5  # how many offending keys an error lists
+
+
+def _accepted(factory: Callable[..., Any]) -> tuple[list[str], bool]:
+    params = inspect.signature(factory).parameters
+    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    names = [k for k, p in params.items() if k != "self" and p.kind in
+             (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    return names, var_kw
+
+
+def _call_factory(factory: Callable[..., Any], what: str, kwargs: dict[str, Any], *,
+                  input_shape: Sequence[int] | None, num_classes: int | None, strict_shape: bool) -> Any:
+    names, var_kw = _accepted(factory)
+    reserved = {"input_shape", "num_classes"} & set(kwargs)
+    if reserved:
+        raise ConfigError(f"{what}: {', '.join(sorted(reserved))} come(s) from the data, not from model.kwargs.",
+                          hint="Remove them from model.kwargs.")
+    unknown = [k for k in kwargs if k not in names] if not var_kw else []
+    if unknown:
+        accepted = [n for n in names if n not in ("input_shape", "num_classes")]
+        raise ConfigError(f"{what} does not accept {', '.join(repr(k) for k in unknown)}.",
+                          hint=f"Accepted kwargs: {', '.join(accepted) or 'none'}.")
+    call = dict(kwargs)
+    for key, value in (("input_shape", input_shape), ("num_classes", num_classes)):
+        if key in names or (var_kw and strict_shape):
+            if value is None:
+                raise ConfigError(f"{what} needs {key}; pass it to build_model.")
+            call[key] = tuple(value) if key == "input_shape" else int(value)
+    try:
+        return factory(**call)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{what} rejected model.kwargs {kwargs}: {exc}",
+                          hint=f"Accepted kwargs: {', '.join(n for n in names if n not in ('input_shape', 'num_classes'))}.") from None
+
+
+def _from_entry_point(spec: str) -> Callable[..., Any]:
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ModelLoadError(f"cannot import module '{module_name}' for entry_point '{spec}': {exc}",
+                             hint="Install the package or put it on PYTHONPATH; the form is 'package.module:factory'.") from None
+    factory = getattr(module, attr, None)
+    if factory is None or not callable(factory):
+        raise ModelLoadError(f"module '{module_name}' has no callable '{attr}' (entry_point '{spec}').")
+    return factory
+
+
+def build_model(cfg: Any, *, input_shape: Sequence[int] | None = None, num_classes: int | None = None,
+                seed: int = 0) -> nn.Module:
+    """Build the model ``cfg`` (a ``ModelConfig`` or a mapping of its fields) describes and load
+    ``cfg.weights`` into it when given.
+
+    - ``arch``: a registered architecture, called with ``input_shape``, ``num_classes`` and ``cfg.kwargs``.
+    - ``entry_point``: ``'package.module:factory'``, called with ``cfg.kwargs`` (plus ``input_shape`` /
+      ``num_classes`` when its signature names them); it must return an ``nn.Module``.
+    - ``hf``: a local Hugging Face model directory or an installed offline model package (see
+      :func:`slimkit.models.hf.load_hf_model`).
+
+    Parameters are initialised under ``torch.manual_seed(seed)`` without disturbing the global RNG.
+    Raises ConfigError for an unknown arch or bad kwargs, ModelLoadError when code or weights cannot load.
+    """
+    from slimkit.config.base import build
+    from slimkit.config.recipe import ModelConfig
+
+    if not isinstance(cfg, ModelConfig):
+        cfg = build(ModelConfig, cfg, prefix="model")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        if cfg.arch is not None:
+            if input_shape is None or num_classes is None:
+                raise ConfigError(f"arch '{cfg.arch}' needs input_shape and num_classes (they come from the data).")
+            model = _call_factory(get_arch(cfg.arch), f"arch '{cfg.arch}'", dict(cfg.kwargs),
+                                  input_shape=input_shape, num_classes=num_classes, strict_shape=True)
+        elif cfg.entry_point is not None:
+            factory = _from_entry_point(cfg.entry_point)
+            model = _call_factory(factory, f"entry_point '{cfg.entry_point}'", dict(cfg.kwargs),
+                                  input_shape=input_shape, num_classes=num_classes, strict_shape=False)
+        else:
+            from slimkit.models.hf import load_hf_model
+
+            model = load_hf_model(cfg.hf, **dict(cfg.kwargs))
+    if not isinstance(model, nn.Module):
+        raise ModelLoadError(f"{cfg.entry_point or cfg.arch or cfg.hf} returned {type(model).__name__}, "
+                             "not a torch.nn.Module.")
+    if cfg.weights is not None:
+        load_weights(model, cfg.weights)
+    return model
+
+
+def _strip_prefix(state: dict[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:
+    """Drop a ``module.`` (DataParallel) or ``model.`` prefix that every key carries when the model's keys
+    do not have it."""
+    for prefix in ("module.", "_orig_mod.", "model."):
+        if state and all(k.startswith(prefix) for k in state) and not any(k.startswith(prefix) for k in expected):
+            return {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def _listing(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_SHOW])
+    return shown + (f", ... ({len(keys)} in all)" if len(keys) > _SHOW else "")
+
+
+def load_weights(model: nn.Module, path: str | Path, *, strict: bool = True) -> nn.Module:
+    """Load a state dict from ``path`` (``.safetensors``, or ``.pt``/``.pth`` read with
+    ``torch.load(weights_only=True)``) into ``model`` and return it.
+
+    Every key and shape is checked before anything is copied: a mismatch raises ModelLoadError listing
+    the first few missing, unexpected and mismatched keys, and leaves the model untouched. With
+    ``strict=False`` missing and unexpected keys are logged instead (shape mismatches still raise).
+    """
+    from slimkit._io import load_state_dict_file
+
+    state = load_state_dict_file(path)
+    own = model.state_dict()
+    state = _strip_prefix(state, set(own))
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [f"{k} (file {tuple(state[k].shape)}, model {tuple(own[k].shape)})"
+                  for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    problems = []
+    if missing and strict:
+        problems.append(f"missing {len(missing)}: {_listing(missing)}")
+    if unexpected and strict:
+        problems.append(f"unexpected {len(unexpected)}: {_listing(unexpected)}")
+    if mismatched:
+        problems.append(f"shape mismatch {len(mismatched)}: {_listing(mismatched)}")
+    if problems:
+        raise ModelLoadError(f"weights in {path} do not fit {type(model).__name__}: " + "; ".join(problems) + ".",
+                             hint="Build the model with the same arch and kwargs it was trained with.")
+    if missing or unexpected:
+        log.warning("loading %s: missing %s, unexpected %s", path, _listing(missing) or "none",
+                    _listing(unexpected) or "none")
+    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    log.info("loaded %d tensors from %s", len(state), path)
+    return model
+
+
+__all__ = ["build_model", "list_archs", "load_weights"]
