@@ -1,0 +1,495 @@
+"""Deployable int8 and fp16 ONNX: onnxruntime.quantization (static QDQ, dynamic), QDQ export of a slimkit
+fake-quant model carrying its own scales, fp16 conversion, and an int8 parity check.
+
+The functions here take an fp32 ONNX file (written by :func:`slimkit.exporters.export_onnx` or
+:func:`export_fp32_onnx`) and write a new file atomically. onnxruntime is imported on use.
+
+Settings and why:
+
+- Static QDQ is the format for convolutions: onnxruntime fuses ``DQ -> Conv -> Q`` into QLinearConv.
+  Dynamic quantization of a convolution becomes ConvInteger, which is far slower than fp32 on CPU, so
+  ``mode="dynamic"`` quantizes MatMul/Gemm/Gather only unless told otherwise.
+- Activations ``uint8``, weights ``int8`` (u8s8) with ``reduce_range=True`` (7-bit weights) by default: on
+  x86 CPUs without VNNI the u8s8 kernels (``vpmaddubsw``) add pairs of products in int16 and can saturate
+  with full-range weights; 7-bit weights cannot. That is onnxruntime's documented advice for such CPUs.
+  With VNNI (or on ARM) ``reduce_range=False`` gains a little accuracy; ``activation_type="int8"`` (s8s8) is
+  the alternative that is also accurate but that x86 kernels run more slowly.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import tempfile
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from slimkit._io import atomic_write
+from slimkit.errors import ConfigError, DataError, ExportError
+
+log = logging.getLogger(__name__)
+
+QUANT_TYPES = ("int8", "uint8")
+CALIBRATE_METHODS = ("minmax", "entropy", "percentile", "distribution")
+OP_TYPES = ("Conv", "MatMul", "Gemm", "Gather", "ConvTranspose", "Add", "Mul", "Relu", "MaxPool",
+            "AveragePool", "GlobalAveragePool", "Concat", "Reshape", "Flatten", "Transpose", "Softmax",
+            "Resize", "Split", "Squeeze", "Unsqueeze", "Sigmoid", "LeakyRelu", "Clip", "Where",
+            "LayerNormalization", "Pad", "EmbedLayerNormalization", "Attention")
+DEFAULT_DYNAMIC_OPS = ("MatMul", "Gemm", "Gather")
+
+
+# ----------------------------------------------------------------------------------------------- files
+
+def onnx_size_bytes(path: str | Path) -> int:
+    """Bytes on disk of an ONNX model, counting its external data files (``.onnx.data``) too."""
+    import onnx
+
+    path = Path(path)
+    total = path.stat().st_size
+    proto = onnx.load(str(path), load_external_data=False)
+    seen: set[str] = set()
+    for tensor in _all_initializers(proto.graph):
+        for entry in tensor.external_data:
+            if entry.key == "location" and entry.value not in seen:
+                seen.add(entry.value)
+                ext = path.parent / entry.value
+                if ext.exists():
+                    total += ext.stat().st_size
+    return total
+
+
+def _all_initializers(graph: Any) -> Iterator[Any]:
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.g is not None and attr.g.node:
+                yield from _all_initializers(attr.g)
+
+
+def _save_single_file(proto: Any, path: Path) -> Path:
+    """Save ``proto`` with every tensor inside the .onnx file (our models are far below 2 GB), atomically."""
+    import onnx
+
+    for tensor in proto.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            raise ExportError(f"internal: tensor {tensor.name} still refers to external data while saving {path}.")
+    return atomic_write(path, lambda tmp: onnx.save_model(proto, str(tmp), save_as_external_data=False))
+
+
+def _load(path: str | Path) -> Any:
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"ONNX file not found: {path}", hint="Export the fp32 model first (slimkit.export).")
+    try:
+        return onnx.load(str(path), load_external_data=True)
+    except Exception as exc:  # onnx raises DecodeError, OSError, ValidationError ...
+        raise ExportError(f"cannot read {path} as ONNX: {exc}", hint="Export the model again.") from None
+
+
+def _check_runs(path: Path) -> None:
+    import onnxruntime as ort
+
+    try:
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ExportError(f"onnxruntime cannot load the quantized model {path}: {str(exc).splitlines()[0]}",
+                          hint="Try fewer op_types (e.g. ['Conv', 'Gemm', 'MatMul']) or mode='dynamic'.") from None
+
+
+# ------------------------------------------------------------------------------------------- fp32 export
+
+def export_fp32_onnx(model: nn.Module, path: str | Path, example_inputs: Sequence[torch.Tensor], *,
+                     opset: int = 18, dynamic_batch: bool = True,
+                     input_names: Sequence[str] | None = None) -> Path:
+    """Export ``model`` to one self-contained ONNX file with the dynamo exporter (a deep copy is exported,
+    so the caller's model is never mutated). The batch dimension is dynamic unless told otherwise.
+
+    Uses :func:`slimkit.exporters.export_onnx` contract-compatible arguments; kept here because the QDQ
+    export of fake-quant models needs control over the exporter."""
+    path = Path(path)
+    inputs = tuple(example_inputs)
+    names = list(input_names) if input_names else (["input"] if len(inputs) == 1 else
+                                                   [f"input_{i}" for i in range(len(inputs))])
+    dyn = None
+    if dynamic_batch:
+        from torch.export import Dim
+
+        batch = Dim("batch")
+        dyn = tuple({0: batch} for _ in inputs)
+    m = copy.deepcopy(model).eval()
+    with tempfile.TemporaryDirectory() as td:
+        tmp = Path(td) / "model.onnx"
+        try:
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(m, inputs, str(tmp), dynamo=True, opset_version=opset, input_names=names,
+                                  output_names=["output"], dynamic_shapes=dyn, verbose=False)
+        except Exception as exc:
+            raise ExportError(f"torch.onnx.export failed for {type(model).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+                              hint="Check that the model runs on example_inputs and that torch.export can "
+                                   "trace it (no data-dependent Python control flow).") from None
+        proto = _load(tmp)
+    return _save_single_file(proto, path)
+
+
+# ----------------------------------------------------------------------------------------- calibration
+
+def _input_specs(onnx_path: Path) -> list[tuple[str, list[int | str | None]]]:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    return [(i.name, list(i.shape)) for i in sess.get_inputs()]
+
+
+def _as_arrays(batch: Any) -> list[np.ndarray]:
+    """Model inputs of one batch: ``x``, ``(x, y)``, ``[x]``, ``{"name": x}`` -> list of float arrays."""
+    if isinstance(batch, dict):
+        return [np.asarray(_np(v)) for v in batch.values()]
+    if isinstance(batch, (tuple, list)):
+        if len(batch) == 2 and isinstance(batch[1], torch.Tensor) and not batch[1].is_floating_point():
+            return [_np(batch[0])]  # (x, y) with integer labels
+        return [_np(b) for b in batch]
+    return [_np(batch)]
+
+
+def _np(t: Any) -> np.ndarray:
+    if isinstance(t, torch.Tensor):
+        t = t.detach().cpu()
+        return t.float().numpy() if t.is_floating_point() else t.numpy()
+    return np.asarray(t)
+
+
+class _CalibrationReader:
+    """onnxruntime ``CalibrationDataReader`` over slimkit calibration batches, checking shapes on the way
+    and splitting batches when the model's batch dimension is fixed."""
+
+    def __init__(self, batches: Iterable[Any], specs: list[tuple[str, list[Any]]], limit: int | None) -> None:
+        self.specs = specs
+        self.limit = limit
+        self._it = iter(batches)
+        self._pending: list[dict[str, np.ndarray]] = []
+        self.count = 0
+
+    def _convert(self, batch: Any) -> list[dict[str, np.ndarray]]:
+        arrays = _as_arrays(batch)
+        if len(arrays) != len(self.specs):
+            raise DataError(f"calibration batches hold {len(arrays)} input(s) but the model takes "
+                            f"{len(self.specs)} ({', '.join(n for n, _ in self.specs)}).",
+                            hint="Give batches of x or (x, y), one tensor per model input.")
+        fixed_batch = None
+        for arr, (name, shape) in zip(arrays, self.specs, strict=True):
+            if arr.ndim != len(shape) or any(isinstance(d, int) and d != a for d, a in
+                                             zip(shape[1:], arr.shape[1:], strict=False)):
+                raise DataError(f"calibration input '{name}' has shape {tuple(arr.shape)} but the model expects "
+                                f"{tuple(d if isinstance(d, int) else 'N' for d in shape)}.",
+                                hint="Calibrate with batches from the same data the model was exported for.")
+            if isinstance(shape[0], int) and shape[0] != arr.shape[0]:
+                fixed_batch = shape[0]
+        feeds = {name: (arr.astype(np.float32) if arr.dtype == np.float64 else arr)
+                 for arr, (name, _) in zip(arrays, self.specs, strict=True)}
+        if fixed_batch is None:
+            return [feeds]
+        n = next(iter(feeds.values())).shape[0]
+        if n % fixed_batch:
+            raise DataError(f"the model's batch dimension is fixed to {fixed_batch}; calibration batches of "
+                            f"{n} cannot be split into it.", hint="Export with a dynamic batch dimension.")
+        return [{k: v[i:i + fixed_batch] for k, v in feeds.items()} for i in range(0, n, fixed_batch)]
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.limit is not None and self.count >= self.limit:
+            return None
+        while not self._pending:
+            try:
+                self._pending = self._convert(next(self._it))
+            except StopIteration:
+                return None
+        self.count += 1
+        return self._pending.pop(0)
+
+    def unget(self, feeds: dict[str, np.ndarray]) -> None:
+        """Put back a batch taken with :meth:`get_next` (it is read again next)."""
+        self._pending.insert(0, feeds)
+        self.count -= 1
+
+    def rewind(self) -> None:  # onnxruntime API; calibration reads the data once
+        pass
+
+
+def _make_reader(calibration: Iterable[Any], specs: list[tuple[str, list[Any]]], limit: int | None) -> Any:
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(_CalibrationReader, CalibrationDataReader):
+        pass
+
+    return Reader(calibration, specs, limit)
+
+
+# ------------------------------------------------------------------------------------------- quantize
+
+def _quant_type(name: str, what: str) -> Any:
+    from onnxruntime.quantization import QuantType
+
+    if name not in QUANT_TYPES:
+        raise ConfigError(f"{what}={name!r} is not supported.", hint=f"Use one of {', '.join(QUANT_TYPES)}.")
+    return QuantType.QInt8 if name == "int8" else QuantType.QUInt8
+
+
+def _calibrate_method(name: str) -> Any:
+    from onnxruntime.quantization import CalibrationMethod
+
+    table = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+             "percentile": CalibrationMethod.Percentile, "distribution": CalibrationMethod.Distribution}
+    if name not in table:
+        raise ConfigError(f"calibrate_method={name!r} is not known.",
+                          hint=f"Use one of {', '.join(CALIBRATE_METHODS)}.")
+    return table[name]
+
+
+def _preprocess(src: Path, dst: Path) -> Path:
+    """onnxruntime's quant_pre_process (shape inference + graph optimisation, e.g. folding BatchNorm into
+    Conv). Falls back to skipping symbolic shape inference, then to the model as is."""
+    from onnxruntime.quantization import quant_pre_process
+
+    for skip_symbolic in (False, True):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                quant_pre_process(str(src), str(dst), skip_symbolic_shape=skip_symbolic)
+            return dst
+        except Exception as exc:  # shape inference fails on some graphs; the quantizer still works
+            log.info("quant_pre_process(skip_symbolic_shape=%s) failed: %s", skip_symbolic, exc)
+    log.warning("quant_pre_process failed on %s; quantizing the model without pre-processing", src)
+    return src
+
+
+def quantize_onnx(
+    fp32_onnx: str | Path,
+    out_path: str | Path,
+    *,
+    mode: str = "static",
+    calibration: Iterable[Any] | None = None,
+    per_channel: bool = True,
+    reduce_range: bool = True,
+    activation_type: str = "uint8",
+    weight_type: str = "int8",
+    op_types: Sequence[str] | None = None,
+    calibrate_method: str = "minmax",
+    calibration_batches: int | None = 32,
+    quant_format: str = "qdq",
+    nodes_to_exclude: Sequence[str] | None = None,
+    preprocess: bool = True,
+    extra_options: dict[str, Any] | None = None,
+) -> Path:
+    """Quantize an fp32 ONNX model to int8 with onnxruntime.quantization and write ``out_path``.
+
+    ``mode="static"`` (QDQ, for convolutional models) needs ``calibration``: an iterable of batches
+    (``x``, ``(x, y)`` or a tuple of inputs), at most ``calibration_batches`` of them are used.
+    ``mode="dynamic"`` (for Linear/MatMul-heavy models) stores int8 weights and quantizes activations at run
+    time; by default it quantizes MatMul, Gemm and Gather (embeddings) only.
+    ``op_types=None`` quantizes every op type onnxruntime supports (static) or MatMul/Gemm/Gather (dynamic).
+    Returns ``out_path``. Raises ConfigError for bad settings, DataError for calibration data of the wrong
+    shape, ExportError when the input is missing or the result does not load in onnxruntime.
+    """
+    from onnxruntime.quantization import QuantFormat, quantize_dynamic, quantize_static
+
+    src, out = Path(fp32_onnx), Path(out_path)
+    if mode not in ("static", "dynamic"):
+        raise ConfigError(f"mode={mode!r} is not known.", hint="Use 'static' (QDQ, convolutions) or 'dynamic'.")
+    if quant_format not in ("qdq", "qoperator"):
+        raise ConfigError(f"quant_format={quant_format!r} is not known.", hint="Use 'qdq' (recommended).")
+    if mode == "static" and calibration is None:
+        raise ConfigError("static int8 quantization needs calibration data, but calibration=None.",
+                          hint="Pass calibration=loader (batches of x or (x, y) from the training data), "
+                               "or use mode='dynamic'.")
+    if op_types is not None:
+        bad = [t for t in op_types if t not in OP_TYPES]
+        if bad or not op_types:
+            raise ConfigError(f"op_types {list(op_types)!r}: unknown or empty ({bad}).",
+                              hint="Use ONNX op types such as 'Conv', 'MatMul', 'Gemm', 'Gather'.")
+    if calibration_batches is not None and calibration_batches < 1:
+        raise ConfigError(f"calibration_batches must be >= 1, got {calibration_batches}.")
+    wtype = _quant_type(weight_type, "weight_type")
+    atype = _quant_type(activation_type, "activation_type")
+    if mode == "dynamic" and op_types and "Conv" in op_types:
+        log.warning("dynamic int8 on Conv becomes ConvInteger, which is much slower than fp32 on CPU; "
+                    "prefer mode='static' for convolutional models")
+    _load(src)  # clear error when missing or unreadable
+
+    with tempfile.TemporaryDirectory(prefix="slimkit-int8-") as td:
+        work = Path(td)
+        single = work / "fp32.onnx"
+        _save_single_file(_load(src), single)
+        model_in = _preprocess(single, work / "pre.onnx") if preprocess else single
+        tmp_out = work / "int8.onnx"
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if mode == "static":
+                    reader = _make_reader(calibration, _input_specs(model_in), calibration_batches)
+                    first = reader.get_next()  # fail early and clearly on empty or ill-shaped data
+                    if first is None:
+                        raise DataError("the calibration data yielded no batches.",
+                                        hint="Pass a non-empty loader as calibration.")
+                    reader.unget(first)
+                    quantize_static(
+                        str(model_in), str(tmp_out), reader,
+                        quant_format=QuantFormat.QDQ if quant_format == "qdq" else QuantFormat.QOperator,
+                        op_types_to_quantize=list(op_types) if op_types else None,
+                        per_channel=per_channel, reduce_range=reduce_range,
+                        activation_type=atype, weight_type=wtype,
+                        nodes_to_exclude=list(nodes_to_exclude) if nodes_to_exclude else None,
+                        calibrate_method=_calibrate_method(calibrate_method),
+                        extra_options=dict(extra_options or {}),
+                    )
+                else:
+                    quantize_dynamic(
+                        str(model_in), str(tmp_out),
+                        op_types_to_quantize=list(op_types or DEFAULT_DYNAMIC_OPS),
+                        per_channel=per_channel, reduce_range=reduce_range, weight_type=wtype,
+                        nodes_to_exclude=list(nodes_to_exclude) if nodes_to_exclude else None,
+                        extra_options=dict(extra_options or {}),
+                    )
+        except (DataError, ConfigError):
+            raise
+        except Exception as exc:
+            raise ExportError(f"onnxruntime {mode} quantization of {src} failed: "
+                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+                              hint="Try preprocess=False, fewer op_types, or calibrate_method='minmax'.") from None
+        _check_runs(tmp_out)
+        result = _save_single_file(_load(tmp_out), out)
+    log.info("int8 (%s) ONNX written to %s: %d bytes", mode, result, onnx_size_bytes(result))
+    return result
+
+
+def quantize_onnx_ort_defaults(fp32_onnx: str | Path, out_path: str | Path, *, mode: str = "static",
+                               calibration: Iterable[Any] | None = None,
+                               calibration_batches: int | None = 32) -> Path:
+    """onnxruntime's own defaults (for comparison): ``quantize_static``/``quantize_dynamic`` with no options
+    besides the calibration reader, on the model as given (no pre-processing)."""
+    from onnxruntime.quantization import quantize_dynamic, quantize_static
+
+    src, out = Path(fp32_onnx), Path(out_path)
+    with tempfile.TemporaryDirectory(prefix="slimkit-int8-") as td:
+        tmp_out = Path(td) / "int8.onnx"
+        single = Path(td) / "fp32.onnx"
+        _save_single_file(_load(src), single)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if mode == "static":
+                if calibration is None:
+                    raise ConfigError("static int8 quantization needs calibration data, but calibration=None.")
+                quantize_static(str(single), str(tmp_out),
+                                _make_reader(calibration, _input_specs(single), calibration_batches))
+            else:
+                quantize_dynamic(str(single), str(tmp_out))
+        _check_runs(tmp_out)
+        return _save_single_file(_load(tmp_out), out)
+
+
+# ------------------------------------------------------------------------------------------------ fp16
+
+def convert_fp16(fp32_onnx: str | Path, out_path: str | Path, *, keep_io_types: bool = True) -> Path:
+    """Convert an fp32 ONNX model to fp16 weights and compute (onnxruntime.transformers' converter).
+    With ``keep_io_types`` inputs and outputs stay float32, so callers feed the same arrays."""
+    try:
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+    except ImportError as exc:  # pragma: no cover - part of the onnxruntime wheel
+        from slimkit.errors import DependencyError
+
+        raise DependencyError(f"onnxruntime.transformers is not available: {exc}") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        proto = convert_float_to_float16(_load(fp32_onnx), keep_io_types=keep_io_types)
+    out = _save_single_file(proto, Path(out_path))
+    _check_runs(out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- parity
+
+def ort_session(path: str | Path, *, threads: int = 1) -> Any:
+    """An onnxruntime CPU session with ``threads`` intra-op threads (1 inter-op thread, sequential)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def ort_predict(path_or_session: Any, batches: Iterable[Any]) -> np.ndarray:
+    """Run an ONNX model (path or session) over batches (``x``, ``(x, y)`` or tuples of inputs) and return
+    the concatenated first output."""
+    sess = path_or_session if hasattr(path_or_session, "run") else ort_session(path_or_session)
+    names = [i.name for i in sess.get_inputs()]
+    outs = []
+    for batch in batches:
+        arrays = _as_arrays(batch)
+        outs.append(sess.run(None, {n: a.astype(np.float32) if a.dtype == np.float64 else a
+                                    for n, a in zip(names, arrays, strict=False)})[0])
+    return np.concatenate(outs, axis=0)
+
+
+def _torch_predict(model: nn.Module, batches: Iterable[Any]) -> np.ndarray:
+    model = model.eval()
+    outs = []
+    with torch.no_grad():
+        for batch in batches:
+            arrays = _as_arrays(batch)
+            outs.append(model(*[torch.from_numpy(a) for a in arrays]).float().numpy())
+    return np.concatenate(outs, axis=0)
+
+
+def compare_outputs(out: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+    """Max/mean absolute difference, cosine similarity (flattened over the set and per sample, min) and top-1
+    agreement (argmax over the last axis) between two output arrays of the same shape."""
+    out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
+    if out.shape != ref.shape:
+        raise ExportError(f"output shapes differ: ONNX {out.shape} vs reference {ref.shape}.")
+    diff = np.abs(out - ref)
+    a, b = out.reshape(len(out), -1), ref.reshape(len(ref), -1)
+    per = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+    cos = float((a * b).sum() / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
+    return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()), "cosine": cos,
+            "cosine_min": float(per.min()), "top1_agreement": float((out.argmax(-1) == ref.argmax(-1)).mean()),
+            "n": int(len(out))}
+
+
+def int8_parity(onnx_path: str | Path, reference: nn.Module | str | Path, inputs: Any, *,
+                atol: float | None = None, min_top1: float | None = None,
+                min_cosine: float | None = None) -> dict[str, float]:
+    """Compare a quantized ONNX model with a reference: the PyTorch fake-quant model (tight: same scales, so
+    only rounding of requantization differs) or the fp32 model / fp32 ONNX (looser tolerance).
+
+    ``inputs`` is a tensor or an iterable of batches. Returns :func:`compare_outputs`' numbers; raises
+    ExportError listing them when ``atol``, ``min_top1`` or ``min_cosine`` is given and not met."""
+    batches = [inputs] if isinstance(inputs, torch.Tensor) else list(inputs)
+    out = ort_predict(onnx_path, batches)
+    if isinstance(reference, nn.Module):
+        ref = _torch_predict(reference, batches)
+    else:
+        ref = ort_predict(reference, batches)
+    stats = compare_outputs(out, ref)
+    failed = []
+    if atol is not None and stats["max_abs_diff"] > atol:
+        failed.append(f"max abs diff {stats['max_abs_diff']:.4g} > atol {atol:g}")
+    if min_top1 is not None and stats["top1_agreement"] < min_top1:
+        failed.append(f"top-1 agreement {stats['top1_agreement']:.3f} < {min_top1:g}")
+    if min_cosine is not None and stats["cosine"] < min_cosine:
+        failed.append(f"cosine {stats['cosine']:.4f} < {min_cosine:g}")
+    if failed:
+        raise ExportError(f"int8 parity check failed for {onnx_path}: {'; '.join(failed)} "
+                          f"(over {stats['n']} samples).",
+                          hint="Calibrate with more representative data, try calibrate_method='percentile' or "
+                               "'entropy', keep sensitive layers in float (nodes_to_exclude), or use QAT.")
+    return stats

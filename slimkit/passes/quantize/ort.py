@@ -1,0 +1,95 @@
+"""int8 ONNX through onnxruntime.quantization, driven by :class:`slimkit.config.quantize_ort.OrtInt8Config`.
+
+This is the ``quantize=`` hook of ``slimkit.export``: the model is exported to fp32 ONNX, quantized by
+onnxruntime (static QDQ or dynamic), checked against the PyTorch model, and written atomically::
+
+    art = export_int8_onnx(model, "m.int8.onnx", example_inputs=x, config=OrtInt8Config(), calibration=loader)
+    art["size_bytes"], art["parity"]["top1_agreement"]
+
+It works on files, not on the ``nn.Module``, so it is not a registered model pass.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from slimkit.config.quantize_ort import OrtInt8Config
+from slimkit.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+_PARITY_BATCHES = 4
+
+
+def quantize_exported(fp32_onnx: str | Path, out_path: str | Path, config: OrtInt8Config | None = None, *,
+                      calibration: Iterable[Any] | None = None) -> Path:
+    """Quantize an already exported fp32 ONNX file with ``config``; returns ``out_path``."""
+    from slimkit.exporters.onnx_int8 import quantize_onnx
+
+    cfg = config or OrtInt8Config()
+    if not isinstance(cfg, OrtInt8Config):
+        raise ConfigError(f"quantize= expects an OrtInt8Config, got {type(cfg).__name__}.",
+                          hint="Use slimkit.config.quantize_ort.OrtInt8Config(mode='static').")
+    return quantize_onnx(
+        fp32_onnx, out_path, mode=cfg.mode, calibration=calibration if cfg.mode == "static" else None,
+        per_channel=cfg.per_channel, reduce_range=cfg.reduce_range, activation_type=cfg.activation_type,
+        weight_type=cfg.weight_type, op_types=cfg.op_types, calibrate_method=cfg.calibrate_method,
+        calibration_batches=cfg.calibration_batches, nodes_to_exclude=cfg.nodes_to_exclude or None,
+        preprocess=cfg.preprocess,
+    )
+
+
+def _export_fp32(model: nn.Module, path: Path, example_inputs: tuple[torch.Tensor, ...], opset: int) -> Path:
+    """The exporters package's fp32 export when it is there, else the one in onnx_int8 (same contract)."""
+    try:
+        from slimkit.exporters import export_onnx  # type: ignore[attr-defined]
+    except ImportError:
+        export_onnx = None
+    if export_onnx is not None:
+        out = export_onnx(model, path, example_inputs, opset=opset, dynamic_batch=True)
+        return Path(getattr(out, "path", out) or path)
+    from slimkit.exporters.onnx_int8 import export_fp32_onnx
+
+    return export_fp32_onnx(model, path, example_inputs, opset=opset, dynamic_batch=True)
+
+
+def export_int8_onnx(model: nn.Module, path: str | Path, *, example_inputs: Sequence[torch.Tensor],
+                     config: OrtInt8Config | None = None, calibration: Iterable[Any] | None = None,
+                     opset: int = 18) -> dict[str, Any]:
+    """Export ``model`` to int8 ONNX at ``path``: fp32 export, onnxruntime quantization with ``config``, and
+    a parity check against the PyTorch model on up to four calibration batches (or the example inputs).
+
+    Returns ``{"path", "size_bytes", "fp32_size_bytes", "parity": {max_abs_diff, cosine, top1_agreement, ...},
+    "config"}``. Raises ConfigError (e.g. static without calibration) before any work, ExportError when the
+    export fails or parity is below ``config.parity_min_top1`` / ``parity_min_cosine``."""
+    from slimkit.exporters.onnx_int8 import int8_parity, onnx_size_bytes
+
+    cfg = config or OrtInt8Config()
+    if cfg.mode == "static" and calibration is None:
+        raise ConfigError("static int8 ONNX needs calibration data, but calibration=None.",
+                          hint="Pass calibration=loader (batches of x or (x, y)), or OrtInt8Config(mode='dynamic').")
+    inputs = tuple(example_inputs)
+    batches = list(itertools.islice(iter(calibration), cfg.calibration_batches)) if calibration is not None else []
+    path = Path(path)
+    with tempfile.TemporaryDirectory(prefix="slimkit-int8-") as td:
+        fp32 = _export_fp32(model, Path(td) / "fp32.onnx", inputs, opset)
+        fp32_bytes = onnx_size_bytes(fp32)
+        quantize_exported(fp32, path, cfg, calibration=batches)
+    parity_inputs = batches[:_PARITY_BATCHES] or [inputs]
+    parity = int8_parity(path, model, parity_inputs, min_top1=cfg.parity_min_top1, min_cosine=cfg.parity_min_cosine)
+    size = onnx_size_bytes(path)
+    log.info("int8 ONNX %s: %d bytes (%.1f%% of fp32), top-1 agreement %.3f, cosine %.4f", path, size,
+             100 * size / fp32_bytes, parity["top1_agreement"], parity["cosine"])
+    return {"path": str(path), "size_bytes": size, "fp32_size_bytes": fp32_bytes, "parity": parity,
+            "config": cfg.model_dump(mode="json")}
+
+
+__all__ = ["export_int8_onnx", "quantize_exported"]
