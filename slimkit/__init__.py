@@ -19,6 +19,7 @@ from slimkit.errors import SlimkitError
 _LAZY: dict[str, str] = {
     "FinetuneConfig": "slimkit.config.finetune",
     "MagnitudePruneConfig": "slimkit.config.prune",
+    **{n: "slimkit.config.quantize" for n in ("Int", "LogQuant", "Binary", "PTQConfig", "DynamicConfig", "WeightOnlyConfig", "QATConfig", "LogQuantConfig", "BinaryConfig", "PrecisionConfig", "FP16Config", "BF16Config")},
 }
 
 
