@@ -10,6 +10,14 @@ from slimkit.config.base import PassConfig
 
 
 class FinetuneConfig(PassConfig):
+    """Supervised fine-tuning (see :func:`slimkit.passes.finetune.loop.train_model`).
+
+    amp: ``auto`` is fp32 on CPU and fp16 autocast with a GradScaler on CUDA; ``bf16`` works on both;
+    ``fp16`` needs CUDA. ``patience`` stops after that many epochs without a better val accuracy and
+    ``keep_best`` restores the best-val weights at the end. ``keep_sparsity`` keeps weights that are
+    exactly zero in prunable layers (Linear, Conv) at zero, so fine-tuning after pruning keeps the sparsity.
+    """
+
     kind: ClassVar[str] = "finetune"
     method: Literal["supervised"] = "supervised"
     epochs: int = Field(3, ge=0, le=10_000)
@@ -23,3 +31,4 @@ class FinetuneConfig(PassConfig):
     keep_best: bool = True
     max_steps_per_epoch: int | None = Field(None, ge=1)
     grad_clip: float | None = Field(None, gt=0)
+    keep_sparsity: bool = True
