@@ -20,6 +20,7 @@ _LAZY: dict[str, str] = {
     "FinetuneConfig": "slimkit.config.finetune",
     "MagnitudePruneConfig": "slimkit.config.prune",
     **{n: "slimkit.config.quantize" for n in ("Int", "LogQuant", "Binary", "PTQConfig", "DynamicConfig", "WeightOnlyConfig", "QATConfig", "LogQuantConfig", "BinaryConfig", "PrecisionConfig", "FP16Config", "BF16Config")},
+    "DistillConfig": "slimkit.config.distill", "SVDConfig": "slimkit.config.lowrank",
 }
 
 

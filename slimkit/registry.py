@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 _PASS_MODULES = (
     "slimkit.passes.prune.unstructured",
     "slimkit.passes.finetune.loop",
+    "slimkit.passes.lowrank.svd", "slimkit.passes.distill.trainer",
 )
 
 Handler = Callable[["nn.Module", "PassConfig", "PassContext"], "nn.Module"]

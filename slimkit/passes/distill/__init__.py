@@ -1,0 +1,1 @@
+"""Knowledge distillation: logit KD, feature KD with adapters, mutual learning, and student builders."""

@@ -1,0 +1,1 @@
+"""Low-rank factorization of Linear and Conv2d layers by truncated SVD."""

@@ -1,0 +1,43 @@
+"""Low-rank factorization config (truncated SVD of Linear and Conv2d weights)."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from slimkit.config.base import PassConfig
+from slimkit.config.finetune import FinetuneConfig
+
+
+class SVDConfig(PassConfig):
+    """Replace each eligible Linear / Conv2d by two thinner layers from a truncated SVD of its weight.
+
+    Give exactly one of:
+      ``rank_ratio``   rank = ceil(rank_ratio * min(out, in)) per layer (``in`` is in_channels*kh*kw for convs);
+      ``energy``       the smallest rank whose singular values keep this fraction of sum(s^2) per layer;
+      ``param_budget`` the fraction of the eligible layers' weights to keep in total, allocated per layer
+                       to minimize the summed relative error (1 - retained energy) of the layers: layers with a
+                       fast-decaying spectrum get small ranks, flat-spectrum layers may stay dense.
+    A layer is left alone (and logged) when its factorization would not save parameters
+    (``r * (in + out) >= in * out``), when its name matches a ``skip`` glob, or when it is a grouped conv.
+    ``finetune`` fine-tunes afterwards when the context has a train loader.
+    """
+
+    kind: ClassVar[str] = "lowrank"
+    method: Literal["svd"] = "svd"
+    rank_ratio: float | None = Field(None, gt=0, le=1)
+    energy: float | None = Field(None, gt=0, le=1)
+    param_budget: float | None = Field(None, gt=0, lt=1)
+    min_rank: int = Field(1, ge=1)
+    skip: list[str] = Field(default_factory=list, description="module-name globs left as they are")
+    include: list[Literal["Linear", "Conv2d"]] = Field(default_factory=lambda: ["Linear", "Conv2d"], min_length=1)
+    finetune: FinetuneConfig | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SVDConfig:
+        given = [k for k in ("rank_ratio", "energy", "param_budget") if getattr(self, k) is not None]
+        if len(given) != 1:
+            got = f"got {', '.join(given)}" if given else "got none"
+            raise ValueError(f"give exactly one of rank_ratio, energy, param_budget ({got})")
+        return self
