@@ -1,0 +1,189 @@
+"""ONNX export: the dynamo exporter (``torch.export``) first, the TorchScript exporter as a fallback.
+
+- A deep copy of the model is exported, on CPU, in eval mode: the user's model is never mutated.
+- ``dynamic_batch``: dim 0 of every input is dynamic (``dynamic_shapes`` for dynamo, ``dynamic_axes``
+  for TorchScript).
+- The TorchScript tracer bakes Python-side values into the graph; a ``TracerWarning`` (data-dependent
+  control flow, ``.item()``, ``.numpy()``) therefore fails the fallback instead of writing a wrong graph.
+- Weights are stored inline (one file) when under ~1.8 GB, else in ``<name>.onnx.data`` next to it.
+- ``precision="fp16"`` exports a ``.half()`` copy: fp16 weights, floating inputs and outputs are fp16.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import re
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from slimkit.errors import ConfigError, ExportError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["export_onnx", "prepare_for_export"]
+
+_INLINE_LIMIT = int(1.8 * 2**30)  # protobuf's hard limit is 2 GB
+
+
+def prepare_for_export(model: nn.Module, example_inputs: Any, precision: str = "fp32"
+                       ) -> tuple[nn.Module, tuple[Any, ...]]:
+    """A CPU eval-mode deep copy of ``model`` (``.half()`` for fp16) and the inputs to trace it with."""
+    if precision not in ("fp32", "fp16"):
+        raise ConfigError(f"ONNX precision {precision!r} is not exported here; expected 'fp32' or 'fp16'.",
+                          hint="int8: export fp32 and pass quantize=... to slimkit.exporters.export_model.")
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    if not example_inputs or not all(isinstance(t, torch.Tensor) for t in example_inputs):
+        raise ConfigError("ONNX export needs example_inputs: a tensor or a tuple of tensors (batch first).")
+    try:
+        clone = copy.deepcopy(model)
+    except Exception as exc:
+        raise ExportError(f"cannot copy the model for export ({type(exc).__name__}: {exc}).",
+                          hint="slimkit exports a copy so the model is never mutated; make it deep-copyable.") from None
+    clone = clone.cpu().eval()
+    inputs = tuple(t.detach().cpu() for t in example_inputs)
+    if precision == "fp16":
+        clone = clone.half()
+        inputs = tuple(t.half() if t.is_floating_point() else t for t in inputs)
+    return clone, inputs
+
+
+def _param_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+
+
+def _where(exc: BaseException) -> str:
+    """The op, module or source line an exporter exception names, as one short phrase."""
+    text = ""
+    cur: BaseException | None = exc
+    while cur is not None:
+        text += "\n" + str(cur)
+        cur = cur.__cause__ or cur.__context__
+    found = []
+    call = re.findall(r'File "([^"]+)", line (\d+), in (\w+)\n\s+(.+)', text)
+    if call:
+        file, line, func, code = call[-1]
+        found.append(f"{code.strip()} ({Path(file).name}:{line} in {func})")
+    ops = sorted(set(re.findall(r"\b(aten(?:::|\.)\w+(?:\.\w+)?)", text)))
+    if ops:
+        found.append("op " + ", ".join(ops[:3]))
+    return "; ".join(found)
+
+
+def _summary(exc: BaseException) -> str:
+    """First meaningful line of the deepest cause."""
+    cur: BaseException = exc
+    while cur.__cause__ is not None:
+        cur = cur.__cause__
+    lines = [ln.strip() for ln in str(cur).splitlines() if ln.strip()]
+    return f"{type(cur).__name__}: {lines[0] if lines else ''}"[:300]
+
+
+def _export_dynamo(model: nn.Module, inputs: tuple[Any, ...], path: Path, opset: int,
+                   dynamic_batch: bool, external: bool) -> None:
+    dynamic_shapes = None
+    if dynamic_batch:
+        batch = torch.export.Dim("batch", min=1, max=1 << 16)
+        dynamic_shapes = tuple({0: batch} if t.dim() > 0 else None for t in inputs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model, inputs, str(path), dynamo=True, opset_version=opset,
+                          dynamic_shapes=dynamic_shapes, external_data=external, verbose=False, optimize=True)
+
+
+def _export_torchscript(model: nn.Module, inputs: tuple[Any, ...], path: Path, opset: int,
+                        dynamic_batch: bool) -> None:
+    names = [f"input_{i}" for i in range(len(inputs))]
+    with torch.no_grad():
+        n_out = len(_flat(model(*inputs)))
+    out_names = [f"output_{i}" for i in range(n_out)]
+    axes = {n: {0: "batch"} for n, t in zip([*names], inputs, strict=True) if t.dim() > 0}
+    axes.update({n: {0: "batch"} for n in out_names})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model, inputs, str(path), dynamo=False, opset_version=min(opset, 20),
+                          input_names=names, output_names=out_names,
+                          dynamic_axes=axes if dynamic_batch else None, do_constant_folding=True)
+    tracer = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
+    if tracer:
+        w = tracer[0]
+        raise ExportError(
+            f"the TorchScript exporter would bake a Python-side value into the graph at "
+            f"{Path(w.filename).name}:{w.lineno}: {str(w.message).split('. ')[0]}.")
+
+
+def _flat(out: Any) -> list[torch.Tensor]:
+    from slimkit.evaluation.metrics import flatten_outputs
+
+    return flatten_outputs(out)
+
+
+def _inline_external_data(path: Path) -> None:
+    """Fold ``<name>.onnx.data`` (and other external files) into the .onnx file when small enough."""
+    from slimkit.evaluation.cost import _onnx_external_files
+
+    extra = _onnx_external_files(path)
+    if not extra or path.stat().st_size + sum(p.stat().st_size for p in extra) >= _INLINE_LIMIT:
+        return
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=True)
+    onnx.save_model(proto, str(path), save_as_external_data=False)
+    for p in extra:
+        p.unlink(missing_ok=True)
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: Any, *, opset: int = 18,
+                dynamic_batch: bool = True, precision: str = "fp32") -> Path:
+    """Export ``model`` to ``path`` (an ``.onnx`` file; ``<path>.data`` too when weights exceed ~1.8 GB).
+
+    Tries ``torch.onnx.export(dynamo=True)`` with a dynamic batch dimension, then the TorchScript
+    exporter. When both fail, raises ExportError naming the failing op or source line. The files are
+    written in a temporary directory and moved into place, so ``path`` is never half-written."""
+    path = Path(path)
+    if path.suffix != ".onnx":
+        raise ConfigError(f"ONNX export path must end in .onnx, got {path}.")
+    clone, inputs = prepare_for_export(model, example_inputs, precision)
+    external = _param_bytes(clone) >= _INLINE_LIMIT
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.stem}.", dir=path.parent))
+    tmp = tmpdir / path.name
+    try:
+        try:
+            _export_dynamo(clone, inputs, tmp, opset, dynamic_batch, external)
+            exporter = "dynamo"
+        except Exception as first:
+            log.info("dynamo ONNX export failed (%s); trying the TorchScript exporter", _summary(first))
+            for p in tmpdir.iterdir():
+                p.unlink()
+            try:
+                _export_torchscript(clone, inputs, tmp, opset, dynamic_batch)
+                exporter = "torchscript"
+            except Exception as second:
+                where = _where(first) or _where(second)
+                raise ExportError(
+                    f"cannot export {type(model).__name__} to ONNX"
+                    f"{f' at {where}' if where else ''}. torch.export: {_summary(first)}. "
+                    f"TorchScript: {_summary(second)}.",
+                    hint="Make forward free of data-dependent Python control flow (use torch.where / torch.cond), "
+                         ".item()/.tolist() and unsupported custom ops, or export the submodule that can be "
+                         "exported.") from second
+        if not external:
+            _inline_external_data(tmp)
+        for p in tmpdir.iterdir():
+            os.replace(p, path.parent / p.name)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    log.info("exported %s to %s with the %s exporter (%s, opset %d)", type(model).__name__, path, exporter,
+             precision, opset)
+    return path
