@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 _PASS_MODULES = (
     "slimkit.passes.prune.unstructured",
     "slimkit.passes.finetune.loop",
+    "slimkit.passes.quantize.ptq", "slimkit.passes.quantize.qat", "slimkit.passes.quantize.dynamic", "slimkit.passes.quantize.weight_only", "slimkit.passes.quantize.precision",
     "slimkit.passes.lowrank.svd", "slimkit.passes.distill.trainer",
 )
 

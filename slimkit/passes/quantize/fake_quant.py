@@ -70,7 +70,23 @@ def lsq_fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Te
     return (q - z) * s
 
 
-class FakeQuantize(nn.Module):
+class _ResizingLoad(nn.Module):
+    """Loads ``scale``/``zero_point`` of any saved shape (a fresh quantizer starts with shape ``()``)."""
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        for name in ("scale", "zero_point"):
+            saved = state_dict.get(prefix + name)
+            cur = getattr(self, name, None)
+            if saved is not None and isinstance(cur, torch.Tensor) and cur.shape != saved.shape:
+                new = torch.zeros(saved.shape, dtype=cur.dtype, device=cur.device)
+                if isinstance(cur, nn.Parameter):
+                    setattr(self, name, nn.Parameter(new, requires_grad=cur.requires_grad))
+                else:
+                    setattr(self, name, new)
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+
+class FakeQuantize(_ResizingLoad):
     """Uniform fake quantizer with an observer, STE gradients, and optional LSQ learnable scale.
 
     axis: channel axis for per-channel (0 for weights), ``None`` per tensor. group_size: per-group along the
@@ -110,12 +126,19 @@ class FakeQuantize(nn.Module):
         return self
 
     def freeze(self) -> FakeQuantize:
-        """Stop observing; keep quantizing with the current scale and zero point."""
+        """Compute the qparams from what the observer saw (unless LSQ already owns them), stop observing, and
+        quantize from now on. A quantizer that never saw data stays a pass-through."""
+        if self.group_size is None and self.observer.observed and not (self.learnable and bool(self.initialized)):
+            self.set_qparams(*self.observer.calculate_qparams())
         return self.enable_observer(False).enable_fake_quant(True)
 
-    def _set_qparams(self, scale: torch.Tensor, zp: torch.Tensor) -> None:
+    def set_qparams(self, scale: torch.Tensor, zp: torch.Tensor) -> None:
+        """Set ``scale``/``zero_point`` (in place for LSQ parameters of the same shape) and mark initialized."""
         scale, zp = scale.detach().float(), zp.detach().float()
-        if self.learnable:
+        if self.learnable and self.scale.shape == scale.shape:  # in place: optimizers keep their reference
+            self.scale.data.copy_(scale)
+            self.zero_point.data.copy_(zp)
+        elif self.learnable:
             dev = self.scale.device
             self.scale = nn.Parameter(scale.to(dev))
             self.zero_point = nn.Parameter(zp.to(dev), requires_grad=not self.symmetric)
@@ -126,14 +149,21 @@ class FakeQuantize(nn.Module):
 
     @torch.no_grad()
     def observe(self, x: torch.Tensor) -> None:
-        """Record ``x`` and update the qparams from the observer (LSQ: only before the first update)."""
+        """Record ``x``. The qparams follow the observer while fake quantization is on (LSQ: only until the
+        first update); during calibration (fake quant off) they are computed once, by :meth:`freeze`."""
         if self.group_size is not None:
-            self._set_qparams(*qs.group_qparams(x, self.group_size, self.bits, self.symmetric, self.unsigned))
+            if not (self.learnable and bool(self.initialized)):
+                self.set_qparams(*qs.group_qparams(x, self.group_size, self.bits, self.symmetric, self.unsigned))
             return
         self.observer(x)
-        if self.learnable and bool(self.initialized):
-            return
-        self._set_qparams(*self.observer.calculate_qparams())
+        if bool(self.fake_quant_enabled) and not (self.learnable and bool(self.initialized)):
+            self.set_qparams(*self.observer.calculate_qparams())
+
+    def reset_observer(self) -> FakeQuantize:
+        """Forget what the observer saw; the next observed tensor sets fresh qparams (used after BN folding)."""
+        self.observer = type(self.observer)(**self.observer.init_args()).to(self.scale.device)
+        self.initialized.fill_(0)
+        return self
 
     def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The current ``(scale, zero_point)``, detached."""
@@ -195,7 +225,7 @@ class _PassThrough(torch.autograd.Function):
         return grad * mask.to(grad.dtype), None, None
 
 
-class LogFakeQuantize(nn.Module):
+class LogFakeQuantize(_ResizingLoad):
     """Power-of-two weight quantizer (see :func:`qscheme.log_quantize`); ``scale`` = largest magnitude per
     output channel, recomputed while ``observer_enabled``. STE gradient."""
 
@@ -221,7 +251,7 @@ class LogFakeQuantize(nn.Module):
         return qs.log_quantize(w.detach(), self.scale, self.bits, self.axis)
 
 
-class BinaryFakeQuantize(nn.Module):
+class BinaryFakeQuantize(_ResizingLoad):
     """XNOR-Net weight binarization ``sign(w) * mean|w|`` (per output channel); STE gradient clipped to
     ``|w| <= 1`` as in BinaryConnect when ``clip_grad``."""
 

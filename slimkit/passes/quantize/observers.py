@@ -2,7 +2,8 @@
 
 Every observer is an ``nn.Module`` whose ``forward(x)`` records ``x`` and returns it unchanged, and whose
 ``calculate_qparams()`` returns float32 ``(scale, zero_point)`` (see qscheme.py for conventions). State lives
-in buffers of a fixed size, so memory does not grow with the number of batches.
+in buffers of a fixed size, so memory does not grow with the number of batches. Observer buffers are not
+persistent (not in ``state_dict``): only the resulting qparams of a frozen quantizer are saved.
 
 - :class:`MinMaxObserver`: running min and max (per tensor or per channel ``axis``). Exact.
 - :class:`MovingAverageMinMaxObserver` (``ema``): exponential moving average of per-batch min and max.
@@ -39,8 +40,14 @@ class Observer(nn.Module):
             raise ValueError(f"{type(self).__name__} is per-tensor only (axis=None)")
         self.bits, self.symmetric, self.unsigned, self.axis = bits, symmetric, unsigned, axis
         self.qmin, self.qmax = qrange(bits, symmetric, unsigned)
-        self.register_buffer("min_val", torch.tensor(float("inf")))
-        self.register_buffer("max_val", torch.tensor(float("-inf")))
+        self._init_args: dict[str, object] = {"bits": bits, "symmetric": symmetric, "unsigned": unsigned,
+                                              "axis": axis}
+        self.register_buffer("min_val", torch.tensor(float("inf")), persistent=False)
+        self.register_buffer("max_val", torch.tensor(float("-inf")), persistent=False)
+
+    def init_args(self) -> dict[str, object]:
+        """Keyword arguments that build a fresh observer like this one."""
+        return dict(self._init_args)
 
     def _reduce(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = x.detach().float()
@@ -88,6 +95,7 @@ class MovingAverageMinMaxObserver(Observer):
                  axis: int | None = None, averaging_constant: float = 0.01) -> None:
         super().__init__(bits, symmetric, unsigned, axis)
         self.averaging_constant = averaging_constant
+        self._init_args["averaging_constant"] = averaging_constant
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lo, hi = self._reduce(x)
@@ -112,8 +120,9 @@ class HistogramObserver(Observer):
         if bins % 2 or bins & (bins - 1):
             raise ValueError("bins must be a power of two")
         self.bins = bins
-        self.register_buffer("hist", torch.zeros(bins, dtype=torch.float64))
-        self.register_buffer("bound", torch.tensor(0.0))
+        self._init_args["bins"] = bins
+        self.register_buffer("hist", torch.zeros(bins, dtype=torch.float64), persistent=False)
+        self.register_buffer("bound", torch.tensor(0.0), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         super().forward(x)
@@ -159,6 +168,7 @@ class PercentileObserver(HistogramObserver):
                  axis: int | None = None, percentile: float = 99.99, bins: int = 4096) -> None:
         super().__init__(bits, symmetric, unsigned, axis, bins)
         self.percentile = percentile
+        self._init_args["percentile"] = percentile
 
     def range(self) -> tuple[torch.Tensor, torch.Tensor]:
         p = self.percentile / 100.0
@@ -227,9 +237,10 @@ class MSEObserver(HistogramObserver):
         super().__init__(bits, symmetric, unsigned, None, 2 if axis is not None else bins)
         self.axis = axis
         self.grid = grid
-        self.register_buffer("clip_lo", torch.tensor(0.0))
-        self.register_buffer("clip_hi", torch.tensor(0.0))
-        self.register_buffer("batches", torch.tensor(0))
+        self._init_args.update(axis=axis, grid=grid, bins=bins)
+        self.register_buffer("clip_lo", torch.tensor(0.0), persistent=False)
+        self.register_buffer("clip_hi", torch.tensor(0.0), persistent=False)
+        self.register_buffer("batches", torch.tensor(0), persistent=False)
 
     def _alphas(self) -> torch.Tensor:
         return torch.linspace(0.2, 1.0, self.grid, dtype=torch.float64)

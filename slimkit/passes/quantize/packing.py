@@ -1,0 +1,135 @@
+"""Packed storage of low-bit codes, so a saved quantized model is really smaller.
+
+Codes of ``b`` bits (unsigned, ``0 .. 2^b - 1``) are stored as ``b`` bit planes of ``ceil(n / 8)`` bytes each
+(``b * n / 8`` bytes in all, any ``b`` from 1 to 8). Linear codes are ``q - qmin``; log codes are
+``sign << (b-1) | exponent`` (see qscheme.log_quantize); binary codes are 1 bit (1 = negative).
+
+:func:`packed_state_dict` turns a fake-quant model's state dict into one whose quantized weights are packed:
+the key ``<layer>.module.weight`` is replaced by ``<layer>.module.weight.packed`` (uint8), and a JSON-able
+``meta`` entry ``{"scheme": "int"|"log"|"binary", "bits", "shape", "qmin", "axis", "group_size"}`` says how to
+unpack it; the scales stay under ``<layer>.weight_fake_quant.scale`` / ``.zero_point``. :func:`unpack_state_dict`
+restores the (dequantized, i.e. exactly the fake-quantized) float weight under the original key, ready for
+``load_state_dict`` on the rebuilt fake-quant model.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from slimkit.passes.quantize import qscheme as qs
+from slimkit.passes.quantize.fake_quant import BinaryFakeQuantize, FakeQuantize, LogFakeQuantize
+from slimkit.passes.quantize.modules import quant_wrappers
+
+PACKED_SUFFIX = ".packed"
+_BITS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
+
+
+def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Pack unsigned codes (values ``< 2^bits``) into a flat uint8 tensor of ``bits * ceil(n / 8)`` bytes."""
+    if not 1 <= bits <= 8:
+        raise ValueError(f"bits must be in 1..8, got {bits}")
+    flat = codes.detach().reshape(-1).to(torch.uint8).cpu()
+    if bits == 8:
+        return flat.clone()
+    n = flat.numel()
+    pad = (-n) % 8
+    if pad:
+        flat = torch.cat([flat, torch.zeros(pad, dtype=torch.uint8)])
+    planes = [((flat >> b) & 1).reshape(-1, 8) for b in range(bits)]
+    stacked = torch.stack(planes)  # (bits, n/8, 8)
+    return (stacked * _BITS).sum(-1, dtype=torch.int32).to(torch.uint8).reshape(-1)
+
+
+def unpack_bits(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
+    """Inverse of :func:`pack_bits`: the first ``numel`` codes as uint8."""
+    if bits == 8:
+        return packed.reshape(-1)[:numel].to(torch.uint8)
+    per_plane = math.ceil(numel / 8)
+    planes = packed.reshape(bits, per_plane, 1).cpu()
+    bitsx = ((planes & _BITS) > 0).to(torch.uint8).reshape(bits, -1)[:, :numel]
+    out = torch.zeros(numel, dtype=torch.uint8)
+    for b in range(bits):
+        out |= bitsx[b] << b
+    return out.to(packed.device)
+
+
+def packed_nbytes(numel: int, bits: int) -> int:
+    """Bytes that :func:`pack_bits` uses for ``numel`` codes."""
+    return numel if bits == 8 else bits * math.ceil(numel / 8)
+
+
+def _codes(fq: nn.Module, w: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Unsigned codes and unpacking metadata for one weight."""
+    if isinstance(fq, BinaryFakeQuantize):
+        return (w < 0).to(torch.uint8), {"scheme": "binary", "bits": 1, "axis": fq.axis}
+    if isinstance(fq, LogFakeQuantize):
+        return fq.codes(w), {"scheme": "log", "bits": fq.bits, "axis": fq.axis}
+    assert isinstance(fq, FakeQuantize)
+    s, z = fq.scale.detach(), fq.zero_point.detach()
+    if fq.group_size is not None:
+        g = qs.to_groups(w.detach(), fq.group_size)
+        q = torch.clamp(torch.round(g * (1.0 / s[..., None])) + z[..., None], fq.qmin, fq.qmax)
+    else:
+        b = qs._bcast
+        q = torch.clamp(torch.round(w.detach() * (1.0 / b(s, w, fq.axis))) + b(z, w, fq.axis), fq.qmin, fq.qmax)
+    codes = (q - fq.qmin).to(torch.uint8)
+    return codes, {"scheme": "int", "bits": fq.bits, "axis": fq.axis, "qmin": fq.qmin,
+                   "group_size": fq.group_size}
+
+
+def packed_state_dict(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, Any]]]:
+    """The model's state dict with every frozen quantized weight packed, and the metadata to unpack it.
+
+    Only quantizers that are frozen (observer off) and initialized are packed; others stay float. The float
+    weights of packed layers are *not* kept, so the saved bytes are the packed bytes plus scales."""
+    sd = dict(model.state_dict())
+    meta: dict[str, dict[str, Any]] = {}
+    for name, wrapper in quant_wrappers(model):
+        fq = wrapper.weight_fake_quant
+        if fq is None or bool(getattr(fq, "observer_enabled", torch.tensor(1))):
+            continue
+        if isinstance(fq, FakeQuantize) and (not bool(fq.initialized) or fq.bits > 8):
+            continue
+        key = f"{name}.module.weight"
+        w = wrapper.module.weight
+        codes, info = _codes(fq, w)
+        info.update(shape=list(w.shape), dtype=str(w.dtype).removeprefix("torch."), scales=f"{name}.weight_fake_quant")
+        sd.pop(key, None)
+        sd[key + PACKED_SUFFIX] = pack_bits(codes, info["bits"])
+        meta[key] = info
+    return sd, meta
+
+
+def unpack_state_dict(sd: dict[str, torch.Tensor], meta: dict[str, dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Restore float weights from :func:`packed_state_dict` output (values equal the fake-quantized weights)."""
+    out = dict(sd)
+    for key, info in meta.items():
+        packed = out.pop(key + PACKED_SUFFIX)
+        shape = tuple(info["shape"])
+        numel = math.prod(shape)
+        codes = unpack_bits(packed, info["bits"], numel).reshape(shape)
+        scale = out[f"{info['scales']}.scale"].float()
+        axis = info.get("axis")
+        if info["scheme"] == "binary":
+            w = torch.where(codes.bool(), -1.0, 1.0) * qs._bcast(scale, codes, axis)
+        elif info["scheme"] == "log":
+            w = qs.log_dequantize(codes, scale, info["bits"], axis)
+        else:
+            zp = out[f"{info['scales']}.zero_point"].float()
+            q = codes.float() + info["qmin"]
+            if info.get("group_size"):
+                g = q.reshape(shape[0], -1, info["group_size"])
+                w = ((g - zp[..., None]) * scale[..., None]).reshape(shape)
+            else:
+                w = qs.dequantize(q, scale, zp, axis)
+        out[key] = w.to(getattr(torch, info.get("dtype", "float32")))
+    return out
+
+
+def state_nbytes(sd: dict[str, torch.Tensor]) -> int:
+    """Total tensor bytes of a state dict."""
+    return sum(t.numel() * t.element_size() for t in sd.values())

@@ -1,0 +1,59 @@
+"""fp16 / bf16 conversion.
+
+The model's floating-point parameters and buffers are cast to the half dtype. A forward pre-hook on the
+model casts floating-point inputs to that dtype and a forward hook casts floating-point outputs back to
+float32, so callers keep feeding and reading float32. With ``keep_norms_fp32`` BatchNorm/LayerNorm/GroupNorm
+stay float32 (their statistics lose precision in fp16) and get hooks that cast their input up and their
+output back down. On CPUs without native fp16 arithmetic (this AMD Zen3), fp16 is mostly a storage
+format: it halves the bytes but is usually slower than fp32; bf16 runs through oneDNN and may be close to
+fp32 speed. Measure with slimkit.evaluation before choosing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from slimkit.config.quantize import BF16Config, FP16Config, PrecisionConfig
+from slimkit.context import PassContext
+from slimkit.registry import register_pass
+
+_NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
+
+
+def _cast(obj: Any, dtype: torch.dtype) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(dtype) if obj.is_floating_point() else obj
+    if isinstance(obj, tuple | list):
+        return type(obj)(_cast(o, dtype) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _cast(v, dtype) for k, v in obj.items()}
+    return obj
+
+
+def to_precision(model: nn.Module, dtype: torch.dtype, keep_norms_fp32: bool = True) -> nn.Module:
+    """Cast ``model`` to ``dtype`` in place with input/output casting hooks (see module docstring)."""
+    model.to(dtype)
+    if keep_norms_fp32:
+        for m in model.modules():
+            if isinstance(m, _NORMS):
+                m.float()
+                m.register_forward_pre_hook(lambda mod, args: _cast(args, torch.float32))
+                m.register_forward_hook(lambda mod, args, out, d=dtype: _cast(out, d))
+    model.register_forward_pre_hook(lambda mod, args, kwargs, d=dtype: (_cast(args, d), _cast(kwargs, d)),
+                                    with_kwargs=True)
+    model.register_forward_hook(lambda mod, args, out: _cast(out, torch.float32))
+    model._slimkit_precision = str(dtype).removeprefix("torch.")  # type: ignore[assignment]
+    return model
+
+
+@register_pass(PrecisionConfig)
+def precision(model: nn.Module, cfg: PrecisionConfig, ctx: PassContext) -> nn.Module:
+    """fp16 or bf16 by ``cfg.method``."""
+    return to_precision(model, torch.float16 if cfg.method == "fp16" else torch.bfloat16, cfg.keep_norms_fp32)
+
+
+register_pass(FP16Config)(precision)
+register_pass(BF16Config)(precision)

@@ -1,0 +1,113 @@
+"""Quantization-aware training: insert (LSQ) fake quantizers, fine-tune, freeze observers and fold BatchNorm
+at the configured epochs.
+
+The result is a fake-quant model of :class:`~slimkit.passes.quantize.modules.QuantWrapper` layers whose
+``weight_fake_quant.scale`` / ``zero_point`` (per output channel) and ``input_fake_quant.scale`` /
+``zero_point`` (per tensor) are the learned quantization parameters; the ONNX exporter writes them as
+QuantizeLinear/DequantizeLinear pairs. Training uses :func:`slimkit.passes.finetune.loop.train_model`; when
+freezing or folding happens mid-way, training runs in segments (each segment restarts the learning-rate
+schedule and the optimizer state).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from slimkit.config.quantize import QATConfig
+from slimkit.context import PassContext, model_device
+from slimkit.errors import ConfigError
+from slimkit.passes.quantize.fake_quant import FakeQuantize
+from slimkit.passes.quantize.modules import fake_quantizers, freeze_all, quantizable_layers, wrap_layers
+from slimkit.passes.quantize.ptq import batch_inputs, fold_bn
+from slimkit.registry import register_pass
+
+log = logging.getLogger(__name__)
+
+
+def prepare_qat(model: nn.Module, cfg: QATConfig) -> nn.Module:
+    """Wrap every Linear/Conv layer outside ``cfg.skip`` with QAT fake quantizers (in place).
+
+    Weights: symmetric, per-channel when ``cfg.per_channel``; LSQ learnable scales initialized from an MSE
+    search, or observer-driven (min-max) scales. Inputs (``cfg.activations`` bits): asymmetric unsigned,
+    per tensor; LSQ scale and zero point initialized from min-max, or a moving-average observer."""
+    layers = list(quantizable_layers(model, ["Linear", "Conv1d", "Conv2d"], cfg.skip))
+    if not layers:
+        raise ConfigError("QAT found no Linear/Conv layer to quantize outside skip.")
+    lsq = cfg.learnable_scale
+
+    def make(name: str, layer: nn.Module) -> tuple[nn.Module, nn.Module | None]:
+        wfq = FakeQuantize(cfg.bits, symmetric=True, axis=0 if cfg.per_channel else None,
+                           observer="mse" if lsq else "minmax", learnable=lsq)
+        ifq = None
+        if cfg.activations is not None:
+            ifq = FakeQuantize(cfg.activations, symmetric=False, unsigned=True, axis=None,
+                               observer="minmax" if lsq else "ema", learnable=lsq)
+        return wfq, ifq
+
+    wrap_layers(model, layers, make)
+    return model
+
+
+@torch.no_grad()
+def init_quantizers(model: nn.Module, x: torch.Tensor) -> None:
+    """One forward pass (eval mode) so every quantizer gets its first scale (LSQ initialization)."""
+    was_training = model.training
+    model.eval()
+    model(x.to(model_device(model)) if isinstance(x, torch.Tensor) else x)
+    model.train(was_training)
+
+
+def freeze_observers(model: nn.Module) -> None:
+    """Stop observers from updating scales (LSQ scales keep learning by gradient)."""
+    for fq in fake_quantizers(model):
+        if isinstance(fq, FakeQuantize):
+            fq.enable_observer(False)
+
+
+def _fold(model: nn.Module) -> None:
+    was_training = model.training
+    model.eval()
+    fold_bn(model)
+    model.train(was_training)
+
+
+@register_pass(QATConfig, needs=("train_loader",))
+def qat(model: nn.Module, cfg: QATConfig, ctx: PassContext) -> nn.Module:
+    """Quantization-aware training (see module docstring). The training history goes to
+    ``ctx.extras["train_result"]`` (a list, one entry per segment)."""
+    from slimkit.passes.finetune.loop import train_model
+
+    first = next(iter(ctx.train_loader), None)
+    if first is None:
+        raise ConfigError("QAT needs training batches, but the train loader is empty.")
+    epochs = cfg.finetune.epochs
+    fold_at = 0 if cfg.fold_bn_epoch is None else cfg.fold_bn_epoch
+    if fold_at == 0:
+        _fold(model)
+    prepare_qat(model, cfg)
+    init_quantizers(model, batch_inputs(first))
+    if cfg.freeze_observers_epoch == 0:
+        freeze_observers(model)
+
+    cuts = sorted({e for e in (cfg.freeze_observers_epoch, fold_at) if e is not None and 0 < e < epochs})
+    bounds = [0, *cuts, epochs]
+    results = []
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        if a == cfg.freeze_observers_epoch and a > 0:
+            freeze_observers(model)
+            log.info("QAT: observers frozen at epoch %d", a)
+        if a == fold_at and a > 0:
+            _fold(model)
+            log.info("QAT: BatchNorm folded at epoch %d", a)
+        if b > a:
+            seg = cfg.finetune.model_copy(update={"epochs": b - a})
+            results.append(train_model(model, ctx.train_loader, seg, val_loader=ctx.val_loader,
+                                       seed=ctx.seed + a, description=f"QAT epochs {a + 1}-{b}"))
+    if fold_at >= epochs > 0 or (fold_at > 0 and epochs == 0):
+        _fold(model)
+    freeze_all(model)
+    ctx.extras.setdefault("train_result", []).extend(results)
+    return model
