@@ -156,3 +156,20 @@ def test_export_int8_onnx_end_to_end(tmp_path: Path) -> None:
     assert Path(art["path"]).exists() and art["size_bytes"] < art["fp32_size_bytes"]
     assert art["parity"]["top1_agreement"] >= 0.9
     assert art["config"]["mode"] == "static"
+
+
+def test_slimkit_export_with_quantize_hook(tmp_path: Path) -> None:
+    import slimkit
+
+    torch.manual_seed(0)
+    model = train_briefly(ToyCNN(width=16), (1, 8, 8))
+    calib, _ = structured_data(128, (1, 8, 8), seed=8)
+    out = slimkit.export(model, tmp_path / "m.onnx", example_inputs=model.example_inputs,
+                         quantize=OrtInt8Config(calibration_batches=4), calibration=batches(calib))
+    assert out["parity"]["top1_agreement"] >= 0.9
+    assert "QuantizeLinear" in {n.op_type for n in onnx.load(str(tmp_path / "m.onnx")).graph.node}
+    with pytest.raises(ConfigError, match="calibration"):
+        slimkit.export(model, tmp_path / "n.onnx", example_inputs=model.example_inputs, quantize=OrtInt8Config())
+    dyn = slimkit.export(model, tmp_path / "d.onnx", example_inputs=model.example_inputs,
+                         quantize=OrtInt8Config(mode="dynamic"))
+    assert dyn["parity"]["cosine"] > 0.98

@@ -48,17 +48,17 @@ def quantize_exported(fp32_onnx: str | Path, out_path: str | Path, config: OrtIn
 
 
 def _export_fp32(model: nn.Module, path: Path, example_inputs: tuple[torch.Tensor, ...], opset: int) -> Path:
-    """The exporters package's fp32 export when it is there, else the one in onnx_int8 (same contract)."""
-    try:
-        from slimkit.exporters import export_onnx  # type: ignore[attr-defined]
-    except ImportError:
-        export_onnx = None
-    if export_onnx is not None:
-        out = export_onnx(model, path, example_inputs, opset=opset, dynamic_batch=True)
-        return Path(getattr(out, "path", out) or path)
-    from slimkit.exporters.onnx_int8 import export_fp32_onnx
+    """fp32 ONNX through the exporters package (dynamo, TorchScript fallback), debug metadata stripped so
+    the fp32 and int8 sizes compare like for like."""
+    import onnx
 
-    return export_fp32_onnx(model, path, example_inputs, opset=opset, dynamic_batch=True)
+    from slimkit.exporters.onnx_export import export_onnx
+    from slimkit.exporters.onnx_int8 import strip_debug_info
+
+    out = Path(export_onnx(model, path, example_inputs, opset=opset, dynamic_batch=True))
+    proto = strip_debug_info(onnx.load(str(out), load_external_data=True))
+    onnx.save_model(proto, str(out), save_as_external_data=False)
+    return out
 
 
 def export_int8_onnx(model: nn.Module, path: str | Path, *, example_inputs: Sequence[torch.Tensor],
