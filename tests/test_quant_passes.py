@@ -18,6 +18,7 @@ from slimkit.passes.quantize.fake_quant import FakeQuantize
 from slimkit.passes.quantize.modules import QuantConv2d, QuantLinear, QuantWrapper, quant_wrappers
 from slimkit.passes.quantize.packing import (
     pack_bits,
+    packed_nbytes,
     packed_state_dict,
     state_nbytes,
     unpack_bits,
@@ -114,7 +115,8 @@ def test_weight_only_dynamic_precision_close() -> None:
 def test_pack_unpack_roundtrip(bits: int) -> None:
     codes = torch.randint(0, 2**bits, (1001,), dtype=torch.uint8)
     packed = pack_bits(codes, bits)
-    assert packed.numel() == (1001 if bits == 8 else bits * 126)
+    assert packed.numel() == packed_nbytes(1001, bits) == (1001 if bits == 8 else bits * 126 if bits == 3 else
+                                                             -(-1001 * bits // 8))
     assert torch.equal(unpack_bits(packed, bits, 1001), codes)
 
 

@@ -1,7 +1,7 @@
 """Packed storage of low-bit codes, so a saved quantized model is really smaller.
 
-Codes of ``b`` bits (unsigned, ``0 .. 2^b - 1``) are stored as ``b`` bit planes of ``ceil(n / 8)`` bytes each
-(``b * n / 8`` bytes in all, any ``b`` from 1 to 8). Linear codes are ``q - qmin``; log codes are
+Codes of ``b`` bits (unsigned, ``0 .. 2^b - 1``) take ``b * n / 8`` bytes: for 1, 2 and 4 bits ``8 / b`` codes share a
+byte (lowest bits first); 3, 5, 6 and 7 bits are stored as ``b`` bit planes of ``ceil(n / 8)`` bytes. Linear codes are ``q - qmin``; log codes are
 ``sign << (b-1) | exponent`` (see qscheme.log_quantize); binary codes are 1 bit (1 = negative).
 
 :func:`packed_state_dict` turns a fake-quant model's state dict into one whose quantized weights are packed:
@@ -26,40 +26,52 @@ from slimkit.passes.quantize.modules import quant_wrappers
 
 PACKED_SUFFIX = ".packed"
 _BITS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
+_UNPACK_TABLE = ((torch.arange(256, dtype=torch.uint8)[:, None] & _BITS) > 0).to(torch.uint8)  # byte -> 8 bits
 
 
 def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    """Pack unsigned codes (values ``< 2^bits``) into a flat uint8 tensor of ``bits * ceil(n / 8)`` bytes."""
+    """Pack unsigned codes (values ``< 2^bits``) into a flat uint8 tensor of ``ceil(n * bits / 8)`` bytes
+    (1, 2, 4 bits: ``8 / bits`` codes per byte, lowest bits first) or ``bits * ceil(n / 8)`` bytes (3, 5, 6, 7
+    bits: bit planes)."""
     if not 1 <= bits <= 8:
         raise ValueError(f"bits must be in 1..8, got {bits}")
     flat = codes.detach().reshape(-1).to(torch.uint8).cpu()
     if bits == 8:
         return flat.clone()
     n = flat.numel()
-    pad = (-n) % 8
-    if pad:
-        flat = torch.cat([flat, torch.zeros(pad, dtype=torch.uint8)])
-    planes = [((flat >> b) & 1).reshape(-1, 8) for b in range(bits)]
-    stacked = torch.stack(planes)  # (bits, n/8, 8)
-    return (stacked * _BITS).sum(-1, dtype=torch.int32).to(torch.uint8).reshape(-1)
+    if 8 % bits == 0:
+        per = 8 // bits
+        flat = torch.cat([flat, torch.zeros((-n) % per, dtype=torch.uint8)]).reshape(-1, per)
+        out = flat[:, 0].clone()
+        for i in range(1, per):
+            out |= flat[:, i] << (i * bits)
+        return out
+    flat = torch.cat([flat, torch.zeros((-n) % 8, dtype=torch.uint8)])
+    planes = torch.stack([((flat >> b) & 1).reshape(-1, 8) for b in range(bits)])  # (bits, n/8, 8)
+    return (planes * _BITS).sum(-1, dtype=torch.int32).to(torch.uint8).reshape(-1)
 
 
 def unpack_bits(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
-    """Inverse of :func:`pack_bits`: the first ``numel`` codes as uint8."""
+    """Inverse of :func:`pack_bits`: the first ``numel`` codes as uint8 (one table lookup per byte)."""
     if bits == 8:
         return packed.reshape(-1)[:numel].to(torch.uint8)
+    if 8 % bits == 0:
+        shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=packed.device)
+        return ((packed.reshape(-1, 1) >> shifts) & (2**bits - 1)).reshape(-1)[:numel]
     per_plane = math.ceil(numel / 8)
-    planes = packed.reshape(bits, per_plane, 1).cpu()
-    bitsx = ((planes & _BITS) > 0).to(torch.uint8).reshape(bits, -1)[:, :numel]
-    out = torch.zeros(numel, dtype=torch.uint8)
-    for b in range(bits):
-        out |= bitsx[b] << b
-    return out.to(packed.device)
+    table = _UNPACK_TABLE.to(packed.device)
+    planes = table[packed.reshape(bits, per_plane).long()].reshape(bits, -1)[:, :numel]  # (bits, numel) of 0/1
+    out = planes[0].clone()
+    for b in range(1, bits):
+        out |= planes[b] << b
+    return out
 
 
 def packed_nbytes(numel: int, bits: int) -> int:
     """Bytes that :func:`pack_bits` uses for ``numel`` codes."""
-    return numel if bits == 8 else bits * math.ceil(numel / 8)
+    if 8 % bits == 0:
+        return math.ceil(numel * bits / 8)
+    return bits * math.ceil(numel / 8)
 
 
 def _codes(fq: nn.Module, w: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
