@@ -99,7 +99,7 @@ WeightSpec = Annotated[
 
 class PTQConfig(PassConfig):
     """Static post-training quantization: observers on weights and layer inputs, calibration, then frozen
-    fake-quant modules (:class:`slimkit.passes.quantize.fake_quant.QuantLinear` / ``QuantConv2d``).
+    fake-quant modules (:class:`slimkit.passes.quantize.modules.QuantLinear` / ``QuantConv2d``).
 
     weights: the weight quantizer (default int8 symmetric per-channel).
     activations: the input-activation quantizer, or ``None`` for weight-only fake quant.
