@@ -21,6 +21,7 @@ _LAZY: dict[str, str] = {
     "MagnitudePruneConfig": "slimkit.config.prune",
     **{n: "slimkit.config.quantize" for n in ("Int", "LogQuant", "Binary", "PTQConfig", "DynamicConfig", "WeightOnlyConfig", "QATConfig", "LogQuantConfig", "BinaryConfig", "PrecisionConfig", "FP16Config", "BF16Config")},
     "DistillConfig": "slimkit.config.distill", "SVDConfig": "slimkit.config.lowrank",
+    "StructuredPruneConfig": "slimkit.config.structured", "NMSparsityConfig": "slimkit.config.structured",
 }
 
 

@@ -1,0 +1,63 @@
+"""Structured pruning (channels, filters, heads) and N:M semi-structured sparsity configs."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from slimkit.config.base import PassConfig
+from slimkit.config.finetune import FinetuneConfig
+
+
+class StructuredPruneConfig(PassConfig):
+    """Physically remove channels, filters, attention heads, FFN width and recurrent hidden units.
+
+    Give exactly one target: ``ratio`` (fraction of prunable units removed from each group, or from all
+    groups together with ``scope="global"``) or ``target_macs`` (fraction of the original MACs to keep;
+    solved by bisection on the ratio, landing within ``macs_tolerance``). ``importance`` scores units:
+    ``l1``/``l2`` weight magnitude, ``bn_scale`` (|gamma|), ``taylor`` (|w * grad| on calibration batches),
+    ``entropy`` (of channel activations on calibration batches). ``protected`` module-name globs keep their
+    output width; model outputs (the classifier) always keep theirs. ``steps`` > 1 prunes iteratively, with
+    ``finetune`` between steps when a train loader is given.
+    """
+
+    kind: ClassVar[str] = "prune"
+    method: Literal["structured"] = "structured"
+    ratio: float | None = Field(None, ge=0, lt=1)
+    target_macs: float | None = Field(None, gt=0, le=1, description="fraction of the original MACs to keep")
+    importance: Literal["l1", "l2", "bn_scale", "taylor", "entropy"] = "l2"
+    aggregate: Literal["mean", "sum"] = "mean"
+    scope: Literal["layer", "global"] = "layer"
+    round_to: int = Field(1, ge=1, le=1024)
+    protected: list[str] = Field(default_factory=list, description="module-name globs that keep their width")
+    max_group_ratio: float = Field(0.9, gt=0, lt=1, description="never remove more of one group than this")
+    steps: int = Field(1, ge=1, le=100)
+    finetune: FinetuneConfig | None = None
+    calibration_batches: int = Field(4, ge=1, le=10_000)
+    macs_tolerance: float = Field(0.02, gt=0, lt=0.5)
+    unreached: Literal["error", "ignore"] = "error"
+
+    @model_validator(mode="after")
+    def _one_target(self) -> StructuredPruneConfig:
+        if (self.ratio is None) == (self.target_macs is None):
+            raise ValueError("give exactly one of ratio or target_macs")
+        return self
+
+
+class NMSparsityConfig(PassConfig):
+    """N:M semi-structured sparsity: in every run of ``m`` consecutive weights along the input dimension
+    keep the ``n`` largest. 2:4 runs on NVIDIA sparse tensor cores (Ampere and newer)."""
+
+    kind: ClassVar[str] = "prune"
+    method: Literal["nm"] = "nm"
+    n: int = Field(2, ge=1)
+    m: int = Field(4, ge=2, le=64)
+    include: list[str] = Field(default_factory=lambda: ["Linear"], description="layer types to sparsify")
+    exclude: list[str] = Field(default_factory=list, description="module-name globs left dense")
+
+    @model_validator(mode="after")
+    def _n_below_m(self) -> NMSparsityConfig:
+        if self.n >= self.m:
+            raise ValueError(f"n must be smaller than m, got n={self.n}, m={self.m}")
+        return self

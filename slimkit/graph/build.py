@@ -1,0 +1,132 @@
+"""Build the dependency graph of a model: trace, propagate labels, check what the trace missed, group."""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from slimkit.errors import GraphError
+from slimkit.graph.core import FIXED, DependencyGraph, Member, SlotTable, build_groups
+from slimkit.graph.labels import varying_dims
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def frozen(model: nn.Module) -> Iterator[None]:
+    """Eval mode and no grad for analysis; restores every module's training flag afterwards."""
+    flags = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for m, flag in flags.items():
+            m.training = flag
+
+
+def match_any(name: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(name, p + ".*") for p in patterns)
+
+
+def _param_members(slots: SlotTable, params: dict[str, torch.Tensor], producer_roots: set[int],
+                   model: nn.Module) -> list[Member]:
+    """Parameters read directly in forward (pos_embed, cls_token, layer scales): slice along the one dim whose
+    positions follow channels; pin them if channels show along several dims."""
+    out: list[Member] = []
+    for target, labels in params.items():
+        roots = slots.roots(labels)
+        hit = {r for r in torch.unique(roots).tolist() if r in producer_roots}
+        if not hit:
+            continue
+        vary = varying_dims(torch.where(torch.isin(roots, torch.tensor(sorted(hit))), roots, -2))
+        if len(vary) != 1 or not isinstance(_get(model, target), nn.Parameter):
+            slots.pin(labels)
+            continue
+        d = vary[0]
+        per = labels.movedim(d, 0).reshape(labels.shape[d], -1)[:, 0]
+        owner, _, pname = target.rpartition(".")
+        out.append(Member(owner, "param", per, extra={"name": pname, "dim": d}))
+    return out
+
+
+def _get(model: nn.Module, target: str) -> Any:
+    value: Any = model
+    for part in target.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _shared_params(model: nn.Module) -> dict[str, list[str]]:
+    owners: dict[int, list[str]] = {}
+    for name, mod in model.named_modules(remove_duplicate=False):
+        for p in mod.parameters(recurse=False):
+            owners.setdefault(id(p), []).append(name)
+    return {names[0]: names for names in owners.values() if len(set(names)) > 1}
+
+
+def build_dependency_graph(model: nn.Module, example_inputs: tuple[Any, ...], *,
+                           protected: Sequence[str] = (), unreached: str = "error") -> DependencyGraph:
+    """Analyse ``model`` (never changes it). Raises :class:`GraphError` naming the op or module it cannot
+    handle. ``protected`` (module-name globs) keep their output channels/heads."""
+    from slimkit.graph import hf
+
+    if not isinstance(example_inputs, tuple):
+        example_inputs = (example_inputs,)
+    with frozen(model):
+        if hf.is_bert_like(model):
+            return hf.build_bert_graph(model, example_inputs, protected=protected)
+        return _build_fx(model, example_inputs, protected, unreached)
+
+
+def _build_fx(model: nn.Module, example_inputs: tuple[Any, ...], protected: Sequence[str],
+              unreached: str) -> DependencyGraph:
+    from slimkit.graph.trace import Propagator, fx_trace
+
+    try:
+        gm = fx_trace(model)
+    except Exception as exc:  # fx raises many types; report them as one
+        raise GraphError(
+            f"torch.fx cannot trace {type(model).__name__}: {type(exc).__name__}: {str(exc).splitlines()[0]}. "
+            "Structured pruning needs a traceable forward; nothing was changed.",
+            hint="Remove data-dependent Python control flow from forward, or prune the traceable submodules.",
+        ) from exc
+    prop = Propagator(gm)
+    prop.run(example_inputs)
+    slots, members = prop.slots, prop.members
+    names = dict(model.named_modules())
+
+    # modules with weights that the trace never called: we cannot know which channels they read
+    reached_params = {t.rpartition(".")[0] for t in prop.params}
+    leaves = prop.reached
+    missing = []
+    for name, mod in names.items():
+        if not name or not list(mod.parameters(recurse=False)):
+            continue
+        if name in leaves or any(name.startswith(leaf + ".") for leaf in leaves) or name in reached_params:
+            continue
+        missing.append(name)
+    if missing and unreached == "error":
+        raise GraphError(
+            f"Module(s) {', '.join(repr(m) for m in missing[:5])} have weights but are not called in the traced "
+            "forward on the example inputs; slimkit cannot tell which channels they read, and pruning could "
+            "break them when they are called elsewhere. Nothing was changed.",
+            hint="Call them in forward, delete them, or pass unreached='ignore' if they never see pruned tensors.")
+
+    # tied weights: surgery would untie them, so their modules keep their channels
+    pinned_modules = {n for n in names if n and match_any(n, protected)}
+    for names_ in _shared_params(model).values():
+        for m in members:
+            if m.module in names_:
+                slots.pin(m.labels)
+    producer_roots = {r for m in members if m.producer for r in slots.roots(m.labels).tolist()} - {FIXED}
+    members += _param_members(slots, prop.params, producer_roots, model)
+    groups, pinned = build_groups(slots, members, pinned_modules)
+    log.debug("dependency graph: %d groups, %d prunable units", len(groups), sum(len(g) for g in groups))
+    return DependencyGraph(slots, members, groups, pinned, tracer="fx")

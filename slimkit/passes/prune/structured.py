@@ -1,0 +1,163 @@
+"""Structured pruning pass: remove whole channels, filters, heads, FFN width and recurrent hidden units.
+
+Three steps, kept apart: the dependency graph (``slimkit.graph``, analysis only), importance per unit
+(``structured_importance``), and removal (``slimkit.graph.surgery``, on a checked copy). A MACs target is
+met by bisection on the ratio. Any op the graph does not understand raises GraphError before the model is
+touched; ``ratio=0`` changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from torch import nn
+
+from slimkit.config.structured import StructuredPruneConfig
+from slimkit.context import PassContext
+from slimkit.errors import ConstraintError
+from slimkit.graph import DependencyGraph, apply_removal, build_dependency_graph, pruned_copy
+from slimkit.passes.prune.structured_importance import unit_scores
+from slimkit.registry import register_pass
+
+log = logging.getLogger(__name__)
+
+
+def count_macs(model: nn.Module, example_inputs: tuple[Any, ...]) -> int:
+    """MACs of one forward (torch.utils.flop_counter; MACs = FLOPs / 2)."""
+    try:
+        from slimkit.evaluation.cost import count_macs as _count
+    except ImportError:  # pragma: no cover - evaluation package not present
+        _count = None
+    if _count is not None:
+        return int(_count(model, example_inputs))
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(*example_inputs)
+    return int(counter.get_total_flops()) // 2
+
+
+def plan_removal(graph: DependencyGraph, scores: dict[int, float], ratio: float, *, scope: str = "layer",
+                 round_to: int = 1, max_group_ratio: float = 0.9) -> set[int]:
+    """The units to remove for ``ratio`` (lowest scores first), per group or globally."""
+    if ratio <= 0:
+        return set()
+    removed: set[int] = set()
+    caps = {g.index: int(math.floor(len(g) * max_group_ratio)) for g in graph.groups}
+    if scope == "global":
+        ranked = sorted((scores.get(u, 0.0), g.index, u) for g in graph.groups for u in g.units)
+        budget = int(round(ratio * len(ranked)))
+        taken: dict[int, list[int]] = {g.index: [] for g in graph.groups}
+        for _, gi, u in ranked:
+            if budget <= 0:
+                break
+            if len(taken[gi]) < caps[gi]:
+                taken[gi].append(u)
+                budget -= 1
+    else:
+        taken = {}
+        for g in graph.groups:
+            n = min(int(math.floor(ratio * len(g) + 1e-9)), caps[g.index])
+            taken[g.index] = sorted(g.units, key=lambda u: scores.get(u, 0.0))[:n]
+    for g in graph.groups:
+        drop = taken[g.index]
+        if round_to > 1 and g.kind == "channels" and g.width == 1 and drop:
+            kept = len(g) - len(drop)
+            kept = min(len(g), int(math.ceil(kept / round_to)) * round_to)
+            drop = sorted(drop, key=lambda u: scores.get(u, 0.0))[: len(g) - kept]
+        removed.update(drop)
+    return removed
+
+
+def _solve_macs(model: nn.Module, graph: DependencyGraph, scores: dict[int, float], cfg: StructuredPruneConfig,
+                inputs: tuple[Any, ...], target: float, base: int) -> set[int]:
+    """Bisection on the ratio until MACs land within ``cfg.macs_tolerance`` of ``target`` (absolute MACs)."""
+    def macs_at(r: float) -> tuple[int, set[int]]:
+        removed = plan_removal(graph, scores, r, scope=cfg.scope, round_to=cfg.round_to,
+                               max_group_ratio=cfg.max_group_ratio)
+        if not removed:
+            return count_macs(model, inputs), removed
+        new, _, _ = pruned_copy(model, graph, removed)
+        return count_macs(new, inputs), removed
+
+    current, _ = macs_at(0.0)
+    if current <= target * (1 + cfg.macs_tolerance):
+        return set()
+    lo, hi = 0.0, cfg.max_group_ratio
+    m_hi, rem_hi = macs_at(hi)
+    if m_hi > target * (1 + cfg.macs_tolerance):
+        raise ConstraintError(
+            f"target_macs={cfg.target_macs} cannot be reached: removing {cfg.max_group_ratio:.0%} of every "
+            f"prunable group still leaves {m_hi / base:.1%} of the original MACs. Nothing was changed.",
+            hint="Lower protection (protected=[...]), raise max_group_ratio, or ask for a milder target.")
+    rem_lo: set[int] = set()
+    best = (abs(m_hi / target - 1), rem_hi, m_hi)
+    for _ in range(16):
+        mid = (lo + hi) / 2
+        m, removed = macs_at(mid)
+        if abs(m / target - 1) < best[0]:
+            best = (abs(m / target - 1), removed, m)
+        if best[0] <= cfg.macs_tolerance / 2:
+            break
+        if m > target:
+            lo, rem_lo = mid, removed
+        else:
+            hi, m_hi, rem_hi = mid, m, removed
+    if best[0] > cfg.macs_tolerance / 2:
+        # units come in whole groups per ratio step; refine by adding the extra units one by one
+        extra = sorted(rem_hi - rem_lo, key=lambda u: scores.get(u, 0.0))
+        a, b = 0, len(extra)
+        while a < b:
+            k = (a + b) // 2
+            removed = rem_lo | set(extra[:k])
+            m = count_macs(pruned_copy(model, graph, removed)[0], inputs)
+            if abs(m / target - 1) < best[0]:
+                best = (abs(m / target - 1), removed, m)
+            if m > target:
+                a = k + 1
+            else:
+                b = k
+    log.info("structured: %d units removed, MACs %.1f%% of original (target %.1f%%)", len(best[1]),
+             100 * best[2] / base, 100 * target / base)
+    return best[1]
+
+
+def _finetune(model: nn.Module, cfg: StructuredPruneConfig, ctx: PassContext) -> None:
+    if cfg.finetune is None or ctx.train_loader is None:
+        return
+    from slimkit.passes.finetune.loop import train_model
+
+    train_model(model, ctx.train_loader, cfg.finetune, val_loader=ctx.val_loader)
+
+
+@register_pass(StructuredPruneConfig, needs=("example_inputs",))
+def structured_prune(model: nn.Module, cfg: StructuredPruneConfig, ctx: PassContext) -> nn.Module:
+    """Prune ``model`` in place to ``cfg.ratio`` or ``cfg.target_macs``."""
+    inputs = tuple(ctx.example_inputs or ())
+    if cfg.ratio == 0:
+        build_dependency_graph(model, inputs, protected=cfg.protected, unreached=cfg.unreached)
+        return model
+    base = count_macs(model, inputs) if cfg.target_macs is not None else 0
+    done = 0.0
+    for step in range(1, cfg.steps + 1):
+        frac = step / cfg.steps
+        graph = build_dependency_graph(model, inputs, protected=cfg.protected, unreached=cfg.unreached)
+        scores = unit_scores(model, graph, cfg.importance, calibration=ctx.calibration, example_inputs=inputs,
+                             batches=cfg.calibration_batches, aggregate=cfg.aggregate)
+        if cfg.target_macs is not None:
+            target = base * (1 - (1 - cfg.target_macs) * frac)
+            removed = _solve_macs(model, graph, scores, cfg, inputs, target, base)
+        else:
+            assert cfg.ratio is not None
+            want = cfg.ratio * frac
+            step_ratio = 1 - (1 - want) / (1 - done) if done < 1 else 0.0
+            removed = plan_removal(graph, scores, step_ratio, scope=cfg.scope, round_to=cfg.round_to,
+                                   max_group_ratio=cfg.max_group_ratio)
+            done = want
+        apply_removal(model, graph, removed, inputs)
+        _finetune(model, cfg, ctx)
+    return model
