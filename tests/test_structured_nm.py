@@ -32,7 +32,9 @@ def test_exclude_and_bad_dims() -> None:
     assert not is_nm_sparse(m.fc3.weight, 2, 4)
     with pytest.raises(ConfigError):
         sk.prune_(ToyMLP(d_in=6, hidden=6), sk.NMSparsityConfig(exclude=["fc2", "fc3"], m=4))
-    with pytest.raises(Exception):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
         sk.NMSparsityConfig(n=4, m=4)
 
 
