@@ -20,7 +20,12 @@ from slimkit.passes.finetune.loop import accuracy, train_model
 from slimkit.passes.prune.importance import magnitude_scores
 from slimkit.passes.prune.masks import eligible_layers
 from slimkit.passes.prune.schedule import sparsity_schedule
-from slimkit.passes.prune.unstructured import eligible_sparsity, magnitude_prune_, sparsity_report
+from slimkit.passes.prune.unstructured import (
+    eligible_sparsity,
+    magnitude_prune_,
+    prune_count,
+    sparsity_report,
+)
 from slimkit.registry import parse_stage
 
 D_IN, CLASSES = 16, 4
@@ -55,8 +60,8 @@ def test_layer_scope_exact_per_layer(make, sparsity: float) -> None:
     assert layers
     for name, m in layers.items():
         n = m.weight.numel()
-        assert zeros(m.weight) == round(sparsity * n), name
-    assert sparsity_report(model) == {n: round(sparsity * m.weight.numel()) / m.weight.numel()
+        assert zeros(m.weight) == prune_count(sparsity, n), name
+    assert sparsity_report(model) == {n: prune_count(sparsity, m.weight.numel()) / m.weight.numel()
                                       for n, m in layers.items()}
 
 
@@ -67,8 +72,8 @@ def test_global_scope_exact_total(make) -> None:
     slimkit.prune_(model, MagnitudePruneConfig(sparsity=0.61, scope="global"))
     layers = eligible_layers(model)
     total = sum(m.weight.numel() for m in layers.values())
-    assert sum(zeros(m.weight) for m in layers.values()) == round(0.61 * total)
-    assert eligible_sparsity(model) == round(0.61 * total) / total
+    assert sum(zeros(m.weight) for m in layers.values()) == prune_count(0.61, total)
+    assert eligible_sparsity(model) == prune_count(0.61, total) / total
     # one threshold for all layers: every kept weight is at least as large as every pruned one
     pruned = torch.cat([original[n][m.weight == 0].abs() for n, m in layers.items()])
     kept = torch.cat([m.weight[m.weight != 0].abs() for m in layers.values()])
@@ -95,7 +100,7 @@ def test_ties_pruned_to_exact_count_deterministically() -> None:
     b = copy.deepcopy(a)
     magnitude_prune_(a, 0.3, "global")
     magnitude_prune_(b, 0.3, "global")
-    assert zeros(a[0].weight) + zeros(a[1].weight) == round(0.3 * 170)
+    assert zeros(a[0].weight) + zeros(a[1].weight) == prune_count(0.3, 170)
     assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
     magnitude_prune_(a, 0.3, "layer")
     assert zeros(a[0].weight) >= 30 and zeros(a[1].weight) >= 21
@@ -120,7 +125,7 @@ def test_exclude_min_numel_biases_and_norms() -> None:
     after = model.state_dict()
     assert torch.equal(after["fc.weight"], before["fc.weight"])  # excluded by name
     assert torch.equal(after["conv1.weight"], before["conv1.weight"])  # 144 weights < min_numel
-    assert zeros(after["conv2.weight"]) == round(0.8 * after["conv2.weight"].numel())
+    assert zeros(after["conv2.weight"]) == prune_count(0.8, after["conv2.weight"].numel())
     for k in after:
         if not k.endswith("weight") or k.startswith("bn"):
             assert torch.equal(after[k], before[k]), k  # biases, norm weights and buffers untouched
@@ -160,7 +165,7 @@ def test_monotone_never_regrows() -> None:
     magnitude_prune_(model, 0.7, "layer")
     for n, m in eligible_layers(model).items():
         assert bool(((m.weight == 0) | ~first[n]).all())  # old zeros stay zero
-        assert zeros(m.weight) >= round(0.7 * m.weight.numel())
+        assert zeros(m.weight) >= prune_count(0.7, m.weight.numel())
 
 
 def test_schedules_hand_computed() -> None:
@@ -194,7 +199,7 @@ def test_iterative_prune_with_finetune_keeps_accuracy() -> None:
     slimkit.apply_pass(model, cfg, ctx)
     layers = eligible_layers(model)
     total = sum(m.weight.numel() for m in layers.values())
-    assert sum(zeros(m.weight) for m in layers.values()) >= round(0.8 * total)  # fine-tuning kept zeros
+    assert sum(zeros(m.weight) for m in layers.values()) >= prune_count(0.8, total)  # fine-tuning kept zeros
     assert eligible_sparsity(model) == pytest.approx(0.8, abs=1e-3)
     pruned = accuracy(model, val)
     assert pruned >= dense - 0.02, (dense, pruned)
@@ -240,3 +245,10 @@ def test_recipe_stage_and_public_verb() -> None:
     model = ToyMLP()
     out = slimkit.prune_(model, slimkit.MagnitudePruneConfig(sparsity=0.75, scope="layer"))
     assert out is model and set(sparsity_report(model).values()) == {0.75}
+
+
+def test_prune_count_reaches_the_target():
+    assert prune_count(0.8, 1384) == 1108  # 1107.2 rounds up: 1107 would be 79.99%
+    assert prune_count(0.8, 10) == 8  # exact products are not bumped by float error
+    assert prune_count(0.7, 10) == 7
+    assert prune_count(0.999, 3) == 3

@@ -120,7 +120,8 @@ def test_killed_run_resumes_without_recomputing(tmp_path):
     recipe.write_text(yaml.safe_dump(rec))
     out = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "slimkit.cli.app", "run", str(recipe), "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})  # same threads as this process
     state = out / "state.json"
     deadline = time.time() + 240
     while time.time() < deadline:

@@ -25,6 +25,8 @@ _state: dict[str, Any] = {"verbose": False}
 def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show logs and full tracebacks.")] = False) -> None:
     _state["verbose"] = verbose
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:  # torch's exporter logs optional-dependency notes (e.g. torchvision) at warning level
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
 
 
 def _reporter() -> Any:
@@ -35,18 +37,22 @@ def _reporter() -> Any:
 
 
 def _print_report(report: dict[str, Any], run_dir: Path) -> None:
-    from slimkit.pipeline.report.render import COLUMNS, fmt, rows
+    from slimkit.pipeline.report.render import fmt, rows, seconds
 
+    cols = [("accuracy", "acc"), ("size_bytes", "bytes"), ("sparsity", "sparsity"), ("macs", "MACs"),
+            ("latency_median", "ms")]
     table = Table(title=f"slimkit: {report['name']}")
-    table.add_column("model")
-    for _, label in COLUMNS:
-        table.add_column(label, justify="right")
-    for label, m in rows(report):
-        table.add_row(label, *[fmt(k, m) for k, _ in COLUMNS])
+    table.add_column("model", no_wrap=True)
+    for _, label in cols:
+        table.add_column(label, justify="right", no_wrap=True)
+    table.add_column("s", justify="right", no_wrap=True, min_width=5)
+    for (label, m), sec in zip(rows(report), seconds(report), strict=True):
+        table.add_row(label, *[fmt(k, m) for k, _ in cols], sec)
     console.print(table)
     for c in report.get("constraints", []):
         mark = {True: "[green]met[/]", False: "[red]NOT met[/]", None: "[yellow]not measured[/]"}[c["met"]]
-        console.print(f"  {c['name']}: limit {c['limit']}, value {c['value']} -> {mark}")
+        value = "n/a" if c["value"] is None else f"{c['value']:.4g}"
+        console.print(f"  {c['name']}: limit {c['limit']}, value {value} -> {mark}")
     console.print(f"\n[bold]Verdict:[/] {report['verdict']}")
     console.print(f"Report: {(run_dir / 'report.html').resolve()}")
 
@@ -166,12 +172,11 @@ def main() -> None:
     except SystemExit:
         raise
     except Exception as exc:  # noqa: BLE001 - the one place that catches everything
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
+        # click's usage errors (typer vendors click, so match by shape, not by class)
+        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(exc.exit_code)  # type: ignore[attr-defined]
+        if type(exc).__name__ == "Abort":
             sys.exit(1)
         if _state["verbose"]:
             traceback.print_exc()

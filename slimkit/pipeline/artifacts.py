@@ -46,7 +46,7 @@ def load_saved(run_dir: Path, stage: str = "final") -> tuple[nn.Module, tuple[to
     run = _Run(recipe, run_dir)
     run.bundle = load_data(recipe.data)
     run.build = lambda: build_model(recipe.model, input_shape=run.bundle.input_shape,
-                                    num_classes=run.bundle.num_classes)
+                                    num_classes=run.bundle.num_classes, seed=recipe.seed)
     model = _restore(run, directory, list(recipe.stages[:upto]))
     return model, run.bundle.example_inputs
 

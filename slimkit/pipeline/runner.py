@@ -202,7 +202,8 @@ def run_recipe(recipe: Any, out: str | Path | None = None, *, resume: bool = Fal
         run = _Run(r, run_dir)
         with track("load data", total=None):
             run.bundle = load_data(r.data)
-        run.build = lambda: build_model(r.model, input_shape=run.bundle.input_shape, num_classes=run.bundle.num_classes)
+        run.build = lambda: build_model(r.model, input_shape=run.bundle.input_shape, num_classes=run.bundle.num_classes,
+                                        seed=r.seed)
         baseline_model = _baseline(run, state)
         baseline_metrics = dict(state.data["baseline"])
         teacher = copy.deepcopy(baseline_model).eval()

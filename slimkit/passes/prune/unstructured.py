@@ -2,7 +2,8 @@
 
 ``scope="layer"`` prunes every eligible layer to the target; ``scope="global"`` ranks all eligible
 weights together under one threshold, so layers with small weights lose more. The exact count
-``round(sparsity * numel)`` is pruned (per layer, or over all eligible weights), ties broken by position.
+``prune_count(sparsity, numel)`` = ceil(sparsity * numel) weights are pruned, so the target is
+always reached, (per layer, or over all eligible weights), ties broken by position.
 Pruning is monotone: weights that are already zero count toward the target and never regrow. The result
 is a plain model with zeros in its weights (no ``torch.nn.utils.prune`` reparametrization).
 """
@@ -10,6 +11,7 @@ is a plain model with zeros in its weights (no ``torch.nn.utils.prune`` reparame
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Mapping
 from typing import Literal
 
@@ -37,6 +39,11 @@ log = logging.getLogger(__name__)
 Scope = Literal["layer", "global"]
 
 
+def prune_count(sparsity: float, numel: int) -> int:
+    """How many of ``numel`` weights to prune for ``sparsity``: the smallest count that reaches it."""
+    return min(numel, math.ceil(sparsity * numel - 1e-9))
+
+
 def _smallest(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Bool mask over flat ``scores`` marking exactly the ``k`` smallest; ties go to the lowest positions."""
     prune = torch.zeros_like(scores, dtype=torch.bool)
@@ -60,7 +67,7 @@ def _layer_masks(layers: Mapping[str, nn.Module], sparsity: float, scope: Scope,
     if scope == "layer":
         for name, module in layers.items():
             w = module.weight
-            prune = _smallest(magnitude_scores(w, norm).flatten(), round(sparsity * w.numel()))
+            prune = _smallest(magnitude_scores(w, norm).flatten(), prune_count(sparsity, w.numel()))
             masks[name] = (~prune).view_as(w) & (w != 0)
         return masks
     if scope != "global":
@@ -68,7 +75,7 @@ def _layer_masks(layers: Mapping[str, nn.Module], sparsity: float, scope: Scope,
     weights = [m.weight for m in layers.values()]
     device = weights[0].device
     flat = torch.cat([magnitude_scores(w, norm).flatten().to(device) for w in weights])
-    prune = _smallest(flat, round(sparsity * flat.numel()))
+    prune = _smallest(flat, prune_count(sparsity, flat.numel()))
     start = 0
     for (name, _), w in zip(layers.items(), weights, strict=True):
         part = prune[start:start + w.numel()].view_as(w).to(w.device)

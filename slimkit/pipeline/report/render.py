@@ -15,11 +15,14 @@ COLUMNS = [
 
 def fmt(key: str, m: dict[str, Any]) -> str:
     """Format one metric of a METRICS dict for a table; 'n/a' for what was not measured."""
+    if key == "latency_median":
+        lat = m.get("latency_ms")
+        return f"{lat['median']:.3f}" if lat else "n/a"
     if key == "latency":
         lat = m.get("latency_ms")
         if not lat:
             return "n/a"
-        return f"{lat['median']:.3f} ({lat['p90']:.3f}) b{lat['batch']}"
+        return f"{lat['median']:.3f} ({lat['p90']:.3f})"
     v = m.get(key)
     if v is None:
         return "n/a"
@@ -44,17 +47,22 @@ def rows(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """(label, metrics) for the baseline, each stage and the final model."""
     out = [("baseline", report["baseline"])]
     for s in report["stages"]:
-        out.append((f"{s['index']}: {s['pass']} ({s['seconds']:.1f}s)", s["metrics"]))
+        out.append((f"{s['index']} {s['pass']}", s["metrics"]))
     out.append(("final", report["final"]))
     return out
 
 
+def seconds(report: dict[str, Any]) -> list[str]:
+    """Wall-clock seconds of each row of :func:`rows` ('' where it does not apply)."""
+    return ["", *[f"{s['seconds']:.1f}" for s in report["stages"]], ""]
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     lines = [f"# slimkit report: {report['name']}", "", f"**Verdict.** {report['verdict']}", ""]
-    lines.append("| model | " + " | ".join(label for _, label in COLUMNS) + " |")
-    lines.append("|---" * (len(COLUMNS) + 1) + "|")
-    for label, m in rows(report):
-        lines.append(f"| {label} | " + " | ".join(fmt(k, m) for k, _ in COLUMNS) + " |")
+    lines.append("| model | " + " | ".join(label for _, label in COLUMNS) + " | seconds |")
+    lines.append("|---" * (len(COLUMNS) + 2) + "|")
+    for (label, m), sec in zip(rows(report), seconds(report), strict=True):
+        lines.append(f"| {label} | " + " | ".join(fmt(k, m) for k, _ in COLUMNS) + f" | {sec} |")
     if report.get("constraints"):
         lines += ["", "## Constraints", "", "| constraint | limit | value | met |", "|---|---|---|---|"]
         for c in report["constraints"]:
@@ -94,7 +102,7 @@ def _plot(report: dict[str, Any], x_key: str, x_label: str) -> str | None:
     ax.plot(xs, ys, "-", color="#bbb", zorder=1)
     ax.scatter(xs, ys, c=["#1f77b4"] + ["#ff7f0e"] * (len(pts) - 2) + ["#2ca02c"], zorder=2)
     for label, x, y in pts:
-        ax.annotate(label.split(" (")[0], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set_xlabel(x_label)
     ax.set_ylabel("accuracy (%)")
     ax.grid(alpha=0.3)
@@ -115,7 +123,8 @@ def render_html(report: dict[str, Any]) -> str:
         ("Accuracy against size on disk", _plot(report, "size", "bytes on disk")),
         ("Accuracy against latency", _plot(report, "latency", "latency (ms, median)")),
     ) if p[1]]
-    table = [(label, [fmt(k, m) for k, _ in COLUMNS]) for label, m in rows(report)]
-    return tmpl.render(r=report, columns=[c for _, c in COLUMNS], table=table, plots=plots,
+    table = [(label, [*(fmt(k, m) for k, _ in COLUMNS), sec])
+             for (label, m), sec in zip(rows(report), seconds(report), strict=True)]
+    return tmpl.render(r=report, columns=[*(c for _, c in COLUMNS), "seconds"], table=table, plots=plots,
                        constraints=report.get("constraints") or [], exports=report.get("exports") or [],
                        env=report.get("environment") or {}, esc=html.escape)
