@@ -89,7 +89,10 @@ def _plot(report: dict[str, Any], x_key: str, x_label: str) -> str | None:
     import matplotlib.pyplot as plt
 
     pts = []
-    for label, m in rows(report):
+    points = rows(report)
+    if report["stages"]:  # the final model is the last stage's model: one point, not two on top of each other
+        points = points[:-1]
+    for label, m in points:
         x = m.get("size_bytes") if x_key == "size" else (m.get("latency_ms") or {}).get("median")
         y = m.get("accuracy")
         if x is not None and y is not None:
@@ -100,7 +103,7 @@ def _plot(report: dict[str, Any], x_key: str, x_label: str) -> str | None:
     xs = [p[1] for p in pts]
     ys = [p[2] for p in pts]
     ax.plot(xs, ys, "-", color="#bbb", zorder=1)
-    ax.scatter(xs, ys, c=["#1f77b4"] + ["#ff7f0e"] * (len(pts) - 2) + ["#2ca02c"], zorder=2)
+    ax.scatter(xs, ys, c=["#1f77b4"] + ["#ff7f0e"] * (len(pts) - 1), zorder=2)
     for label, x, y in pts:
         ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set_xlabel(x_label)
