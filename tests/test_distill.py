@@ -119,6 +119,8 @@ def test_adapters_match_shapes():
     assert a(torch.randn(2, 4, 2, 2)).shape == (2, 16, 4, 4)
     a = FeatureAdapter((2, 5, 12), (2, 5, 32))  # token features
     assert a(torch.randn(2, 5, 12)).shape == (2, 5, 32) and isinstance(a.proj, nn.Linear)
+    assert FeatureAdapter((2, 12), (2, 32, 1, 1))(torch.randn(2, 12)).shape == (2, 32, 1, 1)  # vector -> pooled
+    assert FeatureAdapter((2, 12, 1, 1), (2, 32))(torch.randn(2, 12, 1, 1)).shape == (2, 32)
     assert isinstance(FeatureAdapter((2, 8), (2, 8)).proj, nn.Identity)
     assert isinstance(FeatureAdapter((2, 8), (2, 8), always=True).proj, nn.Linear)
     with pytest.raises(ConfigError):

@@ -98,13 +98,20 @@ def match_spatial(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 
 
 class FeatureAdapter(nn.Module):
-    """Maps a student feature to the teacher feature's shape: 1x1 conv (maps) or Linear (last axis)."""
+    """Maps a student feature to the teacher feature's shape: 1x1 conv (maps) or Linear (last axis). A pooled
+    (B, C, 1, 1) map and a (B, D) vector are matched through a Linear."""
 
     def __init__(self, student_shape: Sequence[int], teacher_shape: Sequence[int], *, always: bool = False,
                  device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         s, t = tuple(student_shape), tuple(teacher_shape)
         self.spatial: tuple[int, ...] | None = None
+        self.flatten_in = len(s) == 4 and s[2:] == (1, 1) and len(t) == 2  # pooled map -> vector
+        self.unflatten_out = len(s) == 2 and len(t) == 4 and t[2:] == (1, 1)  # vector -> pooled map
+        if self.flatten_in:
+            s = s[:2]
+        if self.unflatten_out:
+            t = t[:2]
         if len(s) == 4 and len(t) == 4:
             self.spatial = t[2:]
             cs, ct = s[1], t[1]
@@ -120,9 +127,12 @@ class FeatureAdapter(nn.Module):
                                    "only in their last axis (B, D) / (B, L, D).")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.flatten_in:
+            x = x.flatten(1)
         if self.spatial is not None:
             x = match_spatial(x, self.spatial)
-        return self.proj(x)
+        x = self.proj(x)
+        return x[:, :, None, None] if self.unflatten_out else x
 
 
 def build_adapters(student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor], *,
