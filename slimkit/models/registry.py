@@ -20,7 +20,7 @@ F = TypeVar("F", bound=Callable[..., nn.Module])
 
 _ARCHS: dict[str, Callable[..., nn.Module]] = {}
 # Modules whose import registers architectures. Add yours here.
-_ARCH_MODULES: list[str] = ["slimkit.models.archs"]
+_ARCH_MODULES: list[str] = ["slimkit.models.archs", "slimkit.models.zoo.registered"]
 _loaded = False
 
 
