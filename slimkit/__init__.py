@@ -11,7 +11,17 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-from slimkit.api import apply_pass, distill, evaluate, export, finetune, lowrank_, prune_, quantize_, run_recipe
+from slimkit.api import (
+    apply_pass,
+    distill,
+    evaluate,
+    export,
+    finetune,
+    lowrank_,
+    prune_,
+    quantize_,
+    run_recipe,
+)
 from slimkit.config.recipe import Recipe, load_recipe, parse_recipe
 from slimkit.errors import SlimkitError
 
@@ -21,6 +31,7 @@ _LAZY: dict[str, str] = {
     "MagnitudePruneConfig": "slimkit.config.prune",
     **{n: "slimkit.config.quantize" for n in ("Int", "LogQuant", "Binary", "PTQConfig", "DynamicConfig", "WeightOnlyConfig", "QATConfig", "LogQuantConfig", "BinaryConfig", "PrecisionConfig", "FP16Config", "BF16Config")},
     "DistillConfig": "slimkit.config.distill", "SVDConfig": "slimkit.config.lowrank",
+    "FeatureDistillConfig": "slimkit.config.distill", "MutualDistillConfig": "slimkit.config.distill",
     "StructuredPruneConfig": "slimkit.config.structured", "NMSparsityConfig": "slimkit.config.structured",
 }
 

@@ -35,13 +35,14 @@ class _NullReporter:
         pass
 
 
-_reporter: contextvars.ContextVar[Reporter] = contextvars.ContextVar("slimkit_reporter", default=_NullReporter())
+_NULL = _NullReporter()
+_reporter: contextvars.ContextVar[Reporter | None] = contextvars.ContextVar("slimkit_reporter", default=None)
 
 
 @contextlib.contextmanager
 def track(description: str, total: int | None = None) -> Iterator[Task]:
     """``with track("fine-tune", total=n) as t: ... t.advance()``."""
-    reporter = _reporter.get()
+    reporter = _reporter.get() or _NULL
     task = reporter.start(description, total)
     try:
         yield task
