@@ -27,6 +27,9 @@ from torch import nn
 from slimkit.errors import ConfigError, ExportError
 
 log = logging.getLogger(__name__)
+# torch's exporter warns on every export that torchvision is absent (it only registers torchvision ops);
+# slimkit never needs those ops, so that note is noise for our users.
+logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 
 __all__ = ["export_onnx", "prepare_for_export"]
 
