@@ -236,7 +236,8 @@ def run_recipe(recipe: Any, out: str | Path | None = None, *, resume: bool = Fal
             t0 = time.perf_counter()
             from slimkit.api import apply_pass
 
-            model = apply_pass(model, cfg, ctx)
+            with track(f"stage {i + 1}/{len(r.stages)} {cfg.kind}:{cfg.method}", total=None):
+                model = apply_pass(model, cfg, ctx)
             seconds = time.perf_counter() - t0
             sdir = run_dir / "stages" / stage_dirname(i, cfg)
             artifact = _save_checkpoint(model, sdir, _model_spec(run))
