@@ -30,9 +30,19 @@ def fmt(key: str, m: dict[str, Any]) -> str:
         return f"{100 * v:.2f}%"
     if key == "size_bytes":
         return _bytes(v)
+    if key == "macs":
+        return _si(v)
     if isinstance(v, int):
         return f"{v:,}"
     return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _si(n: int) -> str:
+    """313984 -> '314.0K' (exact values are in report.json)."""
+    for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.1f}{unit}"
+    return str(n)
 
 
 def _bytes(n: int) -> str:
