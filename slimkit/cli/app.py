@@ -41,11 +41,13 @@ def _print_report(report: dict[str, Any], run_dir: Path) -> None:
 
     cols = [("accuracy", "acc"), ("size_bytes", "bytes"), ("sparsity", "sparsity"), ("macs", "MACs"),
             ("latency_median", "ms")]
-    table = Table(title=f"slimkit: {report['name']}")
+    from rich import box
+
+    table = Table(title=f"slimkit: {report['name']}", box=box.SIMPLE_HEAD)
     table.add_column("model", no_wrap=True)
     for _, label in cols:
         table.add_column(label, justify="right", no_wrap=True)
-    table.add_column("s", justify="right", no_wrap=True, min_width=5)
+    table.add_column("s", justify="right", no_wrap=True)
     for (label, m), sec in zip(rows(report), seconds(report), strict=True):
         table.add_row(label, *[fmt(k, m) for k, _ in cols], sec)
     console.print(table)
