@@ -42,6 +42,9 @@ bench: setup
 
 lint: setup
 	$(BIN)/ruff check slimkit tests bench examples
+
+# Advisory for now: most remaining findings are torch's `Tensor | Module` attribute typing.
+typecheck: setup
 	$(BIN)/mypy slimkit
 
 clean:
