@@ -97,7 +97,8 @@ def export_model(model: nn.Module, path: str | os.PathLike[str], *, example_inpu
     parity checked in onnxruntime on the example inputs and, with a dynamic batch, on a batch of 3
     (``atol``/``rtol`` default 1e-3 for fp32, 1e-2 for fp16; a mismatch raises ExportError).
     Any other path is a directory: ``model.safetensors`` + ``manifest.json`` (``spec`` says how to
-    rebuild), parity is an exact round trip of the state dict.
+    rebuild), parity is an exact round trip of the state dict (of its quantized values where a codec
+    stores weights quantized, see safetensors_io.encoded_state).
 
     Returns ``{"artifact": Path, "size_bytes": int, "parity": dict | None, "format": "onnx"|"safetensors"}``.
     """
@@ -151,7 +152,9 @@ def export_model(model: nn.Module, path: str | os.PathLike[str], *, example_inpu
     weights = save_model(model, path, spec=spec)
     result = {"artifact": weights, "format": "safetensors", "size_bytes": file_size(weights), "parity": None}
     if parity:
-        state = model.state_dict()
+        from slimkit.exporters.safetensors_io import encoded_state
+
+        state = encoded_state(model) if isinstance(model, nn.Module) else dict(model)  # codecs: quantized values
         loaded = load_state(path)
         exact = set(state) == set(loaded) and all(_bitwise_equal(state[k], loaded[k]) for k in state)
         result["parity"] = {"round_trip_exact": exact, "ok": exact}

@@ -5,11 +5,22 @@ Sparse floating tensors are stored compactly when that is smaller than dense: ``
 ``name::values`` (the nonzero elements, same dtype), so pruning shows up in bytes on disk. Tensors that
 share storage (tied weights) are stored once and recorded as aliases.
 
+Codecs (the hook for formats the exporter does not know, e.g. quantized weights): a package registers a
+:class:`Codec` with :func:`register_codec`. At save, for every module that is an instance of one of the
+codec's ``module_types``, ``codec.encode(module, prefix)`` may claim some of that module's state entries
+(full state names) and return for each the tensors to store (``name::<part>``) plus a JSON-able ``info``;
+unclaimed entries are stored as usual. At load, ``codec.decode(parts, info, state)`` returns the tensor
+(``state`` holds every non-codec entry, already decoded, e.g. the scales a quantized weight needs). The
+manifest names the codec and the module that registers it (imported on load, only under ``slimkit.``), so
+a checkpoint loads in a fresh process. Codecs are how packed int8/int4/log/binary weights are saved
+(see ``slimkit.passes.quantize.checkpoint``).
+
 manifest.json::
 
     {"format_version": 1, "torch": "2.x", "sha256": <of model.safetensors>, "spec": {...},
-     "tensors": {name: {"encoding": "dense"|"bitmask"|"alias", "shape": [...], "dtype": "float32",
-                        "alias_of": name (alias only)}},
+     "tensors": {name: {"encoding": "dense"|"bitmask"|"alias"|"codec", "shape": [...], "dtype": "float32",
+                        "alias_of": name (alias only),
+                        "codec": name, "codec_module": "slimkit....", "parts": [...], "info": {...} (codec only)}},
      "module_shapes": {module name: {"class": ..., "in_channels": ..., ...}}}
 """
 
@@ -21,6 +32,7 @@ import logging
 import math
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +44,85 @@ from slimkit.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FORMAT_VERSION", "MANIFEST", "WEIGHTS", "load_manifest", "load_model", "load_state", "save_model"]
+__all__ = ["FORMAT_VERSION", "MANIFEST", "WEIGHTS", "Codec", "encoded_state", "load_manifest", "load_model",
+           "load_state", "register_codec", "save_model"]
 
 FORMAT_VERSION = 1
 WEIGHTS = "model.safetensors"
 MANIFEST = "manifest.json"
 _INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+Encoded = dict[str, tuple[dict[str, torch.Tensor], dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class Codec:
+    """A compact stored form for some state entries of some modules (see the module docstring).
+
+    ``encode(module, prefix) -> {state name: (parts, info)}`` (empty: nothing claimed); ``parts`` maps a
+    non-empty suffix to a CPU tensor, ``info`` is JSON-able. ``decode(parts, info, state) -> tensor``.
+    The decoded value may differ from the in-memory tensor (a quantized weight decodes to its quantized
+    value); :func:`encoded_state` tells what a model's state will load back as.
+    """
+
+    name: str
+    module_types: tuple[type, ...]
+    encode: Callable[[nn.Module, str], Encoded]
+    decode: Callable[[dict[str, torch.Tensor], dict[str, Any], dict[str, torch.Tensor]], torch.Tensor]
+    module: str = ""
+
+
+_CODECS: dict[str, Codec] = {}
+
+
+def register_codec(name: str, module_types: tuple[type, ...], encode: Callable[[nn.Module, str], Encoded],
+                   decode: Callable[..., torch.Tensor], *, module: str) -> Codec:
+    """Register a :class:`Codec`. ``module`` is the importable module that registers it (recorded in the
+    manifest and imported on load if the codec is not registered yet; it must start with ``slimkit.``)."""
+    codec = Codec(name, tuple(module_types), encode, decode, module)
+    _CODECS[name] = codec
+    return codec
+
+
+def _codec(name: str, module: str | None) -> Codec:
+    if name not in _CODECS and isinstance(module, str) and module.startswith("slimkit."):
+        import importlib
+
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ModelLoadError(f"tensor codec '{name}' needs {module}, which cannot be imported: {exc}") from None
+    codec = _CODECS.get(name)
+    if codec is None:
+        raise ModelLoadError(f"the checkpoint uses tensor codec '{name}', which no slimkit module registers.",
+                             hint="Load it with the slimkit version that saved it.")
+    return codec
+
+
+def _encode_modules(model: nn.Module) -> dict[str, tuple[Codec, dict[str, torch.Tensor], dict[str, Any]]]:
+    """Entries claimed by codecs: state name -> (codec, parts, info)."""
+    out: dict[str, tuple[Codec, dict[str, torch.Tensor], dict[str, Any]]] = {}
+    if not _CODECS:
+        return out
+    for prefix, module in model.named_modules():
+        for codec in _CODECS.values():
+            if isinstance(module, codec.module_types):
+                for key, (parts, info) in codec.encode(module, prefix).items():
+                    if key not in out:
+                        out[key] = (codec, {k: v.detach().cpu().contiguous() for k, v in parts.items()}, info)
+    return out
+
+
+def encoded_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` as :func:`load_state` will return it after :func:`save_model`: entries that a
+    codec stores are encoded and decoded in memory (e.g. a fake-quantized weight becomes its quantized value)."""
+    state = dict(model.state_dict())
+    claimed = _encode_modules(model)
+    plain = {k: v for k, v in state.items() if k not in claimed}
+    for key, (codec, parts, info) in claimed.items():
+        state[key] = codec.decode(parts, info, plain)
+    return state
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -64,6 +149,16 @@ def _encode(t: torch.Tensor, compact: bool) -> tuple[str, dict[str, torch.Tensor
     return "dense", {"": t.clone()}
 
 
+def _storage_key(t: torch.Tensor) -> tuple[int, int, tuple[int, ...], tuple[int, ...], torch.dtype] | None:
+    """Identity of a tensor's memory (equal for tied weights); None when empty or without plain storage."""
+    if not t.numel():
+        return None
+    try:
+        return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+    except (RuntimeError, NotImplementedError, TypeError):
+        return None
+
+
 def _file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -76,7 +171,8 @@ def save_model(model: nn.Module | dict[str, torch.Tensor], directory: str | os.P
                spec: dict[str, Any] | None = None, compact: bool = True) -> Path:
     """Write ``directory/model.safetensors`` and ``directory/manifest.json`` (each atomically, the
     manifest last). ``spec`` is an opaque dict telling how to rebuild the architecture (e.g. the recipe's
-    model section); ``compact`` stores sparse tensors as bitmask + values. Returns the weights file."""
+    model section); ``compact`` stores sparse tensors as bitmask + values and lets registered codecs store
+    the entries they claim (e.g. packed quantized weights). Returns the weights file."""
     from safetensors.torch import save_file
 
     from slimkit.exporters.manifest import module_shapes
@@ -86,14 +182,28 @@ def save_model(model: nn.Module | dict[str, torch.Tensor], directory: str | os.P
     stored: dict[str, torch.Tensor] = {}
     entries: dict[str, dict[str, Any]] = {}
     seen: dict[tuple[int, int, tuple[int, ...], tuple[int, ...], torch.dtype], str] = {}
+    claimed = _encode_modules(model) if isinstance(model, nn.Module) and compact else {}
+    for name, (codec, parts, info) in claimed.items():
+        t = state.get(name)
+        if t is None:
+            raise ModelLoadError(f"codec '{codec.name}' claimed '{name}', which is not in the state dict.")
+        for suffix, part in parts.items():
+            stored[f"{name}::{suffix}"] = part
+        entries[name] = {"encoding": "codec", "codec": codec.name, "codec_module": codec.module,
+                         "parts": sorted(parts), "info": info, "shape": list(t.shape),
+                         "dtype": _dtype_name(t.dtype)}
+        key = _storage_key(t)
+        if key is not None:
+            seen.setdefault(key, name)
     for name, t in state.items():
+        if name in claimed:
+            continue
         if not isinstance(t, torch.Tensor):
             raise ModelLoadError(f"state entry '{name}' is a {type(t).__name__}, not a tensor; cannot save it.")
         if "::" in name:
             raise ModelLoadError(f"state name '{name}' contains '::', which the format reserves.")
         entry: dict[str, Any] = {"shape": list(t.shape), "dtype": _dtype_name(t.dtype)}
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype) \
-            if t.numel() else None
+        key = _storage_key(t)
         if key is not None and key in seen:
             entries[name] = {"encoding": "alias", "alias_of": seen[key], **entry}
             continue
@@ -165,6 +275,25 @@ def _decode(name: str, entry: dict[str, Any], stored: dict[str, torch.Tensor]) -
     raise ModelLoadError(f"tensor '{name}' has unknown encoding {encoding!r}.")
 
 
+def _decode_codec(name: str, entry: dict[str, Any], stored: dict[str, torch.Tensor],
+                  plain: dict[str, torch.Tensor]) -> torch.Tensor:
+    codec = _codec(str(entry.get("codec")), entry.get("codec_module"))
+    parts = {}
+    for suffix in entry.get("parts") or []:
+        part = stored.get(f"{name}::{suffix}")
+        if part is None:
+            raise ModelLoadError(f"tensor '{name}' ({codec.name}) is missing its stored part '{suffix}'.")
+        parts[suffix] = part
+    try:
+        t = codec.decode(parts, dict(entry.get("info") or {}), plain)
+    except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+        raise ModelLoadError(f"tensor '{name}' cannot be decoded by codec '{codec.name}': {exc}") from None
+    if list(t.shape) != list(entry.get("shape", [])):
+        raise ModelLoadError(f"tensor '{name}' decoded to shape {list(t.shape)}, the manifest says "
+                             f"{entry.get('shape')}.")
+    return t
+
+
 def load_state(directory: str | os.PathLike[str], *, verify: bool = True) -> dict[str, torch.Tensor]:
     """Decode ``model.safetensors`` back to the exact dense state dict. ``verify`` checks the file's
     SHA-256 against the manifest. A truncated, tampered or inconsistent file raises ModelLoadError."""
@@ -186,11 +315,17 @@ def load_state(directory: str | os.PathLike[str], *, verify: bool = True) -> dic
                              hint="The file is truncated or not a safetensors file; save it again.") from None
     state: dict[str, torch.Tensor] = {}
     aliases = {}
+    coded = {}
     for name, entry in manifest["tensors"].items():
         if entry.get("encoding") == "alias":
             aliases[name] = entry.get("alias_of")
+        elif entry.get("encoding") == "codec":
+            coded[name] = entry
         else:
             state[name] = _decode(name, entry, stored)
+    plain = dict(state)
+    for name, entry in coded.items():
+        state[name] = _decode_codec(name, entry, stored, plain)
     for name, target in aliases.items():
         if target not in state:
             raise ModelLoadError(f"tensor '{name}' aliases '{target}', which is not stored.")

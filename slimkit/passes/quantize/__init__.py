@@ -2,5 +2,9 @@
 weight-only, fp16/bf16. See docs/quantization.md.
 
 Modules: qscheme (math), observers (calibration), fake_quant (STE/LSQ fake quantizers), modules (layer
-wrappers and surgery), ptq / qat / dynamic / weight_only / precision (passes), packing (packed storage).
+wrappers and surgery), ptq / qat / dynamic / weight_only / precision (passes), packing (packed storage),
+checkpoint (how quantized models are saved and rebuilt; imported here so its codecs are registered whenever a
+quantized model exists).
 """
+
+from slimkit.passes.quantize import checkpoint as _checkpoint  # noqa: F401  (registers the checkpoint codecs)

@@ -10,6 +10,7 @@ Convolutions are left in float: dynamic int8 convolutions are slow on CPU (see d
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from torch import nn
 
@@ -26,7 +27,12 @@ def _keep(skip: list[str]):  # noqa: ANN202
     return lambda m, fqn: isinstance(m, nn.Linear) and not (skip and matches(fqn, m, skip))
 
 
-@register_pass(DynamicConfig)
+def _rebuild(model: nn.Module, cfg: DynamicConfig, manifest: dict[str, Any]) -> nn.Module:
+    """Quantize the fresh model the same way (data-free); the checkpoint then loads the int8 weights."""
+    return dynamic(model, cfg, PassContext())
+
+
+@register_pass(DynamicConfig, rebuild=_rebuild)
 def dynamic(model: nn.Module, cfg: DynamicConfig, ctx: PassContext) -> nn.Module:
     """Dynamic int8 quantization of Linear layers (see module docstring)."""
     layers = list(quantizable_layers(model, ["Linear"], cfg.skip))

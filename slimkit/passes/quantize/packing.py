@@ -93,6 +93,46 @@ def _codes(fq: nn.Module, w: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]
                    "group_size": fq.group_size}
 
 
+def is_packable(fq: nn.Module | None) -> bool:
+    """Whether a weight quantizer is frozen (observer off) and initialized, so its codes are final."""
+    if fq is None or bool(getattr(fq, "observer_enabled", torch.tensor(1))):
+        return False
+    if isinstance(fq, FakeQuantize):
+        return bool(fq.initialized) and bool(fq.fake_quant_enabled) and fq.bits <= 8
+    return isinstance(fq, LogFakeQuantize | BinaryFakeQuantize)
+
+
+def encode_weight(fq: nn.Module, w: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Packed codes (uint8) of ``w`` under a frozen weight quantizer, and the JSON-able metadata
+    ``{"scheme", "bits", "axis", "shape", "dtype", ("qmin", "group_size")}`` to unpack them."""
+    codes, info = _codes(fq, w)
+    info.update(shape=list(w.shape), dtype=str(w.dtype).removeprefix("torch."))
+    return pack_bits(codes, info["bits"]), info
+
+
+def decode_weight(packed: torch.Tensor, info: dict[str, Any], scale: torch.Tensor,
+                  zero_point: torch.Tensor | None = None) -> torch.Tensor:
+    """The float weight of :func:`encode_weight` output: exactly the fake-quantized weight."""
+    shape = tuple(info["shape"])
+    numel = math.prod(shape)
+    codes = unpack_bits(packed, info["bits"], numel).reshape(shape)
+    scale = scale.detach().float().cpu()
+    axis = info.get("axis")
+    if info["scheme"] == "binary":
+        w = qs.binarize(torch.where(codes.bool(), -1.0, 1.0), scale, axis)
+    elif info["scheme"] == "log":
+        w = qs.log_dequantize(codes, scale, info["bits"], axis)
+    else:
+        zp = (torch.zeros_like(scale) if zero_point is None else zero_point.detach().float().cpu())
+        q = codes.float() + info["qmin"]
+        if info.get("group_size"):
+            g = q.reshape(shape[0], -1, info["group_size"])
+            w = ((g - zp[..., None]) * scale[..., None]).reshape(shape)
+        else:
+            w = qs.dequantize(q, scale, zp, axis)
+    return w.to(getattr(torch, info.get("dtype", "float32")))
+
+
 def packed_state_dict(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, Any]]]:
     """The model's state dict with every frozen quantized weight packed, and the metadata to unpack it.
 
@@ -102,16 +142,13 @@ def packed_state_dict(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[s
     meta: dict[str, dict[str, Any]] = {}
     for name, wrapper in quant_wrappers(model):
         fq = wrapper.weight_fake_quant
-        if fq is None or bool(getattr(fq, "observer_enabled", torch.tensor(1))):
-            continue
-        if isinstance(fq, FakeQuantize) and (not bool(fq.initialized) or fq.bits > 8):
+        if not is_packable(fq):
             continue
         key = f"{name}.module.weight"
-        w = wrapper.module.weight
-        codes, info = _codes(fq, w)
-        info.update(shape=list(w.shape), dtype=str(w.dtype).removeprefix("torch."), scales=f"{name}.weight_fake_quant")
+        packed, info = encode_weight(fq, wrapper.module.weight)
+        info["scales"] = f"{name}.weight_fake_quant"
         sd.pop(key, None)
-        sd[key + PACKED_SUFFIX] = pack_bits(codes, info["bits"])
+        sd[key + PACKED_SUFFIX] = packed
         meta[key] = info
     return sd, meta
 
@@ -121,24 +158,8 @@ def unpack_state_dict(sd: dict[str, torch.Tensor], meta: dict[str, dict[str, Any
     out = dict(sd)
     for key, info in meta.items():
         packed = out.pop(key + PACKED_SUFFIX)
-        shape = tuple(info["shape"])
-        numel = math.prod(shape)
-        codes = unpack_bits(packed, info["bits"], numel).reshape(shape)
-        scale = out[f"{info['scales']}.scale"].float()
-        axis = info.get("axis")
-        if info["scheme"] == "binary":
-            w = torch.where(codes.bool(), -1.0, 1.0) * qs._bcast(scale, codes, axis)
-        elif info["scheme"] == "log":
-            w = qs.log_dequantize(codes, scale, info["bits"], axis)
-        else:
-            zp = out[f"{info['scales']}.zero_point"].float()
-            q = codes.float() + info["qmin"]
-            if info.get("group_size"):
-                g = q.reshape(shape[0], -1, info["group_size"])
-                w = ((g - zp[..., None]) * scale[..., None]).reshape(shape)
-            else:
-                w = qs.dequantize(q, scale, zp, axis)
-        out[key] = w.to(getattr(torch, info.get("dtype", "float32")))
+        out[key] = decode_weight(packed, info, out[f"{info['scales']}.scale"],
+                                 out.get(f"{info['scales']}.zero_point"))
     return out
 
 

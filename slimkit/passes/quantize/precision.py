@@ -49,11 +49,16 @@ def to_precision(model: nn.Module, dtype: torch.dtype, keep_norms_fp32: bool = T
     return model
 
 
-@register_pass(PrecisionConfig)
+@register_pass(PrecisionConfig, rebuild=lambda model, cfg, manifest: _rebuild(model, cfg, manifest))
 def precision(model: nn.Module, cfg: PrecisionConfig, ctx: PassContext) -> nn.Module:
     """fp16 or bf16 by ``cfg.method``."""
     return to_precision(model, torch.float16 if cfg.method == "fp16" else torch.bfloat16, cfg.keep_norms_fp32)
 
 
-register_pass(FP16Config)(precision)
-register_pass(BF16Config)(precision)
+def _rebuild(model: nn.Module, cfg: PrecisionConfig, manifest: dict[str, Any]) -> nn.Module:
+    """Cast the fresh model (and install the casting hooks) so the half-precision checkpoint loads as is."""
+    return precision(model, cfg, PassContext())
+
+
+register_pass(FP16Config, rebuild=_rebuild)(precision)
+register_pass(BF16Config, rebuild=_rebuild)(precision)

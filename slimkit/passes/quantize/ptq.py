@@ -256,7 +256,37 @@ def check_layers(model: nn.Module, layers: list[tuple[str, nn.Module]], skip: li
     return specs
 
 
-@register_pass(PTQConfig, needs=("calibration",), default=True)
+def _ptq_make(cfg: PTQConfig, specs: dict[str, Any]) -> Any:
+    def make(name: str, layer: nn.Module) -> tuple[nn.Module, nn.Module | None]:
+        wfq = weight_quantizer(specs[name])
+        ifq = activation_quantizer(cfg.activations) if cfg.activations is not None else None
+        for fq in (wfq, ifq):
+            if isinstance(fq, FakeQuantize):
+                fq.enable_fake_quant(False)
+        return wfq, ifq
+    return make
+
+
+def _fold_eval(model: nn.Module) -> None:
+    was_training = model.training
+    model.eval()
+    fold_bn(model)
+    model.train(was_training)
+
+
+def _rebuild_ptq(model: nn.Module, cfg: PTQConfig, manifest: dict[str, Any]) -> nn.Module:
+    """Redo PTQ's structure without data (fold BatchNorm, wrap the same layers with the same quantizers,
+    frozen); the checkpoint then loads the scales and weights."""
+    if cfg.fold_bn:
+        _fold_eval(model)
+    layers = list(quantizable_layers(model, list(cfg.include), cfg.skip))
+    specs = check_layers(model, layers, cfg.skip, cfg.overrides, cfg.weights)
+    wrap_layers(model, layers, _ptq_make(cfg, specs))
+    freeze_all(model)
+    return model
+
+
+@register_pass(PTQConfig, needs=("calibration",), default=True, rebuild=_rebuild_ptq)
 def ptq(model: nn.Module, cfg: PTQConfig, ctx: PassContext) -> nn.Module:
     """Static PTQ (see module docstring)."""
     layers = list(quantizable_layers(model, list(cfg.include), cfg.skip))
@@ -265,22 +295,10 @@ def ptq(model: nn.Module, cfg: PTQConfig, ctx: PassContext) -> nn.Module:
     check_layers(model, layers, cfg.skip, cfg.overrides, cfg.weights)
     inputs = check_calibration(model, ctx.calibration, ctx, cfg.calibration_batches)
     if cfg.fold_bn:
-        was_training = model.training
-        model.eval()
-        fold_bn(model)
-        model.train(was_training)
+        _fold_eval(model)
     layers = list(quantizable_layers(model, list(cfg.include), cfg.skip))
     specs = check_layers(model, layers, cfg.skip, cfg.overrides, cfg.weights)
-
-    def make(name: str, layer: nn.Module) -> tuple[nn.Module, nn.Module | None]:
-        wfq = weight_quantizer(specs[name])
-        ifq = activation_quantizer(cfg.activations) if cfg.activations is not None else None
-        for fq in (wfq, ifq):
-            if isinstance(fq, FakeQuantize):
-                fq.enable_fake_quant(False)
-        return wfq, ifq
-
-    wrap_layers(model, layers, make)
+    wrap_layers(model, layers, _ptq_make(cfg, specs))
     n = calibrate(model, inputs)
     freeze_all(model)
     log.info("PTQ: %d layer(s) quantized, %d calibration batch(es)", len(layers), n)
@@ -300,13 +318,20 @@ def _weight_pass(model: nn.Module, skip: list[str], make_wfq: Any, make_ifq: Any
     return model
 
 
-@register_pass(LogQuantConfig)
+def _rebuild_data_free(model: nn.Module, cfg: Any, manifest: dict[str, Any]) -> nn.Module:
+    """Data-free passes rebuild by running again on the fresh model (the checkpoint then loads the scales)."""
+    from slimkit.registry import spec_for
+
+    return spec_for(cfg).handler(model, cfg, PassContext())
+
+
+@register_pass(LogQuantConfig, rebuild=_rebuild_data_free)
 def log_quant(model: nn.Module, cfg: LogQuantConfig, ctx: PassContext) -> nn.Module:
     """Power-of-two weights (per output channel scale = largest magnitude); activations stay float."""
     return _weight_pass(model, cfg.skip, lambda: LogFakeQuantize(cfg.bits, cfg.per_channel))
 
 
-@register_pass(BinaryConfig)
+@register_pass(BinaryConfig, rebuild=_rebuild_data_free)
 def binary(model: nn.Module, cfg: BinaryConfig, ctx: PassContext) -> nn.Module:
     """Binary weights ``sign(w) * mean|w|`` per output channel; optionally binary (sign) inputs."""
     return _weight_pass(model, cfg.skip, lambda: BinaryFakeQuantize(True),

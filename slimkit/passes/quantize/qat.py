@@ -12,6 +12,7 @@ schedule and the optimizer state).
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 from torch import nn
@@ -74,7 +75,16 @@ def _fold(model: nn.Module) -> None:
     model.train(was_training)
 
 
-@register_pass(QATConfig, needs=("train_loader",))
+def _rebuild_qat(model: nn.Module, cfg: QATConfig, manifest: dict[str, Any]) -> nn.Module:
+    """QAT's final structure without data or training: BatchNorm folded (QAT always folds by its end), the
+    same LSQ/observer fake quantizers, frozen; the checkpoint then loads the learned scales."""
+    _fold(model)
+    prepare_qat(model, cfg)
+    freeze_all(model)
+    return model
+
+
+@register_pass(QATConfig, needs=("train_loader",), rebuild=_rebuild_qat)
 def qat(model: nn.Module, cfg: QATConfig, ctx: PassContext) -> nn.Module:
     """Quantization-aware training (see module docstring). The training history goes to
     ``ctx.extras["train_result"]`` (a list, one entry per segment)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -83,7 +84,16 @@ def _torchao_int8(model: nn.Module, skip: list[str]) -> bool:
     return True
 
 
-@register_pass(WeightOnlyConfig)
+def _rebuild(model: nn.Module, cfg: WeightOnlyConfig, manifest: dict[str, Any]) -> nn.Module:
+    """Redo the same layer replacement on the fresh model; the backend is read from the checkpoint (packed
+    ``qweight`` buffers mean slimkit's), so a checkpoint loads where torchao's availability differs."""
+    tensors = manifest.get("tensors") if isinstance(manifest, dict) else None
+    if isinstance(tensors, dict) and any(k.endswith(".qweight") for k in tensors):
+        cfg = cfg.model_copy(update={"backend": "slimkit"})
+    return weight_only(model, cfg, PassContext())
+
+
+@register_pass(WeightOnlyConfig, rebuild=_rebuild)
 def weight_only(model: nn.Module, cfg: WeightOnlyConfig, ctx: PassContext) -> nn.Module:
     """Weight-only quantization (see module docstring). ``ctx.extras["quantize_backend"]`` records the backend."""
     include = ["Linear"] if cfg.bits == 8 else ["Linear", "Conv1d", "Conv2d"]
