@@ -42,6 +42,46 @@ def structure_of(model: nn.Module) -> dict[str, Any]:
     return {"modules": mods, "params": params}
 
 
+_GATES = {"LSTM": 4, "GRU": 3}
+
+
+def structure_from_shapes(model: nn.Module, shapes: dict[str, list[int]]) -> dict[str, Any]:
+    """The :func:`structure_of` a pruned copy of ``model`` would have, read from its saved tensor shapes
+    (``{state name: shape}``, e.g. a manifest's ``tensors``) without the pruned model itself. Used to rebuild
+    a checkpoint whose manifest carries no ``structure``. Modules absent from ``shapes`` are left out."""
+    mods: dict[str, dict[str, Any]] = {}
+    for name, mod in model.named_modules():
+        pre = f"{name}." if name else ""
+        if isinstance(mod, nn.MultiheadAttention):
+            w = shapes.get(pre + "in_proj_weight")
+            if not w or len(w) != 2:
+                continue
+            head_dim = int(getattr(mod, "head_dim", mod.embed_dim // mod.num_heads))
+            inner, embed = int(w[0]) // 3, int(w[1])
+            heads = inner // head_dim
+            pruned = isinstance(mod, PrunedMultiheadAttention) or embed != mod.embed_dim or heads != mod.num_heads
+            mods[name] = {"kind": "mha", "embed_dim": embed, "num_heads": heads, "head_dim": head_dim,
+                          "pruned": pruned}
+        elif isinstance(mod, nn.RNNBase):
+            w = shapes.get(pre + "weight_ih_l0")
+            if not w or len(w) != 2:
+                continue
+            gates = _GATES.get(mod.mode, 1)
+            mods[name] = {"kind": "rnn", "input_size": int(w[1]), "hidden_size": int(w[0]) // gates}
+        elif hasattr(mod, "num_attention_heads") and hasattr(mod, "all_head_size"):
+            w = shapes.get(pre + "query.weight")
+            head = getattr(mod, "attention_head_size", None)
+            if not w or not head:
+                continue
+            mods[name] = {"kind": "hf_attention", "num_attention_heads": int(w[0]) // int(head),
+                          "all_head_size": int(w[0])}
+    params = {}
+    for pname in structure_of(model)["params"]:
+        if pname in shapes:
+            params[pname] = [int(d) for d in shapes[pname]]
+    return {"modules": mods, "params": params}
+
+
 def _set(model: nn.Module, name: str, value: Any) -> None:
     parent, _, leaf = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, leaf, value)

@@ -58,16 +58,16 @@ class Bottleneck(nn.Module):
 
 class ResNet(nn.Module):
     """torchvision-compatible ResNet. ``width`` scales every stage (64 = torchvision); ``small_input`` uses a
-    3x3 stem without max-pool for 28-32 px images."""
+    3x3 stem without max-pool for 28-32 px images (``stem_stride`` 2 halves the resolution there)."""
 
     def __init__(self, block: type[BasicBlock | Bottleneck], layers: Sequence[int], num_classes: int = 1000,
                  in_channels: int = 3, width: int = 64, groups: int = 1, width_per_group: int = 64,
-                 small_input: bool = False) -> None:
+                 small_input: bool = False, stem_stride: int = 1) -> None:
         super().__init__()
         self.inplanes = width
         self.groups, self.base_width = groups, width_per_group
         if small_input:
-            self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+            self.conv1 = nn.Conv2d(in_channels, width, 3, stem_stride, 1, bias=False)
             self.maxpool: nn.Module = nn.Identity()
         else:
             self.conv1 = nn.Conv2d(in_channels, width, 7, 2, 3, bias=False)
@@ -119,6 +119,15 @@ def resnet_tiny(num_classes: int = 10, in_channels: int = 3, width: int = 8, bot
     """A small ResNet for tests and Fashion-MNIST (one block per stage, 3x3 stem)."""
     block = Bottleneck if bottleneck else BasicBlock
     return ResNet(block, [1, 1, 1, 1], num_classes, in_channels=in_channels, width=width, small_input=True)
+
+
+def resnet_fmnist(num_classes: int = 10, in_channels: int = 1, width: int = 64,
+                  layers: Sequence[int] = (1, 1, 1, 1)) -> ResNet:
+    """A ResNet-10-style net for 28x28 images with full ResNet width (64..512): 3x3 stride-2 stem, stages at
+    14, 7, 4 and 2 px. Wide enough that the convolutions, not per-op overhead, dominate CPU latency at batch 1,
+    so removing channels shows in measured time (bench/prune_resnet.py)."""
+    return ResNet(BasicBlock, list(layers), num_classes, in_channels=in_channels, width=width, small_input=True,
+                  stem_stride=2)
 
 
 def resnext_tiny(num_classes: int = 10, in_channels: int = 3, groups: int = 4, width_per_group: int = 32) -> ResNet:

@@ -16,7 +16,7 @@ from torch import nn
 
 from slimkit.config.structured import StructuredPruneConfig
 from slimkit.context import PassContext
-from slimkit.errors import ConstraintError
+from slimkit.errors import ConstraintError, ModelLoadError
 from slimkit.graph import DependencyGraph, apply_removal, build_dependency_graph, pruned_copy
 from slimkit.passes.prune.structured_importance import unit_scores
 from slimkit.registry import register_pass
@@ -73,6 +73,28 @@ def plan_removal(graph: DependencyGraph, scores: dict[int, float], ratio: float,
     return removed
 
 
+def _refinement_moves(graph: DependencyGraph, scores: dict[int, float], removed: set[int], extra: set[int],
+                      round_to: int) -> list[set[int]]:
+    """``extra`` split into chunks, weakest first: ``round_to`` units of one channel group at a time (the first
+    chunk of a group brings its kept width down to a multiple of ``round_to``), single units elsewhere."""
+    moves: list[tuple[float, set[int]]] = []
+    for g in graph.groups:
+        units = sorted((u for u in g.units if u in extra), key=lambda u: scores.get(u, 0.0))
+        if not units:
+            continue
+        step = round_to if round_to > 1 and g.kind == "channels" and g.width == 1 else 1
+        kept = len(g) - sum(1 for u in g.units if u in removed)
+        first = kept % step or step
+        i = 0
+        while i < len(units):
+            n = first if i == 0 else step
+            chunk = units[i:i + n]
+            moves.append((sum(scores.get(u, 0.0) for u in chunk) / len(chunk), set(chunk)))
+            i += n
+    moves.sort(key=lambda m: m[0])
+    return [m[1] for m in moves]
+
+
 def _solve_macs(model: nn.Module, graph: DependencyGraph, scores: dict[int, float], cfg: StructuredPruneConfig,
                 inputs: tuple[Any, ...], target: float, base: int) -> set[int]:
     """Bisection on the ratio until MACs land within ``cfg.macs_tolerance`` of ``target`` (absolute MACs)."""
@@ -108,12 +130,13 @@ def _solve_macs(model: nn.Module, graph: DependencyGraph, scores: dict[int, floa
         else:
             hi, m_hi, rem_hi = mid, m, removed
     if best[0] > cfg.macs_tolerance / 2:
-        # units come in whole groups per ratio step; refine by adding the extra units one by one
-        extra = sorted(rem_hi - rem_lo, key=lambda u: scores.get(u, 0.0))
-        a, b = 0, len(extra)
+        # units come in whole groups per ratio step; refine by adding the extra units chunk by chunk, a chunk
+        # being round_to units of one channel group (so kept widths stay multiples of round_to)
+        moves = _refinement_moves(graph, scores, rem_lo, rem_hi - rem_lo, cfg.round_to)
+        a, b = 0, len(moves)
         while a < b:
             k = (a + b) // 2
-            removed = rem_lo | set(extra[:k])
+            removed = rem_lo.union(*moves[:k])
             m = count_macs(pruned_copy(model, graph, removed)[0], inputs)
             if abs(m / target - 1) < best[0]:
                 best = (abs(m / target - 1), removed, m)
@@ -134,7 +157,31 @@ def _finetune(model: nn.Module, cfg: StructuredPruneConfig, ctx: PassContext) ->
     train_model(model, ctx.train_loader, cfg.finetune, val_loader=ctx.val_loader)
 
 
-@register_pass(StructuredPruneConfig, needs=("example_inputs",))
+def _rebuild(model: nn.Module, cfg: StructuredPruneConfig, manifest: dict[str, Any]) -> nn.Module:
+    """Redo the pruned structure of a checkpoint without data, so the runner can load it on resume.
+
+    Conv/Linear/Norm/Embedding widths are restored by the exporters from the manifest's ``module_shapes``;
+    this hook restores what those do not cover (attention heads, recurrent hidden size, parameters read in
+    forward), from ``spec["structure"]`` when the checkpoint carries one (:func:`slimkit.graph.structure.
+    structure_of`), else from the saved tensor shapes. It reads the final shapes, so applying it once per
+    structured stage is harmless."""
+    from slimkit.graph.structure import apply_structure, structure_from_shapes
+
+    if not isinstance(manifest, dict):
+        raise ModelLoadError("structured prune: the checkpoint manifest is not a mapping; cannot rebuild.")
+    spec = manifest.get("spec")
+    structure = spec.get("structure") if isinstance(spec, dict) else None
+    if not isinstance(structure, dict):
+        tensors = manifest.get("tensors")
+        if not isinstance(tensors, dict):
+            raise ModelLoadError("structured prune: the checkpoint manifest lists no tensors; cannot rebuild the "
+                                 "pruned structure.", hint="Save the model with slimkit.exporters.save_model.")
+        shapes = {k: list(v["shape"]) for k, v in tensors.items() if isinstance(v, dict) and "shape" in v}
+        structure = structure_from_shapes(model, shapes)
+    return apply_structure(model, structure)
+
+
+@register_pass(StructuredPruneConfig, needs=("example_inputs",), rebuild=_rebuild)
 def structured_prune(model: nn.Module, cfg: StructuredPruneConfig, ctx: PassContext) -> nn.Module:
     """Prune ``model`` in place to ``cfg.ratio`` or ``cfg.target_macs``."""
     inputs = tuple(ctx.example_inputs or ())
