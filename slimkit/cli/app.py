@@ -159,6 +159,11 @@ def inspect(
     console.print(f"params: {count_params(net):,}   MACs (batch 1): {count_macs(net, example):,}")
 
 
+from slimkit.cli.search import register as _register_search  # noqa: E402  (slimkit search; slimkit/cli/search.py)
+
+_register_search(app)
+
+
 def main() -> None:
     """Console entry point: typer app with typed errors turned into exit codes."""
     try:

@@ -1,0 +1,188 @@
+"""The search config: a base recipe, a space over its settings, an objective under the recipe's
+constraints, and the budget. Validated with every problem and its path before any compute.
+
+```yaml
+name: search-digits
+base: recipes/demo.yaml            # a recipe file (relative to the current directory) or an inline recipe
+space:
+  stages[0].prune.sparsity: {low: 0.5, high: 0.95}           # float
+  stages[0].prune.finetune.epochs: {low: 1, high: 4}         # int (both bounds are integers)
+  stages[0].prune.finetune.lr: {low: 1.0e-4, high: 1.0e-2, log: true}
+  stages[0].prune.scope: {choices: [layer, global]}          # categorical
+  stages: {choices: [[prune], [prune, finetune]]}            # whole stage lists (pass names of the base stages)
+objective: minimize size_bytes     # or {metric: accuracy, direction: maximize}
+trials: 20
+```
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from slimkit.config.base import StrictModel, validation_problems
+from slimkit.errors import RecipeError
+
+# metric -> default direction. ``latency`` is the final median latency in ms; ``size_ratio`` and
+# ``speedup`` compare with the baseline; ``accuracy_drop`` is baseline minus final accuracy.
+OBJECTIVE_METRICS: dict[str, str] = {
+    "size_bytes": "minimize", "size_ratio": "minimize", "latency": "minimize", "params": "minimize",
+    "nonzero_params": "minimize", "macs": "minimize", "accuracy_drop": "minimize",
+    "accuracy": "maximize", "f1": "maximize", "fidelity": "maximize", "sparsity": "maximize",
+    "throughput": "maximize", "speedup": "maximize",
+}
+_ALIASES = {"latency_ms": "latency", "size": "size_bytes", "bytes": "size_bytes"}
+
+# Settings that change the baseline model or its evaluation: when searched, every trial trains its own.
+BASELINE_KEYS = ("model", "data", "seed", "evaluate")
+
+
+class ParamSpec(StrictModel):
+    """One searched setting: ``{low, high}`` (int when both are integers, else float; ``log``, ``step``)
+    or ``{choices: [...]}``. ``type`` forces ``int`` or ``float``."""
+
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+    step: float | int | None = Field(None, gt=0)
+    type: Literal["int", "float"] | None = None
+    choices: list[Any] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _shape(self) -> ParamSpec:
+        has_range = self.low is not None or self.high is not None
+        if self.choices is not None:
+            if has_range or self.log or self.step is not None or self.type is not None:
+                raise ValueError("give either choices or low/high (with log, step, type), not both")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("give both low and high (a range), or choices (a categorical)")
+        for name in ("low", "high"):
+            v = getattr(self, name)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ValueError(f"{name} must be finite, got {v}")
+        if self.low >= self.high:
+            raise ValueError(f"low must be < high, got low={self.low}, high={self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log scale needs low > 0, got {self.low}")
+        if self.log and self.step is not None:
+            raise ValueError("log scale and step cannot be combined")
+        if self.kind == "int":
+            for name in ("low", "high", "step"):
+                v = getattr(self, name)
+                if v is not None and float(v) != int(v):
+                    raise ValueError(f"an int range needs integer {name}, got {v}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        if self.choices is not None:
+            return "categorical"
+        if self.type is not None:
+            return self.type
+        ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (self.low, self.high))
+        return "int" if ints else "float"
+
+
+class ObjectiveConfig(StrictModel):
+    """What the search optimizes over the trials that meet the base recipe's constraints."""
+
+    metric: str
+    direction: Literal["minimize", "maximize"] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_words(cls, data: Any) -> Any:
+        if isinstance(data, str):  # "minimize size_bytes" or "size_bytes"
+            words = data.split()
+            if len(words) == 2 and words[0] in ("minimize", "maximize"):
+                return {"metric": words[1], "direction": words[0]}
+            if len(words) == 1:
+                return {"metric": words[0]}
+            raise ValueError(f"write 'minimize METRIC' or 'maximize METRIC', got {data!r}")
+        return data
+
+    @field_validator("metric")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from slimkit.errors import did_you_mean
+
+        v = _ALIASES.get(v, v)
+        if v not in OBJECTIVE_METRICS:
+            raise ValueError(f"unknown metric {v!r}.{did_you_mean(v, OBJECTIVE_METRICS)} "
+                             f"Known: {', '.join(sorted(OBJECTIVE_METRICS))}")
+        return v
+
+    @property
+    def resolved_direction(self) -> str:
+        return self.direction or OBJECTIVE_METRICS[self.metric]
+
+
+class SearchConfig(StrictModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    base: Path | dict[str, Any] = Field(description="a recipe file, or an inline recipe mapping")
+    space: dict[str, ParamSpec] = Field(min_length=1)
+    objective: ObjectiveConfig
+    trials: int = Field(20, ge=1, le=100_000)
+    timeout_s: float | None = Field(None, gt=0, description="ask no new trial after this many seconds")
+    backend: Literal["local", "ray"] = "local"
+    address: str | None = Field(None, description="ray: a cluster address; none starts Ray on this machine")
+    workers: int = Field(1, ge=1, le=4096, description="ray: trials running at once")
+    seed: int = Field(0, ge=0)
+    storage: Literal["memory", "sqlite"] = "memory"
+    startup_trials: int | None = Field(None, ge=1, description="random trials before TPE (default: trials/4, 2..10)")
+    share_baseline: bool = Field(True, description="train and evaluate the baseline once for every trial")
+
+    @model_validator(mode="after")
+    def _backend(self) -> SearchConfig:
+        if self.backend == "local" and self.workers != 1:
+            raise ValueError("the local backend runs one trial at a time; use backend: ray for workers > 1")
+        if self.backend == "local" and self.address is not None:
+            raise ValueError("address is for backend: ray")
+        return self
+
+    @property
+    def n_startup(self) -> int:
+        return self.startup_trials or max(2, min(10, self.trials // 4))
+
+
+def read_yaml(path: Path) -> Any:
+    if not path.exists():
+        raise RecipeError([("", f"file not found: {path}")])
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
+        raise RecipeError([("", f"not valid YAML ({where}): {getattr(exc, 'problem', exc)}")], source=str(path)) from None
+
+
+def parse_search(data: Any, *, source: str | None = None, base_dir: Path | None = None) -> Any:
+    """Validate a search config mapping, its base recipe and its space (every bound and choice applied
+    to the base recipe and validated as a recipe). Returns a :class:`slimkit.search.runner.SearchPlan`;
+    raises :class:`RecipeError` listing every problem with its path. Computes nothing."""
+    from slimkit.search.runner import build_plan  # light: no optuna, no torch
+
+    if not isinstance(data, dict):
+        raise RecipeError([("", f"a search config is a mapping, got {type(data).__name__}")], source=source)
+    try:
+        cfg = SearchConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = validation_problems(exc, SearchConfig)
+        # the space's entries are keyed by free-form paths: quote them so `space.stages[0]...` reads well
+        raise RecipeError(problems, source=source) from None
+    return build_plan(cfg, source=source, base_dir=base_dir or Path.cwd())
+
+
+def load_search(path: str | Path) -> Any:
+    """Read and validate a YAML search config. Paths inside (``base``, the recipe's files) are relative
+    to the current directory, as in recipes."""
+    path = Path(path)
+    return parse_search(read_yaml(path), source=str(path), base_dir=Path.cwd())
+
+
+__all__ = ["OBJECTIVE_METRICS", "ObjectiveConfig", "ParamSpec", "SearchConfig", "load_search", "parse_search"]

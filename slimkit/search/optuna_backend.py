@@ -1,0 +1,95 @@
+"""The Optuna side of a search: a seeded, constraint-aware TPE study that proposes recipes.
+
+Trials go through Optuna's ask/tell interface, so the same study drives the local loop and Ray workers
+(:mod:`slimkit.search.runner` owns the loop). A trial's constraint results reach the sampler as
+violations (<= 0 when met; ``Trial.set_constraint``), so infeasible trials are penalized: TPE models the
+feasible region and prefers proposals inside it; the objective alone never makes an infeasible trial best.
+Failed trials (a proposed recipe that does not run) are told as FAIL.
+
+Storage: ``memory`` (resume replays the finished trials recorded in ``search.json``) or ``sqlite``
+(``<out>/study.db``; resume loads the study, marking trials left running by a killed process as failed).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
+from slimkit.search import space as sp
+
+log = logging.getLogger(__name__)
+
+
+def _constraints(record: dict[str, Any]) -> dict[str, float]:
+    """Optuna's constraint values of a finished trial: one per constraint, <= 0 when met."""
+    names = [c["name"] for c in record.get("constraints") or []]
+    return dict(zip(names, record.get("violations") or [], strict=False))
+
+
+def distribution(p: sp.Param) -> BaseDistribution:
+    if p.kind == "float":
+        return FloatDistribution(float(p.low), float(p.high), log=p.log,  # type: ignore[arg-type]
+                                 step=None if p.step is None else float(p.step))
+    if p.kind == "int":
+        return IntDistribution(int(p.low), int(p.high), log=p.log, step=int(p.step or 1))  # type: ignore[arg-type]
+    return CategoricalDistribution(p.labels)
+
+
+class OptunaStudy:
+    """Proposes parameter sets with ``ask()`` and learns from finished trials with ``tell()``."""
+
+    def __init__(self, plan: Any, out: Path | None, records: list[dict[str, Any]]) -> None:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        cfg = plan.config
+        self.plan = plan
+        # constraint-aware TPE: it reads the values set with Trial.set_constraint (Optuna >= 5)
+        sampler = optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=cfg.n_startup)
+        storage = None
+        if cfg.storage == "sqlite" and out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            storage = f"sqlite:///{(out / 'study.db').resolve()}"
+        self.study = optuna.create_study(direction=plan.direction, sampler=sampler, storage=storage,
+                                         study_name=cfg.name, load_if_exists=True)
+        self._dists = {p.path: distribution(p) for p in plan.params}
+        if storage is not None:
+            for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+                self.study.tell(t.number, state=TrialState.FAIL)  # left by a killed process
+        elif records:
+            for r in records:
+                if r["state"] in ("complete", "failed"):
+                    self.study.add_trial(self._frozen(r))
+        for r in records:
+            if r["state"] == "interrupted" and not r.get("retry_enqueued"):
+                self.study.enqueue_trial(r["params"], skip_if_exists=False)
+                r["retry_enqueued"] = True
+
+    def _frozen(self, r: dict[str, Any]) -> optuna.trial.FrozenTrial:
+        params = {k: v for k, v in r["params"].items() if k in self._dists}
+        dists = {k: self._dists[k] for k in params}
+        complete = r["state"] == "complete" and r.get("objective") is not None
+        return optuna.trial.create_trial(
+            state=TrialState.COMPLETE if complete else TrialState.FAIL,
+            value=r["objective"] if complete else None, params=params, distributions=dists,
+            constraints=_constraints(r) if complete else None)
+
+    def ask(self) -> tuple[optuna.trial.Trial, dict[str, Any], dict[str, Any]]:
+        """A new trial: (handle, proposed recipe dict, {path: sampled value})."""
+        trial = self.study.ask()
+        data, sampled = sp.suggest(trial, self.plan.params, self.plan.base)
+        return trial, data, sampled
+
+    def tell(self, trial: optuna.trial.Trial, record: dict[str, Any]) -> None:
+        if record["state"] == "complete" and record.get("objective") is not None:
+            for name, value in _constraints(record).items():
+                trial.set_constraint(name, value)
+            self.study.tell(trial, record["objective"])
+        else:
+            self.study.tell(trial, state=TrialState.FAIL)
+
+
+__all__ = ["OptunaStudy", "distribution"]
