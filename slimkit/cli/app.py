@@ -193,5 +193,9 @@ def main() -> None:
         sys.exit(1)
 
 
+from slimkit.cli.quantize import register as _register_quantize  # noqa: E402  (quantize, export commands)
+
+_register_quantize(app)
+
 if __name__ == "__main__":
     main()

@@ -32,9 +32,18 @@ def count_params(model: nn.Module) -> int:
     return int(sum(p.numel() for p in model.parameters()))
 
 
+def _plain(t: torch.Tensor) -> torch.Tensor:
+    """A plain tensor of ``t``'s values: quantized tensor subclasses (torchao ``Int8Tensor`` weights after
+    ``dynamic``/``weight-only`` int8) implement few ops, so they are dequantized first."""
+    t = t.detach()
+    if type(t) not in (torch.Tensor, nn.Parameter) and callable(getattr(t, "dequantize", None)):
+        return t.dequantize()
+    return t
+
+
 def count_nonzero_params(model: nn.Module) -> int:
     """Number of parameter elements that are not zero (each shared parameter counted once)."""
-    return int(sum(int(torch.count_nonzero(p.detach())) for p in model.parameters()))
+    return int(sum(int(torch.count_nonzero(_plain(p))) for p in model.parameters()))
 
 
 def count_macs(model: nn.Module, example_inputs: Any) -> int:
@@ -70,7 +79,7 @@ def sparsity(model: nn.Module) -> float | None:
     total = zeros = 0
     for _, w in sparsity_weights(model):
         total += w.numel()
-        zeros += w.numel() - int(torch.count_nonzero(w.detach()))
+        zeros += w.numel() - int(torch.count_nonzero(_plain(w)))
     return zeros / total if total else None
 
 

@@ -178,6 +178,23 @@ def _export(run: _Run, model: nn.Module) -> list[dict[str, Any]]:
 
     out = []
     ex = run.recipe.export
+    # --- quantization (issue 4): int8 ONNX, and float ONNX of a quantized model, go through
+    # slimkit.passes.quantize.deploy (route by what the model holds; int8 vs fp32 ONNX latency in this process).
+    import sys
+
+    quantized = "slimkit.passes.quantize" in sys.modules  # imported only when a quantize pass ran
+    if quantized:
+        from slimkit.passes.quantize.deploy import quant_kind
+
+        quantized = quant_kind(model) is not None
+    if "onnx" in ex.formats and (ex.onnx.precision == "int8" or quantized):
+        from slimkit.passes.quantize.deploy import deploy_onnx
+
+        out.append(deploy_onnx(model, run.run_dir / "model.onnx", example_inputs=run.bundle.example_inputs,
+                               precision=ex.onnx.precision, opset=ex.onnx.opset, atol=ex.onnx.parity_atol,
+                               calibration=run.bundle.calibration, latency=run.recipe.evaluate.latency))
+        return out
+    # --- end quantization
     if "onnx" in ex.formats:
         res = export_model(model, run.run_dir / "model.onnx", example_inputs=run.bundle.example_inputs,
                            precision=ex.onnx.precision, opset=ex.onnx.opset, atol=ex.onnx.parity_atol)

@@ -36,16 +36,31 @@ def _cast(obj: Any, dtype: torch.dtype) -> Any:
 def to_precision(model: nn.Module, dtype: torch.dtype, keep_norms_fp32: bool = True) -> nn.Module:
     """Cast ``model`` to ``dtype`` in place with input/output casting hooks (see module docstring)."""
     model.to(dtype)
+    hooks: list[tuple[str, int]] = []  # (module name, hook id), so remove_precision_hooks can undo them
     if keep_norms_fp32:
-        for m in model.modules():
+        for name, m in model.named_modules():
             if isinstance(m, _NORMS):
                 m.float()
-                m.register_forward_pre_hook(lambda mod, args: _cast(args, torch.float32))
-                m.register_forward_hook(lambda mod, args, out, d=dtype: _cast(out, d))
-    model.register_forward_pre_hook(lambda mod, args, kwargs, d=dtype: (_cast(args, d), _cast(kwargs, d)),
-                                    with_kwargs=True)
-    model.register_forward_hook(lambda mod, args, out: _cast(out, torch.float32))
+                hooks.append((name, m.register_forward_pre_hook(lambda mod, args: _cast(args, torch.float32)).id))
+                hooks.append((name, m.register_forward_hook(lambda mod, args, out, d=dtype: _cast(out, d)).id))
+    hooks.append(("", model.register_forward_pre_hook(
+        lambda mod, args, kwargs, d=dtype: (_cast(args, d), _cast(kwargs, d)), with_kwargs=True).id))
+    hooks.append(("", model.register_forward_hook(lambda mod, args, out: _cast(out, torch.float32)).id))
     model._slimkit_precision = str(dtype).removeprefix("torch.")  # type: ignore[assignment]
+    model._slimkit_precision_hooks = hooks  # type: ignore[assignment]
+    return model
+
+
+def remove_precision_hooks(model: nn.Module) -> nn.Module:
+    """Undo the casting hooks of :func:`to_precision` (also on a deep copy); dtypes are left as they are."""
+    for name, hook_id in getattr(model, "_slimkit_precision_hooks", []):
+        mod = model.get_submodule(name) if name else model
+        for table in ("_forward_pre_hooks", "_forward_hooks", "_forward_pre_hooks_with_kwargs",
+                      "_forward_hooks_with_kwargs", "_forward_hooks_always_called"):
+            getattr(mod, table, {}).pop(hook_id, None)
+    for attr in ("_slimkit_precision_hooks", "_slimkit_precision"):
+        if hasattr(model, attr):
+            delattr(model, attr)
     return model
 
 

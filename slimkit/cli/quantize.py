@@ -1,0 +1,197 @@
+"""``slimkit quantize`` (a one-stage quantize recipe through the runner) and ``slimkit export`` (ONNX or
+safetensors of a finished run's model). Registered on the app by :func:`register` (called in app.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from slimkit.errors import ConfigError, RunError
+
+METHODS = ("ptq", "dynamic", "qat", "weight-only", "fp16", "bf16", "log", "binary")
+_NO_BITS = {"fp16": "half precision has no bit width", "bf16": "half precision has no bit width",
+            "binary": "binary weights are 1 bit", "dynamic": "dynamic quantization is int8 only"}
+
+
+def stage_for(method: str, bits: int | None, group_size: int | None = None) -> dict[str, Any]:
+    """The recipe stage ``{"quantize": {...}}`` for a CLI method and bit width (validated later by the
+    recipe parser, so out-of-range values are reported with their recipe path)."""
+    if method not in METHODS:
+        raise ConfigError(f"unknown --method {method!r}; expected one of {', '.join(METHODS)}.")
+    if bits is not None and method in _NO_BITS and not (method == "dynamic" and bits == 8):
+        raise ConfigError(f"--bits {bits} does not apply to --method {method}: {_NO_BITS[method]}.",
+                          hint="Leave --bits out, or pick ptq, qat, weight-only or log.")
+    if group_size is not None and method not in ("ptq", "weight-only"):
+        raise ConfigError(f"--group-size applies to ptq and weight-only, not to {method}.")
+    body: dict[str, Any] = {"method": method}
+    if method == "ptq":
+        weights: dict[str, Any] = {"bits": 8 if bits is None else bits, "per_channel": True}
+        if group_size is not None:
+            weights["group_size"] = group_size
+        body["weights"] = weights
+    elif method in ("qat", "log", "weight-only") and bits is not None:
+        body["bits"] = bits
+    if method == "weight-only" and group_size is not None:
+        body["group_size"] = group_size
+    if method == "qat":
+        body["finetune"] = {"epochs": 3, "lr": 0.001}
+    return {"quantize": body}
+
+
+def build_recipe(source: str | None, *, method: str, bits: int | None, group_size: int | None, arch: str | None,
+                 weights: Path | None, data: str | None, train_epochs: int | None, onnx: str | None,
+                 name: str | None) -> dict[str, Any]:
+    """A one-stage quantize recipe: model/data/evaluation from an existing recipe (``source`` is a YAML file),
+    or from ``--arch``/``--weights``/``--data`` (``source`` may be the arch name)."""
+    import yaml
+
+    stage = stage_for(method, bits, group_size)
+    recipe: dict[str, Any]
+    if source is not None and (source.endswith((".yaml", ".yml")) or Path(source).is_file()):
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"recipe file {source} does not exist.", hint="Give a recipe YAML or a model arch name.")
+        try:
+            base = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        if not isinstance(base, dict):
+            raise ConfigError(f"{source} does not hold a recipe mapping.")
+        recipe = {k: v for k, v in base.items() if k in ("seed", "model", "data", "evaluate")}
+        if arch or weights:
+            raise ConfigError("--arch/--weights cannot be combined with a recipe; the recipe names the model.")
+        if data:
+            recipe["data"] = {**(recipe.get("data") or {}), "name": data}
+        default_name = f"{base.get('name', path.stem)}-{method}"
+    else:
+        arch = arch or source
+        if not arch:
+            raise ConfigError("give a recipe YAML or a model: slimkit quantize RECIPE.yaml --method ptq, or "
+                              "slimkit quantize ARCH --weights W.safetensors --data digits --method ptq.")
+        model: dict[str, Any] = {"arch": arch}
+        if weights is not None:
+            if not weights.is_file():
+                raise ConfigError(f"weights file {weights} does not exist.")
+            model["weights"] = str(weights)
+        elif train_epochs:
+            model["train"] = {"epochs": train_epochs}
+        else:
+            raise ConfigError(f"model {arch!r} has no weights: quantizing a random network measures nothing.",
+                              hint="Pass --weights PATH (safetensors or a weights-only .pt), or --train-epochs N "
+                                   "to train a baseline on the data first.")
+        recipe = {"model": model, "data": {"name": data or "digits"}}
+        default_name = f"{arch}-{method}"
+    if train_epochs and "weights" not in recipe["model"]:
+        recipe["model"] = {**recipe["model"], "train": {**(recipe["model"].get("train") or {}),
+                                                        "epochs": train_epochs}}
+    recipe["name"] = name or default_name
+    recipe["stages"] = [stage]
+    recipe["export"] = {"formats": ["safetensors", "onnx"], "onnx": {"precision": onnx}} if onnx else \
+        {"formats": ["safetensors"]}
+    return recipe
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``quantize`` and ``export`` to the CLI ``app``."""
+
+    @app.command()
+    def quantize(
+        source: Annotated[str | None, typer.Argument(help="a recipe YAML (its model and data) or a model arch name")]
+        = None,
+        method: Annotated[str, typer.Option("--method", "-m", help="|".join(METHODS))] = "ptq",
+        bits: Annotated[int | None, typer.Option("--bits", help="weight bits (ptq, qat, weight-only, log)")] = None,
+        group_size: Annotated[int | None, typer.Option("--group-size", help="per-group scales (ptq, weight-only)")]
+        = None,
+        out: Annotated[Path | None, typer.Option("--out", "-o", help="run directory (default runs/<name>)")] = None,
+        arch: Annotated[str | None, typer.Option("--arch", help="built-in architecture")] = None,
+        weights: Annotated[Path | None, typer.Option("--weights", help="weights of --arch")] = None,
+        data: Annotated[str | None, typer.Option("--data", help="dataset (digits, fashion-mnist)")] = None,
+        train_epochs: Annotated[int | None, typer.Option("--train-epochs", help="train a baseline first")] = None,
+        onnx: Annotated[str | None, typer.Option("--onnx", help="also export ONNX: fp32|fp16|int8")] = None,
+        name: Annotated[str | None, typer.Option("--name", help="run name")] = None,
+    ) -> None:
+        """Quantize a model with one method: a one-stage recipe run by the runner (report, checkpoints)."""
+        from slimkit.cli.app import _print_report, _reporter
+        from slimkit.pipeline.runner import coerce_recipe, run_recipe
+
+        if onnx is not None and onnx not in ("fp32", "fp16", "int8"):
+            raise ConfigError(f"--onnx {onnx!r}: expected fp32, fp16 or int8.")
+        recipe = coerce_recipe(build_recipe(source, method=method, bits=bits, group_size=group_size, arch=arch,
+                                            weights=weights, data=data, train_epochs=train_epochs, onnx=onnx,
+                                            name=name))
+        run_dir = out or Path("runs") / recipe.name
+        with _reporter():
+            report = run_recipe(recipe, out=run_dir)
+        _print_report(report, run_dir)
+        for e in report.get("exports", []):
+            if e.get("note"):
+                typer.echo(f"export {e.get('artifact')}: {e['note']}")
+
+    @app.command("export")
+    def export_(
+        run_dir: Annotated[Path, typer.Argument(help="a run directory written by slimkit run / quantize")],
+        fmt: Annotated[str, typer.Option("--format", help="onnx | safetensors")] = "onnx",
+        precision: Annotated[str, typer.Option("--precision", help="fp32 | fp16 | int8 (ONNX)")] = "fp32",
+        out: Annotated[Path | None, typer.Option("--out", "-o", help="output file (.onnx) or directory")] = None,
+        stage: Annotated[str, typer.Option(help="'final', 'baseline' or a stage index")] = "final",
+        opset: Annotated[int, typer.Option(help="ONNX opset")] = 18,
+    ) -> None:
+        """Export the saved model of a run: ONNX (fp32, fp16, int8 with parity and latency vs fp32) or
+        safetensors + manifest."""
+        import json
+
+        from slimkit.cli.app import _reporter
+
+        if fmt not in ("onnx", "safetensors"):
+            raise ConfigError(f"--format {fmt!r}: expected onnx or safetensors.")
+        if precision not in ("fp32", "fp16", "int8"):
+            raise ConfigError(f"--precision {precision!r}: expected fp32, fp16 or int8.")
+        if fmt == "safetensors" and precision != "fp32":
+            raise ConfigError("--precision applies to ONNX; a safetensors export keeps the model's own precision.")
+        if not (run_dir / "recipe.yaml").is_file():
+            raise RunError(f"{run_dir} is not a slimkit run directory (no recipe.yaml).",
+                           hint="Give the directory that `slimkit run` or `slimkit quantize` wrote.")
+        with _reporter():
+            entry = export_run(run_dir, fmt=fmt, precision=precision, out=out, stage=stage, opset=opset)
+        typer.echo(json.dumps(entry, indent=1, default=str))
+
+
+def export_run(run_dir: Path, *, fmt: str = "onnx", precision: str = "fp32", out: Path | None = None,
+               stage: str = "final", opset: int = 18) -> dict[str, Any]:
+    """Export the saved model of ``stage`` of a run (see ``slimkit export``); returns the export entry."""
+    from slimkit.data import load_data
+    from slimkit.exporters import export_model
+    from slimkit.pipeline.artifacts import _locate, load_saved
+
+    recipe, _, _ = _locate(run_dir, stage)
+    model, example = load_saved(run_dir, stage)
+    if fmt == "safetensors":
+        target = out or run_dir / "export"
+        res = export_model(model, target, spec={"model": recipe.model.model_dump(mode="json")})
+        return {"format": "safetensors", "artifact": str(res["artifact"]), "size_bytes": res["size_bytes"],
+                "parity": res["parity"]}
+    target = out or run_dir / f"model.{stage}.{precision}.onnx"
+    if target.suffix != ".onnx":
+        raise ConfigError(f"--out {target} must end in .onnx for --format onnx.")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    import sys
+
+    quantized = False
+    if "slimkit.passes.quantize" in sys.modules:
+        from slimkit.passes.quantize.deploy import quant_kind
+
+        quantized = quant_kind(model) is not None
+    if precision == "int8" or quantized:
+        from slimkit.passes.quantize.deploy import deploy_onnx
+
+        bundle = load_data(recipe.data)
+        entry = deploy_onnx(model, target, example_inputs=example, precision=precision, opset=opset,
+                            atol=recipe.export.onnx.parity_atol, calibration=bundle.calibration,
+                            latency=recipe.evaluate.latency)
+        return {**entry, "artifact": str(target)}
+    res = export_model(model, target, example_inputs=example, precision=precision, opset=opset,
+                       atol=recipe.export.onnx.parity_atol)
+    return {"format": "onnx", "precision": precision, "artifact": str(target), "size_bytes": res["size_bytes"],
+            "parity": res["parity"]}
