@@ -75,16 +75,33 @@ def test_cli_user_errors_exit_2(tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
 
 
-def test_cli_quantize_then_export_int8(tmp_path):
+def test_cli_quantize_then_export_int8(tmp_path, capsys):
     out = tmp_path / "q"
-    r = slimkit("quantize", _recipe(tmp_path), "--method", "ptq", "--out", str(out), cwd=tmp_path)
-    assert r.returncode == 0, r.stderr[-2000:]
+    code, err = _main(capsys, "quantize", _recipe(tmp_path), "--method", "ptq", "--out", str(out))
+    assert code == 0, err[-2000:]
     report = json.loads((out / "report.json").read_text())
     assert report["stages"][0]["pass"] == "quantize:ptq"
     assert report["stages"][0]["metrics"]["size_bytes"] < 0.4 * report["baseline"]["size_bytes"]
     onnx = tmp_path / "m.onnx"
-    r = slimkit("export", str(out), "--format", "onnx", "--precision", "int8", "--out", str(onnx), cwd=tmp_path)
-    assert r.returncode == 0, r.stderr[-2000:]
-    entry = json.loads(r.stdout[r.stdout.index("{"):])
+    import sys
+
+    argv = sys.argv
+    sys.argv = ["slimkit", "export", str(out), "--format", "onnx", "--precision", "int8", "--out", str(onnx)]
+    try:
+        from slimkit.cli import app as cli
+
+        cli.main()
+    except SystemExit as exc:
+        assert not exc.code, capsys.readouterr().err[-2000:]
+    finally:
+        sys.argv = argv
+    stdout = capsys.readouterr().out
+    entry = json.loads(stdout[stdout.index("{"):])
     assert entry["route"] == "fakequant-qdq" and onnx.exists() and entry["parity"]["ok"]
     assert entry["size_bytes"] < 0.5 * entry["fp32"]["size_bytes"] and entry["latency_ms"]["median"] > 0
+
+
+def test_cli_subprocess_user_error():
+    r = slimkit("quantize", "mlp", "--method", "fp16", "--bits", "4")
+    assert r.returncode == 2 and "--bits 4 does not apply" in " ".join(r.stderr.split())
+    assert "Traceback" not in r.stderr

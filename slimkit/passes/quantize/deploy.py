@@ -181,10 +181,15 @@ def deploy_onnx(model: nn.Module, path: str | Path, *, example_inputs: tuple[tor
     if precision != "int8":
         res = export_model(float_copy(model), path, example_inputs=example_inputs, precision=precision,
                            opset=opset, atol=atol)
+        if kind == "half":
+            note = (f"exported as ONNX {precision} from the float32 copy of the half-precision model (its input/output "
+                    "casting hooks do not export).")
+        else:
+            note = (f"the model holds {kind} quantization, which ONNX {precision} cannot express: exported its float "
+                    "equivalent (quantized weights dequantized, activation quantizers dropped); ask for "
+                    "precision: int8 for a quantized ONNX.")
         return {"format": "onnx", "precision": precision, "artifact": path.name, "size_bytes": res["size_bytes"],
-                "parity": res["parity"], "source": f"float copy of the {kind} model",
-                "note": f"the model holds {kind} quantization, which ONNX {precision} cannot express: exported its "
-                        "float equivalent (quantized weights dequantized, activation quantizers dropped)."}
+                "parity": res["parity"], "source": f"float copy of the {kind} model", "note": note}
     vnni = cpu_has_vnni()
     floating = float_copy(model)
     if kind == "fakequant":
