@@ -1,0 +1,100 @@
+"""Agreement of a quantized (int8/fp16) ONNX model with a reference: the PyTorch fake-quant model (tight, same
+scales) or the fp32 model / fp32 ONNX (looser). Reports max/mean absolute difference, cosine similarity and
+top-1 agreement; raises ExportError when asked floors are not met."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from slimkit.errors import ExportError
+
+
+def _as_arrays(batch: Any) -> list[np.ndarray]:
+    from slimkit.exporters.onnx_int8 import _as_arrays as as_arrays
+
+    return as_arrays(batch)
+
+
+def ort_session(path: str | Path, *, threads: int = 1) -> Any:
+    """An onnxruntime CPU session with ``threads`` intra-op threads (1 inter-op thread, sequential)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def ort_predict(path_or_session: Any, batches: Iterable[Any]) -> np.ndarray:
+    """Run an ONNX model (path or session) over batches (``x``, ``(x, y)`` or tuples of inputs) and return
+    the concatenated first output."""
+    sess = path_or_session if hasattr(path_or_session, "run") else ort_session(path_or_session)
+    names = [i.name for i in sess.get_inputs()]
+    outs = []
+    for batch in batches:
+        arrays = _as_arrays(batch)
+        outs.append(sess.run(None, {n: a.astype(np.float32) if a.dtype == np.float64 else a
+                                    for n, a in zip(names, arrays, strict=False)})[0])
+    return np.concatenate(outs, axis=0)
+
+
+def _torch_predict(model: nn.Module, batches: Iterable[Any]) -> np.ndarray:
+    model = model.eval()
+    outs = []
+    with torch.no_grad():
+        for batch in batches:
+            arrays = _as_arrays(batch)
+            outs.append(model(*[torch.from_numpy(a) for a in arrays]).float().numpy())
+    return np.concatenate(outs, axis=0)
+
+
+def compare_outputs(out: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+    """Max/mean absolute difference, cosine similarity (flattened over the set and per sample, min) and top-1
+    agreement (argmax over the last axis) between two output arrays of the same shape."""
+    out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
+    if out.shape != ref.shape:
+        raise ExportError(f"output shapes differ: ONNX {out.shape} vs reference {ref.shape}.")
+    diff = np.abs(out - ref)
+    a, b = out.reshape(len(out), -1), ref.reshape(len(ref), -1)
+    per = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+    cos = float((a * b).sum() / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
+    return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()), "cosine": cos,
+            "cosine_min": float(per.min()), "top1_agreement": float((out.argmax(-1) == ref.argmax(-1)).mean()),
+            "n": int(len(out))}
+
+
+def int8_parity(onnx_path: str | Path, reference: nn.Module | str | Path, inputs: Any, *,
+                atol: float | None = None, min_top1: float | None = None,
+                min_cosine: float | None = None) -> dict[str, float]:
+    """Compare a quantized ONNX model with a reference: the PyTorch fake-quant model (tight: same scales, so
+    only rounding of requantization differs) or the fp32 model / fp32 ONNX (looser tolerance).
+
+    ``inputs`` is a tensor or an iterable of batches. Returns :func:`compare_outputs`' numbers; raises
+    ExportError listing them when ``atol``, ``min_top1`` or ``min_cosine`` is given and not met."""
+    batches = [inputs] if isinstance(inputs, torch.Tensor) else list(inputs)
+    out = ort_predict(onnx_path, batches)
+    if isinstance(reference, nn.Module):
+        ref = _torch_predict(reference, batches)
+    else:
+        ref = ort_predict(reference, batches)
+    stats = compare_outputs(out, ref)
+    failed = []
+    if atol is not None and stats["max_abs_diff"] > atol:
+        failed.append(f"max abs diff {stats['max_abs_diff']:.4g} > atol {atol:g}")
+    if min_top1 is not None and stats["top1_agreement"] < min_top1:
+        failed.append(f"top-1 agreement {stats['top1_agreement']:.3f} < {min_top1:g}")
+    if min_cosine is not None and stats["cosine"] < min_cosine:
+        failed.append(f"cosine {stats['cosine']:.4f} < {min_cosine:g}")
+    if failed:
+        raise ExportError(f"int8 parity check failed for {onnx_path}: {'; '.join(failed)} "
+                          f"(over {stats['n']} samples).",
+                          hint="Calibrate with more representative data, try calibrate_method='percentile' or "
+                               "'entropy', keep sensitive layers in float (nodes_to_exclude), or use QAT.")
+    return stats
