@@ -40,7 +40,8 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, Any]:
-    """Load weights safely: safetensors, or ``torch.load(weights_only=True)``. Never unpickles code."""
+    """Load weights safely: safetensors, or ``torch.load(weights_only=True)``. Never unpickles code.
+    ``path`` may be ``pkg:<package>/<file>``, a file inside an installed package."""
     import pickle
     import zipfile
 
@@ -48,6 +49,11 @@ def load_state_dict_file(path: str | Path) -> dict[str, Any]:
 
     from slimkit.errors import ModelLoadError
 
+    if str(path).startswith("pkg:"):
+        # ``pkg:<package>/<file>``: a file shipped inside an installed package (slimkit.models.pretrained)
+        from slimkit.models.pretrained import resolve_weights
+
+        path = resolve_weights(path)
     path = Path(path)
     if not path.exists():
         raise ModelLoadError(f"weights file not found: {path}", hint="Check the path in model.weights.")

@@ -160,7 +160,16 @@ def parse_recipe(data: Any, *, source: str | None = None, base_dir: Path | None 
 
 def _check_paths(recipe: Recipe, base_dir: Path) -> list[tuple[str, str]]:
     problems = []
-    if recipe.model.weights is not None:
+    if recipe.model.weights is not None and str(recipe.model.weights).startswith("pkg:"):
+        # ``pkg:<package>/<file>``: resolved inside the installed package, not against base_dir
+        from slimkit.errors import ModelLoadError
+        from slimkit.models.pretrained import resolve_weights
+
+        try:
+            resolve_weights(recipe.model.weights)
+        except ModelLoadError as exc:
+            problems.append(("model.weights", str(exc)))
+    elif recipe.model.weights is not None:
         p = recipe.model.weights if recipe.model.weights.is_absolute() else base_dir / recipe.model.weights
         if not p.exists():
             problems.append(("model.weights", f"file not found: {p}"))
@@ -173,7 +182,7 @@ def _check_paths(recipe: Recipe, base_dir: Path) -> list[tuple[str, str]]:
 
 def _resolve_paths(recipe: Recipe, base_dir: Path) -> Recipe:
     def fix(p: Path | None) -> Path | None:
-        if p is None or p.is_absolute():
+        if p is None or p.is_absolute() or str(p).startswith("pkg:"):  # pkg: paths stay package references
             return p
         return (base_dir / p).resolve()
 
