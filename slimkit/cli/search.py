@@ -56,6 +56,7 @@ def register(app: typer.Typer) -> None:
         config: Annotated[Path, typer.Argument(help="YAML search config (base recipe, space, objective)")],
         out: Annotated[Path | None, typer.Option("--out", "-o", help="search directory (default runs/<name>)")] = None,
         resume: Annotated[bool, typer.Option("--resume", help="continue a search: finished trials are kept")] = False,
+        check: Annotated[bool, typer.Option("--check", help="validate and show the first proposals; compute nothing")] = False,
     ) -> None:
         """Search recipe settings: run trials through the runner, keep the best that meets the constraints."""
         from slimkit.cli.progress import RichReporter
@@ -66,6 +67,15 @@ def register(app: typer.Typer) -> None:
         console, err_console = Console(), Console(stderr=True)
         plan = load_search(config)  # every problem, before any compute
         directory = out or Path("runs") / plan.config.name
+        if check:
+            from slimkit.search.runner import propose
+
+            cfg = plan.config
+            console.print(f"[green]ok[/]: {config}: {len(plan.params)} setting(s), {cfg.trials} trial(s), "
+                          f"{plan.direction} {plan.metric}, backend {cfg.backend}")
+            for i, params in enumerate(propose(plan, min(3, cfg.trials))):
+                console.print(f"  trial {i}: " + ", ".join(f"{k}={_value(v)}" for k, v in params.items()))
+            return
         with use_reporter(RichReporter(err_console)):
             result = search(plan, out=directory, resume=resume)
         _print_search(console, result, directory)

@@ -165,17 +165,34 @@ def parse_search(data: Any, *, source: str | None = None, base_dir: Path | None 
     """Validate a search config mapping, its base recipe and its space (every bound and choice applied
     to the base recipe and validated as a recipe). Returns a :class:`slimkit.search.runner.SearchPlan`;
     raises :class:`RecipeError` listing every problem with its path. Computes nothing."""
-    from slimkit.search.runner import build_plan  # light: no optuna, no torch
+    from slimkit.search.runner import build_plan, check_search, search_error  # light: no optuna, no torch
 
+    base_dir = base_dir or Path.cwd()
     if not isinstance(data, dict):
-        raise RecipeError([("", f"a search config is a mapping, got {type(data).__name__}")], source=source)
+        raise search_error([("", f"a search config is a mapping, got {type(data).__name__}")], source)
     try:
         cfg = SearchConfig.model_validate(data)
     except ValidationError as exc:
         problems = validation_problems(exc, SearchConfig)
-        # the space's entries are keyed by free-form paths: quote them so `space.stages[0]...` reads well
-        raise RecipeError(problems, source=source) from None
-    return build_plan(cfg, source=source, base_dir=base_dir or Path.cwd())
+        # the rest still gets checked, so every problem is listed at once: the base recipe and the
+        # space entries that are well-formed on their own
+        failed = {p.split(".")[0].split("[")[0] for p, _ in problems}
+        base = data.get("base")
+        base = Path(base) if isinstance(base, str) else base
+        space = data.get("space") if isinstance(data.get("space"), dict) else {}
+        good = {}
+        for key, spec in space.items():
+            try:
+                good[key] = ParamSpec.model_validate(spec)
+            except ValidationError:
+                pass
+        metric = None
+        if "objective" not in failed:
+            metric = ObjectiveConfig.model_validate(data.get("objective")).metric
+        if "base" not in failed and isinstance(base, Path | dict):
+            problems += check_search(base, good, metric, base_dir=base_dir, source=source)[0]
+        raise search_error(problems, source) from None
+    return build_plan(cfg, source=source, base_dir=base_dir)
 
 
 def load_search(path: str | Path) -> Any:

@@ -67,26 +67,36 @@ class SearchPlan:
 
 
 # ---------------------------------------------------------------------------------------------- validation
-def build_plan(cfg: SearchConfig, *, source: str | None, base_dir: Path) -> SearchPlan:
-    """Validate the base recipe and every bound and choice of the space against it (no compute)."""
+def search_error(problems: list[tuple[str, str]], source: str | None) -> RecipeError:
+    """A RecipeError listing ``problems`` (duplicates dropped) with the search's own hint."""
+    err = RecipeError(list(dict.fromkeys(problems)), source=source)
+    err.hint = "Fix them and check again with `slimkit search CONFIG --check`."
+    err.args = ("\n".join(err.message.splitlines()) + " " + err.hint,)
+    return err
+
+
+def check_search(base_value: Any, space: dict[str, Any], metric: str | None, *, base_dir: Path,
+                 source: str | None = None) -> tuple[list[tuple[str, str]], dict[str, Any] | None, list[sp.Param]]:
+    """Every problem of the base recipe and of the space (each bound and choice written into the base recipe
+    and validated as a recipe). Returns (problems, resolved base or None, parameters). Computes nothing."""
     from slimkit.config.recipe import parse_recipe
 
     problems: list[tuple[str, str]] = []
-    base_data: Any = cfg.base
-    if isinstance(cfg.base, Path):
-        p = cfg.base if cfg.base.is_absolute() else base_dir / cfg.base
+    base_data: Any = base_value
+    if isinstance(base_value, Path):
+        p = base_value if base_value.is_absolute() else base_dir / base_value
         try:
             base_data = read_yaml(p)
         except RecipeError as exc:
-            raise RecipeError([("base", m) for _, m in exc.problems], source=source) from None
+            return [("base", m) for _, m in exc.problems], None, []
     try:
         recipe = parse_recipe(base_data, source=source, base_dir=base_dir)
     except RecipeError as exc:
-        raise RecipeError([(_join("base", path), msg) for path, msg in exc.problems], source=source) from None
+        return [(_join("base", path), msg) for path, msg in exc.problems], None, []
     base = recipe.resolved()
 
     params: list[sp.Param] = []
-    for path, spec in cfg.space.items():
+    for path, spec in space.items():
         where = f"space.{path}"
         try:
             tokens = sp.parse_path(path)
@@ -112,17 +122,18 @@ def build_plan(cfg: SearchConfig, *, source: str | None, base_dir: Path) -> Sear
         else:
             params.append(sp.Param(path, tokens, spec.kind, low=spec.low, high=spec.high, log=spec.log,
                                    step=spec.step))
-    if problems:
-        raise RecipeError(problems, source=source)
-
+    broken = {path.removeprefix("space.").split(".choices")[0] for path, _ in problems}
     for p in params:
+        if p.path in broken:
+            continue
         contexts = _contexts(p, params, base)
         if not contexts:
             parents = [q.path for q in params if q is not p and q.kind == "categorical" and _prefix(q, p)]
             also = f" nor in any choice of {', '.join(parents)}" if parents else ""
             problems.append((f"space.{p.path}", f"addresses nothing in the base recipe{also}. "
-                                                "Check the path against the recipe (e.g. stages[0].prune.sparsity)"))
+                                                "Check the path against the recipe (e.g. stages[0].prune.sparsity)."))
             continue
+        found: dict[str, list[str]] = {}  # problem -> the candidates that show it
         for where, value in p.candidates():
             data = copy.deepcopy(contexts[0])
             sp.set_path(data, p.tokens, value)
@@ -130,14 +141,28 @@ def build_plan(cfg: SearchConfig, *, source: str | None, base_dir: Path) -> Sear
                 parse_recipe(data, base_dir=base_dir)
             except RecipeError as exc:
                 for path, msg in exc.problems:
-                    problems.append((f"space.{p.path}.{where}", f"{path}: {msg}" if path else msg))
-    metric = cfg.objective.metric
+                    found.setdefault(f"{path}: {msg}" if path else msg, []).append(where)
+        n = len(p.candidates())
+        for msg, wheres in found.items():
+            # a problem every candidate shows (an unknown key) is the path's, said once
+            if len(wheres) == n and n > 1:
+                problems.append((f"space.{p.path}", msg))
+            else:
+                problems.extend((f"space.{p.path}.{w}", msg) for w in wheres)
     if metric in ("latency", "speedup", "throughput") and not base["evaluate"].get("latency"):
         problems.append(("objective.metric", f"{metric} needs latency measured: set evaluate.latency in the base recipe"))
     if base["constraints"].get("min_speedup") is not None and not base["evaluate"].get("latency"):
         problems.append(("base.constraints.min_speedup", "needs latency measured: set evaluate.latency"))
+    return problems, base, params
+
+
+def build_plan(cfg: SearchConfig, *, source: str | None, base_dir: Path) -> SearchPlan:
+    """Validate the base recipe and every bound and choice of the space against it (no compute)."""
+    problems, base, params = check_search(cfg.base, cfg.space, cfg.objective.metric, base_dir=base_dir,
+                                          source=source)
     if problems:
-        raise RecipeError(problems, source=source)
+        raise search_error(problems, source)
+    assert base is not None
     return SearchPlan(cfg, base, params, source=source, base_dir=base_dir)
 
 
@@ -173,7 +198,8 @@ def coerce_plan(config: Any) -> SearchPlan:
         return parse_search(config, source="<dict>", base_dir=Path.cwd())
     if isinstance(config, str | Path):
         return load_search(config)
-    raise RecipeError([("", f"expected a search config path, mapping or SearchConfig, got {type(config).__name__}")])
+    raise search_error([("", f"expected a search config path, mapping or SearchConfig, got {type(config).__name__}")],
+                       None)
 
 
 # ---------------------------------------------------------------------------------------------- one trial
