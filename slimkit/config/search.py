@@ -179,7 +179,7 @@ def parse_search(data: Any, *, source: str | None = None, base_dir: Path | None 
         failed = {p.split(".")[0].split("[")[0] for p, _ in problems}
         base = data.get("base")
         base = Path(base) if isinstance(base, str) else base
-        space = data.get("space") if isinstance(data.get("space"), dict) else {}
+        space: dict[str, Any] = data["space"] if isinstance(data.get("space"), dict) else {}
         good = {}
         for key, spec in space.items():
             try:

@@ -15,7 +15,6 @@ import copy
 import hashlib
 import json
 import logging
-import os
 import shutil
 import sys
 import time
@@ -24,11 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slimkit._io import atomic_write_json
 from slimkit.config.search import BASELINE_KEYS, SearchConfig, load_search, parse_search, read_yaml
-from slimkit.errors import RecipeError, RunError, SlimkitError
+from slimkit.errors import RecipeError, SlimkitError
 from slimkit.progress import track
 from slimkit.search import space as sp
+from slimkit.search.records import Book, link_or_copy, load_records, stage_names
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +83,9 @@ def check_search(base_value: Any, space: dict[str, Any], metric: str | None, *, 
     problems: list[tuple[str, str]] = []
     base_data: Any = base_value
     if isinstance(base_value, Path):
-        p = base_value if base_value.is_absolute() else base_dir / base_value
+        file = base_value if base_value.is_absolute() else base_dir / base_value
         try:
-            base_data = read_yaml(p)
+            base_data = read_yaml(file)
         except RecipeError as exc:
             return [("base", m) for _, m in exc.problems], None, []
     try:
@@ -238,13 +237,6 @@ def violations(rows: list[dict[str, Any]]) -> list[float]:
     return out
 
 
-def _link_or_copy(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
 def _seed_trial(trial_dir: Path, recipe: Any, baseline_dir: Path) -> None:
     """Give a fresh trial directory the shared baseline, as if the runner had trained it there; the
     runner then resumes from it (its resume path restores the baseline from its checkpoint)."""
@@ -254,7 +246,7 @@ def _seed_trial(trial_dir: Path, recipe: Any, baseline_dir: Path) -> None:
     trial_dir.mkdir(parents=True, exist_ok=True)
     if (trial_dir / "baseline").exists():
         shutil.rmtree(trial_dir / "baseline")
-    shutil.copytree(baseline_dir / "baseline", trial_dir / "baseline", copy_function=_link_or_copy)
+    shutil.copytree(baseline_dir / "baseline", trial_dir / "baseline", copy_function=link_or_copy)
     state = RunState(trial_dir)
     state.start(recipe_hash(recipe.resolved()), resume=False)
     state.data["baseline"] = metrics
@@ -344,116 +336,6 @@ def _prepare_baseline(plan: SearchPlan, out: Path) -> tuple[Path | None, dict[st
     return bdir, report["baseline"]
 
 
-def _best(records: list[dict[str, Any]], direction: str) -> dict[str, Any] | None:
-    ok = [r for r in records if r["state"] == "complete" and r.get("feasible") and r.get("objective") is not None]
-    if not ok:
-        return None
-    sign = 1.0 if direction == "minimize" else -1.0
-    return min(ok, key=lambda r: (sign * r["objective"], r["number"]))
-
-
-def _copy_best(out: Path, rec: dict[str, Any]) -> None:
-    src = out / rec["dir"]
-    tmp = out / ".best-tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    shutil.copytree(src, tmp, copy_function=_link_or_copy, ignore=shutil.ignore_patterns(".lock", ".tmp-*"))
-    (tmp / "TRIAL").write_text(f"{rec['number']}\n")
-    dst = out / "best"
-    if dst.exists():
-        shutil.rmtree(dst)
-    tmp.rename(dst)
-
-
-def _stage_names(data: dict[str, Any]) -> list[str]:
-    out = []
-    for s in data.get("stages") or []:
-        if isinstance(s, dict) and len(s) == 1:
-            (kind, body), = s.items()
-            out.append(f"{kind}:{(body or {}).get('method', '?')}")
-    return out
-
-
-class _Book:
-    """search.json and the summaries: rewritten atomically after every change."""
-
-    def __init__(self, plan: SearchPlan, out: Path, records: list[dict[str, Any]], baseline: Any) -> None:
-        self.plan, self.out, self.records, self.baseline = plan, out, records, baseline
-        self.t0 = time.perf_counter()
-        self.best_number: int | None = None
-        best_file = out / "best" / "TRIAL"
-        if best_file.exists():
-            self.best_number = int(best_file.read_text().strip())
-
-    def data(self, *, done: bool = False) -> dict[str, Any]:
-        plan = self.plan
-        best = _best(self.records, plan.direction)
-        counts = {s: sum(r["state"] == s for r in self.records) for s in ("complete", "failed", "interrupted", "running")}
-        feasible = sum(bool(r.get("feasible")) for r in self.records)
-        return {
-            "name": plan.config.name, "source": plan.source, "fingerprint": plan.fingerprint(),
-            "objective": {"metric": plan.metric, "direction": plan.direction},
-            "backend": plan.config.backend, "seed": plan.config.seed, "trials_requested": plan.config.trials,
-            "space": {p: s.model_dump(mode="json", exclude_none=True) for p, s in plan.config.space.items()},
-            "constraints": {k: v for k, v in plan.base["constraints"].items() if v is not None},
-            "shared_baseline": "baseline" if plan.share_baseline else None,
-            "baseline": self.baseline,
-            "trials": self.records,
-            "best": None if best is None else {
-                "number": best["number"], "dir": "best", "trial_dir": best["dir"], "objective": best["objective"],
-                "params": best["params"], "metrics": best["metrics"], "constraints": best["constraints"]},
-            "counts": {**counts, "feasible": feasible},
-            "finished": done,
-            "verdict": _verdict(plan, self.records, best),
-        }
-
-    def write(self, *, done: bool = False) -> dict[str, Any]:
-        from slimkit.search.summary import write_summary
-
-        data = self.data(done=done)
-        best = data["best"]
-        if best is not None and best["number"] != self.best_number:
-            _copy_best(self.out, next(r for r in self.records if r["number"] == best["number"]))
-            self.best_number = best["number"]
-        atomic_write_json(self.out / "search.json", data)
-        if done:
-            write_summary(self.out, data)
-        return data
-
-
-def _verdict(plan: SearchPlan, records: list[dict[str, Any]], best: dict[str, Any] | None) -> str:
-    done = [r for r in records if r["state"] in ("complete", "failed")]
-    feas = [r for r in records if r.get("feasible")]
-    words = f"{len(done)} trial(s) run, {len(feas)} met every constraint."
-    if best is None:
-        if not any(r["state"] == "complete" for r in records):
-            return words + " No trial finished; see the errors in search.json."
-        return words + (" None met the constraints: widen the space towards milder settings, or relax the "
-                        "constraints.")
-    return words + (f" Best: trial {best['number']} with {plan.metric} = {best['objective']:.6g} "
-                    f"({plan.direction}d); its run is in best/.")
-
-
-def _load_records(plan: SearchPlan, out: Path, resume: bool) -> list[dict[str, Any]]:
-    path = out / "search.json"
-    if not path.exists():
-        return []
-    if not resume:
-        raise RunError(f"{out} already holds a search.", hint="Pass --resume to continue it, or choose another --out.")
-    try:
-        old = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise RunError(f"{path} is corrupt ({exc}).", hint="Delete it or choose another --out.") from None
-    if old.get("fingerprint") != plan.fingerprint():
-        raise RunError(f"cannot resume {out}: the base recipe, space, objective, seed or storage changed.",
-                       hint="Search into a new --out directory.")
-    records = old.get("trials", [])
-    for r in records:
-        if r["state"] == "running":  # the process died while it ran: retried as a new trial
-            r["state"] = "interrupted"
-    return records
-
-
 def search(config: Any, out: str | Path | None = None, *, resume: bool = False) -> dict[str, Any]:
     """Run the search described by ``config`` (a YAML path, a mapping, a SearchConfig) into ``out``
     (default ``runs/<name>``) and return the content of ``search.json``."""
@@ -463,12 +345,12 @@ def search(config: Any, out: str | Path | None = None, *, resume: bool = False) 
     from slimkit.pipeline.state import RunLock
 
     with RunLock(out):
-        records = _load_records(plan, out, resume)
+        records = load_records(plan, out, resume)
         from slimkit.search.optuna_backend import OptunaStudy
 
         study = OptunaStudy(plan, out, records)
         baseline_dir, baseline = _prepare_baseline(plan, out)
-        book = _Book(plan, out, records, baseline)
+        book = Book(plan, out, records, baseline)
         if cfg.backend == "ray":
             from slimkit.search.ray_backend import RayExecutor
 
@@ -490,7 +372,7 @@ def search(config: Any, out: str | Path | None = None, *, resume: bool = False) 
                     handle, data, sampled = study.ask()
                     n = len(records)
                     records.append({"number": n, "state": "running", "params": sampled,
-                                    "stages": _stage_names(data), "dir": f"trials/{n}", "metrics": None,
+                                    "stages": stage_names(data), "dir": f"trials/{n}", "metrics": None,
                                     "constraints": None, "feasible": False, "objective": None, "error": None})
                     inflight[n] = handle
                     book.write()

@@ -222,7 +222,7 @@ def suggest(trial: Any, params: list[Param], base: dict[str, Any]) -> tuple[dict
         if p.kind == "float":
             v: Any = trial.suggest_float(p.path, p.low, p.high, log=p.log, step=p.step)
         elif p.kind == "int":
-            v = trial.suggest_int(p.path, int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
+            v = trial.suggest_int(p.path, int(p.low or 0), int(p.high or 0), log=p.log, step=int(p.step or 1))
         else:
             v = trial.suggest_categorical(p.path, p.labels)
         set_path(data, p.tokens, p.value_of(v))
