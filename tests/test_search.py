@@ -261,3 +261,20 @@ def test_cli(finished, tmp_path):
                         str(tmp_path / "never")], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0 and "ok" in r.stdout and "trial 0:" in r.stdout, r.stderr
     assert not (tmp_path / "never").exists()
+
+
+def test_sqlite_storage_resumes(tmp_path):
+    cfg = small_search(trials=1)
+    cfg["storage"] = "sqlite"
+    cfg["base"]["model"]["train"] = {"epochs": 2, "lr": 0.01}
+    cfg["base"]["constraints"] = {"max_accuracy_drop": 1.0}
+    out = tmp_path / "s"
+    first = search(cfg, out=out)
+    assert (out / "study.db").exists() and len(first["trials"]) == 1
+    import optuna
+
+    more = search({**cfg, "trials": 2}, out=out, resume=True)
+    assert [t["state"] for t in more["trials"]] == ["complete", "complete"]
+    study = optuna.load_study(study_name=cfg["name"], storage=f"sqlite:///{out / 'study.db'}")
+    assert [t.params for t in study.trials] == [t["params"] for t in more["trials"]]
+    assert all(t.constraints == {"max_accuracy_drop": 0.0} for t in study.trials)
