@@ -14,18 +14,23 @@ top-5 retrieval overlap). Calibration uses the other 100 sentences.
 
 from __future__ import annotations
 
-import argparse
-import copy
 import os
-import statistics
-import sys
-import time
-import warnings
-from pathlib import Path
-from typing import Any
 
-import numpy as np
-import torch
+# PyTorch's OpenMP threads spin at barriers; on a shared, oversubscribed machine that makes 2-thread torch
+# runs 20-30x slower than 1-thread ones. Passive waiting is set before torch loads OpenMP.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import copy  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, WORK, command_line, machine_info, update_doc_section, write_result  # noqa: E402
@@ -50,30 +55,71 @@ SHAPES = {"b1_s128": (1, 128), "b8_s128": (8, 128)}
 
 
 def _session(path: Path, threads: int) -> Any:
-    from slimkit.evaluation.latency import ort_session
+    """An onnxruntime CPU session with ``threads`` intra-op threads that do not spin between runs (idle
+    spinning threads of one session would steal the cores from the next system in an interleaved round)."""
+    import onnxruntime as ort
 
-    return ort_session(path, threads)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-def _latency(runners: dict[str, Any], threads: int, rounds: int, reps: int) -> dict[str, dict[str, float]]:
-    """Interleaved rounds: in each round every system runs ``reps`` timed calls per shape; median of all."""
+def _latency(runners: dict[Any, Any], threads: int, rounds: int, reps: int
+             ) -> tuple[dict[Any, dict[str, float]], dict[Any, list[dict[str, float]]]]:
+    """Interleaved rounds (the order reversed every other round, against drift): in each round every system
+    runs ``reps`` timed calls per shape. Returns the median over all calls and each round's median."""
     torch.set_num_threads(threads)
     g = np.random.default_rng(0)
     inputs = {k: (g.integers(1000, 20000, (b, s)).astype(np.int64), np.ones((b, s), np.int64))
               for k, (b, s) in SHAPES.items()}
-    times: dict[str, dict[str, list[float]]] = {n: {k: [] for k in SHAPES} for n in runners}
+    times: dict[Any, dict[str, list[float]]] = {n: {k: [] for k in SHAPES} for n in runners}
+    per_round: dict[Any, list[dict[str, float]]] = {n: [] for n in runners}
     for fn in runners.values():  # warm-up
         for ids, mask in inputs.values():
             fn(ids, mask)
             fn(ids, mask)
-    for _ in range(rounds):
-        for name, fn in runners.items():
+    names = list(runners)
+    for r in range(rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            this: dict[str, float] = {}
             for key, (ids, mask) in inputs.items():
+                ts = []
                 for _ in range(reps):
                     t0 = time.perf_counter()
-                    fn(ids, mask)
-                    times[name][key].append((time.perf_counter() - t0) * 1e3)
-    return {n: {k: round(statistics.median(v), 2) for k, v in d.items()} for n, d in times.items()}
+                    runners[name](ids, mask)
+                    ts.append((time.perf_counter() - t0) * 1e3)
+                times[name][key] += ts
+                this[key] = statistics.median(ts)
+            per_round[name].append(this)
+    return {n: {k: round(statistics.median(v), 2) for k, v in d.items()} for n, d in times.items()}, per_round
+
+
+def _paired_ratio(per_round: dict[Any, list[dict[str, float]]], name: Any, base: Any) -> dict[str, float]:
+    """Median over rounds of (this system's round median / the base system's, same round)."""
+    return {k: round(statistics.median(a[k] / b[k] for a, b in zip(per_round[name], per_round[base], strict=True)), 3)
+            for k in SHAPES}
+
+
+def _matmul_nbits(fp32: Path, work: Path) -> Path:
+    """Every weight MatMul as 8-bit weight-only MatMulNBits (fp32 activations), embeddings dynamic int8."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        MatMulNBitsQuantizer,
+    )
+
+    gather = quantize_onnx(fp32, work / "gather-int8.onnx", mode="dynamic", op_types=["Gather"], per_channel=False,
+                           reduce_range=False, preprocess=False)
+    algo = DefaultWeightOnlyQuantConfig(block_size=128, is_symmetric=True, accuracy_level=4, bits=8)
+    q = MatMulNBitsQuantizer(onnx.load(str(gather)), bits=8, block_size=128, is_symmetric=True, accuracy_level=4,
+                             algo_config=algo)
+    q.process()
+    out = work / "matmulnbits-8bit.onnx"
+    q.model.save_model_to_file(str(out), False)
+    return out
 
 
 def _ort_runner(path: Path, threads: int) -> Any:
@@ -128,17 +174,42 @@ def main() -> None:
             notes[("onnxruntime", "int8-static-default")] = "quantize_static(fp32, out, reader): QDQ, defaults"
         except Exception as exc:  # a peer failing is a result, not a crash
             print(f"onnxruntime quantize_static (defaults) failed: {exc}", file=sys.stderr)
-    pc = quantize_onnx(fp32, work / "dynamic-per-channel.onnx", mode="dynamic", per_channel=True,
-                       reduce_range=False, preprocess=False)
-    paths[("slimkit", "int8-dynamic-per-channel")] = pc
-    notes[("slimkit", "int8-dynamic-per-channel")] = "quantize_onnx(mode='dynamic', per_channel=True, reduce_range=False)"
-    cfg = EncoderInt8Config(weight_only=() if args.quick else None, cosine_min_floor=0.99)
+    if not args.quick:
+        pc = quantize_onnx(fp32, work / "dynamic-per-channel.onnx", mode="dynamic", per_channel=True,
+                           reduce_range=False, preprocess=False)
+        paths[("slimkit", "int8-dynamic-per-channel")] = pc
+        notes[("slimkit", "int8-dynamic-per-channel")] = ("quantize_onnx(mode='dynamic', per_channel=True, "
+                                                          "reduce_range=False): one setting, nothing else")
+    if not args.quick:
+        rr = quantize_onnx(fp32, work / "dynamic-per-channel-rr.onnx", mode="dynamic", per_channel=True,
+                           reduce_range=True, preprocess=False)
+        paths[("slimkit", "int8-dynamic-per-channel-reduce-range")] = rr
+        notes[("slimkit", "int8-dynamic-per-channel-reduce-range")] = (
+            "as above with reduce_range=True (7-bit weights: the setting for CPUs without VNNI)")
+        fq = quantize_onnx(paths[("onnxruntime", "fp32-fused")], work / "fused-per-channel.onnx", mode="dynamic",
+                           per_channel=True, reduce_range=False, preprocess=False,
+                           op_types=["MatMul", "Attention", "EmbedLayerNormalization", "Gather"],
+                           extra_options={"DefaultTensorType": 1})
+        paths[("slimkit", "int8-fused-per-channel")] = fq
+        notes[("slimkit", "int8-fused-per-channel")] = ("per-channel dynamic int8 of the fused graph (QAttention, "
+                                                        "QEmbedLayerNormalization, MatMulInteger)")
+        paths[("onnxruntime", "int8-matmulnbits-8bit")] = _matmul_nbits(fp32, work)
+        notes[("onnxruntime", "int8-matmulnbits-8bit")] = ("MatMulNBitsQuantizer bits=8, block 128, symmetric, "
+                                                           "accuracy_level 4 on every MatMul; Gather dynamic int8")
+    cfg = EncoderInt8Config(weight_only=()) if args.quick else EncoderInt8Config(rank_sensitivity=True)
     t0 = time.time()
     res = quantize_encoder_int8(fp32, work / "slimkit-int8.onnx", calibration=calib, config=cfg)
     q_seconds = time.time() - t0
+    if res["sensitivity"]:
+        from slimkit.search.sensitivity import UnitSensitivity, sensitivity_plot
+
+        units = [UnitSensitivity(r["unit"], r["score"], r["loss"]) for r in res["sensitivity"]]
+        (work / "sensitivity.png").write_bytes(sensitivity_plot(
+            units, keep=res["weight_only"], title="MiniLM: cosine loss with one MatMul int8 (after smoothing)",
+            short_names=lambda u: "/".join(u.split("/")[3:-1])))
     paths[("slimkit", "int8-smooth-outlier-mixed")] = res["artifact"]
     notes[("slimkit", "int8-smooth-outlier-mixed")] = (
-        f"quantize_encoder_int8: SmoothQuant alpha {cfg.smooth_alpha} on {len(res['smoothed'])} FFN input "
+        f"quantize_encoder_int8: SmoothQuant alpha {cfg.smooth_alpha} on {len(res['smoothed'])} Q/K/V and FFN input "
         f"projections, {cfg.outlier_channels} outlier GELU channels in fp32 on {len(res['outlier_side_nodes']) // 2} "
         f"FFN output projections, per-channel u8s8 dynamic int8 of MatMul+Gather (reduce_range="
         f"{res['settings']['reduce_range']}), weight-only 8-bit MatMulNBits: "
@@ -161,8 +232,10 @@ def main() -> None:
 
     runners = {key: _ort_runner(p, args.threads) for key, p in paths.items()}
     runners[("torch", "int8-dynamic")] = _torch_runner(torch_q)
-    runners[("torch", "fp32")] = _torch_runner(encoder)
-    lat = _latency(runners, args.threads, rounds, reps)
+    if not args.quick:
+        runners[("torch", "fp32")] = _torch_runner(encoder)
+    lat, per_round = _latency(runners, args.threads, rounds, reps)
+    peer_key = ("onnxruntime", "int8-dynamic-default")
 
     k = 5
     rows = []
@@ -172,11 +245,13 @@ def main() -> None:
             emb = torch_emb if variant == "int8-dynamic" else encoder.encode(eval_s).numpy()
             size = tq_path.stat().st_size if variant == "int8-dynamic" else None
             note = ("torch.ao.quantization.quantize_dynamic({nn.Linear}, qint8): embeddings stay fp32; size is its "
-                    "state_dict file" if variant == "int8-dynamic" else "PyTorch eager fp32 (SDPA off: eager attention)")
+                    "state_dict file" if variant == "int8-dynamic" else "PyTorch eager fp32 (eager attention)")
+            note += f"; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}"
         else:
             emb, size, note = embed_onnx(paths[key]), onnx_size_bytes(paths[key]), notes[key]
         fid = embedding_fidelity(emb, ref, k=k)
         rows.append({"system": system, "variant": variant, "size_bytes": size, "latency_ms": lat[key],
+                     "latency_vs_ort_default": _paired_ratio(per_round, key, peer_key),
                      "quality": {kk: round(v, 6) for kk, v in fid.items()}, "notes": note})
     fp32_bytes = onnx_size_bytes(fp32)
     for r in rows:
@@ -198,20 +273,21 @@ def render(result: dict[str, Any]) -> str:
     """The Markdown section for docs/benchmarks.md, from a result file."""
     rows = result["rows"]
     base = next(r for r in rows if r["system"] == "onnxruntime" and r["variant"] == "fp32")
-    peer = next((r for r in rows if r["variant"] == "int8-dynamic-default"), None)
     m = result["machine"]
     lines = [f"`{result['command']}` — {m['cpu']}, {m['threads']} threads, torch {m['torch']}, onnxruntime "
              f"{m.get('onnxruntime')}. Fidelity of the sentence embeddings to fp32 on "
              f"{result['settings']['eval_sentences']} held-out sentences; latency is the median of "
-             f"{result['settings']['latency_rounds']} interleaved rounds on a shared machine (noisy: compare "
-             "rows, not runs).", "",
+             f"{result['settings']['latency_rounds']} interleaved rounds on a shared, oversubscribed machine; "
+             "\"/ ORT default\" is the median over rounds of the same-round ratio to onnxruntime's default "
+             "quantize_dynamic (more robust to load drift than the ratio of medians). Expect ±10% between runs.", "",
              "| system | variant | cosine mean | cosine min | NN agree | top-5 overlap | size (MB) | size / fp32 | "
-             "b1×128 (ms) | b8×128 (ms) | b8 vs ORT default |", "|" + "---|" * 11]
+             "b1×128 (ms) | b8×128 (ms) | b1 / ORT default | b8 / ORT default |", "|" + "---|" * 12]
     for r in rows:
         q, lat = r["quality"], r["latency_ms"]
         size = f"{r['size_bytes'] / 1e6:.1f}" if r["size_bytes"] else "—"
         ratio = f"{100 * r['size_bytes'] / base['size_bytes']:.1f}%" if r["size_bytes"] else "—"
-        vs = (f"{lat['b8_s128'] / peer['latency_ms']['b8_s128']:.2f}x" if peer else "—")
+        paired = r.get("latency_vs_ort_default") or {}
+        vs = " | ".join(f"{paired[k]:.2f}x" if k in paired else "—" for k in ("b1_s128", "b8_s128"))
         lines.append(f"| {r['system']} | {r['variant']} | {q['cosine']:.4f} | {q['cosine_min']:.4f} | "
                      f"{q['top1_agreement']:.3f} | {q['retrieval_overlap@5']:.3f} | {size} | {ratio} | "
                      f"{lat['b1_s128']:.1f} | {lat['b8_s128']:.1f} | {vs} |")

@@ -92,7 +92,7 @@ def test_int8_fidelity_and_bytes(encoder, fp32_onnx, tmp_path) -> None:
     import onnx
 
     ops = {n.op_type for n in onnx.load(str(tmp_path / "int8.onnx")).graph.node}
-    assert {"MatMulInteger", "DynamicQuantizeLinear", "Gelu"} <= ops and "MatMulNBits" not in ops
+    assert {"MatMulInteger", "DynamicQuantizeLinear", "BiasGelu"} <= ops and "MatMulNBits" not in ops
     assert not np.isnan(ort_embed(tmp_path / "int8.onnx", ids, mask)).any()
 
 

@@ -352,15 +352,19 @@ def _decompose(proto: Any, patterns: Sequence[str], k: int, batches: Sequence[An
         for t, arr in ((inits[up.input[1]], w_up), (bias, b_up), (w, w_dn)):
             t.CopyFrom(numpy_helper.from_array(arr.astype(np.float32), t.name))
         proto.graph.initializer.extend(numpy_helper.from_array(a.astype(np.float32), n) for n, a in side.items())
-        p, y = node.name, node.output[0]
+        # add the side path after the bias Add when there is one, so MatMulInteger + bias still fuse
+        p, consumers = node.name, [n for n in nodes if node.output[0] in n.input]
+        anchor = consumers[0] if (len(consumers) == 1 and consumers[0].op_type == "Add"
+                                  and any(i in inits for i in consumers[0].input)) else node
+        y = anchor.output[0]
         new = [helper.make_node("MatMul", [up.input[0], f"{p}_oW_up"], [f"{p}_o_h"], name=f"{p}_OutlierUp"),
-               helper.make_node("Gelu", [f"{p}_o_hb"], [f"{p}_o_x"], name=f"{p}_OutlierGelu", domain="com.microsoft"),
+               helper.make_node("BiasGelu", [f"{p}_o_h", f"{p}_ob_up"], [f"{p}_o_x"], name=f"{p}_OutlierGelu",
+                                domain="com.microsoft"),
                helper.make_node("MatMul", [f"{p}_o_x", f"{p}_oW_dn"], [f"{p}_o_y"], name=f"{p}_OutlierDown"),
                helper.make_node("Add", [f"{p}_o_main", f"{p}_o_y"], [y], name=f"{p}_OutlierAdd")]
-        new.insert(1, helper.make_node("Add", [f"{p}_o_h", f"{p}_ob_up"], [f"{p}_o_hb"], name=f"{p}_OutlierBias"))
-        node.output[0] = f"{p}_o_main"
-        i = nodes.index(node)
-        nodes[i:i + 1] = [node, *new]
+        anchor.output[0] = f"{p}_o_main"
+        i = nodes.index(anchor)
+        nodes[i + 1:i + 1] = new
         fp32 += [f"{p}_OutlierUp", f"{p}_OutlierDown"]
     del proto.graph.node[:]
     proto.graph.node.extend(nodes)
