@@ -453,7 +453,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
            "dot products themselves are fast, so the gain that is there comes from the pointwise convolutions."
            if min(s_q.values()) < 1.05 else
            "int8 is faster here because this CPU has VNNI (int8 dot products in one instruction) and most of "
-           "MobileNetV2's MACs are in pointwise 1x1 convolutions, which QLinearConv runs well.")
+           "MobileNetV2's MACs are in pointwise 1x1 convolutions, which QLinearConv runs well. On x86 CPUs "
+           "without VNNI (e.g. AMD Zen3) expect little or no int8 gain: the u8s8 kernels add pairs of products "
+           "in int16 (vpmaddubsw), need 7-bit weights (reduce_range) to avoid saturation, and the depthwise "
+           "convolutions and Quantize/Dequantize of activations cost as much as in fp32.")
+        + " onnxruntime's quantize_static defaults are slower than slimkit's settings (and than fp32 at b1): "
+          "no quant_pre_process, so BatchNorm is not folded before quantization, and s8s8 activations, which "
+          "onnxruntime's x86 kernels run more slowly than u8s8."
         + " ONNX Runtime's quantize_dynamic default turns every Conv into ConvInteger, which has no fast CPU "
           "kernel: it is the slowest row, as the design notes warn. PyTorch's quantize_dynamic only touches "
           "nn.Linear, so MobileNetV2 stays a fp32 convolutional network (size and speed barely change).",
