@@ -285,13 +285,38 @@ def run_recipe(recipe: Any, out: str | Path | None = None, *, resume: bool = Fal
             "final": final,
             "exports": exports,
             "constraints": rows,
-            "verdict": verdict(baseline_metrics, final, rows),
+            "verdict": verdict(baseline_metrics, final, rows, notes=_quant_notes(model) + _export_notes(exports)),
             "environment": _environment(),
         }
         from slimkit.pipeline.report import write_report
 
         write_report(run_dir, report)
         return report
+
+
+def _quant_notes(model: nn.Module) -> list[str]:
+    """Why a quantized model's PyTorch latency is not its deployed latency."""
+    import sys
+
+    if "slimkit.passes.quantize" not in sys.modules:
+        return []
+    from slimkit.passes.quantize.deploy import quant_kind
+
+    kind = quant_kind(model)
+    if kind in ("fakequant", "fakequant-nonlinear"):
+        return ["The PyTorch latency above is of the fake-quantized model, which simulates low precision with "
+                "extra quantize-dequantize steps in float, so it is slower than the float model by design; "
+                "the deployable speed is the exported artifact's."]
+    if kind == "packed":
+        return ["The PyTorch latency above unpacks low-bit weights on every call; the saving is in bytes, "
+                "not time, unless a runtime with low-bit kernels is used."]
+    return []
+
+
+def _export_notes(exports: list[dict[str, Any]]) -> list[str]:
+    """The exporters' plain-words notes (e.g. whether int8 ONNX is faster than fp32 ONNX here, and why)."""
+    return [f"Export {e.get('format', '')} {e.get('precision', '')}: {e['note']}".replace("  ", " ")
+            for e in exports if e.get("note")]
 
 
 def _environment() -> dict[str, Any]:

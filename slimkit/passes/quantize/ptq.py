@@ -34,6 +34,7 @@ from slimkit.passes.quantize.modules import (
     set_submodule,
     wrap_layers,
 )
+from slimkit.progress import track
 from slimkit.registry import register_pass
 
 log = logging.getLogger(__name__)
@@ -190,15 +191,26 @@ def check_calibration(model: nn.Module, calibration: Iterable[Any] | None, ctx: 
 
 
 @torch.no_grad()
-def calibrate(model: nn.Module, inputs: Iterable[Any]) -> int:
-    """Run ``inputs`` through ``model`` in eval mode; returns the number of batches."""
+def _n_batches(calibration: Any, limit: int | None) -> int | None:
+    try:
+        n = len(calibration)
+    except TypeError:
+        return limit
+    return n if limit is None else min(n, limit)
+
+
+def calibrate(model: nn.Module, inputs: Iterable[Any], total: int | None = None) -> int:
+    """Run ``inputs`` through ``model`` in eval mode (a "calibrate" progress task, ``total`` batches when
+    known); returns the number of batches."""
     device = model_device(model)
     was_training = model.training
     model.eval()
     n = 0
-    for x in inputs:
-        model(_to(x, device))
-        n += 1
+    with torch.no_grad(), track("calibrate", total=total) as task:
+        for x in inputs:
+            model(_to(x, device))
+            n += 1
+            task.advance()
     model.train(was_training)
     return n
 
@@ -299,7 +311,7 @@ def ptq(model: nn.Module, cfg: PTQConfig, ctx: PassContext) -> nn.Module:
     layers = list(quantizable_layers(model, list(cfg.include), cfg.skip))
     specs = check_layers(model, layers, cfg.skip, cfg.overrides, cfg.weights)
     wrap_layers(model, layers, _ptq_make(cfg, specs))
-    n = calibrate(model, inputs)
+    n = calibrate(model, inputs, total=_n_batches(ctx.calibration, cfg.calibration_batches))
     freeze_all(model)
     log.info("PTQ: %d layer(s) quantized, %d calibration batch(es)", len(layers), n)
     return model
