@@ -7,7 +7,7 @@ FMNIST := /usr/share/datasets/fashion-mnist
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test test-full bench lint typecheck clean data
+.PHONY: setup demo test test-full bench bench-quick lint typecheck clean data
 
 setup: $(STAMP) data
 
@@ -37,8 +37,13 @@ test: setup
 test-full: setup
 	SLIMKIT_FULL=1 $(BIN)/python -m pytest -q --timeout=3600
 
+# Full benchmarks (about two hours on 2 cores), each with the command recorded in its bench/results/*.json.
 bench: setup
 	$(BIN)/python bench/run_all.py
+
+# Every benchmark in its smoke form; results go under bench/_work/, the committed ones are untouched.
+bench-quick: setup
+	$(BIN)/python bench/run_all.py --quick
 
 lint: setup
 	$(BIN)/ruff check slimkit tests bench examples
