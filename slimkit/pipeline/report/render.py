@@ -116,6 +116,11 @@ def _plot(report: dict[str, Any], x_key: str, x_label: str) -> str | None:
     ax.scatter(xs, ys, c=["#1f77b4"] + ["#ff7f0e"] * (len(pts) - 1), zorder=2)
     for label, x, y in pts:
         ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _bytes(int(v)) if x_key == "size" else f"{v:.3g}"))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.4g}"))
     ax.set_xlabel(x_label)
     ax.set_ylabel("accuracy (%)")
     ax.grid(alpha=0.3)
@@ -138,6 +143,9 @@ def render_html(report: dict[str, Any]) -> str:
     ) if p[1]]
     table = [(label, [*(fmt(k, m) for k, _ in COLUMNS), sec])
              for (label, m), sec in zip(rows(report), seconds(report), strict=True)]
-    return tmpl.render(r=report, columns=[*(c for _, c in COLUMNS), "seconds"], table=table, plots=plots,
+    import yaml
+
+    recipe_yaml = yaml.safe_dump(report.get("recipe") or {}, sort_keys=False, default_flow_style=False)
+    return tmpl.render(r=report, recipe_yaml=recipe_yaml, columns=[*(c for _, c in COLUMNS), "seconds"], table=table, plots=plots,
                        constraints=report.get("constraints") or [], exports=report.get("exports") or [],
                        env=report.get("environment") or {}, esc=html.escape)
