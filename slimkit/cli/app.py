@@ -30,10 +30,10 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show lo
 
 
 def _reporter() -> Any:
-    from slimkit.cli.progress import RichReporter
+    from slimkit.cli.progress import make_reporter
     from slimkit.progress import use_reporter
 
-    return use_reporter(RichReporter(err_console))
+    return use_reporter(make_reporter(err_console))
 
 
 def _print_report(report: dict[str, Any], run_dir: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from rich.console import Console
@@ -25,6 +26,42 @@ class _RichTask:
     def update(self, **info: object) -> None:
         extra = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in info.items())
         self.progress.update(self.id, description=f"{self.description} {extra}")
+
+
+class _PlainTask:
+    def __init__(self, description: str, total: int | None) -> None:
+        self.description, self.total, self.done, self.t0 = description, total, 0, time.perf_counter()
+        self.info = ""
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+
+    def update(self, **info: object) -> None:
+        self.info = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in info.items())
+
+
+class PlainReporter:
+    """For logs and pipes (no terminal): one line per finished top-level task, no live bars."""
+
+    def __init__(self, console: Console) -> None:
+        self.console, self.depth = console, 0
+
+    def start(self, description: str, total: int | None) -> _PlainTask:
+        self.depth += 1
+        return _PlainTask(description, total)
+
+    def finish(self, task: Any) -> None:
+        self.depth -= 1
+        if self.depth == 0:
+            count = f" {task.done}/{task.total}" if task.total else ""
+            info = f" {task.info}" if task.info else ""
+            self.console.print(f"done: {task.description}{count}{info} in {time.perf_counter() - task.t0:.1f} s",
+                               highlight=False)
+
+
+def make_reporter(console: Console) -> RichReporter | PlainReporter:
+    """Live bars on a terminal, plain lines otherwise (CI logs, pipes)."""
+    return RichReporter(console) if console.is_terminal else PlainReporter(console)
 
 
 class RichReporter:

@@ -59,7 +59,7 @@ def register(app: typer.Typer) -> None:
         check: Annotated[bool, typer.Option("--check", help="validate and show the first proposals; compute nothing")] = False,
     ) -> None:
         """Search recipe settings: run trials through the runner, keep the best that meets the constraints."""
-        from slimkit.cli.progress import RichReporter
+        from slimkit.cli.progress import make_reporter
         from slimkit.config.search import load_search
         from slimkit.progress import use_reporter
         from slimkit.search.runner import search
@@ -76,7 +76,7 @@ def register(app: typer.Typer) -> None:
             for i, params in enumerate(propose(plan, min(3, cfg.trials))):
                 console.print(f"  trial {i}: " + ", ".join(f"{k}={_value(v)}" for k, v in params.items()))
             return
-        with use_reporter(RichReporter(err_console)):
+        with use_reporter(make_reporter(err_console)):
             result = search(plan, out=directory, resume=resume)
         _print_search(console, result, directory)
 
