@@ -87,17 +87,13 @@ def build_dependency_graph(model: nn.Module, example_inputs: tuple[Any, ...], *,
 
 def _build_fx(model: nn.Module, example_inputs: tuple[Any, ...], protected: Sequence[str],
               unreached: str) -> DependencyGraph:
-    from slimkit.graph.trace import Propagator, fx_trace
+    from slimkit.graph.trace import Propagator, trace_progressive
 
-    try:
-        gm = fx_trace(model)
-    except Exception as exc:  # fx raises many types; report them as one
-        raise GraphError(
-            f"torch.fx cannot trace {type(model).__name__}: {type(exc).__name__}: {str(exc).splitlines()[0]}. "
-            "Structured pruning needs a traceable forward; nothing was changed.",
-            hint="Remove data-dependent Python control flow from forward, or prune the traceable submodules.",
-        ) from exc
-    prop = Propagator(gm)
+    gm, opaque = trace_progressive(model)
+    for name, reason in opaque.items():
+        log.warning("structured pruning: torch.fx cannot trace '%s' (%s); kept as an opaque leaf: the channels "
+                    "that flow into and out of it are not pruned", name, reason)
+    prop = Propagator(gm, set(opaque))
     prop.run(example_inputs)
     slots, members = prop.slots, prop.members
     names = dict(model.named_modules())
@@ -127,6 +123,11 @@ def _build_fx(model: nn.Module, example_inputs: tuple[Any, ...], protected: Sequ
                 slots.pin(m.labels)
     producer_roots = {r for m in members if m.producer for r in slots.roots(m.labels).tolist()} - {FIXED}
     members += _param_members(slots, prop.params, producer_roots, model)
+    # a layer inside an opaque module that is also called (or read) outside it: the opaque code uses it too
+    for m in members:
+        if any(m.module == o or m.module.startswith(o + ".") for o in opaque):
+            slots.pin(m.labels)
     groups, pinned = build_groups(slots, members, pinned_modules)
     log.debug("dependency graph: %d groups, %d prunable units", len(groups), sum(len(g) for g in groups))
-    return DependencyGraph(slots, members, groups, pinned, tracer="fx")
+    return DependencyGraph(slots, members, groups, pinned, tracer="fx+opaque" if opaque else "fx",
+                           opaque=dict(opaque))

@@ -137,6 +137,10 @@ class DependencyGraph:
     attrs: list[tuple[str, str, str]] = field(default_factory=list)
     """(module, attribute, role) bookkeeping updates after removal (e.g. HF ``num_attention_heads``)."""
     tracer: str = "fx"
+    """How the graph was obtained: ``fx``, ``fx+opaque`` (some submodules torch.fx could not trace are opaque
+    leaves, see ``opaque``) or ``hf-bert`` (BERT-style encoders read from their module structure)."""
+    opaque: dict[str, str] = field(default_factory=dict)
+    """Opaque submodule -> the trace error that made it opaque; their input and output channels are fixed."""
 
     def unit_positions(self) -> dict[int, list[tuple[int, torch.Tensor]]]:
         """root -> [(member index, positions in that member)]."""

@@ -59,16 +59,69 @@ _MATMUL = {torch.matmul, operator.matmul, torch.bmm, F.scaled_dot_product_attent
 
 
 class _Tracer(fx.Tracer):
-    """torch.fx tracer that keeps every layer slimkit knows how to slice as a leaf (conv subclasses too)."""
+    """torch.fx tracer that keeps every layer slimkit knows how to slice as a leaf (conv subclasses too), plus
+    the ``opaque`` submodules (qualified names) that torch.fx could not trace. It records the innermost
+    submodule whose forward was being traced when tracing failed (``failed_in``; ``""`` is the root)."""
+
+    def __init__(self, opaque: set[str] | None = None) -> None:
+        super().__init__()
+        self.opaque = set(opaque or ())
+        self.failed_in: str | None = None
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, LEAF_TYPES) or super().is_leaf_module(m, qualname)
+        return isinstance(m, LEAF_TYPES) or qualname in self.opaque or super().is_leaf_module(m, qualname)
+
+    def call_module(self, m: nn.Module, forward: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_in is None:  # the innermost module sees the exception first
+                try:
+                    self.failed_in = self.path_of_module(m)
+                except NameError:  # a module that is not a registered submodule: blame the caller
+                    pass
+            raise
 
 
-def fx_trace(model: nn.Module) -> fx.GraphModule:
-    tracer = _Tracer()
+def fx_trace(model: nn.Module, opaque: set[str] | None = None) -> fx.GraphModule:
+    tracer = _Tracer(opaque)
     graph = tracer.trace(model)
     return fx.GraphModule(model, graph)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def trace_progressive(model: nn.Module, max_opaque: int = 64) -> tuple[fx.GraphModule, dict[str, str]]:
+    """Trace with torch.fx; when it fails inside a submodule, make the innermost submodule that was being
+    traced an opaque leaf and retry. Returns the graph and ``{opaque module: the error that made it opaque}``.
+
+    Opaque leaves run their real forward during label propagation; :class:`Propagator` pins every channel
+    that flows into them and marks their outputs fixed, so nothing they read or produce is ever pruned.
+    A failure in the top-level forward (no submodule to make opaque) raises :class:`GraphError` naming the
+    model and the failing operation."""
+    opaque: dict[str, str] = {}
+    while True:
+        tracer = _Tracer(set(opaque))
+        try:
+            graph = tracer.trace(model)
+            return fx.GraphModule(model, graph), opaque
+        except Exception as exc:  # fx raises many types (TraceError, TypeError, RuntimeError, ...)
+            culprit = tracer.failed_in
+            if not culprit or culprit in opaque or len(opaque) >= max_opaque:
+                where_ = f"'{culprit}' ({type(model.get_submodule(culprit)).__name__})" if culprit else \
+                    f"the top-level forward of {type(model).__name__}"
+                raise GraphError(
+                    f"torch.fx cannot trace {type(model).__name__}: {_first_line(exc)} (in {where_}). "
+                    "Structured pruning needs a traceable forward; a failing submodule is kept as an opaque "
+                    "leaf, but this failure is outside any submodule. Nothing was changed.",
+                    hint="Move the data-dependent Python control flow into a submodule (it then stays unpruned), "
+                         "remove it from forward, or prune the traceable submodules.",
+                ) from exc
+            opaque = {k: v for k, v in opaque.items() if not k.startswith(culprit + ".")}
+            opaque[culprit] = _first_line(exc)
 
 
 def _zeros(x: Any, fill: int = FIXED) -> Any:
@@ -82,8 +135,9 @@ def _has_tracked(labs: Any) -> bool:
 class Propagator:
     """Runs one fx graph on real inputs and on labels; collects members and get_attr labels."""
 
-    def __init__(self, gm: fx.GraphModule) -> None:
+    def __init__(self, gm: fx.GraphModule, opaque: set[str] | None = None) -> None:
         self.gm = gm
+        self.opaque = set(opaque or ())
         self.slots = SlotTable()
         self.members: list[Member] = []
         self.params: dict[str, torch.Tensor] = {}
@@ -163,6 +217,11 @@ class Propagator:
             args, labs = list(bound.args) + list(bound.kwargs.values()), list(lbound.args) + list(lbound.kwargs.values())
         except TypeError:
             args, labs = list(a) + list(kw.values()), list(la) + list(lkw.values())
+        if node.target in self.opaque:  # not understood: what flows in keeps its channels, what comes out is fixed
+            for v in tree_flatten((la, lkw))[0]:
+                if isinstance(v, torch.Tensor):
+                    self.slots.pin(v)
+            return tree_map(_zeros, out)
         if isinstance(mod, nn.ChannelShuffle) and labs and isinstance(labs[0], torch.Tensor):
             return self._shuffle(labs[0], mod.groups, node)
         rule = module_rule(mod)
@@ -331,4 +390,4 @@ def _raw_sizes(node: fx.Node, pos: int, real: list[Any]) -> list[Any]:
     return list(raw) if isinstance(raw, (tuple, list)) else list(real)
 
 
-__all__ = ["Propagator", "along", "fx_trace"]
+__all__ = ["Propagator", "along", "fx_trace", "trace_progressive"]
