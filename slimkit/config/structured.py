@@ -8,14 +8,18 @@ from pydantic import Field, model_validator
 
 from slimkit.config.base import PassConfig
 from slimkit.config.finetune import FinetuneConfig
+from slimkit.config.recipe import LatencyConfig
 
 
 class StructuredPruneConfig(PassConfig):
     """Physically remove channels, filters, attention heads, FFN width and recurrent hidden units.
 
     Give exactly one target: ``ratio`` (fraction of prunable units removed from each group, or from all
-    groups together with ``scope="global"``) or ``target_macs`` (fraction of the original MACs to keep;
-    solved by bisection on the ratio, landing within ``macs_tolerance``). ``importance`` scores units:
+    groups together with ``scope="global"``), ``target_macs`` (fraction of the original MACs to keep;
+    solved by bisection on the ratio, landing within ``macs_tolerance``) or ``target_latency`` (fraction of
+    the original latency to keep, measured with ``latency`` settings on the machine the pass runs on; solved
+    by bisection on the ratio, each candidate timed against the current model back to back, landing within
+    ``latency_tolerance`` or reporting what it reached). ``importance`` scores units:
     ``l1``/``l2`` weight magnitude, ``bn_scale`` (|gamma|), ``taylor`` (|w * grad| on calibration batches),
     ``entropy`` (of channel activations on calibration batches). ``protected`` module-name globs keep their
     output width; model outputs (the classifier) always keep theirs. ``steps`` > 1 prunes iteratively, with
@@ -26,6 +30,8 @@ class StructuredPruneConfig(PassConfig):
     method: Literal["structured"] = "structured"
     ratio: float | None = Field(None, ge=0, lt=1)
     target_macs: float | None = Field(None, gt=0, le=1, description="fraction of the original MACs to keep")
+    target_latency: float | None = Field(None, gt=0, le=1,
+                                         description="fraction of the original measured latency to keep")
     importance: Literal["l1", "l2", "bn_scale", "taylor", "entropy"] = "l2"
     aggregate: Literal["mean", "sum"] = "mean"
     scope: Literal["layer", "global"] = "layer"
@@ -37,11 +43,16 @@ class StructuredPruneConfig(PassConfig):
     calibration_batches: int = Field(4, ge=1, le=10_000)
     macs_tolerance: float = Field(0.02, gt=0, lt=0.5)
     unreached: Literal["error", "ignore"] = "error"
+    latency_tolerance: float = Field(0.05, gt=0, lt=0.5, description="relative; for target_latency")
+    latency: LatencyConfig = Field(default_factory=lambda: LatencyConfig(batch=1, warmup=5, repeats=20),
+                                   description="how target_latency is measured (threads None: pinned to "
+                                               "torch's current thread count)")
 
     @model_validator(mode="after")
     def _one_target(self) -> StructuredPruneConfig:
-        if (self.ratio is None) == (self.target_macs is None):
-            raise ValueError("give exactly one of ratio or target_macs")
+        given = [n for n in ("ratio", "target_macs", "target_latency") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of ratio, target_macs or target_latency (got {given or 'none'})")
         return self
 
 

@@ -2,7 +2,7 @@
 
 Three steps, kept apart: the dependency graph (``slimkit.graph``, analysis only), importance per unit
 (``structured_importance``), and removal (``slimkit.graph.surgery``, on a checked copy). A MACs target is
-met by bisection on the ratio. Any op the graph does not understand raises GraphError before the model is
+met by bisection on the ratio; a latency target too, every candidate measured (``structured_latency``). Any op the graph does not understand raises GraphError before the model is
 touched; ``ratio=0`` changes nothing.
 """
 
@@ -183,21 +183,37 @@ def _rebuild(model: nn.Module, cfg: StructuredPruneConfig, manifest: dict[str, A
 
 @register_pass(StructuredPruneConfig, needs=("example_inputs",), rebuild=_rebuild)
 def structured_prune(model: nn.Module, cfg: StructuredPruneConfig, ctx: PassContext) -> nn.Module:
-    """Prune ``model`` in place to ``cfg.ratio`` or ``cfg.target_macs``."""
+    """Prune ``model`` in place to ``cfg.ratio``, ``cfg.target_macs`` or ``cfg.target_latency``.
+    ``ctx.extras["structured"]`` records how the model was traced (``trace``: ``fx``, ``fx+opaque``,
+    ``hf-bert``; ``opaque``: submodules torch.fx could not trace, kept unpruned) and, for a latency target,
+    each step's measured solution."""
     inputs = tuple(ctx.example_inputs or ())
+    info: dict[str, Any] = {"trace": None, "opaque": {}, "latency": []}
+    ctx.extras["structured"] = info
     if cfg.ratio == 0:
-        build_dependency_graph(model, inputs, protected=cfg.protected, unreached=cfg.unreached)
+        graph = build_dependency_graph(model, inputs, protected=cfg.protected, unreached=cfg.unreached)
+        info.update(trace=graph.tracer, opaque=dict(graph.opaque))
         return model
     base = count_macs(model, inputs) if cfg.target_macs is not None else 0
     done = 0.0
+    lat_done = 1.0  # latency of the current model over the original's (product of the measured steps)
     for step in range(1, cfg.steps + 1):
         frac = step / cfg.steps
         graph = build_dependency_graph(model, inputs, protected=cfg.protected, unreached=cfg.unreached)
+        info.update(trace=graph.tracer, opaque=dict(graph.opaque))
         scores = unit_scores(model, graph, cfg.importance, calibration=ctx.calibration, example_inputs=inputs,
                              batches=cfg.calibration_batches, aggregate=cfg.aggregate)
         if cfg.target_macs is not None:
             target = base * (1 - (1 - cfg.target_macs) * frac)
             removed = _solve_macs(model, graph, scores, cfg, inputs, target, base)
+        elif cfg.target_latency is not None:
+            from slimkit.passes.prune.structured_latency import solve_latency
+
+            want = 1 - (1 - cfg.target_latency) * frac
+            sol = solve_latency(model, graph, scores, cfg, inputs, min(1.0, want / lat_done))
+            lat_done *= sol.relative
+            info["latency"].append(sol.as_dict())
+            removed = sol.removed
         else:
             assert cfg.ratio is not None
             want = cfg.ratio * frac
