@@ -1,5 +1,7 @@
 """Tracing fallback: submodules torch.fx cannot trace become opaque leaves whose channels stay fixed, while
-the rest of the model is still pruned; failures outside any submodule are still refused."""
+the rest of the model is still pruned; a failure in the top-level forward falls back to torch.export
+(specialized to the example shapes, the pruned model checked to take the same branches); value-dependent
+control flow is still refused."""
 
 from __future__ import annotations
 
@@ -152,8 +154,58 @@ def test_channels_into_opaque_module_stay_fixed() -> None:
     assert m(x[0]).shape == ref(x[0]).shape
 
 
-def test_failure_in_top_level_forward_is_still_refused() -> None:
-    class TopLevel(nn.Module):
+class TopLevel(nn.Module):
+    """fx fails in the top-level forward (no submodule to make opaque): traced with torch.export."""
+
+    def __init__(self, channel_branch: bool = False) -> None:
+        super().__init__()
+        self.channel_branch = channel_branch
+        self.conv = nn.Conv2d(3, 8, 3, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.fc = nn.Linear(16, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn(self.conv(x)))
+        if y.shape[-1] > 4:
+            y = y[..., :4, :4]
+        if self.channel_branch and y.shape[1] == 8:  # control flow on a channel count
+            y = y * 2
+        return self.fc(self.conv2(y).mean((2, 3)))
+
+
+def test_top_level_shape_control_flow_uses_torch_export(tmp_path) -> None:
+    m = _trained_bn(TopLevel())
+    x = (torch.randn(1, 3, 8, 8),)
+    g = build_dependency_graph(m, x)
+    assert g.tracer == "export" and g.export_ops
+    assert {p for gr in g.groups for p in gr.producers} == {"conv", "conv2"}
+    ref = copy.deepcopy(m)
+    sk.prune_(m, sk.StructuredPruneConfig(ratio=0.0), example_inputs=x)
+    assert torch.equal(m(x[0]), ref(x[0]))
+    ctx = PassContext(example_inputs=x)
+    structured_prune(m, sk.StructuredPruneConfig(ratio=0.5), ctx)
+    assert ctx.extras["structured"]["trace"] == "export"
+    assert (m.conv.out_channels, m.conv2.out_channels) == (4, 8) and m.fc.in_features == 8
+    assert m(x[0]).shape == ref(x[0]).shape
+
+    pytest.importorskip("onnxruntime")
+    from slimkit.exporters import check_parity, export_onnx
+
+    res = check_parity(m, export_onnx(m, tmp_path / "export.onnx", x), x, atol=1e-4, rtol=1e-3)
+    assert res["ok"], res
+
+
+def test_export_trace_refuses_a_pruned_model_that_takes_another_branch() -> None:
+    m = _trained_bn(TopLevel(channel_branch=True))
+    before = copy.deepcopy(m.state_dict())
+    with pytest.raises(GraphError, match="different ops"):
+        sk.prune_(m, sk.StructuredPruneConfig(ratio=0.5), example_inputs=(torch.randn(1, 3, 8, 8),))
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+
+
+def test_data_dependent_top_level_control_flow_is_still_refused() -> None:
+    class ValueBranch(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.conv = nn.Conv2d(3, 8, 3)
@@ -161,12 +213,12 @@ def test_failure_in_top_level_forward_is_still_refused() -> None:
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             y = self.conv(x)
-            if y.shape[-1] > 4:
-                y = y[..., :4, :4]
+            if y.mean() > 0:  # on values: neither torch.fx nor torch.export can trace it
+                y = -y
             return self.fc(y.mean((2, 3)))
 
-    m = TopLevel()
+    m = ValueBranch()
     before = copy.deepcopy(m.state_dict())
-    with pytest.raises(GraphError, match="TopLevel.*top-level forward"):
+    with pytest.raises(GraphError, match="ValueBranch.*top-level forward.*torch.export"):
         sk.prune_(m, sk.StructuredPruneConfig(ratio=0.5), example_inputs=(torch.randn(1, 3, 8, 8),))
     assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())

@@ -59,7 +59,7 @@ def _param_members(slots: SlotTable, params: dict[str, torch.Tensor], producer_r
 def _get(model: nn.Module, target: str) -> Any:
     value: Any = model
     for part in target.split("."):
-        value = getattr(value, part)
+        value = getattr(value, part, None)  # None: a constant lifted by torch.export, not a model attribute
     return value
 
 
@@ -89,7 +89,22 @@ def _build_fx(model: nn.Module, example_inputs: tuple[Any, ...], protected: Sequ
               unreached: str) -> DependencyGraph:
     from slimkit.graph.trace import Propagator, trace_progressive
 
-    gm, opaque = trace_progressive(model)
+    signature: tuple[str, ...] | None = None
+    try:
+        gm, opaque = trace_progressive(model)
+        tracer = "fx+opaque" if opaque else "fx"
+    except GraphError as fx_error:  # fx failed in the top-level forward: try torch.export (specialized)
+        from slimkit.graph.export_trace import export_trace
+
+        try:
+            gm, signature = export_trace(model, example_inputs)
+        except GraphError as exc:
+            raise GraphError(f"{fx_error.message.split(' Structured pruning')[0]}; {exc.message}",
+                             hint=exc.hint or fx_error.hint) from exc
+        opaque, tracer = {}, "export"
+        log.warning("structured pruning: %s; traced with torch.export instead, specialized to the example input "
+                    "shapes %s (the pruned model is checked on those shapes only)", fx_error.message.split(" (in ")[0],
+                    [tuple(x.shape) for x in example_inputs if isinstance(x, torch.Tensor)])
     for name, reason in opaque.items():
         log.warning("structured pruning: torch.fx cannot trace '%s' (%s); kept as an opaque leaf: the channels "
                     "that flow into and out of it are not pruned", name, reason)
@@ -129,5 +144,5 @@ def _build_fx(model: nn.Module, example_inputs: tuple[Any, ...], protected: Sequ
             slots.pin(m.labels)
     groups, pinned = build_groups(slots, members, pinned_modules)
     log.debug("dependency graph: %d groups, %d prunable units", len(groups), sum(len(g) for g in groups))
-    return DependencyGraph(slots, members, groups, pinned, tracer="fx+opaque" if opaque else "fx",
-                           opaque=dict(opaque))
+    return DependencyGraph(slots, members, groups, pinned, tracer=tracer, opaque=dict(opaque),
+                           export_ops=signature)

@@ -138,9 +138,12 @@ class DependencyGraph:
     """(module, attribute, role) bookkeeping updates after removal (e.g. HF ``num_attention_heads``)."""
     tracer: str = "fx"
     """How the graph was obtained: ``fx``, ``fx+opaque`` (some submodules torch.fx could not trace are opaque
-    leaves, see ``opaque``) or ``hf-bert`` (BERT-style encoders read from their module structure)."""
+    leaves, see ``opaque``), ``export`` (torch.export, specialized to the example shapes) or ``hf-bert`` (BERT-style encoders read from their module structure)."""
     opaque: dict[str, str] = field(default_factory=dict)
     """Opaque submodule -> the trace error that made it opaque; their input and output channels are fixed."""
+    export_ops: tuple[str, ...] | None = None
+    """With ``tracer="export"``: the exported op sequence on the example inputs; removal re-exports the pruned
+    copy and refuses it when a different sequence (another branch of shape-dependent control flow) ran."""
 
     def unit_positions(self) -> dict[int, list[tuple[int, torch.Tensor]]]:
         """root -> [(member index, positions in that member)]."""

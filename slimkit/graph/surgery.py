@@ -210,6 +210,8 @@ def apply_removal(model: nn.Module, graph: DependencyGraph, removed: set[int],
             hint="Use sizes computed from the tensor (x.size(1), -1) in forward, or protect the layer.") from exc
     if got != want:
         raise GraphError(f"pruning would change the output shapes from {want} to {got}. Nothing was changed.")
+    if graph.export_ops is not None:
+        _check_same_path(new, graph.export_ops, example_inputs)
     for name in sorted(changed, key=len):
         parent, leaf = _parent(model, name)
         src_parent, _ = _parent(new, name)
@@ -223,6 +225,28 @@ def apply_removal(model: nn.Module, graph: DependencyGraph, removed: set[int],
         src = new.get_submodule(owner) if owner else new
         setattr(holder, pname, getattr(src, pname))
     return changed
+
+
+def _check_same_path(new: nn.Module, ops: tuple[str, ...], example_inputs: tuple[Any, ...]) -> None:
+    """A graph traced with torch.export is specialized to the example inputs: re-export the pruned copy and
+    require the same op sequence, so shape-dependent control flow took the same branches."""
+    from slimkit.graph.export_trace import op_signature
+
+    try:
+        with frozen(new):
+            got = op_signature(new, example_inputs)
+    except Exception as exc:
+        raise GraphError(f"the pruned model cannot be re-exported to check its control flow ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''}). Nothing was changed.") from exc
+    if got != ops:
+        diff = next((i for i, (a, b) in enumerate(zip(ops, got, strict=False)) if a != b), min(len(ops), len(got)))
+        raise GraphError(
+            f"the pruned model runs different ops than the model it was analysed from (op {diff}: "
+            f"{ops[diff] if diff < len(ops) else 'end'} -> {got[diff] if diff < len(got) else 'end'}): the forward "
+            "branches on a channel count, so the torch.export trace does not describe the pruned model. "
+            "Nothing was changed.",
+            hint="Protect the layers whose width the forward tests (protected=[...]), or make that branch a "
+                 "submodule.")
 
 
 def _is_attr_only(graph: DependencyGraph, name: str) -> bool:

@@ -115,8 +115,8 @@ def trace_progressive(model: nn.Module, max_opaque: int = 64) -> tuple[fx.GraphM
                     f"the top-level forward of {type(model).__name__}"
                 raise GraphError(
                     f"torch.fx cannot trace {type(model).__name__}: {_first_line(exc)} (in {where_}). "
-                    "Structured pruning needs a traceable forward; a failing submodule is kept as an opaque "
-                    "leaf, but this failure is outside any submodule. Nothing was changed.",
+                    "Structured pruning needs a traceable forward (a failing submodule is kept as an opaque "
+                    "leaf, but this failure is outside any submodule). Nothing was changed.",
                     hint="Move the data-dependent Python control flow into a submodule (it then stays unpruned), "
                          "remove it from forward, or prune the traceable submodules.",
                 ) from exc
