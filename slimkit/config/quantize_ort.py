@@ -32,6 +32,9 @@ class OrtInt8Config(StrictModel):
         MatMul/Gemm/Gather (dynamic). Add ``Gather`` for embedding tables.
     calibration_batches: at most this many calibration batches are read (static only).
     nodes_to_exclude: ONNX node names kept in float (sensitive layers).
+    compact: a smaller file that computes the same and runs the same kernels (float biases in static QDQ,
+        short tensor names, no all-zero weight zero points before Conv, shared scalars); see
+        ``slimkit.exporters.onnx_compact``. ``False`` keeps onnxruntime's readable names and int32 biases.
     parity_min_top1 / parity_min_cosine: the exported int8 model must agree this well with the PyTorch model
         on the calibration inputs, else ExportError.
     """
@@ -46,6 +49,7 @@ class OrtInt8Config(StrictModel):
     calibration_batches: int = Field(32, ge=1, le=100_000)
     nodes_to_exclude: list[str] = Field(default_factory=list)
     preprocess: bool = True
+    compact: bool = True
     parity_min_top1: float | None = Field(0.9, ge=0, le=1)
     parity_min_cosine: float | None = Field(0.98, ge=-1, le=1)
 

@@ -32,6 +32,25 @@ def ort_session(path: str | Path, *, threads: int = 1) -> Any:
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
+def ort_kernel_counts(path: str | Path) -> dict[str, int]:
+    """Op types of the graph onnxruntime actually runs (CPU, all graph optimizations, i.e. after QDQ fusion):
+    how many convolutions became QLinearConv, how many Quantize/Dequantize nodes stayed, ..."""
+    import tempfile
+    from collections import Counter
+
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="slimkit-ortopt-") as td:
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.optimized_model_filepath = str(Path(td) / "optimized.onnx")
+        ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        proto = onnx.load(opts.optimized_model_filepath, load_external_data=False)
+    return dict(sorted(Counter(n.op_type for n in proto.graph.node).items()))
+
+
 def ort_predict(path_or_session: Any, batches: Iterable[Any]) -> np.ndarray:
     """Run an ONNX model (path or session) over batches (``x``, ``(x, y)`` or tuples of inputs) and return
     the concatenated first output."""
