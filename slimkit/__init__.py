@@ -29,7 +29,7 @@ from slimkit.errors import SlimkitError
 _LAZY: dict[str, str] = {
     "FinetuneConfig": "slimkit.config.finetune",
     "MagnitudePruneConfig": "slimkit.config.prune",
-    **{n: "slimkit.config.quantize" for n in ("Int", "LogQuant", "Binary", "PTQConfig", "DynamicConfig", "WeightOnlyConfig", "QATConfig", "LogQuantConfig", "BinaryConfig", "PrecisionConfig", "FP16Config", "BF16Config")},
+    **{n: "slimkit.config.quantize" for n in ("Int", "LogQuant", "Binary", "PTQConfig", "MixedPrecision", "DynamicConfig", "WeightOnlyConfig", "QATConfig", "LogQuantConfig", "BinaryConfig", "PrecisionConfig", "FP16Config", "BF16Config")},
     "DistillConfig": "slimkit.config.distill", "SVDConfig": "slimkit.config.lowrank",
     "FeatureDistillConfig": "slimkit.config.distill", "MutualDistillConfig": "slimkit.config.distill",
     "StructuredPruneConfig": "slimkit.config.structured", "NMSparsityConfig": "slimkit.config.structured",

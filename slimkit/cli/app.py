@@ -197,5 +197,9 @@ from slimkit.cli.quantize import register as _register_quantize  # noqa: E402  (
 
 _register_quantize(app)
 
+from slimkit.cli.sensitivity import register as _register_sensitivity  # noqa: E402  (slimkit sensitivity)
+
+_register_sensitivity(app)
+
 if __name__ == "__main__":
     main()

@@ -97,6 +97,32 @@ WeightSpec = Annotated[
 """A weight quantizer: ``Int`` (default when ``kind`` is omitted), ``LogQuant`` or ``Binary``."""
 
 
+class MixedPrecision(StrictModel):
+    """Sensitivity-guided mixed precision for a PTQ stage (``quantize: {method: ptq, mixed: {...}}``).
+
+    Each candidate layer is quantized alone (the rest left in float) and scored against the stage's input
+    model; the layers are ranked by the fidelity they lose, and the most sensitive are kept at higher
+    precision, one at a time, until the measured fidelity of the whole mixed model reaches ``floor``.
+
+    metric: ``top1_agreement`` (fraction of inputs whose argmax matches the input model's), ``cosine`` (mean
+    per-sample cosine of the outputs) or ``accuracy`` (accuracy relative to the input model's, so 1.0 means
+    no loss; needs labels). floor: the fidelity the mixed model must reach, in (0, 1]. max_keep: at most this
+    many layers are kept (``None``: no limit). keep_as: ``float`` (skip the layer: float weights and inputs),
+    ``int8`` (8-bit weights, same activations) or ``auto`` (int8 when the stage's weights are below 8 bits,
+    else float). layers: candidate layer-name globs or class names (empty: every quantized layer); the
+    others are always quantized. data / batches: score on this many batches of the validation split (the
+    calibration batches when there is none, or with ``data: calibration``).
+    """
+
+    metric: Literal["top1_agreement", "cosine", "accuracy"] = "top1_agreement"
+    floor: float = Field(0.99, gt=0, le=1)
+    max_keep: int | None = Field(None, ge=0, le=100_000)
+    keep_as: Literal["auto", "float", "int8"] = "auto"
+    layers: list[str] = Field(default_factory=list)
+    data: Literal["val", "calibration"] = "val"
+    batches: int = Field(8, ge=1, le=100_000)
+
+
 class PTQConfig(PassConfig):
     """Static post-training quantization: observers on weights and layer inputs, calibration, then frozen
     fake-quant modules (:class:`slimkit.passes.quantize.modules.QuantLinear` / ``QuantConv2d``).
@@ -108,6 +134,7 @@ class PTQConfig(PassConfig):
     overrides: module-name glob or class name -> weight spec for those layers (first match wins).
     fold_bn: fold BatchNorm into the preceding convolution first (recommended for deployment).
     include: layer types that are quantized.
+    mixed: sensitivity-guided mixed precision (:class:`MixedPrecision`), or ``None`` for one precision.
     """
 
     kind: ClassVar[str] = "quantize"
@@ -119,9 +146,14 @@ class PTQConfig(PassConfig):
     overrides: dict[str, WeightSpec] = Field(default_factory=dict)
     fold_bn: bool = True
     include: list[Literal["Linear", "Conv1d", "Conv2d"]] = Field(default_factory=lambda: ["Linear", "Conv2d"])
+    mixed: MixedPrecision | None = None
 
     @model_validator(mode="after")
     def _check(self) -> PTQConfig:
+        if (self.mixed is not None and self.mixed.keep_as == "int8" and isinstance(self.weights, Int)
+                and self.weights.bits == 8):
+            raise ValueError("mixed.keep_as 'int8' needs weights below 8 bits (they are 8-bit already); "
+                             "use keep_as 'float' or 'auto'")
         if self.activations is not None and self.activations.group_size is not None:
             raise ValueError("activations cannot use group_size (groups are for weights)")
         if self.activations is not None and self.activations.per_channel:

@@ -261,6 +261,8 @@ def run_recipe(recipe: Any, out: str | Path | None = None, *, resume: bool = Fal
             metrics = _evaluate(run, model, artifact)
             record = {"index": i, "pass": f"{cfg.kind}:{cfg.method}", "config": cfg.model_dump(mode="json"),
                       "metrics": metrics, "seconds": round(seconds, 3)}
+            if ctx.extras.get("sensitivity"):  # per-layer sensitivity and mixed precision (PTQConfig.mixed)
+                record["sensitivity"] = ctx.extras["sensitivity"]
             atomic_write_json(sdir / "stage.json", record)
             state.finish_stage(i, record)
 
@@ -285,7 +287,8 @@ def run_recipe(recipe: Any, out: str | Path | None = None, *, resume: bool = Fal
             "final": final,
             "exports": exports,
             "constraints": rows,
-            "verdict": verdict(baseline_metrics, final, rows, notes=_quant_notes(model) + _export_notes(exports)),
+            "verdict": verdict(baseline_metrics, final, rows, notes=_quant_notes(model) + _sensitivity_notes(stages)
+                               + _export_notes(exports)),
             "environment": _environment(),
         }
         from slimkit.pipeline.report import write_report
@@ -311,6 +314,21 @@ def _quant_notes(model: nn.Module) -> list[str]:
         return ["The PyTorch latency above unpacks low-bit weights on every call; the saving is in bytes, "
                 "not time, unless a runtime with low-bit kernels is used."]
     return []
+
+
+def _sensitivity_notes(stages: list[dict[str, Any]]) -> list[str]:
+    """One sentence per stage that chose its precision by measured sensitivity (PTQ ``mixed``)."""
+    out = []
+    for st in stages:
+        r = (st or {}).get("sensitivity")
+        if not isinstance(r, dict):
+            continue
+        kept = ", ".join(r["keep"]) or "no layer"
+        out.append(f"Mixed precision (stage {st['index']}): {r['metric']} {r['score']:.4f} "
+                   f"{'meets' if r['met'] else 'does NOT meet'} the floor {r['floor']:.4g} keeping {kept} "
+                   f"at {r['keep_as']} ({r['all_compressed']:.4f} with every layer at {r['bits']} bits)"
+                   + ("." if r["met"] else f": {r['reason']}."))
+    return out
 
 
 def _export_notes(exports: list[dict[str, Any]]) -> list[str]:

@@ -288,7 +288,12 @@ def _fold_eval(model: nn.Module) -> None:
 
 def _rebuild_ptq(model: nn.Module, cfg: PTQConfig, manifest: dict[str, Any]) -> nn.Module:
     """Redo PTQ's structure without data (fold BatchNorm, wrap the same layers with the same quantizers,
-    frozen); the checkpoint then loads the scales and weights."""
+    frozen); the checkpoint then loads the scales and weights. A mixed-precision stage reads which layers it
+    kept at higher precision from the checkpoint itself."""
+    if cfg.mixed is not None:
+        from slimkit.passes.quantize.mixed import mixed_from_manifest
+
+        cfg = mixed_from_manifest(model, cfg, manifest)
     if cfg.fold_bn:
         _fold_eval(model)
     layers = list(quantizable_layers(model, list(cfg.include), cfg.skip))
@@ -300,7 +305,18 @@ def _rebuild_ptq(model: nn.Module, cfg: PTQConfig, manifest: dict[str, Any]) -> 
 
 @register_pass(PTQConfig, needs=("calibration",), default=True, rebuild=_rebuild_ptq)
 def ptq(model: nn.Module, cfg: PTQConfig, ctx: PassContext) -> nn.Module:
-    """Static PTQ (see module docstring)."""
+    """Static PTQ (see module docstring). With ``cfg.mixed``, the layers to keep at higher precision are chosen
+    first by measured sensitivity on copies (:mod:`slimkit.passes.quantize.mixed`); the result goes to
+    ``ctx.extras["sensitivity"]``."""
+    if cfg.mixed is not None:
+        import copy
+
+        from slimkit.passes.quantize.mixed import plan_mixed_ptq
+
+        cfg, result, calib = plan_mixed_ptq(model, cfg, ctx, ptq)
+        ctx.extras["sensitivity"] = result
+        ctx = copy.copy(ctx)
+        ctx.calibration = calib
     layers = list(quantizable_layers(model, list(cfg.include), cfg.skip))
     if not layers:
         raise ConfigError(f"no layer to quantize: the model has no {'/'.join(cfg.include)} layer outside skip.")

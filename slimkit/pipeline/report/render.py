@@ -84,12 +84,50 @@ def render_markdown(report: dict[str, Any]) -> str:
         for e in report["exports"]:
             lines.append(f"- {e.get('format')}: `{e.get('artifact')}` ({_bytes(e.get('size_bytes') or 0)})"
                          + (f", parity max |diff| {e['parity'].get('max_abs_diff'):.2e}" if e.get("parity") else ""))
+    for s in sensitivity_stages(report):
+        lines += ["", *sensitivity_markdown(s)]
     env = report.get("environment") or {}
     if env:
         lines += ["", f"Measured on {env.get('cpu')} with torch {env.get('torch')}, {env.get('threads')} threads."]
     lines += ["", "Latency is the median of repeated runs after warm-up, baseline and final measured alternately in "
               "the same process. Sizes are bytes on disk of each stage's artifact.", ""]
     return "\n".join(lines)
+
+
+def sensitivity_stages(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The stages that ran a per-layer sensitivity analysis (``stage["sensitivity"]``, e.g. PTQ ``mixed``)."""
+    return [s for s in report.get("stages") or [] if isinstance(s.get("sensitivity"), dict)]
+
+
+def _sens_summary(stage: dict[str, Any]) -> str:
+    r = stage["sensitivity"]
+    kept = ", ".join(f"`{u}`" for u in r["keep"]) or "none"
+    met = "met" if r["met"] else "NOT met"
+    return (f"Metric {r['metric']} on {r['samples']} {r['data']} samples, floor {r['floor']:.4g}: "
+            f"{r['score']:.4f} with the plan ({met}; {r['all_compressed']:.4f} with every layer quantized). "
+            f"Kept as {r['keep_as']}: {kept}. {r['reason'][:1].upper()}{r['reason'][1:]}.")
+
+
+def sensitivity_markdown(stage: dict[str, Any]) -> list[str]:
+    """Markdown lines for one stage's sensitivity table (most sensitive first)."""
+    r = stage["sensitivity"]
+    kept = set(r["keep"])
+    lines = [f"## Per-layer sensitivity: stage {stage['index']} {stage['pass']}", "", _sens_summary(stage), "", f"| rank | layer | {r['metric']} alone | loss | kept |", "|---|---|---|---|---|"]
+    for row in r["table"]:
+        lines.append(f"| {row['rank']} | {row['unit']} | {row['score']:.4f} | {row['loss']:.4g} | "
+                     f"{'yes (' + r['keep_as'] + ')' if row['unit'] in kept else ''} |")
+    return lines
+
+
+def sensitivity_png(stage: dict[str, Any]) -> str:
+    """Base64 PNG of one stage's sensitivity bar plot (kept layers in red)."""
+    from slimkit.search.sensitivity import UnitSensitivity, sensitivity_plot
+
+    r = stage["sensitivity"]
+    units = [UnitSensitivity(row["unit"], row["score"], row["loss"], row.get("cost")) for row in r["table"]]
+    png = sensitivity_plot(units, keep=r["keep"], title=f"Stage {stage['index']} {stage['pass']}: "
+                           f"{r['metric']} loss per layer")
+    return base64.b64encode(png).decode()
 
 
 def _plot(report: dict[str, Any], x_key: str, x_label: str) -> str | None:
@@ -145,7 +183,10 @@ def render_html(report: dict[str, Any]) -> str:
              for (label, m), sec in zip(rows(report), seconds(report), strict=True)]
     import yaml
 
+    sensitivity = [{"title": f"Stage {st['index']} {st['pass']}", "summary": _sens_summary(st).replace("`", ""),
+                    "png": sensitivity_png(st), "r": st["sensitivity"]} for st in sensitivity_stages(report)]
     recipe_yaml = yaml.safe_dump(report.get("recipe") or {}, sort_keys=False, default_flow_style=False)
     return tmpl.render(r=report, recipe_yaml=recipe_yaml, columns=[*(c for _, c in COLUMNS), "seconds"], table=table, plots=plots,
+                       sensitivity=sensitivity,
                        constraints=report.get("constraints") or [], exports=report.get("exports") or [],
                        env=report.get("environment") or {}, esc=html.escape)

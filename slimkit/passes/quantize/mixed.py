@@ -1,0 +1,269 @@
+"""Sensitivity-guided mixed precision for PTQ (``PTQConfig.mixed``).
+
+Analysis only reads the model it is given: every measurement runs on copies. The plan is found in four steps:
+
+1. check the candidates (``mixed.layers``) and the scoring data against the model (typed errors, model untouched);
+2. quantize one copy with the stage's config, every layer at once, and (when the kept layers become 8-bit) a
+   second copy at 8-bit weights. PTQ calibrates every observer on float activations (fake quantization is
+   off while calibrating), so each layer's quantizers do not depend on which other layers are quantized:
+   switching a layer's quantizers off (or to the 8-bit ones) in the copy gives exactly the model PTQ would
+   build with that layer skipped (or overridden), without calibrating again for every candidate;
+3. score each candidate quantized alone against the input model (:func:`slimkit.search.layer_sensitivity`),
+   then keep the most sensitive ones at higher precision, greedily, measuring each step, until the floor is
+   met (:func:`slimkit.search.mixed_assignment`);
+4. return the stage's config with the plan written out (``skip`` for float, ``overrides`` for 8-bit), which the
+   PTQ handler then applies to the real model. The result goes to ``ctx.extras["sensitivity"]``.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from slimkit.config.quantize import Int, MixedPrecision, PTQConfig
+from slimkit.context import PassContext, model_device
+from slimkit.errors import ConfigError, DataError, did_you_mean
+from slimkit.passes.quantize.modules import matches, quant_wrappers, quantizable_layers
+
+log = logging.getLogger(__name__)
+
+__all__ = ["candidate_layers", "keep_spec", "mixed_from_manifest", "plan_mixed_ptq", "resolve_keep_as"]
+
+
+def resolve_keep_as(cfg: PTQConfig) -> str:
+    """``float`` or ``int8``: how the kept layers are held (``auto``: int8 below 8-bit weights, else float)."""
+    assert cfg.mixed is not None
+    if cfg.mixed.keep_as != "auto":
+        return cfg.mixed.keep_as
+    return "int8" if not (isinstance(cfg.weights, Int) and cfg.weights.bits == 8) else "float"
+
+
+def keep_spec(cfg: PTQConfig) -> Int:
+    """The 8-bit weight spec of a kept layer: the stage's own ``Int`` settings at 8 bits (per channel for log
+    and binary stages)."""
+    if isinstance(cfg.weights, Int):
+        return cfg.weights.model_copy(update={"bits": 8})
+    return Int(8, per_channel=True)
+
+
+def resolved_config(cfg: PTQConfig, keep: list[str], keep_as: str) -> PTQConfig:
+    """``cfg`` without ``mixed``, the kept layers written out: appended to ``skip`` (float) or first in
+    ``overrides`` (8-bit; first match wins)."""
+    if keep_as == "float":
+        return cfg.model_copy(update={"mixed": None, "skip": [*cfg.skip, *keep]})
+    spec = keep_spec(cfg)
+    return cfg.model_copy(update={"mixed": None, "overrides": {**{k: spec for k in keep}, **cfg.overrides}})
+
+
+# ------------------------------------------------------------------------------------------------ scoring
+def _labelled(batch: Any) -> tuple[Any, Any]:
+    if isinstance(batch, list | tuple) and len(batch) >= 2:
+        return batch[0], batch[1]
+    from slimkit.passes.quantize.ptq import batch_inputs
+
+    return batch_inputs(batch), None
+
+
+def _score_batches(mixed: MixedPrecision, ctx: PassContext) -> tuple[list[tuple[Any, Any]], str]:
+    use_val = mixed.data == "val" and ctx.val_loader is not None
+    source = ctx.val_loader if use_val else ctx.calibration
+    where = "val" if use_val else "calibration"
+    if source is None:
+        raise ConfigError("mixed precision needs data to score layers on, but there is no validation or "
+                          "calibration data.", hint="Give the recipe a data section, or pass calibration=loader.")
+    batches = [_labelled(b) for b in itertools.islice(iter(source), mixed.batches)]
+    if not batches:
+        raise ConfigError(f"the {where} data is empty; mixed precision has nothing to score layers on.")
+    if mixed.metric == "accuracy" and any(y is None for _, y in batches):
+        raise ConfigError(f"mixed.metric 'accuracy' needs labelled (x, y) batches, but the {where} data has none.",
+                          hint="Use metric top1_agreement or cosine, which compare with the input model.")
+    return batches, where
+
+
+@torch.no_grad()
+def _outputs(model: nn.Module, batches: list[tuple[Any, Any]]) -> list[torch.Tensor]:
+    device = model_device(model)
+    was = model.training
+    model.eval()
+    try:
+        outs = []
+        for x, _ in batches:
+            out = model(x.to(device) if isinstance(x, torch.Tensor) else x)
+            if not isinstance(out, torch.Tensor):
+                out = getattr(out, "logits", None)
+                if not isinstance(out, torch.Tensor):
+                    raise DataError("mixed precision scores models that return a tensor (or .logits); this model "
+                                    f"returns {type(out).__name__}.")
+            outs.append(out.detach().float().cpu())
+        return outs
+    finally:
+        model.train(was)
+
+
+def _scorer(metric: str, ref: list[torch.Tensor], labels: list[Any]) -> tuple[Callable[[list[torch.Tensor]], float],
+                                                                               float | None]:
+    """``score(outputs) -> fidelity`` (1.0 for the input model) and the input model's raw accuracy (or None)."""
+    if metric == "cosine":
+        def cosine(outs: list[torch.Tensor]) -> float:
+            cos = [torch.nn.functional.cosine_similarity(o.flatten(1), r.flatten(1), dim=1, eps=1e-12)
+                   for o, r in zip(outs, ref, strict=True)]
+            return float(torch.cat(cos).mean())
+        return cosine, None
+    if metric == "top1_agreement":
+        ref_top = torch.cat([r.flatten(1).argmax(1) for r in ref])
+
+        def agreement(outs: list[torch.Tensor]) -> float:
+            return float((torch.cat([o.flatten(1).argmax(1) for o in outs]) == ref_top).double().mean())
+        return agreement, None
+    y = torch.cat([torch.as_tensor(t).reshape(-1).cpu() for t in labels])
+
+    def acc(outs: list[torch.Tensor]) -> float:
+        return float((torch.cat([o.flatten(1).argmax(1) for o in outs]) == y).double().mean())
+    ref_acc = acc(ref)
+    if ref_acc <= 0:
+        raise DataError("mixed.metric 'accuracy' is relative to the input model's accuracy, which is 0 on the "
+                        "scoring data.", hint="Use metric top1_agreement or cosine.")
+    return (lambda outs: acc(outs) / ref_acc), ref_acc
+
+
+# --------------------------------------------------------------------------------------------- candidates
+def candidate_layers(model: nn.Module, cfg: PTQConfig) -> list[str]:
+    """Quantizable layer names (once per layer object) matched by ``mixed.layers``; ConfigError for a pattern
+    that matches none."""
+    assert cfg.mixed is not None
+    layers: list[tuple[str, nn.Module]] = []
+    seen: set[int] = set()
+    for name, mod in quantizable_layers(model, list(cfg.include), cfg.skip):
+        if id(mod) not in seen:
+            seen.add(id(mod))
+            layers.append((name, mod))
+    if not layers:
+        raise ConfigError(f"no layer to quantize: the model has no {'/'.join(cfg.include)} layer outside skip.")
+    names = [n for n, _ in layers]
+    for pat in cfg.mixed.layers:
+        if not any(matches(n, m, [pat]) for n, m in layers):
+            raise ConfigError(f"mixed.layers: '{pat}' matches no quantized layer.{did_you_mean(pat, names)}",
+                              hint=f"Quantized layers: {', '.join(names[:12])}"
+                                   + (f" (and {len(names) - 12} more)." if len(names) > 12 else "."))
+    if cfg.mixed.layers:
+        return [n for n, m in layers if matches(n, m, cfg.mixed.layers)]
+    return names
+
+
+def _weight_numel(model: nn.Module, name: str) -> int:
+    w = getattr(model.get_submodule(name), "weight", None)
+    return int(w.numel()) if isinstance(w, torch.Tensor) else 0
+
+
+def _bits(cfg: PTQConfig) -> int:
+    return getattr(cfg.weights, "bits", 1)
+
+
+# ------------------------------------------------------------------------------------------------- plan
+def plan_mixed_ptq(model: nn.Module, cfg: PTQConfig, ctx: PassContext,
+                   quantize: Callable[[nn.Module, PTQConfig, PassContext], nn.Module],
+                   ) -> tuple[PTQConfig, dict[str, Any], list[Any]]:
+    """Measure per-layer sensitivity and choose the layers kept at higher precision (module docstring).
+    ``quantize(model, cfg, ctx)`` is the PTQ handler (run on copies only). Returns the resolved config (no
+    ``mixed``; kept layers in ``skip`` or ``overrides``), the JSON-ready result and the calibration batches
+    the plan was measured with (apply the resolved config with those). ``model`` is not changed."""
+    from slimkit.search.sensitivity import layer_sensitivity, mixed_assignment, sensitivity_table
+
+    mixed = cfg.mixed
+    if mixed is None:
+        raise ConfigError("plan_mixed_ptq needs a config with mixed set.")
+    units = candidate_layers(model, cfg)
+    keep_as = resolve_keep_as(cfg)
+    batches, where = _score_batches(mixed, ctx)
+    if ctx.calibration is None:
+        raise ConfigError("static quantization needs calibration data but none was given.",
+                          hint="Pass calibration=loader, or give the recipe a data section.")
+    # the same calibration batches for every copy and for the final model, so the plan's measured score is
+    # the score of the model the stage returns
+    calib = list(itertools.islice(iter(ctx.calibration), cfg.calibration_batches))
+    sub = copy.copy(ctx)
+    sub.calibration = calib
+    sub.extras = {}
+
+    ref_out = _outputs(model, batches)
+    score, ref_acc = _scorer(mixed.metric, ref_out, [y for _, y in batches])
+    plain = cfg.model_copy(update={"mixed": None})
+    full = quantize(copy.deepcopy(model), plain, sub)
+    wrappers = dict(quant_wrappers(full))
+    missing = [u for u in units if u not in wrappers]
+    if missing:  # a candidate that PTQ did not wrap (should not happen: same include/skip)
+        raise ConfigError(f"mixed precision: layer(s) {missing[:5]} were not quantized by the stage.")
+    hi: dict[str, nn.Module | None] = {}
+    if keep_as == "int8":
+        hi_cfg = plain.model_copy(update={"weights": keep_spec(cfg), "overrides": {}})
+        hi_model = quantize(copy.deepcopy(model), hi_cfg, sub)
+        hi = {n: w.weight_fake_quant for n, w in quant_wrappers(hi_model)}
+    original = {n: (w.weight_fake_quant, w.input_fake_quant) for n, w in wrappers.items()}
+    unit_set = set(units)
+
+    def configure(compressed: set[str]) -> None:
+        """Candidates outside ``compressed`` at higher precision; every other layer as the stage makes it."""
+        for n, w in wrappers.items():
+            wfq, ifq = original[n]
+            if n in unit_set and n not in compressed:
+                if keep_as == "float":
+                    wfq, ifq = None, None
+                else:
+                    wfq = hi[n]
+            w.weight_fake_quant, w.input_fake_quant = wfq, ifq
+
+    def measure(compressed: set[str]) -> float:
+        configure(compressed)
+        return score(_outputs(full, batches))
+
+    bits = _bits(cfg)
+    extra = (32 - bits) if keep_as == "float" else (8 - bits)
+    costs = {u: _weight_numel(model, u) * max(extra, 0) // 8 for u in units}
+
+    def alone(unit: str) -> float:  # only this layer quantized, every other in float: its own loss
+        for n, w in wrappers.items():
+            w.weight_fake_quant, w.input_fake_quant = original[n] if n == unit else (None, None)
+        return score(_outputs(full, batches))
+
+    sens = layer_sensitivity(units, alone, baseline=1.0, costs=costs)
+    all_compressed = measure(unit_set)
+
+    def evaluate(keep: list[str]) -> float:
+        return measure(unit_set - set(keep))
+
+    plan = mixed_assignment(sens, fidelity_floor=mixed.floor, baseline=1.0, evaluate=evaluate,
+                            max_keep=mixed.max_keep)
+    result = {
+        "pass": "quantize:ptq", "metric": mixed.metric, "floor": mixed.floor, "keep_as": keep_as,
+        "bits": bits, "data": where, "samples": int(sum(len(x) for x, _ in batches)),
+        "reference_accuracy": ref_acc, "baseline": 1.0, "all_compressed": all_compressed,
+        "table": sensitivity_table(sens), "keep": plan.keep, "score": plan.score, "met": plan.met,
+        "reason": plan.reason, "trace": plan.trace,
+    }
+    log.info("mixed precision: keep %s as %s, %s %.4f (floor %.4f, %s)", plan.keep, keep_as, mixed.metric,
+             plan.score, mixed.floor, "met" if plan.met else "NOT met")
+    return resolved_config(cfg, plan.keep, keep_as), result, calib
+
+
+def mixed_from_manifest(model: nn.Module, cfg: PTQConfig, manifest: dict[str, Any]) -> PTQConfig:
+    """The resolved config of a saved mixed-precision PTQ stage, read from its checkpoint: a layer whose float
+    weight is saved unwrapped (``<layer>.weight``) was kept in float; one whose packed codes are 8-bit while
+    the stage is lower-bit was kept at 8 bits. Used by the rebuild hook (resume, ``slimkit eval``)."""
+    tensors = manifest.get("tensors") or {}
+    layers = [n for n, _ in quantizable_layers(model, list(cfg.include), cfg.skip)]
+    keep_float = [n for n in layers if f"{n}.weight" in tensors and f"{n}.module.weight" not in tensors]
+    bits = _bits(cfg)
+    keep_8 = [n for n in layers if bits < 8
+              and ((tensors.get(f"{n}.module.weight") or {}).get("info") or {}).get("bits") == 8]
+    out = cfg.model_copy(update={"mixed": None, "skip": [*cfg.skip, *keep_float]})
+    if keep_8:
+        spec = keep_spec(cfg)
+        out = out.model_copy(update={"overrides": {**{k: spec for k in keep_8}, **cfg.overrides}})
+    return out
+
