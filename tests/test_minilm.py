@@ -85,6 +85,9 @@ def test_int8_fidelity_and_bytes(encoder, fp32_onnx, tmp_path) -> None:
     assert res["size_bytes"] <= 0.26 * onnx_size_bytes(fp32_onnx)
     assert res["weight_only"] == [] and res["settings"]["smooth_alpha"] == 0.8
     assert len(res["smoothed"]) == 6 * 4 and len(res["outlier_side_nodes"]) == 6 * 2  # QKV + FFN-in; FFN-out
+    # exact rewrites: Q/K/V head splits and context merges get constant Reshape targets; the embedding and
+    # the 12 residual Adds before a LayerNormalization become Sum (no slow SkipLayerNormalization)
+    assert res["rewrites"] == {"static_reshapes": 6 * 4 + 4, "sum_before_layernorm": 1 + 6 * 2}
     enc = encoder.tokenize(SENTENCES)
     ids, mask = enc["input_ids"].numpy(), enc["attention_mask"].numpy()
     fid = cosine_stats(ort_embed(tmp_path / "int8.onnx", ids, mask), ort_embed(fp32_onnx, ids, mask))

@@ -156,12 +156,20 @@ def encoder_parity(encoder: nn.Module, onnx_path: str | os.PathLike[str],
 
 
 def optimize_encoder_onnx(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, num_heads: int,
-                          hidden_size: int, model_type: str = "bert") -> dict[str, int]:
+                          hidden_size: int, model_type: str = "bert", skip_layer_norm: bool = False
+                          ) -> dict[str, int]:
     """Fuse the encoder graph with ``onnxruntime.transformers.optimizer`` (offline, opt_level 0: the fused
     graph still runs on any onnxruntime CPU build) and write ``dst``. Returns the counts of fused
     operators (``Attention``, ``EmbedLayerNormalization``, ``SkipLayerNormalization``, ``BiasGelu``, ...),
-    zeros included; a graph with no Attention fused is still written (and logged)."""
+    zeros included; a graph with no Attention fused is still written (and logged).
+
+    ``skip_layer_norm=False`` (default) keeps ``Add + LayerNormalization`` unfused and writes the Add as
+    ``Sum`` so that onnxruntime's session optimizer does not fuse it either
+    (:func:`slimkit.exporters.encoder_graph.block_skip_layernorm`): onnxruntime 1.31's CPU
+    SkipLayerNormalization is about 6x slower than Add + LayerNormalization, which made the fully fused
+    MiniLM 1.14x *slower* than the unfused export; without it the fused graph is 0.97x."""
     try:
+        from onnxruntime.transformers.fusion_options import FusionOptions
         from onnxruntime.transformers.optimizer import optimize_model
     except ImportError as exc:  # pragma: no cover - part of the onnxruntime wheel
         from slimkit.errors import DependencyError
@@ -172,13 +180,21 @@ def optimize_encoder_onnx(src: str | os.PathLike[str], dst: str | os.PathLike[st
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
+            options = FusionOptions(model_type)
+            if not skip_layer_norm:
+                options.enable_skip_layer_norm = False
+                options.enable_bias_skip_layer_norm = False
             opt = optimize_model(str(src), model_type=model_type, num_heads=num_heads, hidden_size=hidden_size,
-                                 opt_level=0)
+                                 opt_level=0, optimization_options=options)
     except Exception as exc:
         raise ExportError(f"onnxruntime's transformer optimizer failed on {src}: {str(exc).splitlines()[0]}",
                           hint="Export with exporter='torchscript' and eager attention "
                                "(export_encoder_onnx does both).") from None
     stats = {k: int(v) for k, v in opt.get_fused_operator_statistics().items()}
+    if not skip_layer_norm:
+        from slimkit.exporters.encoder_graph import block_skip_layernorm
+
+        block_skip_layernorm(opt.model)
     if not stats.get("Attention"):
         log.warning("no Attention was fused in %s: the mask pattern was not recognised", src)
     from slimkit._io import atomic_write
@@ -205,7 +221,14 @@ class EncoderInt8Config:
     None = choose them by measured sensitivity on the calibration batches (at most ``max_weight_only``, and
     within ``size_budget`` x fp32 bytes) until ``cosine_floor`` / ``cosine_min_floor`` are met there.
     ``rank_sensitivity``: measure and return the per-MatMul sensitivity table even when no search is needed
-    (for reports; one int8 build per MatMul)."""
+    (for reports; one int8 build per MatMul).
+    ``per_tensor_nodes``: regexes of MatMuls whose int8 weights get one scale instead of one per output
+    channel even when ``per_channel`` (onnxruntime's per-tensor int8 kernels are a few percent faster). For
+    MiniLM, Q/K/V and attention-output projections per tensor cost about 3e-4 of mean cosine on held-out
+    sentences but take the calibration minimum under the floor, so the default is none.
+    ``block_skip_layernorm`` and ``static_shapes``: the exact rewrites of
+    :mod:`slimkit.exporters.encoder_graph` (no SkipLayerNormalization fusion by onnxruntime, whose CPU kernel
+    is slow; constant Reshape targets instead of shape subgraphs)."""
 
     per_channel: bool = True
     reduce_range: bool | None = None
@@ -222,6 +245,9 @@ class EncoderInt8Config:
     cosine_min_floor: float = 0.992
     size_budget: float = 0.26
     rank_sensitivity: bool = False
+    per_tensor_nodes: tuple[str, ...] = ()
+    block_skip_layernorm: bool = True
+    static_shapes: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -384,17 +410,28 @@ def _build(smoothed: Path, out: Path, cfg: EncoderInt8Config, reduce_range: bool
     )
 
     ops = ["MatMul", "Gather"] if cfg.quantize_embeddings else ["MatMul"]
+    skip = {*weight_only, *keep_fp32}
+    per_tensor = [n for n in _weight_matmuls(onnx.load(str(smoothed), load_external_data=False))
+                  if n not in skip and any(re.search(p, n) for p in cfg.per_tensor_nodes)] if cfg.per_channel else []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        quantize_dynamic(str(smoothed), str(out), op_types_to_quantize=ops, per_channel=cfg.per_channel,
-                         reduce_range=reduce_range, nodes_to_exclude=[*weight_only, *keep_fp32],
+        first = out.with_name(out.stem + "-pc.onnx") if per_tensor else out
+        quantize_dynamic(str(smoothed), str(first), op_types_to_quantize=ops, per_channel=cfg.per_channel,
+                         reduce_range=reduce_range, nodes_to_exclude=[*skip, *per_tensor],
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, **cfg.extra})
+        if per_tensor:
+            quantize_dynamic(str(first), str(out), op_types_to_quantize=["MatMul"], per_channel=False,
+                             reduce_range=reduce_range, nodes_to_quantize=per_tensor,
+                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, **cfg.extra})
+            first.unlink()
         if weight_only:
             algo = DefaultWeightOnlyQuantConfig(block_size=cfg.block_size, is_symmetric=True,
                                                 accuracy_level=cfg.accuracy_level, bits=8)
+            # nodes_to_include alone does not restrict it (it also takes every MatMul of its op types):
+            # the fp32 side MatMuls of the outlier decomposition must be excluded explicitly
             q = MatMulNBitsQuantizer(onnx.load(str(out)), bits=8, block_size=cfg.block_size, is_symmetric=True,
                                      accuracy_level=cfg.accuracy_level, nodes_to_include=list(weight_only),
-                                     algo_config=algo)
+                                     nodes_to_exclude=list(keep_fp32), algo_config=algo)
             q.process()
             q.model.save_model_to_file(str(out), False)
     return out
@@ -426,8 +463,11 @@ def quantize_encoder_int8(fp32_onnx: str | os.PathLike[str], out_path: str | os.
        ``calibration``, see :mod:`slimkit.search.sensitivity`) become 8-bit weight-only MatMulNBits, greedily,
        until the cosine floors hold on ``calibration`` or the size budget / ``max_weight_only`` is reached.
 
+    5. Exact graph rewrites (``config.static_shapes``, ``config.block_skip_layernorm``): constant Reshape
+       targets, and no SkipLayerNormalization fusion by onnxruntime (:mod:`slimkit.exporters.encoder_graph`).
+
     Returns ``{"artifact", "size_bytes", "size_ratio", "settings", "weight_only", "smoothed", "outlier_side_nodes",
-    "sensitivity", "assignment", "calibration_fidelity"}``. Writes ``out_path`` atomically."""
+    "rewrites", "sensitivity", "assignment", "calibration_fidelity"}``. Writes ``out_path`` atomically."""
     from slimkit.evaluation.embedding_fidelity import cosine_stats
     from slimkit.exporters.onnx_int8 import _load, onnx_size_bytes
     from slimkit.search.sensitivity import layer_sensitivity, mixed_assignment, sensitivity_table
@@ -446,6 +486,10 @@ def quantize_encoder_int8(fp32_onnx: str | os.PathLike[str], out_path: str | os.
         names = list(_weight_matmuls(proto))
         smoothed = _smooth(proto, cfg.smooth_nodes, cfg.smooth_alpha, batches, work) if cfg.smooth_nodes else []
         side = _decompose(proto, cfg.outlier_nodes, cfg.outlier_channels, batches, work)
+        from slimkit.exporters.encoder_graph import block_skip_layernorm, static_reshapes
+
+        rewrites = {"static_reshapes": static_reshapes(proto) if cfg.static_shapes else 0,
+                    "sum_before_layernorm": block_skip_layernorm(proto) if cfg.block_skip_layernorm else 0}
         sm_path = work / "smoothed.onnx"
         import onnx
 
@@ -490,5 +534,6 @@ def quantize_encoder_int8(fp32_onnx: str | os.PathLike[str], out_path: str | os.
              out, size, 100 * size / fp32_bytes, weight_only, calib_fid["cosine"], calib_fid["cosine_min"])
     return {"artifact": out, "size_bytes": size, "size_ratio": size / fp32_bytes,
             "settings": {**asdict(cfg), "reduce_range": reduce_range, "vnni": _has_vnni()},
-            "weight_only": list(weight_only), "smoothed": smoothed, "outlier_side_nodes": side, "sensitivity": table,
+            "weight_only": list(weight_only), "smoothed": smoothed, "outlier_side_nodes": side, "rewrites": rewrites,
+            "sensitivity": table,
             "assignment": plan.to_dict() if plan is not None else None, "calibration_fidelity": calib_fid}

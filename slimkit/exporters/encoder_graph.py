@@ -1,0 +1,135 @@
+"""Exact graph rewrites that make an encoder ONNX graph cheaper to run in onnxruntime on CPU.
+
+Both keep the outputs bit-identical (they change how the graph is written, not what it computes):
+
+- :func:`block_skip_layernorm`: ``Add(a, b) -> LayerNormalization`` becomes ``Sum(a, b) -> LayerNormalization``.
+  onnxruntime's session optimizer fuses ``Add + LayerNormalization`` into ``SkipLayerNormalization`` whenever
+  it can prove the shapes, and with onnxruntime 1.31 that CPU kernel is about 6x slower than the two ops it
+  replaces (2.4 vs 0.41 ms at 8x128x384 on a 2-core Xeon). ``Sum`` is the same elementwise addition under a
+  name the fusion does not match.
+- :func:`static_reshapes`: a Reshape whose target shape is computed at run time (``Shape -> Gather ->
+  Unsqueeze -> Concat``, as the TorchScript export writes every attention reshape) gets a constant target
+  that uses ``0`` (copy this input dimension) and ``-1`` (infer one), found by running the graph at two
+  different (batch, sequence) shapes; the shape subgraphs that no longer feed anything are removed.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+__all__ = ["block_skip_layernorm", "prune_dead_nodes", "static_reshapes"]
+
+
+def block_skip_layernorm(proto: Any) -> int:
+    """In place: every two-input ``Add`` of non-constant tensors whose only consumer is a LayerNormalization
+    becomes ``Sum``. Returns how many were rewritten."""
+    inits = {t.name for t in proto.graph.initializer}
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    consumers: dict[str, int] = {}
+    for n in proto.graph.node:
+        for i in n.input:
+            consumers[i] = consumers.get(i, 0) + 1
+    count = 0
+    for n in proto.graph.node:
+        if n.op_type != "LayerNormalization" or n.domain not in ("", "ai.onnx"):
+            continue
+        add = producer.get(n.input[0])
+        if (add is not None and add.op_type == "Add" and add.domain in ("", "ai.onnx") and len(add.input) == 2
+                and not any(i in inits for i in add.input) and consumers.get(add.output[0], 0) == 1):
+            add.op_type = "Sum"
+            count += 1
+    return count
+
+
+def prune_dead_nodes(proto: Any) -> int:
+    """In place: remove nodes (and initializers) that no graph output depends on. Returns nodes removed."""
+    needed = {o.name for o in proto.graph.output}
+    keep = []
+    for n in reversed(list(proto.graph.node)):
+        if any(o in needed for o in n.output):
+            keep.append(n)
+            needed.update(i for i in n.input if i)
+    keep.reverse()
+    removed = len(proto.graph.node) - len(keep)
+    del proto.graph.node[:]
+    proto.graph.node.extend(keep)
+    used = {i for n in keep for i in n.input}
+    inits = [t for t in proto.graph.initializer if t.name in used]
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(inits)
+    return removed
+
+
+def _probe_feeds(proto: Any, batch: int, seq: int) -> dict[str, np.ndarray]:
+    feeds = {}
+    for inp in proto.graph.input:
+        if inp.name in {t.name for t in proto.graph.initializer}:
+            continue
+        rank = len(inp.type.tensor_type.shape.dim)
+        if rank != 2 or inp.type.tensor_type.elem_type not in (6, 7):  # int32 / int64 [batch, sequence] only
+            raise ValueError(f"static_reshapes expects [batch, sequence] integer inputs; {inp.name} is not one")
+        dtype = np.int64 if inp.type.tensor_type.elem_type == 7 else np.int32
+        feeds[inp.name] = np.full((batch, seq), 0 if "type" in inp.name else 1, dtype)
+    return feeds
+
+
+def static_reshapes(proto: Any, *, probes: tuple[tuple[int, int], ...] = ((2, 7), (3, 11))) -> int:
+    """In place: give computed Reshape targets a constant shape with ``0``/``-1`` (see the module docstring)
+    and drop the dead shape subgraphs. Only for graphs whose inputs are ``[batch, sequence]`` integer
+    tensors (token ids, masks). A Reshape whose target cannot be written that way is left alone.
+    Returns how many Reshapes were rewritten."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    inits = {t.name for t in proto.graph.initializer}
+    reshapes = [n for n in proto.graph.node if n.op_type == "Reshape" and n.domain in ("", "ai.onnx")
+                and n.input[1] not in inits
+                and not any(a.name == "allowzero" and a.i for a in n.attribute)]
+    if not reshapes:
+        return 0
+    probe = copy.deepcopy(proto)
+    del probe.graph.output[:]
+    outs: list[str] = []
+    for i, n in enumerate(reshapes):
+        shape_of = f"{n.input[0]}__probe_shape_{i}"
+        probe.graph.node.append(helper.make_node("Shape", [n.input[0]], [shape_of]))
+        outs += [n.input[1], shape_of]
+    outs = list(dict.fromkeys(outs))
+    for o in outs:
+        probe.graph.output.append(helper.make_tensor_value_info(o, onnx.TensorProto.INT64, None))
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    runs = [dict(zip(outs, sess.run(outs, _probe_feeds(proto, b, s)), strict=True)) for b, s in probes]
+    count = 0
+    for i, n in enumerate(reshapes):
+        targets = [r[n.input[1]] for r in runs]
+        shapes = [r[f"{n.input[0]}__probe_shape_{i}"] for r in runs]
+        if len({len(t) for t in targets}) != 1:
+            continue
+        new = []
+        for d in range(len(targets[0])):
+            vals = [int(t[d]) for t in targets]
+            if len(set(vals)) == 1 and vals[0] > 0:
+                new.append(vals[0])
+            elif all(d < len(x) and int(x[d]) == v for x, v in zip(shapes, vals, strict=True)):
+                new.append(0)
+            else:
+                new.append(-1)
+        if new.count(-1) > 1:
+            continue
+        name = f"{n.name or n.output[0]}_static_shape"
+        proto.graph.initializer.append(numpy_helper.from_array(np.array(new, np.int64), name))
+        n.input[1] = name
+        count += 1
+    removed = prune_dead_nodes(proto)
+    log.info("static_reshapes: %d Reshape targets made constant, %d shape nodes removed", count, removed)
+    return count

@@ -1,0 +1,119 @@
+"""Exact encoder graph rewrites (slimkit.exporters.encoder_graph) and the transformer-optimizer fusion
+without SkipLayerNormalization, on a tiny random BERT sentence encoder (no model package needed, a few
+seconds): outputs unchanged, Attention fused, no SkipLayerNormalization after onnxruntime's own session
+optimizations, shape subgraphs gone; and int8 with the rewrites keeps a cosine floor."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory):
+    from slimkit.exporters.onnx_transformer import export_encoder_onnx
+    from slimkit.models.sentence import SentenceEncoder
+
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=2048, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=64, max_position_embeddings=64)
+    enc = SentenceEncoder(transformers.BertModel(cfg, add_pooling_layer=False).eval())
+    return export_encoder_onnx(enc, tmp_path_factory.mktemp("tiny") / "fp32.onnx")
+
+
+def _feeds(batch: int, seq: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    g = np.random.default_rng(seed)
+    ids = g.integers(1000, 1200, (batch, seq)).astype(np.int64)
+    mask = np.ones((batch, seq), np.int64)
+    mask[-1, seq // 2:] = 0  # padding
+    return ids, mask
+
+
+def _session_ops(path) -> dict[str, int]:
+    """op counts of the graph onnxruntime actually runs (after its session-level fusions)."""
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(path) + ".session.onnx"
+    opts.log_severity_level = 3
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    ops: dict[str, int] = {}
+    for n in onnx.load(opts.optimized_model_filepath).graph.node:
+        ops[n.op_type] = ops.get(n.op_type, 0) + 1
+    return ops
+
+
+def test_rewrites_are_exact_and_block_skip_layernorm(tiny_onnx, tmp_path) -> None:
+    from slimkit.exporters.encoder_graph import block_skip_layernorm, static_reshapes
+    from slimkit.exporters.onnx_transformer import ort_embed
+
+    proto = onnx.load(str(tiny_onnx))
+    n_before = len(proto.graph.node)
+    assert static_reshapes(proto) >= 4  # per layer: Q, K, V heads split and the context merged back
+    assert block_skip_layernorm(proto) == 1 + 2 * 2  # embeddings + two residual adds per layer
+    assert len(proto.graph.node) < n_before - 20  # the Shape/Gather/Unsqueeze/Concat chains are gone
+    onnx.checker.check_model(proto)
+    out = tmp_path / "rewritten.onnx"
+    onnx.save(proto, str(out))
+    for b, s in ((1, 5), (4, 23), (2, 64)):  # shapes other than the probes
+        ids, mask = _feeds(b, s)
+        np.testing.assert_allclose(ort_embed(out, ids, mask), ort_embed(tiny_onnx, ids, mask), rtol=0, atol=1e-6)
+    ops = _session_ops(out)
+    assert "SkipLayerNormalization" not in ops and ops.get("LayerNormalization") == 5
+    before = _session_ops(tiny_onnx)
+    assert sum(ops.values()) < sum(before.values()) and ops.get("Concat", 0) < before["Concat"]
+
+
+def test_optimizer_fuses_attention_without_skip_layernorm(tiny_onnx, tmp_path) -> None:
+    from slimkit.exporters.onnx_transformer import optimize_encoder_onnx, ort_embed
+
+    fused = tmp_path / "fused.onnx"
+    stats = optimize_encoder_onnx(tiny_onnx, fused, num_heads=4, hidden_size=32)
+    assert stats["Attention"] == 2 and stats["SkipLayerNormalization"] == 0
+    ops = _session_ops(fused)
+    assert ops.get("Attention") == 2 and "SkipLayerNormalization" not in ops and ops.get("Sum") == 4
+    for b, s in ((2, 16), (3, 40)):
+        ids, mask = _feeds(b, s, seed=1)
+        ref = ort_embed(tiny_onnx, ids, mask)
+        np.testing.assert_allclose(ort_embed(fused, ids, mask), ref, rtol=0, atol=1e-4)
+    full = tmp_path / "full.onnx"
+    assert optimize_encoder_onnx(tiny_onnx, full, num_heads=4, hidden_size=32,
+                                 skip_layer_norm=True)["SkipLayerNormalization"] == 4
+
+
+def test_int8_with_rewrites_keeps_cosine(tiny_onnx, tmp_path) -> None:
+    from slimkit.evaluation.embedding_fidelity import cosine_stats
+    from slimkit.exporters.onnx_transformer import EncoderInt8Config, ort_embed, quantize_encoder_int8
+
+    calib = [dict(zip(("input_ids", "attention_mask"), _feeds(8, 24, seed=s), strict=True)) for s in range(3)]
+    cfg = EncoderInt8Config(weight_only=(), outlier_channels=4)
+    res = quantize_encoder_int8(tiny_onnx, tmp_path / "int8.onnx", calibration=calib, config=cfg)
+    assert res["rewrites"]["static_reshapes"] >= 4 and res["rewrites"]["sum_before_layernorm"] == 5
+    ids, mask = _feeds(6, 30, seed=7)
+    fid = cosine_stats(ort_embed(res["artifact"], ids, mask), ort_embed(tiny_onnx, ids, mask))
+    assert fid["cosine"] >= 0.99 and fid["cosine_min"] >= 0.98, fid
+    assert "SkipLayerNormalization" not in _session_ops(res["artifact"])
+    plain = quantize_encoder_int8(tiny_onnx, tmp_path / "plain.onnx", calibration=calib,
+                                  config=EncoderInt8Config(weight_only=(), outlier_channels=4, static_shapes=False,
+                                                           block_skip_layernorm=False))
+    same = cosine_stats(ort_embed(plain["artifact"], ids, mask), ort_embed(res["artifact"], ids, mask))
+    assert same["cosine_min"] > 0.99999  # the rewrites do not change what int8 computes
+
+
+def test_per_tensor_nodes_mixes_weight_scales(tiny_onnx, tmp_path) -> None:
+    from slimkit.exporters.onnx_transformer import EncoderInt8Config, quantize_encoder_int8
+
+    calib = [dict(zip(("input_ids", "attention_mask"), _feeds(8, 24, seed=s), strict=True)) for s in range(2)]
+    cfg = EncoderInt8Config(weight_only=(), outlier_channels=4, per_tensor_nodes=(r"attention/self/query/",))
+    res = quantize_encoder_int8(tiny_onnx, tmp_path / "mixed.onnx", calibration=calib, config=cfg)
+    proto = onnx.load(str(res["artifact"]))
+    inits = {t.name: t for t in proto.graph.initializer}
+    scales = {n.name: int(np.prod(inits[n.input[3]].dims)) for n in proto.graph.node
+              if n.op_type == "MatMulInteger" and n.input[3] in inits}  # weight zero point: 1 or per channel
+    assert scales, "no MatMulInteger with a weight zero point"
+    query = [k for k in scales if "self/query" in k]
+    assert query and all(scales[k] == 1 for k in query)
+    assert any(v > 1 for k, v in scales.items() if "self/query" not in k)
