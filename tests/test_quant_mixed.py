@@ -125,6 +125,31 @@ def test_keep_as_int8_overrides_the_kept_layers_to_8_bits(toy):
         assert mod.weight_fake_quant.bits == (8 if name in res["keep"] else 2)
 
 
+def test_accuracy_metric_is_relative_to_the_input_model(toy):
+    model, batches = toy
+    ref = copy.deepcopy(model)
+    ctx = PassContext(calibration=batches, val_loader=batches[:2])
+    out = ptq(model, _cfg(metric="accuracy", floor=0.9), ctx)
+    res = ctx.extras["sensitivity"]
+    assert res["data"] == "val" and res["samples"] == 128
+    with torch.no_grad():
+        acc = [(out(x).argmax(1) == y).double().mean() for x, y in batches[:2]]
+        ref_acc = [(ref(x).argmax(1) == y).double().mean() for x, y in batches[:2]]
+    assert res["reference_accuracy"] == pytest.approx(float(sum(ref_acc) / 2))
+    assert res["score"] == pytest.approx(float(sum(acc) / 2) / res["reference_accuracy"])
+    assert res["met"] and res["score"] >= 0.9 and res["keep"] == ["fc2", "fc3"]
+
+
+def test_a_plan_that_keeps_every_layer_in_float_returns_the_float_model(toy):
+    model, batches = toy
+    ref = copy.deepcopy(model)
+    ctx = PassContext(calibration=batches)
+    out = ptq(model, _cfg(floor=1.0), ctx)
+    res = ctx.extras["sensitivity"]
+    assert sorted(res["keep"]) == ["fc1", "fc2", "fc3"] and not any(isinstance(m, QuantWrapper) for m in out.modules())
+    assert torch.equal(out(batches[0][0]), ref(batches[0][0]))
+
+
 def test_max_keep_stops_and_the_reason_says_why(toy):
     model, batches = toy
     ctx = PassContext(calibration=batches)

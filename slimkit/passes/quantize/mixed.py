@@ -96,10 +96,11 @@ def _outputs(model: nn.Module, batches: list[tuple[Any, Any]]) -> list[torch.Ten
         for x, _ in batches:
             out = model(x.to(device) if isinstance(x, torch.Tensor) else x)
             if not isinstance(out, torch.Tensor):
-                out = getattr(out, "logits", None)
-                if not isinstance(out, torch.Tensor):
+                logits = getattr(out, "logits", None)
+                if not isinstance(logits, torch.Tensor):
                     raise DataError("mixed precision scores models that return a tensor (or .logits); this model "
                                     f"returns {type(out).__name__}.")
+                out = logits
             outs.append(out.detach().float().cpu())
         return outs
     finally:

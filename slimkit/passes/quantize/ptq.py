@@ -317,6 +317,11 @@ def ptq(model: nn.Module, cfg: PTQConfig, ctx: PassContext) -> nn.Module:
         ctx.extras["sensitivity"] = result
         ctx = copy.copy(ctx)
         ctx.calibration = calib
+        if not any(True for _ in quantizable_layers(model, list(cfg.include), cfg.skip)):
+            log.warning("mixed precision kept every layer in float; nothing is quantized")
+            if cfg.fold_bn:
+                _fold_eval(model)  # as the plan measured it, and as the rebuild hook redoes it
+            return model
     layers = list(quantizable_layers(model, list(cfg.include), cfg.skip))
     if not layers:
         raise ConfigError(f"no layer to quantize: the model has no {'/'.join(cfg.include)} layer outside skip.")
