@@ -161,8 +161,15 @@ def main() -> None:
         fused = work / "fp32-fused.onnx"
         stats = optimize_encoder_onnx(fp32, fused, num_heads=12, hidden_size=384)
         paths[("onnxruntime", "fp32-fused")] = fused
-        notes[("onnxruntime", "fp32-fused")] = ("onnxruntime.transformers optimizer: " + ", ".join(
+        notes[("onnxruntime", "fp32-fused")] = ("slimkit optimize_encoder_onnx (onnxruntime.transformers optimizer "
+                                                "without SkipLayerNormalization, residual Add written as Sum so the "
+                                                "session does not fuse it either): " + ", ".join(
             f"{k} {v}" for k, v in stats.items() if v))
+        fused_skip = work / "fp32-fused-skipln.onnx"
+        stats = optimize_encoder_onnx(fp32, fused_skip, num_heads=12, hidden_size=384, skip_layer_norm=True)
+        paths[("onnxruntime", "fp32-fused-skiplayernorm")] = fused_skip
+        notes[("onnxruntime", "fp32-fused-skiplayernorm")] = ("onnxruntime.transformers optimizer, all fusions: "
+                                                              + ", ".join(f"{k} {v}" for k, v in stats.items() if v))
     peer = quantize_onnx_ort_defaults(fp32, work / "ort-dynamic-default.onnx", mode="dynamic")
     paths[("onnxruntime", "int8-dynamic-default")] = peer
     notes[("onnxruntime", "int8-dynamic-default")] = "quantize_dynamic(fp32, out) with default settings"
@@ -207,6 +214,15 @@ def main() -> None:
         (work / "sensitivity.png").write_bytes(sensitivity_plot(
             units, keep=res["weight_only"], title="MiniLM: cosine loss with one MatMul int8 (after smoothing)",
             short_names=lambda u: "/".join(u.split("/")[3:-1])))
+    if not args.quick:
+        plain = quantize_encoder_int8(fp32, work / "slimkit-int8-no-rewrites.onnx", calibration=calib,
+                                      config=EncoderInt8Config(weight_only=(), block_skip_layernorm=False,
+                                                               static_shapes=False))
+        paths[("slimkit", "int8-smooth-outlier-no-rewrites")] = plain["artifact"]
+        notes[("slimkit", "int8-smooth-outlier-no-rewrites")] = (
+            "the row below without its exact graph rewrites (Reshape targets computed by shape subgraphs; "
+            "residual Add + LayerNormalization left for onnxruntime to fuse into SkipLayerNormalization where it "
+            "can prove the shapes)")
     paths[("slimkit", "int8-smooth-outlier-mixed")] = res["artifact"]
     notes[("slimkit", "int8-smooth-outlier-mixed")] = (
         f"quantize_encoder_int8: SmoothQuant alpha {cfg.smooth_alpha} on {len(res['smoothed'])} Q/K/V and FFN input "
@@ -214,6 +230,8 @@ def main() -> None:
         f"FFN output projections, per-channel u8s8 dynamic int8 of MatMul+Gather (reduce_range="
         f"{res['settings']['reduce_range']}), weight-only 8-bit MatMulNBits: "
         f"{[n.split('/')[3] + '/' + '/'.join(n.split('/')[4:-1]) for n in res['weight_only']] or 'none'}; "
+        f"exact rewrites: {res['rewrites']['static_reshapes']} Reshape targets constant, "
+        f"{res['rewrites']['sum_before_layernorm']} residual Add -> Sum (no SkipLayerNormalization); "
         f"{q_seconds:.0f} s to quantize")
 
     # fidelity to the fp32 embeddings on held-out sentences
