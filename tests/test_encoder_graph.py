@@ -54,6 +54,8 @@ def test_rewrites_are_exact_and_block_skip_layernorm(tiny_onnx, tmp_path) -> Non
     n_before = len(proto.graph.node)
     assert static_reshapes(proto) >= 4  # per layer: Q, K, V heads split and the context merged back
     assert block_skip_layernorm(proto) == 1 + 2 * 2  # embeddings + two residual adds per layer
+    sums = [len(n.input) for n in proto.graph.node if n.op_type == "Sum"]
+    assert sorted(sums) == [2, 2, 2, 2, 3]  # (words + token types) + positions folded into one Sum
     assert len(proto.graph.node) < n_before - 20  # the Shape/Gather/Unsqueeze/Concat chains are gone
     onnx.checker.check_model(proto)
     out = tmp_path / "rewritten.onnx"
@@ -96,6 +98,8 @@ def test_int8_with_rewrites_keeps_cosine(tiny_onnx, tmp_path) -> None:
     fid = cosine_stats(ort_embed(res["artifact"], ids, mask), ort_embed(tiny_onnx, ids, mask))
     assert fid["cosine"] >= 0.99 and fid["cosine_min"] >= 0.98, fid
     assert "SkipLayerNormalization" not in _session_ops(res["artifact"])
+    sums = [len(n.input) for n in onnx.load(str(res["artifact"])).graph.node if n.op_type == "Sum"]
+    assert sorted(sums) == [2, 2, 2, 2, 3]  # a bias Add between (tied biases: Identity) is not folded
     plain = quantize_encoder_int8(tiny_onnx, tmp_path / "plain.onnx", calibration=calib,
                                   config=EncoderInt8Config(weight_only=(), outlier_channels=4, static_shapes=False,
                                                            block_skip_layernorm=False))

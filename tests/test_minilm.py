@@ -88,12 +88,14 @@ def test_int8_fidelity_and_bytes(encoder, fp32_onnx, tmp_path) -> None:
     # exact rewrites: Q/K/V head splits and context merges get constant Reshape targets; the embedding and
     # the 12 residual Adds before a LayerNormalization become Sum (no slow SkipLayerNormalization)
     assert res["rewrites"] == {"static_reshapes": 6 * 4 + 4, "sum_before_layernorm": 1 + 6 * 2}
+    import onnx
+
+    sums = [len(n.input) for n in onnx.load(str(tmp_path / "int8.onnx")).graph.node if n.op_type == "Sum"]
+    assert sorted(sums) == [2] * 6 + [3] * 7  # the outlier side path's Add folded into the FFN residual Sum
     enc = encoder.tokenize(SENTENCES)
     ids, mask = enc["input_ids"].numpy(), enc["attention_mask"].numpy()
     fid = cosine_stats(ort_embed(tmp_path / "int8.onnx", ids, mask), ort_embed(fp32_onnx, ids, mask))
     assert fid["cosine"] >= 0.995 and fid["cosine_min"] >= 0.985, fid
-    import onnx
-
     ops = {n.op_type for n in onnx.load(str(tmp_path / "int8.onnx")).graph.node}
     assert {"MatMulInteger", "DynamicQuantizeLinear", "BiasGelu"} <= ops and "MatMulNBits" not in ops
     assert not np.isnan(ort_embed(tmp_path / "int8.onnx", ids, mask)).any()

@@ -28,9 +28,18 @@ __all__ = ["block_skip_layernorm", "prune_dead_nodes", "static_reshapes"]
 
 def block_skip_layernorm(proto: Any) -> int:
     """In place: every two-input ``Add`` of non-constant tensors whose only consumer is a LayerNormalization
-    becomes ``Sum``. Returns how many were rewritten."""
-    inits = {t.name for t in proto.graph.initializer}
+    becomes ``Sum``; an input of it that is itself such an ``Add`` (single consumer) is folded in, so
+    ``(a + b) + c`` becomes one ``Sum(a, b, c)`` (same order of additions: bit-identical). Returns how many
+    ``Sum`` nodes were written."""
     producer = {o: n for n in proto.graph.node for o in n.output}
+    inits = {t.name for t in proto.graph.initializer}
+    changed = True
+    while changed:  # constants: initializers, Constant nodes, and Identity of constants (the TorchScript
+        changed = False  # export writes a deduplicated bias as Identity(initializer))
+        for n in proto.graph.node:
+            if n.output[0] not in inits and (n.op_type == "Constant" or (n.op_type == "Identity" and n.input[0] in inits)):
+                inits.add(n.output[0])
+                changed = True
     consumers: dict[str, int] = {}
     for n in proto.graph.node:
         for i in n.input:
@@ -44,6 +53,26 @@ def block_skip_layernorm(proto: Any) -> int:
                 and not any(i in inits for i in add.input) and consumers.get(add.output[0], 0) == 1):
             add.op_type = "Sum"
             count += 1
+    drop = set()
+    for n in proto.graph.node:
+        if n.op_type != "Sum" or len(n.input) != 2:
+            continue
+        flat: list[str] = []
+        for i in n.input:
+            inner = producer.get(i)
+            if (inner is not None and inner.op_type == "Add" and inner.domain in ("", "ai.onnx")
+                    and len(inner.input) == 2 and not any(j in inits for j in inner.input)
+                    and consumers.get(i, 0) == 1 and inner.output[0] not in drop):
+                flat += list(inner.input)
+                drop.add(inner.output[0])
+            else:
+                flat.append(i)
+        del n.input[:]
+        n.input.extend(flat)
+    if drop:
+        kept = [n for n in proto.graph.node if n.output[0] not in drop]
+        del proto.graph.node[:]
+        proto.graph.node.extend(kept)
     return count
 
 
