@@ -24,6 +24,7 @@ half of it:
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 _ZP_SAFE_CONSUMERS = frozenset({"Conv"})
@@ -101,16 +102,22 @@ def short_names(graph: Any) -> None:
             mapping[name] = new
         return mapping[name]
 
+    rename_tensors(graph, short, node_name=lambda _: "")
+
+
+def rename_tensors(graph: Any, rename: Callable[[str], str], *, node_name: Callable[[str], str]) -> None:
+    """Apply ``rename`` to every tensor name (initializers, node inputs and outputs, value_info) and
+    ``node_name`` to every node name, in place. ``rename`` must leave graph inputs and outputs alone."""
     for t in graph.initializer:
-        t.name = short(t.name)
+        t.name = rename(t.name)
     for node in graph.node:
-        node.name = ""
+        node.name = node_name(node.name)
         for i, name in enumerate(node.input):
-            node.input[i] = short(name)
+            node.input[i] = rename(name)
         for i, name in enumerate(node.output):
-            node.output[i] = short(name)
+            node.output[i] = rename(name)
     for v in graph.value_info:
-        v.name = short(v.name)
+        v.name = rename(v.name)
 
 
 def drop_unused_opsets(proto: Any) -> int:

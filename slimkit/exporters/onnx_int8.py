@@ -32,6 +32,7 @@ from torch import nn
 
 from slimkit._io import atomic_write
 from slimkit.errors import ConfigError, DataError, ExportError
+from slimkit.exporters.onnx_compact import rename_tensors
 
 log = logging.getLogger(__name__)
 
@@ -116,16 +117,7 @@ def shorten_qdq_names(proto: Any) -> Any:
             name = name.replace(old, new)
         return name
 
-    for t in graph.initializer:
-        t.name = short(t.name)
-    for node in graph.node:
-        node.name = short(node.name)
-        for i, name in enumerate(node.input):
-            node.input[i] = short(name)
-        for i, name in enumerate(node.output):
-            node.output[i] = short(name)
-    for v in graph.value_info:
-        v.name = short(v.name)
+    rename_tensors(graph, short, node_name=short)
     return proto
 
 
