@@ -111,3 +111,20 @@ def test_errors_are_typed():
 
     with pytest.raises(ConfigError):
         collect_input_stats(nn.Sequential(Padded(1, 2, 3)), [torch.randn(1, 1, 4, 4)], ["0"])
+
+
+def test_output_error_matches_a_forward_pass():
+    torch.manual_seed(4)
+    lin = nn.Linear(12, 5)
+    x = torch.randn(40, 12)
+    s = collect_input_stats(nn.Sequential(lin), [x[:25], x[25:]], ["0"])["0"]
+    w2 = lin.weight.detach() * (torch.rand_like(lin.weight) > 0.3)
+    direct = ((x @ (lin.weight - w2).T) ** 2).sum() / (lin(x) ** 2).sum()
+    assert s.output_error(lin.weight, w2, lin.bias) == pytest.approx(float(direct), rel=1e-5)
+    conv = nn.Conv2d(4, 6, 3, padding=1, groups=2)
+    xc = torch.randn(3, 4, 6, 6)
+    sc = collect_input_stats(nn.Sequential(conv), [xc], ["0"])["0"]
+    w3 = conv.weight.detach() * 0.5
+    y, y3 = conv(xc), F.conv2d(xc, w3, conv.bias, padding=1, groups=2)
+    direct = ((y - y3) ** 2).sum() / (y ** 2).sum()
+    assert sc.output_error(conv.weight, w3, conv.bias) == pytest.approx(float(direct), rel=1e-5)

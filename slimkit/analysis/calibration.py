@@ -64,6 +64,22 @@ class InputStats:
         ``||(W - W') x||^2`` averages over."""
         return self._full() / max(self.count, 1)
 
+    def output_error(self, weight: torch.Tensor, new_weight: torch.Tensor,
+                     bias: torch.Tensor | None = None) -> float:
+        """Relative squared output error ``sum ||(W - W') x||^2 / sum ||W x + b||^2`` over the calibration rows,
+        computed exactly from ``xtx`` (no forward pass). Weights are shaped as the layer's
+        (``[out, in]`` or ``[out, in/groups, kh, kw]``); ``new_weight`` keeps the same input columns."""
+        xtx = self._full()
+        g = self.groups
+        w = weight.detach().to("cpu", torch.float64).reshape(g, -1, self.dim)
+        delta = w - new_weight.detach().to("cpu", torch.float64).reshape(g, -1, self.dim)
+        err = float(torch.einsum("god,gde,goe->", delta, xtx, delta))
+        ref = float(torch.einsum("god,gde,goe->", w, xtx, w))
+        if bias is not None:
+            b = bias.detach().to("cpu", torch.float64).reshape(g, -1)
+            ref += 2.0 * float(torch.einsum("go,god,gd->", b, w, self.sum)) + self.count * float((b * b).sum())
+        return err / ref if ref > 0 else 0.0
+
     def _full(self) -> torch.Tensor:
         if self.xtx is None:
             raise ConfigError(f"input statistics of '{self.name}' were collected without xtx.",
