@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from models import ToyCNN, ToyMLP
 from torch import nn
 
 from slimkit.analysis.calibration import collect_input_stats, conv_patches
 from slimkit.errors import ConfigError, DataError
-from tests.models import ToyCNN, ToyMLP
 
 
 def _captured_inputs(model: nn.Module, name: str, batches: list[torch.Tensor]) -> list[torch.Tensor]:
