@@ -8,10 +8,10 @@ from models import ToyCNN, ToyMLP
 from torch import nn
 
 import slimkit as sk
-from slimkit.analysis.calibration import collect_input_stats
+from slimkit.analysis.calibration import block_of, collect_input_stats
 from slimkit.errors import ConfigError, RecipeError
 from slimkit.passes.prune.nm import is_nm_sparse, nm_mask
-from slimkit.passes.prune.oneshot import block_of, sparsegpt_prune, wanda_keep
+from slimkit.passes.prune.oneshot import sparsegpt_prune, wanda_keep
 from slimkit.passes.prune.unstructured import prune_count
 from slimkit.registry import parse_stage
 

@@ -153,6 +153,24 @@ def _check_layer(name: str, module: nn.Module) -> tuple[int, int]:
     return 1, module.in_features
 
 
+def block_of(name: str) -> str:
+    """The calibration block of a layer: its module path up to the first numeric component
+    (``encoder.layer.3.attention.self.query`` -> ``encoder.layer.3``), or its own name when there is none."""
+    parts = name.split(".")
+    for i, part in enumerate(parts):
+        if part.isdigit():
+            return ".".join(parts[:i + 1])
+    return name
+
+
+def reiterable(calibration: Iterable[object], limit: int | None = None) -> Iterable[object]:
+    """``calibration`` itself when it can be iterated again (a loader, a list), else its first ``limit``
+    batches in a list, so passes that calibrate block by block can run over it several times."""
+    if iter(calibration) is calibration:
+        return list(itertools.islice(calibration, limit))
+    return calibration
+
+
 def _token_mask(inputs: object) -> torch.Tensor | None:
     if isinstance(inputs, Mapping):
         mask = inputs.get("attention_mask")

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from slimkit.analysis.calibration import InputStats, collect_input_stats
+from slimkit.analysis.calibration import InputStats, block_of, collect_input_stats, reiterable
 from slimkit.config.prune import SparseGPTConfig, WandaPruneConfig
 from slimkit.context import PassContext
 from slimkit.errors import ConfigError
@@ -137,16 +137,6 @@ def sparsegpt_prune(weight: torch.Tensor, xtx: torch.Tensor, *, sparsity: float 
 
 
 # ------------------------------------------------------------------------------------------------ the pass
-def block_of(name: str) -> str:
-    """The calibration block of a layer: its module path up to the first numeric component
-    (``encoder.layer.3.attention.self.query`` -> ``encoder.layer.3``), or its own name when there is none."""
-    parts = name.split(".")
-    for i, part in enumerate(parts):
-        if part.isdigit():
-            return ".".join(parts[:i + 1])
-    return name
-
-
 def _layers(model: nn.Module, cfg: OneShotConfig) -> dict[str, nn.Module]:
     reparam = reparametrized_layers(model, cfg.include, cfg.exclude)
     if reparam:
@@ -197,17 +187,11 @@ def _prune_layer(name: str, module: nn.Module, stats: InputStats, cfg: OneShotCo
     return record
 
 
-def _reiterable(calibration: Any, limit: int | None) -> Any:
-    if iter(calibration) is calibration:  # a one-shot iterator: keep what will be used
-        return list(itertools.islice(calibration, limit))
-    return calibration
-
-
 def oneshot_prune_(model: nn.Module, cfg: OneShotConfig, calibration: Any) -> list[dict[str, Any]]:
     """Apply ``cfg`` (Wanda or SparseGPT) to ``model`` in place with ``calibration`` batches; return the
     per-layer records. Every check runs before the model is touched."""
     layers = _layers(model, cfg)
-    calibration = _reiterable(calibration, cfg.calibration_batches)
+    calibration = reiterable(calibration, cfg.calibration_batches)
     if cfg.sequential:
         blocks: list[list[str]] = [list(group) for _, group in itertools.groupby(layers, key=block_of)]
     else:
