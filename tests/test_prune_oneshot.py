@@ -158,3 +158,22 @@ def test_errors_are_typed():
         build(sk.SparseGPTConfig, {"sparsity": 0.5, "n": 2, "m": 4})
     _, problems = parse_stage({"prune": {"method": "wanda", "n": 2}}, 1)
     assert problems and problems[0][0].startswith("stages[1].prune")
+
+
+def test_recipe_records_per_layer_rows_in_the_report(tmp_path):
+    from slimkit.pipeline.runner import run_recipe
+
+    recipe = {
+        "name": "oneshot", "seed": 0,
+        "model": {"arch": "cnn-small", "kwargs": {"widths": [8, 16]}, "train": {"epochs": 1, "lr": 0.01}},
+        "data": {"name": "digits", "batch_size": 64, "calibration_samples": 128},
+        "stages": [{"prune": {"method": "sparsegpt", "sparsity": 0.5}},
+                   {"lowrank": {"method": "svd", "rank_ratio": 0.5, "whiten": True}}],
+        "evaluate": {"latency": {"batch": 1, "warmup": 1, "repeats": 2, "threads": 1}},
+    }
+    report = run_recipe(recipe, out=tmp_path / "r")
+    pruned, factored = report["stages"][0]["layers"], report["stages"][1]["layers"]
+    assert {r["layer"] for r in pruned} and all(r["sparsity"] >= 0.5 and 0 <= r["rel_error"] < 1 for r in pruned)
+    assert any(r["rank"] is not None and r["rel_error"] is not None for r in factored)
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "## Per-layer changes: stage 0 prune:sparsegpt" in md and "## Per-layer changes: stage 1 lowrank:svd" in md
