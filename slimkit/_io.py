@@ -3,10 +3,13 @@ packages on purpose: one place that writes files."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +40,67 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_FULL_WORDS = ("no space left", "os error 28", "storagefull", "disk quota", "not enough space")
+
+
+def free_bytes(directory: str | Path) -> int | None:
+    """Free bytes on the file system holding ``directory`` (its nearest existing parent), or None."""
+    p = Path(directory).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return shutil.disk_usage(p).free
+    except OSError:
+        return None
+
+
+def _is_disk_full(exc: BaseException, directory: Path) -> bool:
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:  # the error or anything it was raised from
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _FULL_ERRNOS:
+            return True
+        if any(w in str(e).lower() for w in _FULL_WORDS):
+            return True
+        e = e.__cause__ or e.__context__
+    free = free_bytes(directory)  # a writer that hides errno (e.g. a C++ library): judge by what is left
+    return isinstance(exc, (OSError, RuntimeError, ValueError)) and free is not None and free < 64 * 1024
+
+
+@contextlib.contextmanager
+def disk_full_errors(directory: str | Path, need: dict[str, int]) -> Iterator[None]:
+    """Turn a failed write on a full disk, from any writer inside the block, into
+    :class:`~slimkit.errors.DiskFullError` naming ``directory``, the bytes free and ``need["bytes"]`` (the
+    caller's estimate of one more write, updated as it learns it)."""
+    from slimkit.errors import DiskFullError, SlimkitError
+
+    directory = Path(directory)
+    try:
+        yield
+    except SlimkitError as exc:
+        if isinstance(exc, DiskFullError) or not _is_disk_full(exc, directory):
+            raise
+        raise _full(directory, need, exc) from None
+    except Exception as exc:
+        if not _is_disk_full(exc, directory):
+            raise
+        raise _full(directory, need, exc) from None
+
+
+def _full(directory: Path, need: dict[str, int], exc: BaseException) -> Exception:
+    from slimkit.errors import DiskFullError
+
+    free = free_bytes(directory)
+    want = need.get("bytes")
+    what = f"; the next write needs about {want:,} bytes" if want else ""
+    first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+    return DiskFullError(f"the disk holding {directory} is full ({'?' if free is None else f'{free:,}'} bytes free"
+                         f"{what}): {first}. Finished stages are kept.",
+                         hint="Free some space (or move --out elsewhere) and continue with --resume.")
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, Any]:

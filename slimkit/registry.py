@@ -120,6 +120,9 @@ def parse_stage(stage: Any, index: int) -> tuple[PassConfig | None, list[tuple[s
     if method is None:
         defaults = [s for s in methods.values() if s.default] or list(methods.values())[:1]
         spec = defaults[0]
+    elif not isinstance(method, str):
+        return None, [(f"{where}.{kind}.method", f"must be a method name (one of {', '.join(sorted(methods))}), "
+                                                 f"got {type(method).__name__}")]
     elif method not in methods:
         return None, [(f"{where}.{kind}.method", f"unknown method '{method}'.{did_you_mean(str(method), methods)} "
                                                  f"Known methods: {', '.join(sorted(methods))}.")]

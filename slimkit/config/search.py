@@ -21,11 +21,9 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from slimkit.config.base import StrictModel, validation_problems
-from slimkit.errors import RecipeError
 
 # metric -> default direction. ``latency`` is the final median latency in ms; ``size_ratio`` and
 # ``speedup`` compare with the baseline; ``accuracy_drop`` is baseline minus final accuracy.
@@ -151,14 +149,9 @@ class SearchConfig(StrictModel):
 
 
 def read_yaml(path: Path) -> Any:
-    if not path.exists():
-        raise RecipeError([("", f"file not found: {path}")])
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
-        raise RecipeError([("", f"not valid YAML ({where}): {getattr(exc, 'problem', exc)}")], source=str(path)) from None
+    from slimkit.config.yaml_io import read_yaml_file
+
+    return read_yaml_file(path, what="search config")
 
 
 def parse_search(data: Any, *, source: str | None = None, base_dir: Path | None = None) -> Any:

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
 from slimkit.errors import RunError
@@ -14,19 +13,28 @@ from slimkit.errors import RunError
 
 def _locate(run_dir: Path, stage: str) -> tuple[Any, Path, int]:
     from slimkit.config.recipe import parse_recipe
+    from slimkit.config.yaml_io import read_yaml_file
     from slimkit.pipeline.runner import stage_dirname
 
     recipe_file = run_dir / "recipe.yaml"
     if not recipe_file.exists():
         raise RunError(f"{run_dir} is not a slimkit run directory (no recipe.yaml).",
                        hint="Give the directory that `slimkit run` wrote, e.g. runs/demo.")
-    recipe = parse_recipe(yaml.safe_load(recipe_file.read_text()), source=str(recipe_file))
-    if stage == "final":
-        return recipe, run_dir / "final", len(recipe.stages)
+    recipe = parse_recipe(read_yaml_file(recipe_file), source=str(recipe_file))
+    if stage == "final":  # the delivered model: it may be an earlier stage's (Recipe.deliver)
+        upto = len(recipe.stages)
+        if (run_dir / "final" / "manifest.json").exists():
+            from slimkit.exporters.safetensors_io import load_manifest
+
+            applied = (load_manifest(run_dir / "final").get("spec") or {}).get("stages_applied", upto)
+            upto = applied if isinstance(applied, int) and 0 <= applied <= upto else upto
+        return recipe, run_dir / "final", upto
     if stage == "baseline":
         return recipe, run_dir / "baseline", 0
     try:
         i = int(stage)
+        if i < 0:
+            raise IndexError(i)
         cfg = recipe.stages[i]
     except (ValueError, IndexError):
         raise RunError(f"unknown stage {stage!r}; use final, baseline or 0..{len(recipe.stages) - 1}.") from None
