@@ -339,3 +339,106 @@ def test_recursion_through_the_python_api_is_a_recipe_error():
         cur = cur["k"]
     with pytest.raises(RecipeError):
         parse_recipe({**BASE, "model": {"arch": "mlp", "kwargs": deep}})
+
+
+# --- issue 14.5: divergence stops the stage; the runner delivers the last stage that met every constraint
+
+
+def _div_recipe(lr: float, **over) -> dict:
+    r = {"name": "div", "seed": 3,
+         "model": {"arch": "cnn-small", "kwargs": {"widths": [8, 16]}, "train": {"epochs": 12, "lr": 0.01}},
+         "data": {"name": "digits"}, "evaluate": {"latency": None},
+         "stages": [{"prune": {"method": "magnitude", "sparsity": 0.3, "finetune": {"epochs": 2}}}, {"finetune": {"epochs": 1, "lr": lr}}],
+         "constraints": {"max_accuracy_drop": 0.05, "min_sparsity": 0.25}}
+    r.update(over)
+    return r
+
+
+def test_exploding_loss_stops_the_stage_and_the_best_stage_is_delivered(tmp_path):
+    from slimkit.pipeline.artifacts import evaluate_saved
+    from slimkit.pipeline.runner import run_recipe
+
+    rep = run_recipe(_div_recipe(10.0), out=tmp_path / "r")  # measured: loss 1.9 -> 1424 at step 2
+    assert rep["stopped"]["index"] == 1 and "exploded" in rep["stopped"]["reason"]
+    assert [s["index"] for s in rep["stages"]] == [0]
+    assert rep["delivered"]["stage"] == 0
+    assert rep["final"]["accuracy"] == pytest.approx(rep["stages"][0]["metrics"]["accuracy"], abs=1e-12)
+    assert all(c["met"] for c in rep["constraints"])
+    assert "stopped" in rep["verdict"] and "Delivered" in rep["verdict"]
+    again = evaluate_saved(tmp_path / "r", "final")
+    assert again["accuracy"] == pytest.approx(rep["final"]["accuracy"], abs=1e-12)
+
+
+@pytest.fixture(scope="module")
+def collapsed(tmp_path_factory):
+    """lr=1 does not explode (x8.6 at step 2) but takes accuracy to chance: the constraints catch it."""
+    from slimkit.pipeline.runner import run_recipe
+
+    out = tmp_path_factory.mktemp("col")
+    best = run_recipe(_div_recipe(1.0), out=out / "best")
+    last = run_recipe(_div_recipe(1.0, deliver="last"), out=out / "last")
+    return best, last
+
+
+def test_final_never_silently_worse_than_an_earlier_stage_that_met_every_constraint(collapsed):
+    best, last = collapsed
+    s0, s1 = (s["metrics"]["accuracy"] for s in best["stages"])
+    assert s1 < s0 - 0.05  # the last stage broke max_accuracy_drop
+    assert best["delivered"]["stage"] == 0 and "max_accuracy_drop" in best["delivered"]["reason"]
+    assert best["final"]["accuracy"] == pytest.approx(s0, abs=1e-12)
+    assert all(c["met"] for c in best["constraints"])
+    assert "Delivered" in best["verdict"]
+    # deliver: last delivers the last stage, and says that an earlier one met every constraint
+    assert last["delivered"]["stage"] == 1 and "stage 0" in last["delivered"]["reason"]
+    assert last["final"]["accuracy"] == pytest.approx(s1, abs=1e-12)
+    assert "NOT MET" in last["verdict"] and "Delivered" in last["verdict"]
+
+
+def test_report_with_delivery_fits_the_schema(collapsed):
+    schema = next((p / "shared" / "schemas" / "report.schema.json" for p in (ROOT.parent, ROOT.parent.parent)
+                   if (p / "shared" / "schemas" / "report.schema.json").exists()), None)
+    if schema is None:
+        pytest.skip("no shared schema here")
+    import jsonschema
+
+    for rep in collapsed:
+        jsonschema.validate(json.loads(json.dumps(rep, default=str)), json.loads(schema.read_text()))
+
+
+# --- 18.4 / 14.4: disk full is a typed error naming the path; no report for a failed run; --resume finishes
+
+
+def test_disk_full_errors_name_the_path_and_the_need(tmp_path):
+    import errno
+
+    from slimkit._io import disk_full_errors
+    from slimkit.errors import DiskFullError
+
+    with pytest.raises(DiskFullError, match=str(tmp_path)) as exc:
+        with disk_full_errors(tmp_path, {"bytes": 12345}):
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x"))
+    assert "12,345" in str(exc.value) and "--resume" in str(exc.value)
+    with pytest.raises(KeyError):  # anything else passes through untouched
+        with disk_full_errors(tmp_path, {}):
+            raise KeyError("k")
+
+
+def test_full_tmpfs_run_then_resume(tmp_path):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        rec = {**BASE, "model": {"arch": "mlp", "train": {"epochs": 1}}, "stages": [{"prune": {"sparsity": 0.5}}]}
+        recipe = write(tmp_path, rec)
+        out = mnt / "run"
+        code, text = cli("run", str(recipe), "--out", str(out))
+        user_error(code, text, "disk holding", str(out), "bytes free", "--resume")
+        assert not (out / "report.json").exists()
+        subprocess.run(["mount", "-o", "remount,size=8m", str(mnt)], check=True)  # space freed
+        code, text = cli("run", str(recipe), "--out", str(out), "--resume")
+        assert code == 0, text
+        done = json.loads((out / "report.json").read_text())
+        assert done["stages"][0]["pass"] == "prune:magnitude" and done["final"]["sparsity"] >= 0.5 - 1e-6
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
