@@ -78,7 +78,10 @@ def _expanded_size(root: Node) -> int:
 
 def parse_yaml(text: str, *, source: str | None = None) -> Any:
     """Parse YAML text under this module's limits; every failure is a :class:`RecipeError`."""
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)
+    except yaml.YAMLError as exc:  # the reader refuses control characters up front
+        raise RecipeError([("", f"not valid YAML: {getattr(exc, 'problem', None) or exc}")], source=source) from None
     try:
         node = loader.get_single_node()
         if node is None:
