@@ -96,7 +96,7 @@ def _full(directory: Path, need: dict[str, int], exc: BaseException) -> Exceptio
 
     free = free_bytes(directory)
     want = need.get("bytes")
-    what = f"; the next write needs about {want:,} bytes" if want else ""
+    what = f"; a checkpoint of this model takes about {want:,} bytes" if want else ""
     first = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
     return DiskFullError(f"the disk holding {directory} is full ({'?' if free is None else f'{free:,}'} bytes free"
                          f"{what}): {first}. Finished stages are kept.",

@@ -417,7 +417,7 @@ def test_disk_full_errors_name_the_path_and_the_need(tmp_path):
     with pytest.raises(DiskFullError, match=str(tmp_path)) as exc:
         with disk_full_errors(tmp_path, {"bytes": 12345}):
             raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x"))
-    assert "12,345" in str(exc.value) and "--resume" in str(exc.value)
+    assert "12,345 bytes" in str(exc.value) and "--resume" in str(exc.value)
     with pytest.raises(KeyError):  # anything else passes through untouched
         with disk_full_errors(tmp_path, {}):
             raise KeyError("k")
@@ -442,3 +442,39 @@ def test_full_tmpfs_run_then_resume(tmp_path):
         assert done["stages"][0]["pass"] == "prune:magnitude" and done["final"]["sparsity"] >= 0.5 - 1e-6
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+# --- issue 14.3 (short form): kill -9 at random points, then --resume: same final metrics
+
+
+def test_kill9_at_random_points_then_resume_gives_the_same_metrics(tmp_path):
+    import random
+
+    from slimkit.pipeline.runner import run_recipe
+
+    rec = {**BASE, "seed": 5, "model": {"arch": "mlp", "train": {"epochs": 4}},
+           "stages": [{"prune": {"sparsity": 0.6, "steps": 2, "finetune": {"epochs": 1}}},
+                      {"finetune": {"epochs": 3, "lr": 0.0005}}]}
+    whole = run_recipe(rec, out=tmp_path / "whole")
+    recipe = write(tmp_path, rec)
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    rng = random.Random(14)
+    kills = 0
+    for attempt in range(3):
+        args = [sys.executable, "-m", "slimkit.cli.app", "run", str(recipe), "--out", str(out)]
+        proc = subprocess.Popen(args + (["--resume"] if attempt else []), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, env=env)
+        time.sleep(rng.uniform(2.5, 5.0))  # import + data take about 2 s: the kill lands inside the run
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        assert not (out / "report.json").exists() or proc.returncode == 0
+    done = subprocess.run([sys.executable, "-m", "slimkit.cli.app", "run", str(recipe), "--out", str(out),
+                           "--resume"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert kills >= 2
+    final = json.loads((out / "report.json").read_text())["final"]
+    for key in ("accuracy", "f1", "sparsity", "nonzero_params", "size_bytes"):
+        assert final[key] == whole["final"][key], key
