@@ -478,3 +478,16 @@ def test_kill9_at_random_points_then_resume_gives_the_same_metrics(tmp_path):
     final = json.loads((out / "report.json").read_text())["final"]
     for key in ("accuracy", "f1", "sparsity", "nonzero_params", "size_bytes"):
         assert final[key] == whole["final"][key], key
+
+
+def test_read_only_out_is_a_user_error(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(ro)], capture_output=True).returncode:
+        pytest.skip("cannot mount a read-only tmpfs here (needs root)")
+    try:
+        for out in (ro, ro / "sub"):
+            code, text = cli("run", str(write(tmp_path, BASE)), "--out", str(out))
+            user_error(code, text, str(out))
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], capture_output=True)
