@@ -81,8 +81,13 @@ def _check_fits(factory: Callable[..., Any], what: str, kwargs: dict[str, Any], 
     if in_bytes > limit // 2:
         raise ConfigError(f"{what}: one input of shape {tuple(input_shape)} needs {_gb(in_bytes)}; this machine has "
                           f"{_gb(limit)} of memory.", hint="Use a smaller input size.")
-    with torch.device("meta"):
-        meta = _call_factory(factory, what, kwargs, input_shape=input_shape, num_classes=num_classes, strict_shape=True)
+    try:
+        with torch.device("meta"):
+            meta = _call_factory(factory, what, kwargs, input_shape=input_shape, num_classes=num_classes,
+                                 strict_shape=True)
+    except Exception as exc:  # noqa: BLE001 - the real build below raises the real error, if any
+        log.debug("%s: no meta-device size estimate (%s)", what, exc)
+        return
     if not isinstance(meta, nn.Module):
         return
     weights = sum(t.numel() * t.element_size() for t in (*meta.parameters(), *meta.buffers()))
