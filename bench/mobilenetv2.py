@@ -292,8 +292,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from slimkit.data.sample_images import CALIBRATION_SCALES, sample_image_crops
     from slimkit.evaluation.cost import count_macs, count_params
     from slimkit.exporters.onnx_int8 import onnx_size_bytes, quantize_onnx_ort_defaults
+    from slimkit.exporters.ort_int8 import quantize_exported
     from slimkit.models.pretrained import MOBILENET_V2_IMAGENET, mobilenet_v2_imagenet
-    from slimkit.passes.quantize.ort import quantize_exported
 
     t_start = time.perf_counter()
     torch.manual_seed(0)

@@ -34,6 +34,7 @@ class DistillConfig(PassConfig):
     """
 
     kind: ClassVar[str] = "distill"
+    handler_module: ClassVar[str] = "slimkit.passes.distill.trainer"
     method: Literal["logits", "feature", "mutual"] = "logits"
     temperature: float = Field(4.0, gt=0, le=100)
     alpha: float = Field(0.5, ge=0, le=1, description="weight of the hard-label cross-entropy")
@@ -77,3 +78,6 @@ class MutualDistillConfig(DistillConfig):
     """``DistillConfig`` with ``method='mutual'`` (see :class:`FeatureDistillConfig`)."""
 
     method: Literal["mutual"] = "mutual"
+
+
+__all__ = ["DistillConfig", "FeatureDistillConfig", "MutualDistillConfig"]

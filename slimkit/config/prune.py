@@ -18,6 +18,7 @@ class MagnitudePruneConfig(PassConfig):
     """
 
     kind: ClassVar[str] = "prune"
+    handler_module: ClassVar[str] = "slimkit.passes.prune.unstructured"
     method: Literal["magnitude"] = "magnitude"
     sparsity: float = Field(gt=0, lt=1)
     scope: Literal["layer", "global"] = "global"
@@ -28,3 +29,6 @@ class MagnitudePruneConfig(PassConfig):
     include: list[str] = Field(default_factory=lambda: ["Linear", "Conv1d", "Conv2d", "Conv3d"])
     exclude: list[str] = Field(default_factory=list, description="module names (glob) left dense")
     min_numel: int = Field(0, ge=0, description="leave layers with fewer weights than this dense")
+
+
+__all__ = ["MagnitudePruneConfig"]

@@ -27,6 +27,7 @@ class StructuredPruneConfig(PassConfig):
     """
 
     kind: ClassVar[str] = "prune"
+    handler_module: ClassVar[str] = "slimkit.passes.prune.structured"
     method: Literal["structured"] = "structured"
     ratio: float | None = Field(None, ge=0, lt=1)
     target_macs: float | None = Field(None, gt=0, le=1, description="fraction of the original MACs to keep")
@@ -61,6 +62,7 @@ class NMSparsityConfig(PassConfig):
     keep the ``n`` largest. 2:4 runs on NVIDIA sparse tensor cores (Ampere and newer)."""
 
     kind: ClassVar[str] = "prune"
+    handler_module: ClassVar[str] = "slimkit.passes.prune.nm"
     method: Literal["nm"] = "nm"
     n: int = Field(2, ge=1)
     m: int = Field(4, ge=2, le=64)
@@ -72,3 +74,6 @@ class NMSparsityConfig(PassConfig):
         if self.n >= self.m:
             raise ValueError(f"n must be smaller than m, got n={self.n}, m={self.m}")
         return self
+
+
+__all__ = ["NMSparsityConfig", "StructuredPruneConfig"]

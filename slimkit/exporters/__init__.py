@@ -1,18 +1,25 @@
-"""Export: ONNX (fp32/fp16, int8 through a quantizer) with a parity check, or safetensors + manifest
-(a directory) that a structurally pruned model can be rebuilt from.
+"""Export: ONNX (fp32/fp16/int8) with a parity check, or safetensors + manifest (a directory) that a
+structurally pruned model can be rebuilt from. :func:`export_model` (``slimkit.export``) is the one export
+path: the recipe runner and the CLI call it too.
 
-int8 is an extension point, ``export_model(..., quantize=...)``:
+A model that holds quantization (what the quantize passes declare to the registry) goes through
+:mod:`slimkit.exporters.quantized`: ``precision="int8"`` picks the int8 route from what the model holds
+(its own QDQ scales after PTQ/QAT, else onnxruntime on its float equivalent), ``fp32``/``fp16`` export the
+float equivalent. A float model asks for int8 with ``quantize=``:
 
-- a config object whose type has a registered full exporter
+- ``"auto"``: the same route as for a quantized model (onnxruntime static QDQ for convolutional models,
+  dynamic for Linear-only ones), with the fp32 ONNX beside it for comparison;
+- a config object whose type has a registered quantizer
   ``fn(model, path, *, example_inputs, config, calibration, opset) -> {"parity": ..., ...}``
-  (``OrtInt8Config`` is pre-registered lazily: ``slimkit.passes.quantize.ort.export_int8_onnx``, which
-  enforces its own top-1/cosine parity floors); register others with :func:`register_onnx_quantizer`;
+  (:func:`register_onnx_quantizer`; a config class naming an ``exporter_module`` has it imported on first
+  use, e.g. ``OrtInt8Config`` -> :mod:`slimkit.exporters.ort_int8`, which enforces its own parity floors);
 - or a plain callable ``quantize(fp32_onnx, out_onnx, example_inputs) -> Path`` working on files: slimkit
   exports fp32, calls it, and reports parity of the result (not enforced: int8 is not fp32-exact).
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from collections.abc import Callable, Iterable
@@ -75,27 +82,27 @@ def _bitwise_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def _registered_exporter(quantize: Any) -> OnnxQuantizer | None:
-    """The full exporter registered for ``type(quantize)`` (OrtInt8Config resolves lazily)."""
-    if type(quantize) not in _ONNX_QUANTIZERS and type(quantize).__name__ == "OrtInt8Config":
-        from slimkit.config.quantize_ort import OrtInt8Config
-
-        if isinstance(quantize, OrtInt8Config):
-            from slimkit.passes.quantize.ort import export_int8_onnx
-
-            _ONNX_QUANTIZERS[OrtInt8Config] = export_int8_onnx
+    """The quantizer registered for ``type(quantize)``, importing the config's ``exporter_module`` if needed."""
+    module = getattr(type(quantize), "exporter_module", "")
+    if type(quantize) not in _ONNX_QUANTIZERS and isinstance(module, str) and module:
+        importlib.import_module(module)
     return _ONNX_QUANTIZERS.get(type(quantize))
 
 
 def export_model(model: nn.Module, path: str | os.PathLike[str], *, example_inputs: Any = None,
                  precision: str = "fp32", opset: int = 18, parity: bool = True, atol: float | None = None,
                  rtol: float | None = None, dynamic_batch: bool = True, spec: dict[str, Any] | None = None,
-                 quantize: Any = None, calibration: Iterable[Any] | None = None) -> dict[str, Any]:
+                 quantize: Any = None, calibration: Iterable[Any] | None = None,
+                 latency: Any = None) -> dict[str, Any]:
     """Export ``model`` and prove that the artifact matches it.
 
-    ``path`` ending in ``.onnx``: ONNX at ``precision`` ("fp32", "fp16"; "int8" needs ``quantize=``, and
-    static int8 ``calibration=`` batches; see the module docstring),
-    parity checked in onnxruntime on the example inputs and, with a dynamic batch, on a batch of 3
-    (``atol``/``rtol`` default 1e-3 for fp32, 1e-2 for fp16; a mismatch raises ExportError).
+    ``path`` ending in ``.onnx``: ONNX at ``precision`` ("fp32", "fp16", "int8"; see the module docstring:
+    int8 of a quantized model, or of a float one with ``quantize=``; static int8 needs ``calibration=``
+    batches), parity checked in onnxruntime on the example inputs and, with a dynamic batch, on a batch of 3
+    (``atol``/``rtol`` default 1e-3 for fp32, 1e-2 for fp16; a mismatch raises ExportError). A quantized
+    model, or ``quantize="auto"``, returns the entry of
+    :func:`slimkit.exporters.quantized.export_quantized_onnx` (for int8: the fp32 ONNX beside it, and with
+    ``latency=`` a LatencyConfig, both onnxruntime latencies).
     Any other path is a directory: ``model.safetensors`` + ``manifest.json`` (``spec`` says how to
     rebuild), parity is an exact round trip of the state dict (of its quantized values where a codec
     stores weights quantized, see safetensors_io.encoded_state).
@@ -111,12 +118,20 @@ def export_model(model: nn.Module, path: str | os.PathLike[str], *, example_inpu
         if example_inputs is None:
             raise ConfigError("ONNX export needs example_inputs (a tensor or tuple of tensors, batch first).")
         example_inputs = tuple(example_inputs)
-        if precision == "int8" and quantize is None:
-            raise ConfigError("precision='int8' needs a quantizer: export_model(..., quantize=OrtInt8Config(), "
-                              "calibration=loader).",
-                              hint="OrtInt8Config lives in slimkit.config.quantize_ort (static QDQ or dynamic).")
         if precision not in ("fp32", "fp16", "int8"):
             raise ConfigError(f"unknown ONNX precision {precision!r}; expected 'fp32', 'fp16' or 'int8'.")
+        if quantize is None or quantize == "auto":
+            from slimkit.exporters.quantized import export_quantized_onnx, model_forms
+
+            if quantize == "auto" or model_forms(model):
+                return export_quantized_onnx(model, path, example_inputs=example_inputs, precision=precision,
+                                             opset=opset, atol=atol, calibration=calibration, latency=latency)
+            if precision == "int8":
+                raise ConfigError(
+                    "precision='int8' of a float model needs a quantizer: quantize it first (slimkit.quantize_), "
+                    "or pass quantize='auto' (onnxruntime static QDQ for convolutions, with calibration=loader; "
+                    "dynamic for Linear-only models), quantize=OrtInt8Config(...) or a callable.",
+                    hint="OrtInt8Config lives in slimkit.config.quantize_ort (static QDQ or dynamic).")
         result: dict[str, Any] = {"artifact": path, "format": "onnx", "parity": None}
         strict = True
         if quantize is not None:

@@ -13,23 +13,13 @@ import torch
 from torch import nn
 
 from slimkit.errors import ExportError
+from slimkit.evaluation.latency import ort_session
 
 
 def _as_arrays(batch: Any) -> list[np.ndarray]:
     from slimkit.exporters.onnx_int8 import _as_arrays as as_arrays
 
     return as_arrays(batch)
-
-
-def ort_session(path: str | Path, *, threads: int = 1) -> Any:
-    """An onnxruntime CPU session with ``threads`` intra-op threads (1 inter-op thread, sequential)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 def ort_kernel_counts(path: str | Path) -> dict[str, int]:
@@ -39,22 +29,18 @@ def ort_kernel_counts(path: str | Path) -> dict[str, int]:
     from collections import Counter
 
     import onnx
-    import onnxruntime as ort
 
     with tempfile.TemporaryDirectory(prefix="slimkit-ortopt-") as td:
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.optimized_model_filepath = str(Path(td) / "optimized.onnx")
-        ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-        proto = onnx.load(opts.optimized_model_filepath, load_external_data=False)
+        optimized = Path(td) / "optimized.onnx"
+        ort_session(path, optimized_path=optimized)
+        proto = onnx.load(str(optimized), load_external_data=False)
     return dict(sorted(Counter(n.op_type for n in proto.graph.node).items()))
 
 
 def ort_predict(path_or_session: Any, batches: Iterable[Any]) -> np.ndarray:
     """Run an ONNX model (path or session) over batches (``x``, ``(x, y)`` or tuples of inputs) and return
     the concatenated first output."""
-    sess = path_or_session if hasattr(path_or_session, "run") else ort_session(path_or_session)
+    sess = path_or_session if hasattr(path_or_session, "run") else ort_session(path_or_session, threads=1)
     names = [i.name for i in sess.get_inputs()]
     outs = []
     for batch in batches:

@@ -62,3 +62,9 @@ def evaluate_saved(run_dir: Path, stage: str = "final") -> dict[str, Any]:
     loader = bundle.test if recipe.evaluate.split == "test" else (bundle.val or bundle.test)
     return evaluate_model(model, loader, example_inputs=example, latency=recipe.evaluate.latency,
                           artifact=directory / "model.safetensors", run_dir=run_dir)
+
+
+def relative_artifacts(entry: dict[str, Any], base: Path) -> dict[str, Any]:
+    """An export entry with every ``artifact`` path (nested ones too) relative to ``base``, as a string."""
+    return {k: (str(Path(v).relative_to(base)) if k == "artifact" and v is not None else
+                relative_artifacts(v, base) if isinstance(v, dict) else v) for k, v in entry.items()}

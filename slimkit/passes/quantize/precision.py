@@ -18,6 +18,7 @@ from torch import nn
 
 from slimkit.config.quantize import BF16Config, FP16Config, PrecisionConfig
 from slimkit.context import PassContext
+from slimkit.passes.quantize.forms import HALF
 from slimkit.registry import register_pass
 
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
@@ -64,7 +65,7 @@ def remove_precision_hooks(model: nn.Module) -> nn.Module:
     return model
 
 
-@register_pass(PrecisionConfig, rebuild=lambda model, cfg, manifest: _rebuild(model, cfg, manifest))
+@register_pass(PrecisionConfig, rebuild=lambda model, cfg, manifest: _rebuild(model, cfg, manifest), export=HALF)
 def precision(model: nn.Module, cfg: PrecisionConfig, ctx: PassContext) -> nn.Module:
     """fp16 or bf16 by ``cfg.method``."""
     return to_precision(model, torch.float16 if cfg.method == "fp16" else torch.bfloat16, cfg.keep_norms_fp32)
@@ -75,5 +76,5 @@ def _rebuild(model: nn.Module, cfg: PrecisionConfig, manifest: dict[str, Any]) -
     return precision(model, cfg, PassContext())
 
 
-register_pass(FP16Config, rebuild=_rebuild)(precision)
-register_pass(BF16Config, rebuild=_rebuild)(precision)
+register_pass(FP16Config, rebuild=_rebuild, export=HALF)(precision)
+register_pass(BF16Config, rebuild=_rebuild, export=HALF)(precision)

@@ -24,8 +24,10 @@ from slimkit.config.quantize import WeightOnlyConfig
 from slimkit.context import PassContext
 from slimkit.errors import ConfigError
 from slimkit.passes.quantize import qscheme as qs
+from slimkit.passes.quantize.forms import PACKED, TORCHAO
 from slimkit.passes.quantize.modules import matches, quantizable_layers, set_submodule
 from slimkit.passes.quantize.packing import pack_bits, unpack_bits
+from slimkit.passes.quantize.records import record_backend
 from slimkit.registry import register_pass
 
 log = logging.getLogger(__name__)
@@ -93,9 +95,9 @@ def _rebuild(model: nn.Module, cfg: WeightOnlyConfig, manifest: dict[str, Any]) 
     return weight_only(model, cfg, PassContext())
 
 
-@register_pass(WeightOnlyConfig, rebuild=_rebuild)
+@register_pass(WeightOnlyConfig, rebuild=_rebuild, export=(PACKED, TORCHAO))
 def weight_only(model: nn.Module, cfg: WeightOnlyConfig, ctx: PassContext) -> nn.Module:
-    """Weight-only quantization (see module docstring). ``ctx.extras["quantize_backend"]`` records the backend."""
+    """Weight-only quantization (see module docstring). Its record says which backend ran."""
     include = ["Linear"] if cfg.bits == 8 else ["Linear", "Conv1d", "Conv2d"]
     layers = list(quantizable_layers(model, include, cfg.skip))
     if not layers:
@@ -108,7 +110,7 @@ def weight_only(model: nn.Module, cfg: WeightOnlyConfig, ctx: PassContext) -> nn
                               hint="Pick another group_size, or add the layer to skip.")
     if cfg.bits == 8 and cfg.group_size is None and cfg.backend in ("auto", "torchao"):
         if _torchao_int8(model, cfg.skip):
-            ctx.extras["quantize_backend"] = "torchao.Int8WeightOnlyConfig"
+            record_backend(ctx, cfg.method, "torchao.Int8WeightOnlyConfig")
             return model
         if cfg.backend == "torchao":
             from slimkit.errors import DependencyError
@@ -123,5 +125,5 @@ def weight_only(model: nn.Module, cfg: WeightOnlyConfig, ctx: PassContext) -> nn
         if id(m) not in done:
             done[id(m)] = PackedWeightLayer(m, cfg.bits, cfg.group_size)
         set_submodule(model, name, done[id(m)])
-    ctx.extras["quantize_backend"] = "slimkit.PackedWeightLayer"
+    record_backend(ctx, cfg.method, "slimkit.PackedWeightLayer")
     return model

@@ -1,21 +1,20 @@
-"""Deployable ONNX from a (possibly quantized) model, as the runner's ``export`` section asks for it.
+"""ONNX of a (possibly) quantized model: the route ``slimkit.export(..., precision=...)`` takes when the model
+holds quantization or int8 is asked for. The recipe runner and the CLI call the same function.
 
-``export: {formats: [onnx], onnx: {precision: int8}}`` picks the int8 route from what the model holds:
+What a model holds is read from the registry (:func:`slimkit.registry.export_forms`: each quantize pass
+declares the :class:`~slimkit.registry.ExportForm` it leaves), so this module names no pass:
 
-- slimkit linear fake quantizers (``ptq``, ``qat``; up to 8 bits, per tensor or per channel): QDQ ONNX that
-  carries the model's own (calibrated or learned) scales, weights stored as int8 codes
-  (:func:`slimkit.exporters.onnx_qdq.export_qdq_from_fakequant`), parity against the fake-quant model;
-- otherwise (a float model, ``dynamic``, ``weight-only``, ``fp16``/``bf16``, ``log``/``binary``) the float
-  equivalent of the model (:func:`float_copy`: dequantized weights, quantizers removed) goes through
-  onnxruntime.quantization: static QDQ with the recipe's calibration data when the model has convolutions,
-  dynamic (MatMul/Gemm) when it is Linear-only. ``reduce_range`` is on only when this CPU lacks VNNI.
-
-The returned export entry carries the int8 file's ``size_bytes``, ``parity`` and onnxruntime ``latency_ms``
-next to the fp32 ONNX of the same network (``fp32``: size and latency, measured alternately in this
-process) and a plain-words ``note`` saying whether int8 is faster here and why.
-
-``precision: fp32|fp16`` of a quantized model exports :func:`float_copy` (a fake-quant graph has data-
-dependent control flow that torch.export cannot trace); the entry's ``note`` says so.
+- ``precision="int8"``: a form whose ``int8`` is ``"qdq"`` (linear fake quantizers of PTQ/QAT, up to 8 bits,
+  per tensor or per channel) exports QDQ ONNX that carries the model's own (calibrated or learned) scales,
+  weights stored as int8 codes (:class:`FakeQuantQDQ`), parity against the fake-quant model; any other model
+  (float, dynamic, weight-only, fp16/bf16, log/binary, per-group) has its float equivalent
+  (:func:`float_copy`) quantized by onnxruntime: static QDQ with calibration data when it has convolutions,
+  dynamic (MatMul/Gemm) when it is Linear-only; ``reduce_range`` only when this CPU lacks VNNI. The fp32 ONNX
+  of the same network is written beside it (``<stem>.fp32.onnx``) and the entry reports both sizes and, with
+  ``latency=``, both onnxruntime latencies measured alternately in this process, with a plain-words note
+  saying whether int8 is faster here and why.
+- ``precision="fp32"|"fp16"`` of a quantized model exports :func:`float_copy` (a fake-quant graph has
+  data-dependent control flow that torch.export cannot trace); the entry's ``note`` says so.
 """
 
 from __future__ import annotations
@@ -32,13 +31,12 @@ import torch
 from torch import nn
 
 from slimkit.errors import ConfigError
-from slimkit.exporters import register_onnx_quantizer
-from slimkit.passes.quantize.fake_quant import FakeQuantize
-from slimkit.passes.quantize.modules import quant_wrappers, set_submodule, unwrap
+from slimkit.exporters import export_model, register_onnx_quantizer
+from slimkit.registry import ExportForm, export_forms
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FakeQuantQDQ", "cpu_has_vnni", "deploy_onnx", "float_copy", "quant_kind"]
+__all__ = ["FakeQuantQDQ", "cpu_has_vnni", "export_quantized_onnx", "float_copy", "model_forms", "quant_kind"]
 
 
 @dataclass(frozen=True)
@@ -67,53 +65,24 @@ def _export_fakequant_qdq(model: nn.Module, path: Path, *, example_inputs: tuple
 
 
 # ------------------------------------------------------------------------------------- what the model holds
-def _is_torchao(t: Any) -> bool:
-    return isinstance(t, torch.Tensor) and type(t).__module__.startswith("torchao")
+def model_forms(model: nn.Module) -> list[ExportForm]:
+    """The registered forms ``model`` holds (empty for a plain float32 model)."""
+    return [f for f in export_forms() if f.detect(model)]
 
 
 def quant_kind(model: nn.Module) -> str | None:
-    """What kind of quantization ``model`` holds: ``"fakequant"`` (linear fake quantizers only, QDQ-exportable),
-    ``"fakequant-nonlinear"`` (log, binary or per-group quantizers), ``"packed"`` (weight-only packed layers),
-    ``"torchao"`` (torchao int8 weights), ``"half"`` (fp16/bf16), or None for a float32 model."""
-    from slimkit.passes.quantize.weight_only import PackedWeightLayer
-
-    wrappers = list(quant_wrappers(model))
-    if wrappers:
-        for _, w in wrappers:
-            for fq in (w.weight_fake_quant, w.input_fake_quant):
-                if fq is not None and (not isinstance(fq, FakeQuantize) or fq.group_size is not None):
-                    return "fakequant-nonlinear"
-        return "fakequant"
-    if any(isinstance(m, PackedWeightLayer) for m in model.modules()):
-        return "packed"
-    if any(_is_torchao(p) for p in model.parameters()):
-        return "torchao"
-    if getattr(model, "_slimkit_precision", None) or any(
-            p.dtype in (torch.float16, torch.bfloat16) for p in model.parameters()):
-        return "half"
-    return None
+    """The name of the first form ``model`` holds (``"fakequant"``, ``"fakequant-nonlinear"``, ``"packed"``,
+    ``"torchao"``, ``"half"``, or another pass's), or None for a float32 model."""
+    forms = model_forms(model)
+    return forms[0].name if forms else None
 
 
 def float_copy(model: nn.Module) -> nn.Module:
     """A float32 copy of ``model`` that computes with its quantized weights (dequantized) and no quantizers:
-    fake-quant wrappers are replaced by their layers with the fake-quantized weight baked in (input
-    quantization is dropped), packed weight-only layers and torchao int8 weights are dequantized, fp16/bf16
-    is cast back with its casting hooks removed. The input model is not modified."""
-    from slimkit.passes.quantize.precision import remove_precision_hooks
-    from slimkit.passes.quantize.weight_only import PackedWeightLayer
-
+    each form it holds is replaced by its float equivalent. The input model is not modified."""
     m = copy.deepcopy(model)
-    unwrap(m, bake=True)
-    for name, mod in list(m.named_modules()):
-        if isinstance(mod, PackedWeightLayer):
-            inner = mod.module
-            inner.weight = nn.Parameter(mod.dequantized_weight().detach().float())
-            set_submodule(m, name, inner)
-    for mod in m.modules():
-        w = getattr(mod, "weight", None)
-        if _is_torchao(w):
-            mod.weight = nn.Parameter(w.dequantize().detach().float(), requires_grad=False)
-    remove_precision_hooks(m)
+    for form in model_forms(m):
+        form.to_float(m)
     return m.float().eval()
 
 
@@ -167,37 +136,43 @@ def _speed_note(ratio: float | None, vnni: bool | None, route: str, has_conv: bo
     return f"int8 ONNX is not faster than fp32 ONNX here ({ratio:.2f}x): {why}; {isa}."
 
 
-def deploy_onnx(model: nn.Module, path: str | Path, *, example_inputs: tuple[torch.Tensor, ...], precision: str,
-                opset: int, atol: float, calibration: Iterable[Any] | None, latency: Any) -> dict[str, Any]:
-    """Export ``model`` for a recipe's ``export.onnx`` section to ``path`` (int8: the fp32 comparison beside it,
-    ``<stem>.fp32.onnx``; see the module docstring) and return the report's export entry (artifacts are file
-    names, relative to ``path``'s directory)."""
+def _float_entry(model: nn.Module, forms: list[ExportForm], path: Path, **kw: Any) -> dict[str, Any]:
+    precision = kw["precision"]
+    res = export_model(float_copy(model), path, **kw)
+    kind = forms[0].name
+    note = forms[0].float_note.format(precision=precision) or (
+        f"the model holds {kind} quantization, which ONNX {precision} cannot express: exported its float "
+        "equivalent (quantized weights dequantized, activation quantizers dropped); ask for precision: int8 for "
+        "a quantized ONNX.")
+    return {"format": "onnx", "precision": precision, "artifact": path, "size_bytes": res["size_bytes"],
+            "parity": res["parity"], "source": f"float copy of the {kind} model", "note": note}
+
+
+def export_quantized_onnx(model: nn.Module, path: str | Path, *, example_inputs: tuple[torch.Tensor, ...],
+                          precision: str = "int8", opset: int = 18, atol: float | None = None,
+                          calibration: Iterable[Any] | None = None, latency: Any = None) -> dict[str, Any]:
+    """Export ``model`` to ONNX at ``precision`` by what it holds (module docstring) and return the export
+    entry: ``artifact`` (``path``), ``size_bytes``, ``parity``, ``note``; for int8 also ``route``,
+    ``size_ratio``, ``latency_ms``, ``speedup_vs_fp32``, ``fp32`` (``artifact``, ``size_bytes``,
+    ``latency_ms``, ``parity`` of ``<stem>.fp32.onnx``), ``quantize`` (the quantizer's settings), ``cpu_vnni``.
+    Reached through ``slimkit.export``; call that."""
     from slimkit.config.quantize_ort import OrtInt8Config
-    from slimkit.exporters import export_model
     from slimkit.exporters.onnx_int8 import onnx_size_bytes
 
     path = Path(path)
-    kind = quant_kind(model)
+    forms = model_forms(model)
     if precision != "int8":
-        res = export_model(float_copy(model), path, example_inputs=example_inputs, precision=precision,
-                           opset=opset, atol=atol)
-        if kind == "half":
-            note = (f"exported as ONNX {precision} from the float32 copy of the half-precision model (its input/output "
-                    "casting hooks do not export).")
-        else:
-            note = (f"the model holds {kind} quantization, which ONNX {precision} cannot express: exported its float "
-                    "equivalent (quantized weights dequantized, activation quantizers dropped); ask for "
-                    "precision: int8 for a quantized ONNX.")
-        return {"format": "onnx", "precision": precision, "artifact": path.name, "size_bytes": res["size_bytes"],
-                "parity": res["parity"], "source": f"float copy of the {kind} model", "note": note}
+        return _float_entry(model, forms, path, example_inputs=example_inputs, precision=precision, opset=opset,
+                            atol=atol)
     vnni = cpu_has_vnni()
     floating = float_copy(model)
-    if kind == "fakequant":
-        route, target, quantize = "fakequant-qdq", model, FakeQuantQDQ()
+    quantize: Any
+    if forms and forms[0].int8 == "qdq":
+        route, target, quantize = f"{forms[0].name}-qdq", model, FakeQuantQDQ()
     elif _has_conv(floating):
         if calibration is None:
-            raise ConfigError("int8 ONNX of a convolutional model needs calibration data (static QDQ); the "
-                              "recipe's data section gives none.")
+            raise ConfigError("int8 ONNX of a convolutional model needs calibration data (static QDQ), but "
+                              "calibration=None.", hint="Pass calibration=loader (in a recipe: a data section).")
         route, target = "onnxruntime-static", floating
         quantize = OrtInt8Config(mode="static", reduce_range=vnni is False)
     else:
@@ -215,17 +190,13 @@ def deploy_onnx(model: nn.Module, path: str | Path, *, example_inputs: tuple[tor
     ratio = (lat32["median"] / lat["median"]) if lat and lat32 and lat["median"] > 0 else None
     size = onnx_size_bytes(path)
     note = _speed_note(ratio, vnni, route, _has_conv(floating))
-    if kind in ("fakequant-nonlinear",):
-        note += (" The model's log/binary/per-group weights have no int8 QDQ form: onnxruntime re-quantized "
-                 "their float values to linear int8.")
+    note += "".join(f" {f.note}" for f in forms if f.note and f.int8 != "qdq")
     log.info("int8 ONNX (%s): %d bytes (%.1f%% of fp32 ONNX); %s", route, size, 100 * size / fp32_bytes, note)
     return {
-        "format": "onnx", "precision": "int8", "route": route, "artifact": path.name, "size_bytes": size,
+        "format": "onnx", "precision": "int8", "route": route, "artifact": path, "size_bytes": size,
         "size_ratio": size / fp32_bytes, "parity": {**res["parity"], "ok": res["parity"].get("ok", True)},
         "latency_ms": lat, "speedup_vs_fp32": ratio,
-        "fp32": {"artifact": fp32_path.name, "size_bytes": fp32_bytes, "latency_ms": lat32,
-                 "parity": fp32["parity"]},
+        "fp32": {"artifact": fp32_path, "size_bytes": fp32_bytes, "latency_ms": lat32, "parity": fp32["parity"]},
         "quantize": quantize.model_dump(mode="json") if hasattr(quantize, "model_dump") else quantize.__dict__,
         "cpu_vnni": vnni, "note": note,
     }
-
