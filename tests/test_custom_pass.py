@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -100,27 +99,16 @@ def test_recipe(grid_pass, tmp_path):
     assert saved["stages"][0]["grid"] == stage["grid"]
 
 
-def _main(capsys, *args: str) -> tuple[int, str]:
-    from slimkit.cli import app as cli
+def test_cli(grid_pass, tmp_path):
+    from typer.testing import CliRunner
 
-    argv = sys.argv
-    sys.argv = ["slimkit", *args]
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    finally:
-        sys.argv = argv
-    return code, " ".join(capsys.readouterr().err.split())
+    from slimkit.cli.app import app
 
-
-def test_cli(grid_pass, tmp_path, capsys):
     path = tmp_path / "base.yaml"
     path.write_text(yaml.safe_dump(_recipe(tmp_path, [])))
-    code, err = _main(capsys, "quantize", str(path), "--method", "grid", "--out", str(tmp_path / "q"))
-    assert code == 0, err
+    res = CliRunner().invoke(app, ["quantize", str(path), "--method", "grid", "--out", str(tmp_path / "q")])
+    assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "q" / "report.json").read_text())
     assert report["stages"][0]["pass"] == "quantize:grid" and report["stages"][0]["grid"]["layers"] == 2
-    code, err = _main(capsys, "quantize", str(path), "--method", "grid", "--bits", "4")
-    assert code == 2 and "--bits 4 does not apply to --method grid" in err
+    res = CliRunner().invoke(app, ["quantize", str(path), "--method", "grid", "--bits", "4"])
+    assert isinstance(res.exception, ConfigError) and "--bits 4 does not apply to --method grid" in str(res.exception)
