@@ -291,7 +291,7 @@ def _runtime_notes(model: nn.Module) -> list[str]:
     return list(dict.fromkeys(f.runtime_note for f in model_forms(model) if f.runtime_note))
 
 
-def _stage_notes(stages: list[dict[str, Any]]) -> list[str]:
+def _stage_notes(stages: list[dict[str, Any] | None]) -> list[str]:
     """The notes the passes' records gave for their stage (e.g. the mixed-precision choice)."""
     return [note for st in stages for note in (st or {}).get("notes", [])]
 

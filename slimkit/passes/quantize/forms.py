@@ -51,7 +51,7 @@ def _has_torchao(model: nn.Module) -> bool:
 
 def _dequantize_torchao(model: nn.Module) -> None:
     for mod in model.modules():
-        w = getattr(mod, "weight", None)
+        w: Any = getattr(mod, "weight", None)
         if _is_torchao(w):
             mod.weight = nn.Parameter(w.dequantize().detach().float(), requires_grad=False)
 
