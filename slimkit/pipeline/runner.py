@@ -246,6 +246,9 @@ def run_recipe(recipe: Any, out: str | Path | None = None, *, resume: bool = Fal
                       "metrics": metrics, "seconds": round(seconds, 3)}
             notes = []
             for rec in ctx.records:  # what the pass recorded (typed records), stored whole
+                if rec.key in record or rec.key == "notes":
+                    raise RunError(f"{type(rec).__name__}.key {rec.key!r} clashes with the stage record's own "
+                                   f"'{rec.key}' entry.", hint="Give the record another key.")
                 record[rec.key] = rec.to_json()
                 notes += rec.notes(i)
             if notes:
