@@ -73,6 +73,16 @@ def test_float_model_int8_needs_a_quantizer_and_auto_picks_dynamic_for_linear(tm
                   quantize="auto")
 
 
+def test_an_explicit_quantizer_gets_the_float_equivalent_of_a_quantized_model(tmp_path: Path) -> None:
+    from slimkit.config.quantize_ort import OrtInt8Config
+
+    model = ToyMLP().eval()
+    sk.quantize_(model, sk.PTQConfig(), calibration=_data((64,)))  # fake quant: torch.export cannot trace it
+    out = sk.export(model, tmp_path / "o.onnx", example_inputs=model.example_inputs,
+                    quantize=OrtInt8Config(mode="dynamic"))
+    assert out["parity"]["cosine"] > 0.98 and "MatMulInteger" in _ops(tmp_path / "o.onnx")
+
+
 def test_float_copy_follows_the_declared_forms() -> None:
     from slimkit.exporters.quantized import float_copy, quant_kind
 

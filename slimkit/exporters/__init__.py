@@ -135,6 +135,10 @@ def export_model(model: nn.Module, path: str | os.PathLike[str], *, example_inpu
         result: dict[str, Any] = {"artifact": path, "format": "onnx", "parity": None}
         strict = True
         if quantize is not None:
+            from slimkit.exporters.quantized import FakeQuantQDQ, float_copy, model_forms
+
+            if not isinstance(quantize, FakeQuantQDQ) and model_forms(model):
+                model = float_copy(model)  # another quantizer re-quantizes the float equivalent
             exporter = _registered_exporter(quantize)
             if exporter is not None:
                 art = exporter(model, path, example_inputs=example_inputs, config=quantize,
