@@ -85,11 +85,12 @@ def register(app: typer.Typer) -> None:
     def quantize(
         source: Annotated[str | None, typer.Argument(help="a recipe YAML (its model and data) or a model arch name")]
         = None,
-        method: Annotated[str, typer.Option("--method", "-m", help="a quantize method of the registry: ptq, "
-                                            "dynamic, qat, weight-only, fp16, bf16, log, binary, ...")] = "ptq",
-        bits: Annotated[int | None, typer.Option("--bits", help="weight bits (ptq, qat, weight-only, log)")] = None,
-        group_size: Annotated[int | None, typer.Option("--group-size", help="per-group scales (ptq, weight-only)")]
-        = None,
+        method: Annotated[str, typer.Option("--method", "-m", help="a registered quantize method (ptq, dynamic, "
+                                            "qat, weight-only, fp16, bf16, log, binary, ...; an unknown one lists "
+                                            "them)")] = "ptq",
+        bits: Annotated[int | None, typer.Option("--bits", help="weight bits, for methods with a bit width")] = None,
+        group_size: Annotated[int | None, typer.Option("--group-size", help="per-group scales, for methods "
+                                                       "with groups")] = None,
         out: Annotated[Path | None, typer.Option("--out", "-o", help="run directory (default runs/<name>)")] = None,
         arch: Annotated[str | None, typer.Option("--arch", help="built-in architecture")] = None,
         weights: Annotated[Path | None, typer.Option("--weights", help="weights of --arch")] = None,
