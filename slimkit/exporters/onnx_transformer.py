@@ -460,7 +460,7 @@ def quantize_encoder_int8(fp32_onnx: str | os.PathLike[str], out_path: str | os.
        GELU channels with the largest range go through a small fp32 side path.
     3. Dynamic int8 (``quantize_dynamic``, u8 activations, s8 per-channel weights) of MatMul and Gather.
     4. Mixed precision: the MatMuls whose int8 activations cost most fidelity (measured one at a time on
-       ``calibration``, see :mod:`slimkit.search.sensitivity`) become 8-bit weight-only MatMulNBits, greedily,
+       ``calibration``, see :mod:`slimkit.analysis.sensitivity`) become 8-bit weight-only MatMulNBits, greedily,
        until the cosine floors hold on ``calibration`` or the size budget / ``max_weight_only`` is reached.
 
     5. Exact graph rewrites (``config.static_shapes``, ``config.block_skip_layernorm``): constant Reshape
@@ -468,9 +468,9 @@ def quantize_encoder_int8(fp32_onnx: str | os.PathLike[str], out_path: str | os.
 
     Returns ``{"artifact", "size_bytes", "size_ratio", "settings", "weight_only", "smoothed", "outlier_side_nodes",
     "rewrites", "sensitivity", "assignment", "calibration_fidelity"}``. Writes ``out_path`` atomically."""
+    from slimkit.analysis.sensitivity import layer_sensitivity, mixed_assignment, sensitivity_table
     from slimkit.evaluation.embedding_fidelity import cosine_stats
     from slimkit.exporters.onnx_int8 import _load, onnx_size_bytes
-    from slimkit.search.sensitivity import layer_sensitivity, mixed_assignment, sensitivity_table
 
     cfg = config or EncoderInt8Config()
     batches = list(calibration)

@@ -362,4 +362,17 @@ def _yaml(data: dict[str, Any]) -> str:
     return yaml.safe_dump(data, sort_keys=False)
 
 
-__all__ = ["RunError", "coerce_recipe", "run_recipe"]
+def restore_saved(recipe: Recipe, run_dir: Path, directory: Path, upto: int) -> tuple[nn.Module, Any]:
+    """Rebuild the model saved in ``directory`` by a run of ``recipe`` after its first ``upto`` stages (no
+    data-dependent compute: structural passes are redone from the manifest). Returns (model, data bundle)."""
+    from slimkit.data import load_data
+    from slimkit.models import build_model
+
+    run = _Run(recipe, run_dir)
+    run.bundle = load_data(recipe.data)
+    run.build = lambda: build_model(recipe.model, input_shape=run.bundle.input_shape,
+                                    num_classes=run.bundle.num_classes, seed=recipe.seed)
+    return _restore(run, directory, list(recipe.stages[:upto])), run.bundle
+
+
+__all__ = ["RunError", "coerce_recipe", "restore_saved", "run_recipe"]

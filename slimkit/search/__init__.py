@@ -1,6 +1,7 @@
-"""Search: per-layer sensitivity and mixed-precision assignment (more strategies to come)."""
+"""Search over recipe settings (`slimkit.search(config, out=...)`); re-exports per-layer sensitivity from
+slimkit.analysis for existing callers."""
 
-from slimkit.search.sensitivity import (
+from slimkit.analysis.sensitivity import (
     MixedAssignment,
     UnitSensitivity,
     layer_sensitivity,

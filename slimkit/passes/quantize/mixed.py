@@ -174,7 +174,7 @@ def plan_mixed_ptq(model: nn.Module, cfg: PTQConfig, ctx: PassContext,
     ``quantize(model, cfg, ctx)`` is the PTQ handler (run on copies only). Returns the resolved config (no
     ``mixed``; kept layers in ``skip`` or ``overrides``), the JSON-ready result and the calibration batches
     the plan was measured with (apply the resolved config with those). ``model`` is not changed."""
-    from slimkit.search.sensitivity import layer_sensitivity, mixed_assignment, sensitivity_table
+    from slimkit.analysis.sensitivity import layer_sensitivity, mixed_assignment, sensitivity_table
 
     mixed = cfg.mixed
     if mixed is None:

@@ -121,7 +121,7 @@ def sensitivity_markdown(stage: dict[str, Any]) -> list[str]:
 
 def sensitivity_png(stage: dict[str, Any]) -> str:
     """Base64 PNG of one stage's sensitivity bar plot (kept layers in red)."""
-    from slimkit.search.sensitivity import UnitSensitivity, sensitivity_plot
+    from slimkit.analysis.sensitivity import UnitSensitivity, sensitivity_plot
 
     r = stage["sensitivity"]
     units = [UnitSensitivity(row["unit"], row["score"], row["loss"], row.get("cost")) for row in r["table"]]
