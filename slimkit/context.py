@@ -42,7 +42,11 @@ class PassContext:
             )
 
 
-def model_device(model: nn.Module) -> torch.device:
+def model_device(model: Any) -> torch.device:
+    """The device of a module's first parameter or buffer; CPU for a module without any and for any other
+    callable (an ONNX session wrapper, a function)."""
+    if not isinstance(model, nn.Module):
+        return torch.device("cpu")
     for p in model.parameters():
         return p.device
     for b in model.buffers():

@@ -88,10 +88,11 @@ def batched(inputs: Any, batch: int) -> tuple[torch.Tensor, ...]:
 def torch_latency(model: nn.Module, example_inputs: Any, cfg: LatencyConfig | None = None) -> dict[str, Any]:
     """Latency of ``model`` in PyTorch on ``example_inputs`` repeated to ``cfg.batch``, in eval mode under
     ``no_grad`` (training flags restored). Runtime is ``torch`` on CPU, ``torch-<device>`` elsewhere."""
-    from slimkit.evaluation.metrics import _device_of, eval_mode
+    from slimkit.context import model_device
+    from slimkit.evaluation.metrics import eval_mode
 
     cfg = cfg or LatencyConfig()
-    device = _device_of(model)
+    device = model_device(model)
     xs = tuple(t.to(device) for t in batched(example_inputs, cfg.batch))
     sync = torch.cuda.synchronize if device.type == "cuda" else None
 

@@ -4,7 +4,7 @@ top-1 agreement; raises ExportError when asked floors are not met."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +12,26 @@ import numpy as np
 import torch
 from torch import nn
 
+from slimkit.data.batch import split_batch
 from slimkit.errors import ExportError
 
 
-def _as_arrays(batch: Any) -> list[np.ndarray]:
-    from slimkit.exporters.onnx_int8 import _as_arrays as as_arrays
+def batch_arrays(batch: Any) -> list[np.ndarray]:
+    """The model inputs of one batch (``x``, ``(x, y)``, ``(x,)`` or a mapping; see slimkit.data.batch) as
+    numpy arrays in input order, for onnxruntime feeds."""
+    inputs, _ = split_batch(batch)
+    if isinstance(inputs, Mapping):
+        return [_np(v) for v in inputs.values()]
+    if isinstance(inputs, (tuple, list)):
+        return [_np(t) for t in inputs]
+    return [_np(inputs)]
 
-    return as_arrays(batch)
+
+def _np(t: Any) -> np.ndarray:
+    if isinstance(t, torch.Tensor):
+        t = t.detach().cpu()
+        return t.float().numpy() if t.is_floating_point() else t.numpy()
+    return np.asarray(t)
 
 
 def ort_session(path: str | Path, *, threads: int = 1) -> Any:
@@ -58,7 +71,7 @@ def ort_predict(path_or_session: Any, batches: Iterable[Any]) -> np.ndarray:
     names = [i.name for i in sess.get_inputs()]
     outs = []
     for batch in batches:
-        arrays = _as_arrays(batch)
+        arrays = batch_arrays(batch)
         outs.append(sess.run(None, {n: a.astype(np.float32) if a.dtype == np.float64 else a
                                     for n, a in zip(names, arrays, strict=False)})[0])
     return np.concatenate(outs, axis=0)
@@ -69,7 +82,7 @@ def _torch_predict(model: nn.Module, batches: Iterable[Any]) -> np.ndarray:
     outs = []
     with torch.no_grad():
         for batch in batches:
-            arrays = _as_arrays(batch)
+            arrays = batch_arrays(batch)
             outs.append(model(*[torch.from_numpy(a) for a in arrays]).float().numpy())
     return np.concatenate(outs, axis=0)
 

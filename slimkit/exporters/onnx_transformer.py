@@ -470,7 +470,7 @@ def quantize_encoder_int8(fp32_onnx: str | os.PathLike[str], out_path: str | os.
     "rewrites", "sensitivity", "assignment", "calibration_fidelity"}``. Writes ``out_path`` atomically."""
     from slimkit.analysis.sensitivity import layer_sensitivity, mixed_assignment, sensitivity_table
     from slimkit.evaluation.embedding_fidelity import cosine_stats
-    from slimkit.exporters.onnx_int8 import _load, onnx_size_bytes
+    from slimkit.exporters.onnx_int8 import load_onnx, onnx_size_bytes
 
     cfg = config or EncoderInt8Config()
     batches = list(calibration)
@@ -482,7 +482,7 @@ def quantize_encoder_int8(fp32_onnx: str | os.PathLike[str], out_path: str | os.
     fp32_bytes = onnx_size_bytes(src)
     with tempfile.TemporaryDirectory(prefix="slimkit-enc-int8-") as td:
         work = Path(td)
-        proto = _load(src)
+        proto = load_onnx(src)
         names = list(_weight_matmuls(proto))
         smoothed = _smooth(proto, cfg.smooth_nodes, cfg.smooth_alpha, batches, work) if cfg.smooth_nodes else []
         side = _decompose(proto, cfg.outlier_nodes, cfg.outlier_channels, batches, work)

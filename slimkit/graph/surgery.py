@@ -245,7 +245,7 @@ def _check_same_path(new: nn.Module, ops: tuple[str, ...], example_inputs: tuple
             f"{ops[diff] if diff < len(ops) else 'end'} -> {got[diff] if diff < len(got) else 'end'}): the forward "
             "branches on a channel count, so the torch.export trace does not describe the pruned model. "
             "Nothing was changed.",
-            hint="Protect the layers whose width the forward tests (protected=[...]), or make that branch a "
+            hint="Protect the layers whose width the forward tests (skip=[...]), or make that branch a "
                  "submodule.")
 
 

@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from slimkit.config.distill import DistillConfig, FeatureDistillConfig, MutualDistillConfig
-from slimkit.config.finetune import FinetuneConfig
+from slimkit.config.distill import DistillConfig, FeatureDistillConfig, MutualDistillConfig, finetune_config
 from slimkit.context import PassContext, model_device
+from slimkit.data.batch import call_model, split_batch
 from slimkit.errors import ConfigError
 from slimkit.passes.distill.feature import FeatureTap, build_adapters, features_loss
 from slimkit.passes.distill.losses import kd_loss
@@ -28,13 +28,6 @@ from slimkit.passes.distill.mutual import PeerPair, mutual_loss_fn
 from slimkit.registry import register_pass
 
 log = logging.getLogger(__name__)
-
-
-def finetune_config(cfg: DistillConfig) -> FinetuneConfig:
-    """The training settings of a distill config as a :class:`FinetuneConfig`."""
-    return FinetuneConfig(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, optimizer=cfg.optimizer,
-                          max_steps_per_epoch=cfg.max_steps_per_epoch, keep_sparsity=cfg.keep_sparsity,
-                          keep_best=cfg.keep_best, patience=None)
 
 
 def _move(x: Any, device: torch.device) -> Any:
@@ -69,7 +62,7 @@ class TeacherRunner:
 
     @torch.no_grad()
     def __call__(self, x: Any, device: torch.device) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        from slimkit.passes.finetune.loop import call_model, logits_of
+        from slimkit.passes.finetune.loop import logits_of
 
         key = _fingerprint(x) if self.cache else None
         if key is not None and key in self._store:
@@ -99,7 +92,7 @@ class StudentWithAdapters(nn.Module):
 
 def _first_x(loader: Iterable[Any]) -> Any:
     for batch in loader:
-        return batch[0] if isinstance(batch, (tuple, list)) else batch
+        return split_batch(batch)[0]
     raise ConfigError("the training loader yielded no batches.")
 
 
@@ -114,7 +107,7 @@ def distill_model(student: nn.Module, teacher: nn.Module, train_loader: Iterable
                   val_loader: Iterable[Any] | None = None, seed: int = 0) -> dict[str, Any]:
     """Train ``student`` in place against ``teacher`` with ``cfg``; return what happened (``train``: the
     :class:`TrainResult`, ``peer``: the trained mutual peer, ``adapters``, cache ``hits``/``misses``)."""
-    from slimkit.passes.finetune.loop import call_model, logits_of, train_model
+    from slimkit.passes.finetune.loop import logits_of, train_model
 
     if student is teacher:
         raise ConfigError("the student and the teacher are the same module object.",

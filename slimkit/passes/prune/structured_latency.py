@@ -19,8 +19,9 @@ from torch import nn
 
 from slimkit.config.structured import StructuredPruneConfig
 from slimkit.errors import ConstraintError
+from slimkit.evaluation.cost import count_macs
 from slimkit.graph import DependencyGraph, pruned_copy
-from slimkit.passes.prune.structured import count_macs, plan_removal
+from slimkit.passes.prune.structured_plan import plan_removal
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ def solve_latency(model: nn.Module, graph: DependencyGraph, scores: dict[int, fl
             f"group still measures {rel:.1%} of the latency ({c_ms:.3f} vs {b_ms:.3f} ms, batch "
             f"{cfg.latency.batch}) on this machine. Nothing was changed.",
             hint="Per-call overhead and unprunable layers set a floor: ask for a milder target, a larger "
-                 "latency batch, fewer protected layers, or a higher max_group_ratio.")
+                 "latency batch, fewer skipped layers, or a higher max_group_ratio.")
     best = (hi, rel, removed, b_ms, c_ms, macs)
     for _ in range(max_iter):
         if abs(best[1] / target - 1) <= tol:

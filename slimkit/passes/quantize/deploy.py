@@ -56,12 +56,10 @@ def _export_fakequant_qdq(model: nn.Module, path: Path, *, example_inputs: tuple
                           config: FakeQuantQDQ, calibration: Iterable[Any] | None, opset: int) -> dict[str, Any]:
     from slimkit.exporters.onnx_int8 import int8_parity
     from slimkit.exporters.onnx_qdq import export_qdq_from_fakequant
-    from slimkit.passes.quantize.ptq import batch_inputs
 
     export_qdq_from_fakequant(model, path, example_inputs, opset=opset)
-    batches = [batch_inputs(b) for b in itertools.islice(iter(calibration), config.parity_batches)] \
-        if calibration is not None else []
-    parity = int8_parity(path, model, batches or [example_inputs[0]], min_top1=config.parity_min_top1,
+    batches = list(itertools.islice(iter(calibration), config.parity_batches)) if calibration is not None else []
+    parity = int8_parity(path, model, batches or [(example_inputs, None)], min_top1=config.parity_min_top1,
                          min_cosine=config.parity_min_cosine)
     return {"parity": {**parity, "ok": True, "reference": "pytorch fake-quant model"}}
 

@@ -19,10 +19,11 @@ from torch import nn
 
 from slimkit.config.quantize import QATConfig
 from slimkit.context import PassContext, model_device
+from slimkit.data.batch import call_model, split_batch
 from slimkit.errors import ConfigError
 from slimkit.passes.quantize.fake_quant import FakeQuantize
 from slimkit.passes.quantize.modules import fake_quantizers, freeze_all, quantizable_layers, wrap_layers
-from slimkit.passes.quantize.ptq import batch_inputs, fold_bn
+from slimkit.passes.quantize.ptq import fold_bn
 from slimkit.registry import register_pass
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ def prepare_qat(model: nn.Module, cfg: QATConfig) -> nn.Module:
     Weights: symmetric, per-channel when ``cfg.per_channel``; LSQ learnable scales initialized from an MSE
     search, or observer-driven (min-max) scales. Inputs (``cfg.activations`` bits): asymmetric unsigned,
     per tensor; LSQ scale and zero point initialized from min-max, or a moving-average observer."""
-    layers = list(quantizable_layers(model, ["Linear", "Conv1d", "Conv2d"], cfg.skip))
+    layers = list(quantizable_layers(model, ["Linear", "Conv1d", "Conv2d"], cfg.skip, cfg.filter_fn))
     if not layers:
         raise ConfigError("QAT found no Linear/Conv layer to quantize outside skip.")
     lsq = cfg.learnable_scale
@@ -53,11 +54,11 @@ def prepare_qat(model: nn.Module, cfg: QATConfig) -> nn.Module:
 
 
 @torch.no_grad()
-def init_quantizers(model: nn.Module, x: torch.Tensor) -> None:
+def init_quantizers(model: nn.Module, x: Any) -> None:
     """One forward pass (eval mode) so every quantizer gets its first scale (LSQ initialization)."""
     was_training = model.training
     model.eval()
-    model(x.to(model_device(model)) if isinstance(x, torch.Tensor) else x)
+    call_model(model, x, model_device(model))
     model.train(was_training)
 
 
@@ -98,7 +99,7 @@ def qat(model: nn.Module, cfg: QATConfig, ctx: PassContext) -> nn.Module:
     if fold_at == 0:
         _fold(model)
     prepare_qat(model, cfg)
-    init_quantizers(model, batch_inputs(first))
+    init_quantizers(model, split_batch(first)[0])
     if cfg.freeze_observers_epoch == 0:
         freeze_observers(model)
 
