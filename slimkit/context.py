@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,3 +53,19 @@ def model_device(model: Any) -> torch.device:
     for b in model.buffers():
         return b.device
     return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def eval_mode(model: Any) -> Iterator[None]:
+    """Put ``model`` in eval mode for the block and restore each module's own training flag after (also when
+    the block raises). Anything that is not an ``nn.Module`` passes through."""
+    if not isinstance(model, nn.Module):
+        yield
+        return
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag

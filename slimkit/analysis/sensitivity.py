@@ -14,7 +14,6 @@ fidelity floor is met or a size budget is spent; :func:`sensitivity_plot` draws 
 from __future__ import annotations
 
 import copy
-import io
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -171,16 +170,12 @@ def sensitivity_plot(sensitivities: Sequence[UnitSensitivity], *, keep: Iterable
                      short_names: Callable[[str], str] | None = None) -> bytes:
     """A horizontal bar chart (PNG bytes) of the fidelity loss of each unit compressed alone, most
     sensitive on top; units in ``keep`` (kept at higher precision) are drawn in a second colour."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from slimkit.analysis.figures import figure, png_bytes
 
     ranked = sorted(sensitivities, key=lambda s: -s.loss)[:top]
     kept = set(keep)
     labels = [short_names(s.unit) if short_names else s.unit for s in ranked]
-    fig, ax = plt.subplots(figsize=(8, 0.25 * len(ranked) + 1.2), dpi=100)
-    try:
+    with figure((8, 0.25 * len(ranked) + 1.2)) as (fig, ax):
         colours = ["#d62728" if s.unit in kept else "#1f77b4" for s in ranked]
         ax.barh(range(len(ranked)), [max(s.loss, 0.0) for s in ranked], color=colours)
         ax.set_yticks(range(len(ranked)), labels, fontsize=7)
@@ -189,9 +184,4 @@ def sensitivity_plot(sensitivities: Sequence[UnitSensitivity], *, keep: Iterable
         if any(s.loss > 0 for s in ranked):
             ax.set_xscale("symlog", linthresh=max(min(s.loss for s in ranked if s.loss > 0), 1e-9))
         ax.set_title(title + (" (red: kept at higher precision)" if kept else ""), fontsize=9)
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-    finally:
-        plt.close(fig)
-    return buf.getvalue()
+        return png_bytes(fig)

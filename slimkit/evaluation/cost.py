@@ -53,9 +53,8 @@ def count_macs(model: nn.Module, example_inputs: Any) -> int:
     restored and no hook stays on the model. MACs = FLOPs // 2."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from slimkit.context import model_device
+    from slimkit.context import eval_mode, model_device
     from slimkit.data.batch import call_model
-    from slimkit.evaluation.metrics import eval_mode
 
     counter = FlopCounterMode(display=False)
     with eval_mode(model), torch.no_grad(), counter:

@@ -7,17 +7,17 @@ output* is ``last_hidden_state`` when present (embedding models) or ``logits``, 
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
-from torch import nn
 
-from slimkit.context import model_device
+from slimkit.context import eval_mode, model_device
 from slimkit.data.batch import call_model, split_batch
 from slimkit.errors import DataError
+from slimkit.evaluation.agreement import argmax_agreement, row_cosine
 
 log = logging.getLogger(__name__)
 
@@ -25,21 +25,6 @@ __all__ = [
     "call_model", "classification_metrics", "eval_mode", "fidelity", "flatten_outputs", "primary_output",
     "split_batch",
 ]
-
-
-@contextlib.contextmanager
-def eval_mode(model: Any) -> Iterator[None]:
-    """Put ``model`` in eval mode for the block and restore each module's own training flag after."""
-    if not isinstance(model, nn.Module):
-        yield
-        return
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
 
 
 def flatten_outputs(out: Any) -> list[torch.Tensor]:
@@ -139,15 +124,12 @@ def fidelity(model: Any, reference: Any, loader_or_inputs: Any) -> dict[str, flo
             if a.shape != b.shape:
                 raise DataError(f"model output {tuple(a.shape)} and reference output {tuple(b.shape)} differ.",
                                 hint="Fidelity compares outputs of the same shape.")
-            a64, b64 = a.reshape(a.shape[0], -1).double(), b.reshape(b.shape[0], -1).double()
-            cos = torch.nn.functional.cosine_similarity(a64, b64, dim=1, eps=1e-12)
-            both_zero = (a64.norm(dim=1) == 0) & (b64.norm(dim=1) == 0)
-            cosines.append(torch.where(both_zero, torch.ones_like(cos), cos))
+            cosines.append(row_cosine(a, b))
             two_d = two_d and a.dim() == 2 and a.shape[1] > 1
             if two_d:
-                agree.append(a.argmax(dim=1) == b.argmax(dim=1))
+                agree.append((argmax_agreement(a, b), len(a)))
     if not cosines:
         raise DataError("fidelity got no inputs.", hint="Give a loader or example inputs.")
-    cos_all = torch.cat(cosines)
-    return {"cosine": float(cos_all.mean()), "cosine_min": float(cos_all.min()),
-            "top1_agreement": float(torch.cat(agree).float().mean()) if two_d and agree else None}
+    cos_all = np.concatenate(cosines)
+    top1 = sum(f * n for f, n in agree) / sum(n for _, n in agree) if two_d and agree else None
+    return {"cosine": float(cos_all.mean()), "cosine_min": float(cos_all.min()), "top1_agreement": top1}

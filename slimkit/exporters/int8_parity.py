@@ -12,8 +12,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from slimkit.data.batch import split_batch
+from slimkit.context import eval_mode, model_device
+from slimkit.data.batch import call_model, split_batch
 from slimkit.errors import ExportError
+from slimkit.evaluation.agreement import argmax_agreement, row_cosine
 
 
 def batch_arrays(batch: Any) -> list[np.ndarray]:
@@ -78,12 +80,10 @@ def ort_predict(path_or_session: Any, batches: Iterable[Any]) -> np.ndarray:
 
 
 def _torch_predict(model: nn.Module, batches: Iterable[Any]) -> np.ndarray:
-    model = model.eval()
     outs = []
-    with torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         for batch in batches:
-            arrays = batch_arrays(batch)
-            outs.append(model(*[torch.from_numpy(a) for a in arrays]).float().numpy())
+            outs.append(call_model(model, split_batch(batch)[0], model_device(model)).float().cpu().numpy())
     return np.concatenate(outs, axis=0)
 
 
@@ -94,11 +94,9 @@ def compare_outputs(out: np.ndarray, ref: np.ndarray) -> dict[str, float]:
     if out.shape != ref.shape:
         raise ExportError(f"output shapes differ: ONNX {out.shape} vs reference {ref.shape}.")
     diff = np.abs(out - ref)
-    a, b = out.reshape(len(out), -1), ref.reshape(len(ref), -1)
-    per = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
-    cos = float((a * b).sum() / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
+    cos = float(row_cosine(out.reshape(1, -1), ref.reshape(1, -1))[0])  # over the whole set
     return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()), "cosine": cos,
-            "cosine_min": float(per.min()), "top1_agreement": float((out.argmax(-1) == ref.argmax(-1)).mean()),
+            "cosine_min": float(row_cosine(out, ref).min()), "top1_agreement": argmax_agreement(out, ref),
             "n": int(len(out))}
 
 

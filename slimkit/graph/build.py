@@ -3,32 +3,19 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from slimkit.config.layers import LayerFilterFn, is_skipped
+from slimkit.context import eval_mode
 from slimkit.errors import GraphError
 from slimkit.graph.core import FIXED, DependencyGraph, Member, SlotTable, build_groups
 from slimkit.graph.labels import varying_dims
 
 log = logging.getLogger(__name__)
-
-
-@contextmanager
-def frozen(model: nn.Module) -> Iterator[None]:
-    """Eval mode and no grad for analysis; restores every module's training flag afterwards."""
-    flags = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        for m, flag in flags.items():
-            m.training = flag
 
 
 def _param_members(slots: SlotTable, params: dict[str, torch.Tensor], producer_roots: set[int],
@@ -77,7 +64,7 @@ def build_dependency_graph(model: nn.Module, example_inputs: tuple[Any, ...], *,
 
     if not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
-    with frozen(model):
+    with eval_mode(model), torch.no_grad():
         if hf.is_bert_like(model):
             return hf.build_bert_graph(model, example_inputs, skip=skip, filter_fn=filter_fn)
         return _build_fx(model, example_inputs, skip, filter_fn, unreached)

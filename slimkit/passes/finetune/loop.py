@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimkit.config.finetune import FinetuneConfig
-from slimkit.context import PassContext, model_device
+from slimkit.context import PassContext, eval_mode, model_device
 from slimkit.data.batch import call_model, split_batch
 from slimkit.errors import ConfigError, DataError
 from slimkit.passes.prune.masks import apply_masks_, eligible_layers, masks_from_zeros, prepare_masks
@@ -123,10 +123,8 @@ def accuracy(model: nn.Module, loader: Iterable[Any], *, amp: AmpPlan | None = N
     The model's train/eval mode is restored afterwards."""
     device = model_device(model)
     dtype = _input_dtype(model, amp)
-    was_training = model.training
-    model.eval()
     correct = total = 0
-    try:
+    with eval_mode(model):
         for batch in loader:
             x, y = split_batch(batch, labelled=True)
             x, y = _to_device(x, device, dtype), y.to(device)
@@ -134,8 +132,6 @@ def accuracy(model: nn.Module, loader: Iterable[Any], *, amp: AmpPlan | None = N
                 pred = logits_of(call_model(model, x)).argmax(dim=-1)
             correct += int((pred == y).sum().item())
             total += int(y.numel())
-    finally:
-        model.train(was_training)
     return correct / total if total else 0.0
 
 

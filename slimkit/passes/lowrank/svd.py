@@ -264,12 +264,6 @@ def plan_lowrank(model: nn.Module, cfg: SVDConfig) -> list[LayerPlan]:
     return sorted(plans, key=lambda p: order.get(p.name, 0))
 
 
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, attr = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, attr, new)
-
-
 def apply_plan(model: nn.Module, plans: list[LayerPlan]) -> nn.Module:
     """Replace every planned layer by its factorization (a module registered under several names is
     replaced by the same new module everywhere)."""
@@ -285,7 +279,7 @@ def apply_plan(model: nn.Module, plans: list[LayerPlan]) -> nn.Module:
             by_module[id(layer)] = new
         for other_name, other in list(model.named_modules(remove_duplicate=False)):
             if other is layer:
-                _set_module(model, other_name, new)
+                model.set_submodule(other_name, new)
     return model
 
 

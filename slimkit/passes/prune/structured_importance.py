@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slimkit.context import eval_mode
 from slimkit.data.batch import call_model, split_batch
 from slimkit.errors import ConfigError
-from slimkit.graph.build import frozen
 from slimkit.graph.core import DependencyGraph, Member
 from slimkit.graph.modules import GATES
 
@@ -147,7 +147,7 @@ def _entropy(model: nn.Module, graph: DependencyGraph, batches: list[Any], bins:
                 acts[name].append(out.detach().float().movedim(d, 0).reshape(out.shape[d], -1))
         handles.append(model.get_submodule(name).register_forward_hook(hook))
     try:
-        with frozen(model):
+        with eval_mode(model), torch.no_grad():
             for inputs, _ in batches:
                 call_model(model, inputs)
     finally:

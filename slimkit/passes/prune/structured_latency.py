@@ -53,17 +53,14 @@ class LatencySolution:
 
 def paired_latency(model: nn.Module, candidate: nn.Module, inputs: tuple[Any, ...],
                    cfg: StructuredPruneConfig) -> tuple[float, float]:
-    """Median latency (ms) of ``model`` and ``candidate``, measured model, candidate, candidate, model with
-    ``cfg.latency`` (threads pinned to torch's current count when not set)."""
-    from slimkit.evaluation.latency import torch_latency
+    """Median latency (ms) of ``model`` and ``candidate`` with ``cfg.latency`` (threads pinned to torch's current
+    count when not set), measured alternately (evaluation.latency.paired_latency)."""
+    from slimkit.evaluation.latency import paired_latency, torch_latency
 
     lat = cfg.latency if cfg.latency.threads is not None else \
         cfg.latency.model_copy(update={"threads": torch.get_num_threads()})
-    a1 = torch_latency(model, inputs, lat)["median"]
-    b1 = torch_latency(candidate, inputs, lat)["median"]
-    b2 = torch_latency(candidate, inputs, lat)["median"]
-    a2 = torch_latency(model, inputs, lat)["median"]
-    return (a1 + a2) / 2, (b1 + b2) / 2
+    a, b = paired_latency(lambda: torch_latency(model, inputs, lat), lambda: torch_latency(candidate, inputs, lat))
+    return a["median"], b["median"]
 
 
 def solve_latency(model: nn.Module, graph: DependencyGraph, scores: dict[int, float], cfg: StructuredPruneConfig,

@@ -56,9 +56,7 @@ def dynamic(model: nn.Module, cfg: DynamicConfig, ctx: PassContext) -> nn.Module
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for name in names:
-            parent, _, child = name.rpartition(".")
-            holder = model.get_submodule(parent) if parent else model
-            setattr(holder, child, quantize_dynamic(nn.Sequential(getattr(holder, child)), {nn.Linear},
-                                                    dtype=torch.qint8)[0])
+            model.set_submodule(name, quantize_dynamic(nn.Sequential(model.get_submodule(name)), {nn.Linear},
+                                                       dtype=torch.qint8)[0])
     ctx.extras["quantize_backend"] = "torch.ao.quantize_dynamic"
     return model

@@ -28,9 +28,10 @@ from torch import nn
 
 from slimkit.config.layers import match_layer
 from slimkit.config.quantize import Int, MixedPrecision, PTQConfig
-from slimkit.context import PassContext, model_device
-from slimkit.data.batch import split_batch
+from slimkit.context import PassContext, eval_mode, model_device
+from slimkit.data.batch import call_model, split_batch
 from slimkit.errors import ConfigError, DataError, did_you_mean
+from slimkit.evaluation.agreement import argmax_agreement, row_cosine
 from slimkit.passes.quantize.modules import quant_wrappers, quantizable_layers
 
 log = logging.getLogger(__name__)
@@ -83,12 +84,10 @@ def _score_batches(mixed: MixedPrecision, ctx: PassContext) -> tuple[list[tuple[
 @torch.no_grad()
 def _outputs(model: nn.Module, batches: list[tuple[Any, Any]]) -> list[torch.Tensor]:
     device = model_device(model)
-    was = model.training
-    model.eval()
-    try:
-        outs = []
+    outs = []
+    with eval_mode(model):
         for x, _ in batches:
-            out = model(x.to(device) if isinstance(x, torch.Tensor) else x)
+            out = call_model(model, x, device)
             if not isinstance(out, torch.Tensor):
                 logits = getattr(out, "logits", None)
                 if not isinstance(logits, torch.Tensor):
@@ -96,9 +95,7 @@ def _outputs(model: nn.Module, batches: list[tuple[Any, Any]]) -> list[torch.Ten
                                     f"returns {type(out).__name__}.")
                 out = logits
             outs.append(out.detach().float().cpu())
-        return outs
-    finally:
-        model.train(was)
+    return outs
 
 
 def _scorer(metric: str, ref: list[torch.Tensor], labels: list[Any]) -> tuple[Callable[[list[torch.Tensor]], float],
@@ -106,15 +103,13 @@ def _scorer(metric: str, ref: list[torch.Tensor], labels: list[Any]) -> tuple[Ca
     """``score(outputs) -> fidelity`` (1.0 for the input model) and the input model's raw accuracy (or None)."""
     if metric == "cosine":
         def cosine(outs: list[torch.Tensor]) -> float:
-            cos = [torch.nn.functional.cosine_similarity(o.flatten(1), r.flatten(1), dim=1, eps=1e-12)
-                   for o, r in zip(outs, ref, strict=True)]
-            return float(torch.cat(cos).mean())
+            return float(row_cosine(torch.cat(outs), torch.cat(ref)).mean())
         return cosine, None
     if metric == "top1_agreement":
-        ref_top = torch.cat([r.flatten(1).argmax(1) for r in ref])
+        ref_all = torch.cat([r.flatten(1) for r in ref])
 
         def agreement(outs: list[torch.Tensor]) -> float:
-            return float((torch.cat([o.flatten(1).argmax(1) for o in outs]) == ref_top).double().mean())
+            return argmax_agreement(torch.cat([o.flatten(1) for o in outs]), ref_all)
         return agreement, None
     y = torch.cat([torch.as_tensor(t).reshape(-1).cpu() for t in labels])
 

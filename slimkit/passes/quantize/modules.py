@@ -106,13 +106,6 @@ def quantizable_layers(model: nn.Module, include: list[str] | None = None, skip:
         yield name, mod
 
 
-def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    """Replace the submodule at dotted ``name``."""
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
-
-
 def wrap_layers(model: nn.Module, layers: list[tuple[str, nn.Module]],
                 make: Callable[[str, nn.Module], tuple[nn.Module | None, nn.Module | None]]) -> dict[str, QuantWrapper]:
     """Wrap each ``(name, layer)``; ``make(name, layer)`` returns ``(weight_fq, input_fq)``. Returns the
@@ -123,7 +116,7 @@ def wrap_layers(model: nn.Module, layers: list[tuple[str, nn.Module]],
         if id(layer) not in done:
             wfq, ifq = make(name, layer)
             done[id(layer)] = wrapper_class(layer)(layer, wfq, ifq)
-        set_submodule(model, name, done[id(layer)])
+        model.set_submodule(name, done[id(layer)])
         out[name] = done[id(layer)]
     return out
 
@@ -156,5 +149,5 @@ def unwrap(model: nn.Module, *, bake: bool = True) -> nn.Module:
         if bake and w.weight_fake_quant is not None:
             with torch.no_grad():
                 w.module.weight.copy_(w.quantized_weight())
-        set_submodule(model, name, w.module)
+        model.set_submodule(name, w.module)
     return model

@@ -18,7 +18,7 @@ from torch import nn
 
 from slimkit.config.layers import match_layer
 from slimkit.config.quantize import Binary, BinaryConfig, Int, LogQuant, LogQuantConfig, PTQConfig
-from slimkit.context import PassContext, model_device
+from slimkit.context import PassContext, eval_mode, model_device
 from slimkit.data.batch import call_model, split_batch
 from slimkit.errors import ConfigError, DataError, did_you_mean
 from slimkit.passes.quantize.fake_quant import (
@@ -32,7 +32,6 @@ from slimkit.passes.quantize.modules import (
     QuantWrapper,
     freeze_all,
     quantizable_layers,
-    set_submodule,
     wrap_layers,
 )
 from slimkit.progress import track
@@ -126,11 +125,13 @@ def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
 
 def fold_bn(model: nn.Module) -> list[tuple[str, str]]:
     """Fold every foldable BatchNorm into its convolution (running statistics) and replace it by
-    ``nn.Identity``. Returns the folded ``(conv, bn)`` names."""
-    pairs = conv_bn_pairs(model)
-    for conv_name, bn_name in pairs:
-        fold_conv_bn_(model.get_submodule(conv_name), model.get_submodule(bn_name))
-        set_submodule(model, bn_name, nn.Identity())
+    ``nn.Identity``, in eval mode (training flags restored). Returns the folded ``(conv, bn)`` names. The one
+    folding step of PTQ (``fold_bn``) and QAT (``fold_bn_epoch``)."""
+    with eval_mode(model):
+        pairs = conv_bn_pairs(model)
+        for conv_name, bn_name in pairs:
+            fold_conv_bn_(model.get_submodule(conv_name), model.get_submodule(bn_name))
+            model.set_submodule(bn_name, nn.Identity())
     if pairs:
         log.info("folded %d BatchNorm layer(s) into convolutions", len(pairs))
     return pairs
@@ -162,10 +163,8 @@ def check_calibration(model: nn.Module, calibration: Iterable[Any] | None, ctx: 
     x = split_batch(first)[0]
     device = model_device(model)
     shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             call_model(model, x, device)
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
         raise DataError(
@@ -173,8 +172,6 @@ def check_calibration(model: nn.Module, calibration: Iterable[Any] | None, ctx: 
             f"{_expected_shape(model, ctx)}. ({str(exc).splitlines()[0][:160]})",
             hint="Use calibration data from the same dataset and transforms as the model's inputs.",
         ) from None
-    finally:
-        model.train(was_training)
     return (split_batch(b)[0] for b in itertools.islice(itertools.chain([first], it), limit))
 
 
@@ -191,15 +188,12 @@ def calibrate(model: nn.Module, inputs: Iterable[Any], total: int | None = None)
     """Run ``inputs`` through ``model`` in eval mode (a "calibrate" progress task, ``total`` batches when
     known); returns the number of batches."""
     device = model_device(model)
-    was_training = model.training
-    model.eval()
     n = 0
-    with torch.no_grad(), track("calibrate", total=total) as task:
+    with eval_mode(model), torch.no_grad(), track("calibrate", total=total) as task:
         for x in inputs:
             call_model(model, x, device)
             n += 1
             task.advance()
-    model.train(was_training)
     return n
 
 
@@ -267,13 +261,6 @@ def _ptq_make(cfg: PTQConfig, specs: dict[str, Any]) -> Any:
     return make
 
 
-def _fold_eval(model: nn.Module) -> None:
-    was_training = model.training
-    model.eval()
-    fold_bn(model)
-    model.train(was_training)
-
-
 def _rebuild_ptq(model: nn.Module, cfg: PTQConfig, manifest: dict[str, Any]) -> nn.Module:
     """Redo PTQ's structure without data (fold BatchNorm, wrap the same layers with the same quantizers,
     frozen); the checkpoint then loads the scales and weights. A mixed-precision stage reads which layers it
@@ -283,7 +270,7 @@ def _rebuild_ptq(model: nn.Module, cfg: PTQConfig, manifest: dict[str, Any]) -> 
 
         cfg = mixed_from_manifest(model, cfg, manifest)
     if cfg.fold_bn:
-        _fold_eval(model)
+        fold_bn(model)
     layers = list(quantizable_layers(model, list(cfg.include), cfg.skip, cfg.filter_fn))
     specs = check_layers(model, layers, cfg.skip, cfg.overrides, cfg.weights)
     wrap_layers(model, layers, _ptq_make(cfg, specs))
@@ -308,7 +295,7 @@ def ptq(model: nn.Module, cfg: PTQConfig, ctx: PassContext) -> nn.Module:
         if not any(True for _ in quantizable_layers(model, list(cfg.include), cfg.skip, cfg.filter_fn)):
             log.warning("mixed precision kept every layer in float; nothing is quantized")
             if cfg.fold_bn:
-                _fold_eval(model)  # as the plan measured it, and as the rebuild hook redoes it
+                fold_bn(model)  # as the plan measured it, and as the rebuild hook redoes it
             return model
     layers = list(quantizable_layers(model, list(cfg.include), cfg.skip, cfg.filter_fn))
     if not layers:
@@ -316,7 +303,7 @@ def ptq(model: nn.Module, cfg: PTQConfig, ctx: PassContext) -> nn.Module:
     check_layers(model, layers, cfg.skip, cfg.overrides, cfg.weights)
     inputs = check_calibration(model, ctx.calibration, ctx, cfg.calibration_batches)
     if cfg.fold_bn:
-        _fold_eval(model)
+        fold_bn(model)
     layers = list(quantizable_layers(model, list(cfg.include), cfg.skip, cfg.filter_fn))
     specs = check_layers(model, layers, cfg.skip, cfg.overrides, cfg.weights)
     wrap_layers(model, layers, _ptq_make(cfg, specs))

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from slimkit.config.quantize import QATConfig
-from slimkit.context import PassContext, model_device
+from slimkit.context import PassContext, eval_mode, model_device
 from slimkit.data.batch import call_model, split_batch
 from slimkit.errors import ConfigError
 from slimkit.passes.quantize.fake_quant import FakeQuantize
@@ -56,10 +56,8 @@ def prepare_qat(model: nn.Module, cfg: QATConfig) -> nn.Module:
 @torch.no_grad()
 def init_quantizers(model: nn.Module, x: Any) -> None:
     """One forward pass (eval mode) so every quantizer gets its first scale (LSQ initialization)."""
-    was_training = model.training
-    model.eval()
-    call_model(model, x, model_device(model))
-    model.train(was_training)
+    with eval_mode(model):
+        call_model(model, x, model_device(model))
 
 
 def freeze_observers(model: nn.Module) -> None:
@@ -69,17 +67,10 @@ def freeze_observers(model: nn.Module) -> None:
             fq.enable_observer(False)
 
 
-def _fold(model: nn.Module) -> None:
-    was_training = model.training
-    model.eval()
-    fold_bn(model)
-    model.train(was_training)
-
-
 def _rebuild_qat(model: nn.Module, cfg: QATConfig, manifest: dict[str, Any]) -> nn.Module:
     """QAT's final structure without data or training: BatchNorm folded (QAT always folds by its end), the
     same LSQ/observer fake quantizers, frozen; the checkpoint then loads the learned scales."""
-    _fold(model)
+    fold_bn(model)
     prepare_qat(model, cfg)
     freeze_all(model)
     return model
@@ -97,7 +88,7 @@ def qat(model: nn.Module, cfg: QATConfig, ctx: PassContext) -> nn.Module:
     epochs = cfg.finetune.epochs
     fold_at = 0 if cfg.fold_bn_epoch is None else cfg.fold_bn_epoch
     if fold_at == 0:
-        _fold(model)
+        fold_bn(model)
     prepare_qat(model, cfg)
     init_quantizers(model, split_batch(first)[0])
     if cfg.freeze_observers_epoch == 0:
@@ -111,14 +102,14 @@ def qat(model: nn.Module, cfg: QATConfig, ctx: PassContext) -> nn.Module:
             freeze_observers(model)
             log.info("QAT: observers frozen at epoch %d", a)
         if a == fold_at and a > 0:
-            _fold(model)
+            fold_bn(model)
             log.info("QAT: BatchNorm folded at epoch %d", a)
         if b > a:
             seg = cfg.finetune.model_copy(update={"epochs": b - a})
             results.append(train_model(model, ctx.train_loader, seg, val_loader=ctx.val_loader,
                                        seed=ctx.seed + a, description=f"QAT epochs {a + 1}-{b}"))
     if fold_at >= epochs > 0 or (fold_at > 0 and epochs == 0):
-        _fold(model)
+        fold_bn(model)
     freeze_all(model)
     ctx.extras.setdefault("train_result", []).extend(results)
     return model

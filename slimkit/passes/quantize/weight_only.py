@@ -24,7 +24,7 @@ from slimkit.config.quantize import WeightOnlyConfig
 from slimkit.context import PassContext
 from slimkit.errors import ConfigError
 from slimkit.passes.quantize import qscheme as qs
-from slimkit.passes.quantize.modules import quantizable_layers, set_submodule
+from slimkit.passes.quantize.modules import quantizable_layers
 from slimkit.passes.quantize.packing import pack_bits, unpack_bits
 from slimkit.registry import register_pass
 
@@ -123,6 +123,6 @@ def weight_only(model: nn.Module, cfg: WeightOnlyConfig, ctx: PassContext) -> nn
     for name, m in layers:
         if id(m) not in done:
             done[id(m)] = PackedWeightLayer(m, cfg.bits, cfg.group_size)
-        set_submodule(model, name, done[id(m)])
+        model.set_submodule(name, done[id(m)])
     ctx.extras["quantize_backend"] = "slimkit.PackedWeightLayer"
     return model
