@@ -17,8 +17,10 @@ class PassContext:
     """Inputs a pass may use. Verbs build one from keyword arguments; the runner builds one from the recipe.
 
     example_inputs: a tuple of tensors the model accepts (for tracing, MACs and export).
-    calibration: an iterable of batches (``x`` or ``(x, y)``) for observers and importance.
-    train_loader / val_loader: labelled batches ``(x, y)`` for fine-tuning and distillation.
+    calibration: an iterable of batches for observers and importance (``x``, ``(x, y)`` or a Hugging Face
+        dict; the one convention is :mod:`slimkit.data.batch`).
+    train_loader / val_loader: labelled batches (``(x, y)`` or a dict with ``labels``) for fine-tuning and
+        distillation.
     teacher: the model before compression (the runner sets it), used by distillation.
     """
 

@@ -106,7 +106,9 @@ def paired_latency(measure_a: Callable[[], dict[str, Any]], measure_b: Callable[
                    rounds: int = 3) -> tuple[dict[str, Any], dict[str, Any]]:
     """Compare two things in the same process: ``rounds`` rounds of ``measure_a()`` and ``measure_b()``
     (latency records as :func:`measure_latency` returns), the order flipped every other round (A B, B A, A B,
-    ...) so drift on a shared machine hits both alike. Returns the median round of each (by ``median``)."""
+    ...) so drift on a shared machine hits both alike. Returns one record for each: the round whose median is
+    the middle one, with ``median`` set to the median of the rounds' medians (for two rounds, A B B A, their
+    mean)."""
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     ra: list[dict[str, Any]] = []
@@ -120,7 +122,8 @@ def paired_latency(measure_a: Callable[[], dict[str, Any]], measure_b: Callable[
             rb.append(measure_b())
 
     def mid(rows: list[dict[str, Any]]) -> dict[str, Any]:
-        return sorted(rows, key=lambda r: r["median"])[(len(rows) - 1) // 2]
+        ordered = sorted(rows, key=lambda r: r["median"])
+        return {**ordered[(len(rows) - 1) // 2], "median": statistics.median(r["median"] for r in rows)}
 
     return mid(ra), mid(rb)
 

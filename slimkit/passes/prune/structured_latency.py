@@ -54,12 +54,13 @@ class LatencySolution:
 def paired_latency(model: nn.Module, candidate: nn.Module, inputs: tuple[Any, ...],
                    cfg: StructuredPruneConfig) -> tuple[float, float]:
     """Median latency (ms) of ``model`` and ``candidate`` with ``cfg.latency`` (threads pinned to torch's current
-    count when not set), measured alternately (evaluation.latency.paired_latency)."""
+    count when not set), measured model, candidate, candidate, model (evaluation.latency.paired_latency)."""
     from slimkit.evaluation.latency import paired_latency, torch_latency
 
     lat = cfg.latency if cfg.latency.threads is not None else \
         cfg.latency.model_copy(update={"threads": torch.get_num_threads()})
-    a, b = paired_latency(lambda: torch_latency(model, inputs, lat), lambda: torch_latency(candidate, inputs, lat))
+    a, b = paired_latency(lambda: torch_latency(model, inputs, lat), lambda: torch_latency(candidate, inputs, lat),
+                          rounds=2)  # A B B A: the mean of each side's two medians
     return a["median"], b["median"]
 
 
