@@ -19,10 +19,9 @@ float equivalent. A float model asks for int8 with ``quantize=``:
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ import torch
 from torch import nn
 
 from slimkit.errors import ConfigError
+from slimkit.exporters.onnx_checked import export_onnx_checked, register_onnx_quantizer
 from slimkit.exporters.onnx_export import export_onnx
 from slimkit.exporters.parity import check_parity
 from slimkit.exporters.safetensors_io import load_manifest, load_model, load_state, save_model
@@ -39,38 +39,6 @@ log = logging.getLogger(__name__)
 __all__ = ["check_parity", "export_model", "export_onnx", "load_manifest", "load_model", "load_state",
            "register_onnx_quantizer", "save_model"]
 
-OnnxQuantizer = Callable[..., dict[str, Any]]
-_ONNX_QUANTIZERS: dict[type, OnnxQuantizer] = {}
-_DEFAULT_ATOL = {"fp32": 1e-3, "fp16": 1e-2}
-
-
-def register_onnx_quantizer(config_type: type) -> Callable[[OnnxQuantizer], OnnxQuantizer]:
-    """Register a full int8 exporter for ``quantize=config_type(...)``:
-    ``fn(model, path, *, example_inputs, config, calibration, opset) -> dict`` with a ``"parity"`` entry."""
-    def deco(fn: OnnxQuantizer) -> OnnxQuantizer:
-        _ONNX_QUANTIZERS[config_type] = fn
-        return fn
-    return deco
-
-
-def _parity_inputs(example_inputs: tuple[torch.Tensor, ...], dynamic_batch: bool) -> list[tuple[torch.Tensor, ...]]:
-    """The example inputs, plus a batch of 3 when the batch is dynamic (proves the dynamic axis)."""
-    out = [example_inputs]
-    if dynamic_batch and all(t.dim() > 0 for t in example_inputs):
-        from slimkit.evaluation.latency import batched
-
-        out.append(batched(example_inputs, 3))
-    return out
-
-
-def _worst(results: list[dict[str, Any]]) -> dict[str, Any]:
-    def key(r: dict[str, Any]) -> float:
-        return float("inf") if r["max_abs_diff"] is None else r["max_abs_diff"]
-    worst = dict(max(results, key=key))
-    worst["ok"] = all(r["ok"] for r in results)
-    return worst
-
-
 def _bitwise_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
     a = a.detach().cpu()
     if a.shape != b.shape or a.dtype != b.dtype:
@@ -79,14 +47,6 @@ def _bitwise_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
         view = {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
         return torch.equal(a.contiguous().view(view), b.contiguous().view(view))
     return torch.equal(a, b)
-
-
-def _registered_exporter(quantize: Any) -> OnnxQuantizer | None:
-    """The quantizer registered for ``type(quantize)``, importing the config's ``exporter_module`` if needed."""
-    module = getattr(type(quantize), "exporter_module", "")
-    if type(quantize) not in _ONNX_QUANTIZERS and isinstance(module, str) and module:
-        importlib.import_module(module)
-    return _ONNX_QUANTIZERS.get(type(quantize))
 
 
 def export_model(model: nn.Module, path: str | os.PathLike[str], *, example_inputs: Any = None,
@@ -132,39 +92,14 @@ def export_model(model: nn.Module, path: str | os.PathLike[str], *, example_inpu
                     "or pass quantize='auto' (onnxruntime static QDQ for convolutions, with calibration=loader; "
                     "dynamic for Linear-only models), quantize=OrtInt8Config(...) or a callable.",
                     hint="OrtInt8Config lives in slimkit.config.quantize_ort (static QDQ or dynamic).")
-        result: dict[str, Any] = {"artifact": path, "format": "onnx", "parity": None}
-        strict = True
         if quantize is not None:
             from slimkit.exporters.quantized import FakeQuantQDQ, float_copy, model_forms
 
             if not isinstance(quantize, FakeQuantQDQ) and model_forms(model):
                 model = float_copy(model)  # another quantizer re-quantizes the float equivalent
-            exporter = _registered_exporter(quantize)
-            if exporter is not None:
-                art = exporter(model, path, example_inputs=example_inputs, config=quantize,
-                               calibration=calibration, opset=opset)
-                return {**result, "parity": art.get("parity"), "size_bytes": file_size(path)}
-            if not callable(quantize):
-                raise ConfigError(f"quantize={type(quantize).__name__} has no ONNX quantizer.",
-                                  hint="Pass OrtInt8Config() (slimkit.config.quantize_ort), a config registered "
-                                       "with register_onnx_quantizer, or a callable quantize(fp32, out, inputs).")
-            fp32 = path.with_name(path.stem + ".fp32.onnx")
-            export_onnx(model, fp32, example_inputs, opset=opset, dynamic_batch=dynamic_batch, precision="fp32")
-            try:
-                quantize(fp32, path, example_inputs)
-            finally:
-                for p in (fp32, fp32.with_name(fp32.name + ".data")):
-                    p.unlink(missing_ok=True)
-            strict = False
-        else:
-            export_onnx(model, path, example_inputs, opset=opset, dynamic_batch=dynamic_batch, precision=precision)
-        if parity:
-            tol = _DEFAULT_ATOL.get("int8" if quantize is not None else precision, 1e-1)
-            checks = [check_parity(model, path, x, atol=atol or tol, rtol=rtol or tol, strict=strict)
-                      for x in _parity_inputs(example_inputs, dynamic_batch)]
-            result["parity"] = _worst(checks)
-        result["size_bytes"] = file_size(path)
-        return result
+        return export_onnx_checked(model, path, example_inputs=example_inputs, precision=precision, opset=opset,
+                                   parity=parity, atol=atol, rtol=rtol, dynamic_batch=dynamic_batch,
+                                   quantize=quantize, calibration=calibration)
     if path.suffix and not path.is_dir():
         raise ConfigError(f"export path {path} is neither an .onnx file nor a directory.",
                           hint="Use 'model.onnx' for ONNX or a directory name for safetensors + manifest.")

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 # slimkit never needs those ops, so that note is noise for our users.
 logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 
-__all__ = ["export_onnx", "prepare_for_export"]
+__all__ = ["export_onnx", "prepare_for_export", "strip_debug_info"]
 
 _INLINE_LIMIT = int(1.8 * 2**30)  # protobuf's hard limit is 2 GB
 
@@ -134,9 +134,9 @@ def _flat(out: Any) -> list[torch.Tensor]:
 
 def _inline_external_data(path: Path) -> None:
     """Fold ``<name>.onnx.data`` (and other external files) into the .onnx file when small enough."""
-    from slimkit.evaluation.cost import _onnx_external_files
+    from slimkit.evaluation.cost import onnx_external_files
 
-    extra = _onnx_external_files(path)
+    extra = onnx_external_files(path)
     if not extra or path.stat().st_size + sum(p.stat().st_size for p in extra) >= _INLINE_LIMIT:
         return
     import onnx
@@ -147,11 +147,34 @@ def _inline_external_data(path: Path) -> None:
         p.unlink(missing_ok=True)
 
 
+def strip_debug_info(proto: Any) -> Any:
+    """Drop what only debugging needs, in place: per-node metadata (the dynamo exporter records stack traces
+    and module paths, about 2 KB per node), graph metadata (the dynamo exporter's ``ExportedProgram`` graph
+    signature, one line per parameter and buffer: 4 KB for a small ResNet), doc strings and intermediate
+    ``value_info``. Returns ``proto``."""
+
+    def strip_graph(graph: Any) -> None:
+        graph.doc_string = ""
+        del graph.value_info[:]
+        del graph.metadata_props[:]
+        for node in graph.node:
+            del node.metadata_props[:]
+            node.doc_string = ""
+            for attr in node.attribute:
+                if attr.g is not None and attr.g.node:
+                    strip_graph(attr.g)
+                for g in attr.graphs:
+                    strip_graph(g)
+
+    strip_graph(proto.graph)
+    proto.doc_string = ""
+    return proto
+
+
 def _tidy(path: Path, *, compact: bool) -> None:
     import onnx
 
     from slimkit.exporters.onnx_compact import compact_onnx
-    from slimkit.exporters.onnx_int8 import strip_debug_info
 
     proto = strip_debug_info(onnx.load(str(path), load_external_data=True))
     if compact:
@@ -169,7 +192,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: 
     exporter. When both fail, raises ExportError naming the failing op or source line. The files are
     written in a temporary directory and moved into place, so ``path`` is never half-written.
 
-    ``strip_debug`` drops what only debugging needs (:func:`slimkit.exporters.onnx_int8.strip_debug_info`:
+    ``strip_debug`` drops what only debugging needs (:func:`strip_debug_info`:
     stack traces, doc strings), so that sizes of fp32 and int8 files compare like for like; ``compact``
     also applies the lossless :func:`slimkit.exporters.onnx_compact.compact_onnx` (short names, ...), as an
     int8 artifact gets by default. Neither is applied to a model whose weights are stored externally.

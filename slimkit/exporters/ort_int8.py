@@ -25,7 +25,7 @@ from torch import nn
 
 from slimkit.config.quantize_ort import OrtInt8Config
 from slimkit.errors import ConfigError
-from slimkit.exporters import register_onnx_quantizer
+from slimkit.exporters.onnx_checked import register_onnx_quantizer
 from slimkit.exporters.onnx_export import export_onnx
 
 log = logging.getLogger(__name__)

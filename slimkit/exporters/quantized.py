@@ -31,7 +31,8 @@ import torch
 from torch import nn
 
 from slimkit.errors import ConfigError
-from slimkit.exporters import export_model, register_onnx_quantizer
+from slimkit.evaluation.latency import cpu_has_vnni
+from slimkit.exporters.onnx_checked import export_onnx_checked, register_onnx_quantizer
 from slimkit.registry import ExportForm, export_forms
 
 log = logging.getLogger(__name__)
@@ -54,12 +55,10 @@ def _export_fakequant_qdq(model: nn.Module, path: Path, *, example_inputs: tuple
                           config: FakeQuantQDQ, calibration: Iterable[Any] | None, opset: int) -> dict[str, Any]:
     from slimkit.exporters.onnx_int8 import int8_parity
     from slimkit.exporters.onnx_qdq import export_qdq_from_fakequant
-    from slimkit.passes.quantize.ptq import batch_inputs
 
     export_qdq_from_fakequant(model, path, example_inputs, opset=opset)
-    batches = [batch_inputs(b) for b in itertools.islice(iter(calibration), config.parity_batches)] \
-        if calibration is not None else []
-    parity = int8_parity(path, model, batches or [example_inputs[0]], min_top1=config.parity_min_top1,
+    batches = list(itertools.islice(iter(calibration), config.parity_batches)) if calibration is not None else []
+    parity = int8_parity(path, model, batches or [(example_inputs, None)], min_top1=config.parity_min_top1,
                          min_cosine=config.parity_min_cosine)
     return {"parity": {**parity, "ok": True, "reference": "pytorch fake-quant model"}}
 
@@ -86,19 +85,6 @@ def float_copy(model: nn.Module) -> nn.Module:
     return m.float().eval()
 
 
-# ------------------------------------------------------------------------------------------------ CPU
-def cpu_has_vnni() -> bool | None:
-    """Whether this CPU advertises VNNI int8 dot products (x86 ``avx512_vnni`` / ``avx_vnni``); None if unknown."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return None
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), None)
-    if flags is None:
-        return None
-    return "avx512_vnni" in flags or "avx_vnni" in flags
-
-
 def _has_conv(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
 
@@ -106,18 +92,10 @@ def _has_conv(model: nn.Module) -> bool:
 # ------------------------------------------------------------------------------------------- export entry
 def _paired_ort_latency(a: Path, b: Path, inputs: tuple[torch.Tensor, ...], cfg: Any,
                         rounds: int = 3) -> tuple[dict[str, Any], dict[str, Any]]:
-    """onnxruntime latency of two files, alternated (A B A B ...) in this process; the median round of each."""
-    from slimkit.evaluation.latency import ort_latency
+    """onnxruntime latency of two files, alternated in this process (evaluation.latency.paired_latency)."""
+    from slimkit.evaluation.latency import ort_latency, paired_latency
 
-    ra, rb = [], []
-    for _ in range(rounds):
-        ra.append(ort_latency(a, inputs, cfg))
-        rb.append(ort_latency(b, inputs, cfg))
-
-    def mid(rows: list[dict[str, Any]]) -> dict[str, Any]:
-        return sorted(rows, key=lambda r: r["median"])[len(rows) // 2]
-
-    return mid(ra), mid(rb)
+    return paired_latency(lambda: ort_latency(a, inputs, cfg), lambda: ort_latency(b, inputs, cfg), rounds=rounds)
 
 
 def _speed_note(ratio: float | None, vnni: bool | None, route: str, has_conv: bool) -> str:
@@ -138,7 +116,7 @@ def _speed_note(ratio: float | None, vnni: bool | None, route: str, has_conv: bo
 
 def _float_entry(model: nn.Module, forms: list[ExportForm], path: Path, **kw: Any) -> dict[str, Any]:
     precision = kw["precision"]
-    res = export_model(float_copy(model), path, **kw)
+    res = export_onnx_checked(float_copy(model), path, **kw)
     kind = forms[0].name
     note = forms[0].float_note.format(precision=precision) or (
         f"the model holds {kind} quantization, which ONNX {precision} cannot express: exported its float "
@@ -178,11 +156,11 @@ def export_quantized_onnx(model: nn.Module, path: str | Path, *, example_inputs:
     else:
         route, target = "onnxruntime-dynamic", floating
         quantize = OrtInt8Config(mode="dynamic", reduce_range=vnni is False)
-    res = export_model(target, path, example_inputs=example_inputs, precision="int8", opset=opset,
-                       quantize=quantize, calibration=calibration)
+    res = export_onnx_checked(target, path, example_inputs=example_inputs, precision="int8", opset=opset,
+                              quantize=quantize, calibration=calibration)
     fp32_path = path.with_name(f"{path.stem}.fp32.onnx")
-    fp32 = export_model(floating, fp32_path, example_inputs=example_inputs, precision="fp32", opset=opset,
-                        atol=atol)
+    fp32 = export_onnx_checked(floating, fp32_path, example_inputs=example_inputs, precision="fp32", opset=opset,
+                               atol=atol)
     fp32_bytes = onnx_size_bytes(fp32_path)
     lat = lat32 = None
     if latency is not None:

@@ -1,4 +1,6 @@
-"""What the quantize passes leave in a model, declared to the registry with ``register_pass(..., export=...)``.
+"""Export forms shared by several quantize passes (fake quantizers, torchao int8 weights), declared to the
+registry with ``register_pass(..., export=...)``; a form used by one pass lives in its handler module
+(``weight_only.PACKED``, ``precision.HALF``).
 
 Each :class:`slimkit.registry.ExportForm` says how to recognise the form, how to turn it into its float32
 equivalent (for fp32/fp16 ONNX and for onnxruntime re-quantization) and whether int8 ONNX can carry the
@@ -13,7 +15,7 @@ import torch
 from torch import nn
 
 from slimkit.passes.quantize.fake_quant import FakeQuantize
-from slimkit.passes.quantize.modules import QuantWrapper, quant_wrappers, set_submodule, unwrap
+from slimkit.passes.quantize.modules import QuantWrapper, quant_wrappers, unwrap
 from slimkit.registry import ExportForm
 
 _FAKE_QUANT_LATENCY = (
@@ -56,33 +58,6 @@ def _dequantize_torchao(model: nn.Module) -> None:
             mod.weight = nn.Parameter(w.dequantize().detach().float(), requires_grad=False)
 
 
-def _has_packed(model: nn.Module) -> bool:
-    from slimkit.passes.quantize.weight_only import PackedWeightLayer
-
-    return any(isinstance(m, PackedWeightLayer) for m in model.modules())
-
-
-def _unpack(model: nn.Module) -> None:
-    from slimkit.passes.quantize.weight_only import PackedWeightLayer
-
-    for name, mod in list(model.named_modules()):
-        if isinstance(mod, PackedWeightLayer):
-            inner = mod.module
-            inner.weight = nn.Parameter(mod.dequantized_weight().detach().float())
-            set_submodule(model, name, inner)
-
-
-def _is_half(model: nn.Module) -> bool:
-    return bool(getattr(model, "_slimkit_precision", None)) or any(
-        p.dtype in (torch.float16, torch.bfloat16) for p in model.parameters())
-
-
-def _drop_casting_hooks(model: nn.Module) -> None:
-    from slimkit.passes.quantize.precision import remove_precision_hooks
-
-    remove_precision_hooks(model)
-
-
 FAKEQUANT = ExportForm(
     "fakequant", _linear_fakequant, _bake, int8="qdq", runtime_note=_FAKE_QUANT_LATENCY)
 """Linear fake quantizers (PTQ, QAT; up to 8 bits, per tensor or per channel): QDQ ONNX with their scales."""
@@ -93,17 +68,6 @@ FAKEQUANT_NONLINEAR = ExportForm(
          "float values to linear int8.")
 """Log, binary or per-group fake quantizers: int8 ONNX re-quantizes their dequantized weights."""
 
-PACKED = ExportForm(
-    "packed", _has_packed, _unpack,
-    runtime_note="The PyTorch latency above unpacks low-bit weights on every call; the saving is in bytes, not "
-                 "time, unless a runtime with low-bit kernels is used.")
-"""slimkit's packed weight-only layers."""
 
 TORCHAO = ExportForm("torchao", _has_torchao, _dequantize_torchao)
 """torchao int8 weights (dynamic and weight-only int8)."""
-
-HALF = ExportForm(
-    "half", _is_half, _drop_casting_hooks,
-    float_note="exported as ONNX {precision} from the float32 copy of the half-precision model (its input/output "
-               "casting hooks do not export).")
-"""fp16/bf16 weights with the input/output casting hooks of the precision pass."""

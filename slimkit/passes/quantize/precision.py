@@ -18,8 +18,7 @@ from torch import nn
 
 from slimkit.config.quantize import BF16Config, FP16Config, PrecisionConfig
 from slimkit.context import PassContext
-from slimkit.passes.quantize.forms import HALF
-from slimkit.registry import register_pass
+from slimkit.registry import ExportForm, register_pass
 
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
 
@@ -63,6 +62,18 @@ def remove_precision_hooks(model: nn.Module) -> nn.Module:
         if hasattr(model, attr):
             delattr(model, attr)
     return model
+
+
+def _is_half(model: nn.Module) -> bool:
+    return bool(getattr(model, "_slimkit_precision", None)) or any(
+        p.dtype in (torch.float16, torch.bfloat16) for p in model.parameters())
+
+
+HALF = ExportForm(
+    "half", _is_half, remove_precision_hooks,
+    float_note="exported as ONNX {precision} from the float32 copy of the half-precision model (its input/output "
+               "casting hooks do not export).")
+"""fp16/bf16 weights with the input/output casting hooks of this pass (declared to the registry)."""
 
 
 @register_pass(PrecisionConfig, rebuild=lambda model, cfg, manifest: _rebuild(model, cfg, manifest), export=HALF)
