@@ -8,8 +8,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from slimkit._io import MAX_YAML_DEPTH, read_yaml
 from slimkit.config.base import PassConfig, StrictModel, build, format_loc, validation_problems
-from slimkit.config.yaml_io import MAX_DEPTH
 from slimkit.errors import RecipeError
 
 MAX_SEED = 2**32 - 1
@@ -131,12 +131,12 @@ def parse_recipe(data: Any, *, source: str | None = None, base_dir: Path | None 
     """Validate a recipe mapping. Every problem is collected and raised at once as RecipeError."""
     if not isinstance(data, dict):
         raise RecipeError([("", f"a recipe is a mapping, got {type(data).__name__}")], source=source)
-    if _too_deep(data, MAX_DEPTH):
-        raise RecipeError([("", f"nested deeper than {MAX_DEPTH} levels")], source=source)
+    if _too_deep(data, MAX_YAML_DEPTH):
+        raise RecipeError([("", f"nested deeper than {MAX_YAML_DEPTH} levels")], source=source)
     try:
         return _parse_recipe(data, source=source, base_dir=base_dir)
     except RecursionError:
-        raise RecipeError([("", f"nested too deeply (more than {MAX_DEPTH} levels)")], source=source) from None
+        raise RecipeError([("", f"nested too deeply (more than {MAX_YAML_DEPTH} levels)")], source=source) from None
 
 
 def _too_deep(data: Any, limit: int) -> bool:
@@ -180,8 +180,6 @@ def _parse_recipe(data: dict[str, Any], *, source: str | None, base_dir: Path | 
             raise
         problems = validation_problems(exc, Recipe) + problems
         recipe = None
-    if recipe is not None:
-        problems.extend(_check_arch(recipe))
     if recipe is not None and base_dir is not None:
         problems.extend(_check_paths(recipe, base_dir))
     if problems:
@@ -191,27 +189,12 @@ def _parse_recipe(data: dict[str, Any], *, source: str | None, base_dir: Path | 
     return _resolve_paths(recipe, base_dir) if base_dir is not None else recipe
 
 
-def _check_arch(recipe: Recipe) -> list[tuple[str, str]]:
-    """``model.arch`` names a registered architecture (checked here, not first in ``run``)."""
-    if recipe.model.arch is None:
-        return []
-    from slimkit.errors import did_you_mean
-    from slimkit.models.registry import list_archs
-
-    names = list_archs()
-    if recipe.model.arch in names:
-        return []
-    shown = recipe.model.arch if len(recipe.model.arch) <= 40 else recipe.model.arch[:37] + "..."
-    return [("model.arch", f"unknown architecture {shown!r}.{did_you_mean(recipe.model.arch[:100], names)} "
-                           f"Known: {', '.join(names)}.")]
-
-
 def _check_paths(recipe: Recipe, base_dir: Path) -> list[tuple[str, str]]:
     problems = []
     if recipe.model.weights is not None and str(recipe.model.weights).startswith("pkg:"):
         # ``pkg:<package>/<file>``: resolved inside the installed package, not against base_dir
+        from slimkit._io import resolve_weights
         from slimkit.errors import ModelLoadError
-        from slimkit.models.pretrained import resolve_weights
 
         try:
             resolve_weights(recipe.model.weights)
@@ -241,9 +224,8 @@ def _resolve_paths(recipe: Recipe, base_dir: Path) -> Recipe:
 
 def load_recipe(path: str | Path) -> Recipe:
     """Read and validate a YAML recipe file. Paths inside are relative to the current directory."""
-    from slimkit.config.yaml_io import read_yaml_file
-
-    data = read_yaml_file(path)
+    path = Path(path)
+    data = read_yaml(path, what="recipe file")
     return parse_recipe(data, source=str(path), base_dir=Path.cwd())
 
 

@@ -21,20 +21,33 @@ from slimkit.errors import DivergenceError, ModelLoadError, RecipeError, RunErro
 from slimkit.pipeline.constraints import check_constraints, choose_delivery, verdict
 from slimkit.pipeline.state import RunLock, RunState, recipe_hash
 from slimkit.progress import track
-from slimkit.registry import spec_for
+from slimkit.registry import apply_pass, spec_for
 
 log = logging.getLogger(__name__)
 
 
 def coerce_recipe(recipe: Any) -> Recipe:
-    """A Recipe, a mapping or a path to a YAML file -> a validated Recipe."""
+    """A Recipe, a mapping or a path to a YAML file -> a validated Recipe whose ``model.arch``, if any, is a
+    registered architecture (checked here, where the models layer is visible, not first in ``run``)."""
     if isinstance(recipe, Recipe):
         return recipe
     if isinstance(recipe, dict):
-        return parse_recipe(recipe, source="<dict>", base_dir=Path.cwd())
-    if isinstance(recipe, (str, Path)):
-        return load_recipe(recipe)
-    raise RecipeError([("", f"expected a recipe path, mapping or Recipe, got {type(recipe).__name__}")])
+        r, source = parse_recipe(recipe, source="<dict>", base_dir=Path.cwd()), "<dict>"
+    elif isinstance(recipe, (str, Path)):
+        r, source = load_recipe(recipe), str(recipe)
+    else:
+        raise RecipeError([("", f"expected a recipe path, mapping or Recipe, got {type(recipe).__name__}")])
+    arch = r.model.arch
+    if arch is not None:
+        from slimkit.errors import did_you_mean
+        from slimkit.models.registry import list_archs
+
+        names = list_archs()
+        if arch not in names:
+            shown = arch if len(arch) <= 40 else arch[:37] + "..."
+            raise RecipeError([("model.arch", f"unknown architecture {shown!r}.{did_you_mean(arch[:100], names)} "
+                                              f"Known: {', '.join(names)}.")], source=source)
+    return r
 
 
 def stage_dirname(index: int, cfg: PassConfig) -> str:
@@ -154,53 +167,34 @@ def _pass_context(run: _Run, teacher: nn.Module, index: int) -> PassContext:
 
 
 def _paired_latency(run: _Run, baseline: nn.Module, final: nn.Module) -> tuple[Any, Any]:
-    """Measure baseline and final latency alternately in this process (A B A B), median of the rounds."""
-    from slimkit.evaluation.latency import torch_latency
+    """Baseline and final latency measured alternately in this process (evaluation.latency.paired_latency)."""
+    from slimkit.evaluation.latency import paired_latency, torch_latency
 
     cfg = run.recipe.evaluate.latency
     if cfg is None:
         return None, None
-    a: list[dict[str, Any]] = []
-    b: list[dict[str, Any]] = []
-    for _ in range(3):
-        a.append(torch_latency(baseline, run.bundle.example_inputs, cfg))
-        b.append(torch_latency(final, run.bundle.example_inputs, cfg))
-
-    def mid(rows: list[dict[str, Any]]) -> dict[str, Any]:
-        rows = sorted(rows, key=lambda r: r["median"])
-        return rows[len(rows) // 2]
-
-    return mid(a), mid(b)
+    x = run.bundle.example_inputs
+    return paired_latency(lambda: torch_latency(baseline, x, cfg), lambda: torch_latency(final, x, cfg))
 
 
 def _export(run: _Run, model: nn.Module) -> list[dict[str, Any]]:
+    """The recipe's ONNX export, through the one export path (``slimkit.exporters.export_model``)."""
     from slimkit.exporters import export_model
 
-    out = []
     ex = run.recipe.export
-    # --- quantization (issue 4): int8 ONNX, and float ONNX of a quantized model, go through
-    # slimkit.passes.quantize.deploy (route by what the model holds; int8 vs fp32 ONNX latency in this process).
-    import sys
+    if "onnx" not in ex.formats:
+        return []
+    res = export_model(model, run.run_dir / "model.onnx", example_inputs=run.bundle.example_inputs,
+                       precision=ex.onnx.precision, opset=ex.onnx.opset, atol=ex.onnx.parity_atol,
+                       quantize="auto" if ex.onnx.precision == "int8" else None,
+                       calibration=run.bundle.calibration, latency=run.recipe.evaluate.latency)
+    return [{"format": "onnx", **relative_artifacts(res, run.run_dir)}]
 
-    quantized = "slimkit.passes.quantize" in sys.modules  # imported only when a quantize pass ran
-    if quantized:
-        from slimkit.passes.quantize.deploy import quant_kind
 
-        quantized = quant_kind(model) is not None
-    if "onnx" in ex.formats and (ex.onnx.precision == "int8" or quantized):
-        from slimkit.passes.quantize.deploy import deploy_onnx
-
-        out.append(deploy_onnx(model, run.run_dir / "model.onnx", example_inputs=run.bundle.example_inputs,
-                               precision=ex.onnx.precision, opset=ex.onnx.opset, atol=ex.onnx.parity_atol,
-                               calibration=run.bundle.calibration, latency=run.recipe.evaluate.latency))
-        return out
-    # --- end quantization
-    if "onnx" in ex.formats:
-        res = export_model(model, run.run_dir / "model.onnx", example_inputs=run.bundle.example_inputs,
-                           precision=ex.onnx.precision, opset=ex.onnx.opset, atol=ex.onnx.parity_atol)
-        res = {k: (str(Path(v).relative_to(run.run_dir)) if k == "artifact" else v) for k, v in res.items()}
-        out.append({"format": "onnx", **res})
-    return out
+def relative_artifacts(entry: dict[str, Any], base: Path) -> dict[str, Any]:
+    """An export entry with every ``artifact`` path (nested ones too) relative to ``base``, as a string."""
+    return {k: (str(Path(v).relative_to(base)) if k == "artifact" and v is not None else
+                relative_artifacts(v, base) if isinstance(v, dict) else v) for k, v in entry.items()}
 
 
 def run_recipe(recipe: Any, out: str | Path | None = None, *, resume: bool = False,
@@ -282,8 +276,6 @@ def _run_locked(r: Recipe, run_dir: Path, *, resume: bool, need: dict[str, int])
         _reseed(run.bundle, r.seed + 1000 * (i + 1))
         ctx = _pass_context(run, teacher, i)
         t0 = time.perf_counter()
-        from slimkit.api import apply_pass
-
         try:
             with track(f"stage {i + 1}/{len(r.stages)} {cfg.kind}:{cfg.method}", total=None):
                 model = apply_pass(model, cfg, ctx)
@@ -299,8 +291,15 @@ def _run_locked(r: Recipe, run_dir: Path, *, resume: bool, need: dict[str, int])
         metrics = _evaluate(run, model, artifact)
         record = {"index": i, "pass": f"{cfg.kind}:{cfg.method}", "config": cfg.model_dump(mode="json"),
                   "metrics": metrics, "seconds": round(seconds, 3)}
-        if ctx.extras.get("sensitivity"):  # per-layer sensitivity and mixed precision (PTQConfig.mixed)
-            record["sensitivity"] = ctx.extras["sensitivity"]
+        notes = []
+        for rec in ctx.records:  # what the pass recorded (typed records), stored whole
+            if rec.key in record or rec.key == "notes":
+                raise RunError(f"{type(rec).__name__}.key {rec.key!r} clashes with the stage record's own "
+                               f"'{rec.key}' entry.", hint="Give the record another key.")
+            record[rec.key] = rec.to_json()
+            notes += rec.notes(i)
+        if notes:
+            record["notes"] = notes
         atomic_write_json(sdir / "stage.json", record)
         state.finish_stage(i, record)
 
@@ -319,7 +318,6 @@ def _run_locked(r: Recipe, run_dir: Path, *, resume: bool, need: dict[str, int])
         final["throughput"] = f_lat["batch"] * 1000.0 / f_lat["median"]
     exports = _export(run, model)
     rows = check_constraints(r.constraints, baseline_metrics, final)
-    notes = _delivery_notes(delivered, stopped, stages)
     report = {
         "name": r.name,
         "recipe": resolved,
@@ -330,8 +328,8 @@ def _run_locked(r: Recipe, run_dir: Path, *, resume: bool, need: dict[str, int])
         **({"stopped": stopped} if stopped else {}),
         "exports": exports,
         "constraints": rows,
-        "verdict": verdict(baseline_metrics, final, rows, notes=notes + _quant_notes(model)
-                           + _sensitivity_notes(stages) + _export_notes(exports)),
+        "verdict": verdict(baseline_metrics, final, rows, notes=_delivery_notes(delivered, stopped, stages)
+                           + _runtime_notes(model) + _stage_notes(stages) + _export_notes(exports)),
         "environment": _environment(),
     }
     from slimkit.pipeline.report import write_report
@@ -368,38 +366,16 @@ def _delivery_notes(delivered: dict[str, Any], stopped: dict[str, Any] | None,
     return notes
 
 
-def _quant_notes(model: nn.Module) -> list[str]:
-    """Why a quantized model's PyTorch latency is not its deployed latency."""
-    import sys
+def _runtime_notes(model: nn.Module) -> list[str]:
+    """Why the final model's PyTorch latency is not its deployed latency (from the forms its passes declared)."""
+    from slimkit.exporters.quantized import model_forms
 
-    if "slimkit.passes.quantize" not in sys.modules:
-        return []
-    from slimkit.passes.quantize.deploy import quant_kind
-
-    kind = quant_kind(model)
-    if kind in ("fakequant", "fakequant-nonlinear"):
-        return ["The PyTorch latency above is of the fake-quantized model, which simulates low precision with "
-                "extra quantize-dequantize steps in float, so it is slower than the float model by design; "
-                "the deployable speed is the exported artifact's."]
-    if kind == "packed":
-        return ["The PyTorch latency above unpacks low-bit weights on every call; the saving is in bytes, "
-                "not time, unless a runtime with low-bit kernels is used."]
-    return []
+    return list(dict.fromkeys(f.runtime_note for f in model_forms(model) if f.runtime_note))
 
 
-def _sensitivity_notes(stages: list[dict[str, Any]]) -> list[str]:
-    """One sentence per stage that chose its precision by measured sensitivity (PTQ ``mixed``)."""
-    out = []
-    for st in stages:
-        r = (st or {}).get("sensitivity")
-        if not isinstance(r, dict):
-            continue
-        kept = ", ".join(r["keep"]) or "no layer"
-        out.append(f"Mixed precision (stage {st['index']}): {r['metric']} {r['score']:.4f} "
-                   f"{'meets' if r['met'] else 'does NOT meet'} the floor {r['floor']:.4g} keeping {kept} "
-                   f"at {r['keep_as']} ({r['all_compressed']:.4f} with every layer at {r['bits']} bits)"
-                   + ("." if r["met"] else f": {r['reason']}."))
-    return out
+def _stage_notes(stages: list[dict[str, Any] | None]) -> list[str]:
+    """The notes the passes' records gave for their stage (e.g. the mixed-precision choice)."""
+    return [note for st in stages for note in (st or {}).get("notes", [])]
 
 
 def _export_notes(exports: list[dict[str, Any]]) -> list[str]:
@@ -433,4 +409,17 @@ def _yaml(data: dict[str, Any]) -> str:
     return yaml.safe_dump(data, sort_keys=False)
 
 
-__all__ = ["RunError", "coerce_recipe", "run_recipe"]
+def restore_saved(recipe: Recipe, run_dir: Path, directory: Path, upto: int) -> tuple[nn.Module, Any]:
+    """Rebuild the model saved in ``directory`` by a run of ``recipe`` after its first ``upto`` stages (no
+    data-dependent compute: structural passes are redone from the manifest). Returns (model, data bundle)."""
+    from slimkit.data import load_data
+    from slimkit.models import build_model
+
+    run = _Run(recipe, run_dir)
+    run.bundle = load_data(recipe.data)
+    run.build = lambda: build_model(recipe.model, input_shape=run.bundle.input_shape,
+                                    num_classes=run.bundle.num_classes, seed=recipe.seed)
+    return _restore(run, directory, list(recipe.stages[:upto])), run.bundle
+
+
+__all__ = ["RunError", "coerce_recipe", "restore_saved", "run_recipe"]
