@@ -79,15 +79,15 @@ def variants(quick: bool) -> list[tuple[str, str, Any, str]]:
         ("ffn-lowrank-50", "ffn-svd-r50-whitened", sk.SVDConfig(**lr, whiten=True),
          "whitened SVD: W S with S S^T = X^T X + 0.01 mean(diag) I of the calibration inputs, block-sequential"),
         ("unstructured-50", "magnitude-50", sk.MagnitudePruneConfig(sparsity=0.5, scope="layer", include=["Linear"],
-                                                                    exclude=EXCLUDE),
+                                                                    skip=EXCLUDE),
          "smallest |W| per layer, no calibration"),
-        ("unstructured-50", "wanda-50", sk.WandaPruneConfig(sparsity=0.5, exclude=EXCLUDE),
+        ("unstructured-50", "wanda-50", sk.WandaPruneConfig(sparsity=0.5, skip=EXCLUDE),
          "|W| * ||x_j|| per output row, block-sequential calibration"),
-        ("unstructured-50", "sparsegpt-50", sk.SparseGPTConfig(sparsity=0.5, exclude=EXCLUDE),
+        ("unstructured-50", "sparsegpt-50", sk.SparseGPTConfig(sparsity=0.5, skip=EXCLUDE),
          "OBS mask and update, blocks of 128 columns, dampening 0.01, block-sequential calibration"),
-        ("2:4", "magnitude-2:4", sk.NMSparsityConfig(n=2, m=4, exclude=EXCLUDE), "largest 2 |W| of every 4 inputs"),
-        ("2:4", "wanda-2:4", sk.WandaPruneConfig(n=2, m=4, exclude=EXCLUDE), "largest 2 |W| * ||x_j|| of every 4"),
-        ("2:4", "sparsegpt-2:4", sk.SparseGPTConfig(n=2, m=4, exclude=EXCLUDE), "OBS 2:4 mask and update"),
+        ("2:4", "magnitude-2:4", sk.NMSparsityConfig(n=2, m=4, skip=EXCLUDE), "largest 2 |W| of every 4 inputs"),
+        ("2:4", "wanda-2:4", sk.WandaPruneConfig(n=2, m=4, skip=EXCLUDE), "largest 2 |W| * ||x_j|| of every 4"),
+        ("2:4", "sparsegpt-2:4", sk.SparseGPTConfig(n=2, m=4, skip=EXCLUDE), "OBS 2:4 mask and update"),
     ]
     return out
 

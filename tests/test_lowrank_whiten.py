@@ -79,13 +79,13 @@ def test_pass_records_errors_and_budget_follows_output_error():
         sk.apply_pass(m, SVDConfig(param_budget=0.5, whiten=whiten, dampening=1e-6), ctx)
         y, y0 = m(x), ref(x)
         outs[whiten] = float(((y - y0) ** 2).sum() / (y0 ** 2).sum())
-        rows = ctx.extras["layers"]
-        planned = [r for r in rows if r["rank"] is not None]
-        assert sum(r["params_after"] for r in rows) <= 0.5 * sum(r["params_before"] for r in rows)
+        rows = ctx.extras["lowrank"].layers
+        planned = [r for r in rows if r.rank is not None]
+        assert sum(r.params for r in rows) <= 0.5 * sum(r.dense_params for r in rows)
         if whiten:
-            assert all(0 <= r["rel_error"] < 1 for r in planned)
+            assert all(0 <= r.rel_error < 1 for r in planned)
         else:
-            assert all(r["rel_error"] is None for r in rows)
+            assert all(r.rel_error is None for r in rows)
     assert outs[True] < outs[False], outs
 
 

@@ -108,7 +108,7 @@ def test_pass_through_prune_and_recipe(method):
     ref = ToyCNN(width=8).eval()
     ref.load_state_dict(model.state_dict())
     calib = [(torch.randn(16, 1, 8, 8), torch.zeros(16, dtype=torch.long)) for _ in range(4)]
-    cfg, problems = parse_stage({"prune": {"method": method, "n": 2, "m": 4, "exclude": ["fc"]}}, 0)
+    cfg, problems = parse_stage({"prune": {"method": method, "n": 2, "m": 4, "skip": ["fc"]}}, 0)
     assert not problems
     ctx_extras: dict = {}
     from slimkit.context import PassContext
@@ -118,7 +118,7 @@ def test_pass_through_prune_and_recipe(method):
     assert is_nm_sparse(model.conv2.weight.reshape(16, -1), 2, 4)
     assert model.conv1.weight.reshape(8, -1).shape[1] == 9  # 9 inputs: not a multiple of 4, left dense
     assert (model.conv1.weight != 0).all() and torch.equal(model.fc.weight, ref.fc.weight)
-    rows = {r["layer"]: r for r in ctx_extras["layers"]}
+    rows = {r["layer"]: r for r in ctx_extras["oneshot"]["layers"]}
     assert "skipped" in rows["conv1"] and rows["conv2"]["removed"] == model.conv2.weight.numel() // 2
     assert 0 < rows["conv2"]["rel_error"] < 1
 
@@ -172,7 +172,7 @@ def test_recipe_records_per_layer_rows_in_the_report(tmp_path):
         "evaluate": {"latency": {"batch": 1, "warmup": 1, "repeats": 2, "threads": 1}},
     }
     report = run_recipe(recipe, out=tmp_path / "r")
-    pruned, factored = report["stages"][0]["layers"], report["stages"][1]["layers"]
+    pruned, factored = report["stages"][0]["oneshot"]["layers"], report["stages"][1]["lowrank"]["layers"]
     assert {r["layer"] for r in pruned} and all(r["sparsity"] >= 0.5 and 0 <= r["rel_error"] < 1 for r in pruned)
     assert any(r["rank"] is not None and r["rel_error"] is not None for r in factored)
     md = (tmp_path / "r" / "report.md").read_text()

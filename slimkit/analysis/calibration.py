@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slimkit.context import model_device
+from slimkit.context import eval_mode, model_device
+from slimkit.data.batch import call_model, split_batch
 from slimkit.errors import ConfigError, DataError
-from slimkit.evaluation.metrics import call_model, eval_mode, model_inputs
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +251,7 @@ def collect_input_stats(
         with eval_mode(model), torch.no_grad():
             source = [calibration] if isinstance(calibration, torch.Tensor) else calibration
             for batch in itertools.islice(source, max_batches):
-                inputs = model_inputs(batch)
+                inputs = split_batch(batch)[0]
                 mask[0] = _token_mask(inputs)
                 cache.clear()
                 call_model(model, inputs, device)

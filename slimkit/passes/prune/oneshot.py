@@ -22,14 +22,15 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from slimkit.analysis.calibration import InputStats, block_of, collect_input_stats, reiterable
 from slimkit.config.prune import SparseGPTConfig, WandaPruneConfig
-from slimkit.context import PassContext
+from slimkit.context import PassContext, PassRecord
 from slimkit.errors import ConfigError
 from slimkit.passes.prune.masks import eligible_layers, reparametrized_layers
 from slimkit.passes.prune.unstructured import prune_count
@@ -138,18 +139,18 @@ def sparsegpt_prune(weight: torch.Tensor, xtx: torch.Tensor, *, sparsity: float 
 
 # ------------------------------------------------------------------------------------------------ the pass
 def _layers(model: nn.Module, cfg: OneShotConfig) -> dict[str, nn.Module]:
-    reparam = reparametrized_layers(model, cfg.include, cfg.exclude)
+    reparam = reparametrized_layers(model, cfg.include, cfg.skip, cfg.filter_fn)
     if reparam:
         raise ConfigError(f"layer(s) {', '.join(reparam[:5])} have a reparametrized weight; zeros written into it "
                           f"would not last.", hint="Call torch.nn.utils.prune.remove first, or exclude them.")
     types = {"Linear": nn.Linear, "Conv2d": nn.Conv2d}
-    layers = {name: mod for name, mod in eligible_layers(model, cfg.include, cfg.exclude, cfg.min_numel).items()
+    layers = {name: mod for name, mod in eligible_layers(model, cfg.include, cfg.skip, cfg.min_numel, cfg.filter_fn).items()
               if isinstance(mod, tuple(types[t] for t in cfg.include))
               and type(mod).forward is (nn.Conv2d if isinstance(mod, nn.Conv2d) else nn.Linear).forward}
     if not layers:
         raise ConfigError(f"no Linear/Conv2d layer of {type(model).__name__} can be pruned with "
-                          f"include={cfg.include}, exclude={cfg.exclude}, min_numel={cfg.min_numel}.",
-                          hint="Widen include or narrow exclude.")
+                          f"include={cfg.include}, skip={cfg.skip}, min_numel={cfg.min_numel}.",
+                          hint="Widen include or narrow skip.")
     return layers
 
 
@@ -216,9 +217,28 @@ def oneshot_prune_(model: nn.Module, cfg: OneShotConfig, calibration: Any) -> li
     return records
 
 
+@dataclass
+class OneShotRecord(PassRecord):
+    """Per-layer rows of a one-shot sparsity pass (``ctx.extras["oneshot"]``): ``layer``, ``method``,
+    ``pattern``, ``numel``, ``removed``, ``sparsity``, ``rel_error`` (relative output error on the calibration
+    inputs), ``rows_seen``, ``seconds``; ``skipped`` with the reason for layers left dense."""
+
+    key: ClassVar[str] = "oneshot"
+    method: str = ""
+    layers: list[dict[str, Any]] = field(default_factory=list)
+
+    def notes(self, stage: int) -> list[str]:
+        done = [r for r in self.layers if "skipped" not in r and r.get("rel_error") is not None]
+        if not done:
+            return []
+        worst = max(done, key=lambda r: r["rel_error"])
+        return [f"{self.method} (stage {stage}): {len(done)} layers sparsified; largest relative output error on "
+                f"the calibration data {worst['rel_error']:.3g} ({worst['layer']})."]
+
+
 def _handler(model: nn.Module, cfg: OneShotConfig, ctx: PassContext) -> nn.Module:
     ctx.require("calibration", pass_name=f"prune(method={cfg.method})")
-    ctx.extras["layers"] = oneshot_prune_(model, cfg, ctx.calibration)
+    ctx.add(OneShotRecord(cfg.method, oneshot_prune_(model, cfg, ctx.calibration)))
     return model
 
 

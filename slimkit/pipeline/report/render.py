@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 from typing import Any
 
 COLUMNS = [
@@ -87,7 +86,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     for s in sensitivity_stages(report):
         lines += ["", *sensitivity_markdown(s)]
     for s in report.get("stages") or []:
-        if isinstance(s.get("layers"), list) and s["layers"]:
+        if layer_rows(s):
             lines += ["", *layers_markdown(s)]
     env = report.get("environment") or {}
     if env:
@@ -100,21 +99,32 @@ def render_markdown(report: dict[str, Any]) -> str:
 def _change(row: dict[str, Any]) -> str:
     if row.get("skipped"):
         return f"left as it was: {row['skipped']}"
-    if row.get("rank") is not None:
-        return f"rank {row['rank']}, weights {row['params_before']} -> {row['params_after']}"
     if "removed" in row:
         return f"{row['removed']}/{row['numel']} zero ({row['removed'] / max(row['numel'], 1):.1%}, {row['pattern']})"
-    return ""
+    if row.get("rank") is not None:
+        out_f, in_f = row["out_features"], row["in_features"]
+        return f"rank {row['rank']}, weights {out_f * in_f} -> {row['rank'] * (out_f + in_f)}"
+    return f"left as it was: {row.get('reason', '')}"
+
+
+def layer_rows(stage: dict[str, Any]) -> list[dict[str, Any]]:
+    """The per-layer rows a stage recorded (one-shot sparsity ``oneshot``, low-rank ``lowrank``)."""
+    for key in ("oneshot", "lowrank"):
+        rec = stage.get(key)
+        if isinstance(rec, dict) and isinstance(rec.get("layers"), list):
+            return rec["layers"]
+    return []
 
 
 def layers_markdown(stage: dict[str, Any]) -> list[str]:
-    """Markdown lines for one stage's per-layer rows (``stage["layers"]``: one-shot pruning, low-rank)."""
+    """Markdown lines for one stage's per-layer rows: what changed, and the relative output error on the
+    calibration data where it was measured."""
     lines = [f"## Per-layer changes: stage {stage['index']} {stage['pass']}", "",
              "Relative output error: ||(W - W') x||^2 / ||W x + b||^2 summed over the calibration inputs the "
              "layer saw (blank: not measured).", "", "| layer | change | relative output error |", "|---|---|---|"]
-    for row in stage["layers"]:
+    for row in layer_rows(stage):
         err = row.get("rel_error")
-        lines.append(f"| {row.get('layer')} | {_change(row)} | {'' if err is None else f'{err:.3g}'} |")
+        lines.append(f"| {row.get('layer', row.get('name'))} | {_change(row)} | {'' if err is None else f'{err:.3g}'} |")
     return lines
 
 
@@ -145,7 +155,7 @@ def sensitivity_markdown(stage: dict[str, Any]) -> list[str]:
 
 def sensitivity_png(stage: dict[str, Any]) -> str:
     """Base64 PNG of one stage's sensitivity bar plot (kept layers in red)."""
-    from slimkit.search.sensitivity import UnitSensitivity, sensitivity_plot
+    from slimkit.analysis.sensitivity import UnitSensitivity, sensitivity_plot
 
     r = stage["sensitivity"]
     units = [UnitSensitivity(row["unit"], row["score"], row["loss"], row.get("cost")) for row in r["table"]]
@@ -155,11 +165,6 @@ def sensitivity_png(stage: dict[str, Any]) -> str:
 
 
 def _plot(report: dict[str, Any], x_key: str, x_label: str) -> str | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     pts = []
     points = rows(report)
     if report["stages"]:  # the final model is the last stage's model: one point, not two on top of each other
@@ -171,26 +176,24 @@ def _plot(report: dict[str, Any], x_key: str, x_label: str) -> str | None:
             pts.append((label, x, 100 * y))
     if not pts:
         return None
-    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=110)
-    xs = [p[1] for p in pts]
-    ys = [p[2] for p in pts]
-    ax.plot(xs, ys, "-", color="#bbb", zorder=1)
-    ax.scatter(xs, ys, c=["#1f77b4"] + ["#ff7f0e"] * (len(pts) - 1), zorder=2)
-    for label, x, y in pts:
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _bytes(int(v)) if x_key == "size" else f"{v:.3g}"))
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.4g}"))
-    ax.set_xlabel(x_label)
-    ax.set_ylabel("accuracy (%)")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+    from slimkit.analysis.figures import figure, png_bytes
+
+    with figure((5.5, 3.6), dpi=110) as (fig, ax):
+        xs = [p[1] for p in pts]
+        ys = [p[2] for p in pts]
+        ax.plot(xs, ys, "-", color="#bbb", zorder=1)
+        ax.scatter(xs, ys, c=["#1f77b4"] + ["#ff7f0e"] * (len(pts) - 1), zorder=2)
+        for label, x, y in pts:
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _bytes(int(v)) if x_key == "size" else f"{v:.3g}"))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.4g}"))
+        ax.set_xlabel(x_label)
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+        return base64.b64encode(png_bytes(fig)).decode()
 
 
 def render_html(report: dict[str, Any]) -> str:
