@@ -14,7 +14,7 @@ model stays a plain model with zeros in its weights, like magnitude pruning.
 With ``sequential`` (the default), layers are calibrated block by block (a block is the module path up to its
 first numeric component, e.g. ``encoder.layer.3``): each block sees the inputs the already pruned blocks
 before it produce. Weights that are already zero stay zero. Per-layer records (what was removed, relative
-output error on the calibration data) go to ``ctx.extras["layers"]``.
+output error on the calibration data) go to the ``OneShotRecord`` ``ctx.extras["oneshot"]``.
 """
 
 from __future__ import annotations
