@@ -1,6 +1,6 @@
 """slimkit: make trained PyTorch models smaller and faster, with numbers you can trust.
 
-Public API: the verbs (prune_, quantize_, lowrank_, distill, finetune, evaluate, export, run_recipe, search)
+Public API: the verbs (prune_, quantize_, lowrank_, distill, finetune, evaluate, export, run_recipe, search, auto)
 and the config classes. Heavy dependencies (onnxruntime, transformers, ray, optuna) load on use.
 """
 
@@ -40,12 +40,12 @@ _LAZY: dict[str, str] = {
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
-    if name in ("models", "data", "evaluation", "exporters", "search"):  # search: callable, slimkit/search/runner.py
+    if name in ("models", "data", "evaluation", "exporters", "search", "auto"):  # search, auto: callable packages
         return importlib.import_module(f"slimkit.{name}")
     raise AttributeError(f"module 'slimkit' has no attribute {name!r}")
 
 
 __all__ = [
-    "Recipe", "SlimkitError", "apply_pass", "distill", "evaluate", "export", "finetune", "load_recipe",
+    "Recipe", "SlimkitError", "apply_pass", "auto", "distill", "evaluate", "export", "finetune", "load_recipe",
     "lowrank_", "parse_recipe", "prune_", "quantize_", "run_recipe", "search", *sorted(_LAZY),
 ]

@@ -201,5 +201,9 @@ from slimkit.cli.sensitivity import register as _register_sensitivity  # noqa: E
 
 _register_sensitivity(app)
 
+from slimkit.cli.auto import register as _register_auto  # noqa: E402  (slimkit auto; slimkit/cli/auto.py)
+
+_register_auto(app)
+
 if __name__ == "__main__":
     main()

@@ -9,6 +9,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, field_validator, model_validator
 
+from slimkit.config.auto import AutoConfig
 from slimkit.config.base import PassConfig, StrictModel, build, format_loc, validation_problems
 from slimkit.errors import RecipeError
 
@@ -70,6 +71,9 @@ class LatencyConfig(StrictModel):
     warmup: int = Field(10, ge=0, le=10_000)
     repeats: int = Field(30, ge=1, le=100_000)
     threads: int | None = Field(None, ge=1, le=1024, description="None: all cores")
+    runtime: Literal["torch", "onnxruntime"] = Field(
+        "torch", description="where the run's final latency is measured: the PyTorch model, or the exported ONNX "
+                             "artifact in onnxruntime against the baseline's fp32 ONNX (needs export.formats: [onnx])")
 
 
 class EvaluateConfig(StrictModel):
@@ -87,6 +91,8 @@ class ConstraintsConfig(StrictModel):
     max_size_ratio: float | None = Field(None, gt=0, description="final bytes / baseline bytes")
     min_speedup: float | None = Field(None, gt=0, description="baseline latency / final latency")
     min_sparsity: float | None = Field(None, ge=0, le=1)
+    min_fidelity: float | None = Field(None, gt=0, le=1, description="mean output cosine to the baseline "
+                                                                     "(needs evaluate.fidelity)")
 
 
 class OnnxConfig(StrictModel):
@@ -109,6 +115,16 @@ class Recipe(StrictModel):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     constraints: ConstraintsConfig = Field(default_factory=ConstraintsConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    auto: AutoConfig | None = Field(None, description="settings of `slimkit auto`; `slimkit run` ignores them")
+
+    @model_validator(mode="after")
+    def _deployed_latency(self) -> Recipe:
+        lat = self.evaluate.latency
+        if lat is not None and lat.runtime == "onnxruntime" and "onnx" not in self.export.formats:
+            raise ValueError("evaluate.latency.runtime: onnxruntime times the exported ONNX: add onnx to export.formats")
+        if self.constraints.min_fidelity is not None and not self.evaluate.fidelity:
+            raise ValueError("constraints.min_fidelity needs evaluate.fidelity: true")
+        return self
 
     @property
     def passes(self) -> list[PassConfig]:
@@ -117,6 +133,10 @@ class Recipe(StrictModel):
     def resolved(self) -> dict[str, Any]:
         """The recipe with every default filled in, as plain data (for recipe.yaml and report.json)."""
         data = self.model_dump(mode="json", exclude={"stages"})
+        if data.get("auto") is None:
+            data.pop("auto", None)  # absent unless given: the resolved recipe of ordinary runs is unchanged
+        if data["evaluate"].get("latency") and data["evaluate"]["latency"].get("runtime") == "torch":
+            data["evaluate"]["latency"].pop("runtime")  # the default; keeps the hashes of existing runs
         data["stages"] = [s.stage_dict() for s in self.stages]
         return data
 

@@ -20,7 +20,8 @@ from slimkit.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["batched", "measure_latency", "ort_latency", "throughput", "torch_latency"]
+__all__ = ["batched", "measure_latency", "median_round", "ort_latency", "paired_ort_latency", "throughput",
+           "torch_latency"]
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
@@ -146,3 +147,19 @@ def ort_latency(onnx_path: str | os.PathLike[str], inputs: Any, cfg: LatencyConf
     feed = ort_feed(session, batched(inputs, cfg.batch))
     return measure_latency(lambda: session.run(None, feed), warmup=cfg.warmup, repeats=cfg.repeats,
                            batch=cfg.batch, runtime="onnxruntime", threads=cfg.threads)
+
+
+def median_round(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The measurement whose median is the median of the rounds (one of ``rows``, kept whole)."""
+    return sorted(rows, key=lambda r: r["median"])[len(rows) // 2]
+
+
+def paired_ort_latency(a: str | os.PathLike[str], b: str | os.PathLike[str], inputs: Any,
+                       cfg: LatencyConfig | None = None, rounds: int = 3) -> tuple[dict[str, Any], dict[str, Any]]:
+    """onnxruntime latency of two files, alternated (A B A B ...) in this process so that both see the same
+    machine load; the median round of each."""
+    ra, rb = [], []
+    for _ in range(rounds):
+        ra.append(ort_latency(a, inputs, cfg))
+        rb.append(ort_latency(b, inputs, cfg))
+    return median_round(ra), median_round(rb)

@@ -37,6 +37,7 @@ def check_constraints(cfg: ConstraintsConfig, baseline: dict[str, Any], final: d
         lambda v, lim: v <= lim)
     add("min_speedup", cfg.min_speedup, speedup(baseline, final), lambda v, lim: v >= lim)
     add("min_sparsity", cfg.min_sparsity, final.get("sparsity"), lambda v, lim: v >= lim)
+    add("min_fidelity", cfg.min_fidelity, (final.get("fidelity") or {}).get("cosine"), lambda v, lim: v >= lim)
     return rows
 
 

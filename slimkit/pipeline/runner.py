@@ -47,6 +47,7 @@ class _Run:
     run_dir: Path
     bundle: Any = None
     build: Any = None
+    reference: nn.Module | None = None  # the baseline, for fidelity (evaluate.fidelity)
     stages_meta: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -69,10 +70,11 @@ def _evaluate(run: _Run, model: nn.Module, artifact: Path | None, *, latency: bo
 
     r = run.recipe
     loader = run.bundle.test if r.evaluate.split == "test" else (run.bundle.val or run.bundle.test)
+    reference = run.reference if r.evaluate.fidelity else None
     return evaluate_model(
         model, loader, example_inputs=run.bundle.example_inputs,
         latency=r.evaluate.latency if latency else None,
-        artifact=artifact, run_dir=run.run_dir,
+        artifact=artifact, run_dir=run.run_dir, reference=reference,
     )
 
 
@@ -224,6 +226,7 @@ def run_recipe(recipe: Any, out: str | Path | None = None, *, resume: bool = Fal
         baseline_model = _baseline(run, state)
         baseline_metrics = dict(state.data["baseline"])
         teacher = copy.deepcopy(baseline_model).eval()
+        run.reference = teacher
 
         # resume: the longest prefix of finished stages whose checkpoint can be restored
         model = baseline_model
@@ -271,13 +274,21 @@ def run_recipe(recipe: Any, out: str | Path | None = None, *, resume: bool = Fal
         final_dir = run_dir / "final"
         artifact = _save_checkpoint(model, final_dir, _model_spec(run))
         final = _evaluate(run, model, artifact, latency=False)
-        b_lat, f_lat = _paired_latency(run, baseline_model, model)
-        if b_lat is not None:
-            baseline_metrics["latency_ms"] = b_lat
-            baseline_metrics["throughput"] = b_lat["batch"] * 1000.0 / b_lat["median"]
-            final["latency_ms"] = f_lat
-            final["throughput"] = f_lat["batch"] * 1000.0 / f_lat["median"]
-        exports = _export(run, model)
+        lat_cfg = r.evaluate.latency
+        if lat_cfg is not None and lat_cfg.runtime == "onnxruntime":
+            exports = _export(run, model)
+            from slimkit.pipeline.deployed import deployed_metrics
+
+            baseline_metrics, final = deployed_metrics(run_dir, r, run.bundle, baseline_model, exports,
+                                                       baseline_metrics, final)
+        else:
+            b_lat, f_lat = _paired_latency(run, baseline_model, model)
+            if b_lat is not None:
+                baseline_metrics["latency_ms"] = b_lat
+                baseline_metrics["throughput"] = b_lat["batch"] * 1000.0 / b_lat["median"]
+                final["latency_ms"] = f_lat
+                final["throughput"] = f_lat["batch"] * 1000.0 / f_lat["median"]
+            exports = _export(run, model)
         rows = check_constraints(r.constraints, baseline_metrics, final)
         report = {
             "name": r.name,

@@ -135,22 +135,6 @@ def _has_conv(model: nn.Module) -> bool:
 
 
 # ------------------------------------------------------------------------------------------- export entry
-def _paired_ort_latency(a: Path, b: Path, inputs: tuple[torch.Tensor, ...], cfg: Any,
-                        rounds: int = 3) -> tuple[dict[str, Any], dict[str, Any]]:
-    """onnxruntime latency of two files, alternated (A B A B ...) in this process; the median round of each."""
-    from slimkit.evaluation.latency import ort_latency
-
-    ra, rb = [], []
-    for _ in range(rounds):
-        ra.append(ort_latency(a, inputs, cfg))
-        rb.append(ort_latency(b, inputs, cfg))
-
-    def mid(rows: list[dict[str, Any]]) -> dict[str, Any]:
-        return sorted(rows, key=lambda r: r["median"])[len(rows) // 2]
-
-    return mid(ra), mid(rb)
-
-
 def _speed_note(ratio: float | None, vnni: bool | None, route: str, has_conv: bool) -> str:
     if ratio is None:
         return "latency not measured (the recipe has no evaluate.latency section)."
@@ -211,7 +195,9 @@ def deploy_onnx(model: nn.Module, path: str | Path, *, example_inputs: tuple[tor
     fp32_bytes = onnx_size_bytes(fp32_path)
     lat = lat32 = None
     if latency is not None:
-        lat, lat32 = _paired_ort_latency(path, fp32_path, example_inputs, latency)
+        from slimkit.evaluation.latency import paired_ort_latency
+
+        lat, lat32 = paired_ort_latency(path, fp32_path, example_inputs, latency)
     ratio = (lat32["median"] / lat["median"]) if lat and lat32 and lat["median"] > 0 else None
     size = onnx_size_bytes(path)
     note = _speed_note(ratio, vnni, route, _has_conv(floating))
