@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import yaml
@@ -124,7 +125,15 @@ def test_closest_recipe_reproduces_with_run_recipe(finished, tmp_path):
     assert report["final"]["size_bytes"] == pytest.approx(chosen["metrics"]["size_bytes"], rel=0.01)
 
 
-def test_resume_redoes_no_finished_trial(finished):
+def test_kill_9_then_resume_redoes_no_finished_trial(finished):
+    """A third trial is started in another process, which is killed (SIGKILL) while that trial runs; --resume
+    then keeps trials 0 and 1 as they were (files untouched), records trial 2 as interrupted and retries its
+    settings as trial 3; the profile is not measured again."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
     from slimkit.auto import auto
 
     out, first = finished
@@ -132,10 +141,63 @@ def test_resume_redoes_no_finished_trial(finished):
     stamps = {p: os.stat(p).st_mtime_ns for p in reports}
     profile_stamp = os.stat(out / "profile.json").st_mtime_ns
     before = json.loads((out / "search.json").read_text())["trials"]
+    code = ("import json, sys, slimkit; slimkit.auto(json.loads(sys.argv[1]), out=sys.argv[2], resume=True, "
+            "**json.loads(sys.argv[3]))")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(tiny_recipe()), str(out),
+                             json.dumps({**SETTINGS, "trials": 3})], env=env, cwd=root)
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            trials = json.loads((out / "search.json").read_text())["trials"]
+            if len(trials) == 3 and trials[2]["state"] == "running":
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "the third trial finished before it could be killed"
+        time.sleep(1.0)  # inside the trial's run
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
     result = auto(tiny_recipe(), out=out, resume=True, **{**SETTINGS, "trials": 3})
     data = json.loads((out / "search.json").read_text())
-    assert [t["state"] for t in data["trials"]] == ["complete"] * 3
+    assert [t["state"] for t in data["trials"]] == ["complete", "complete", "interrupted", "complete"]
+    assert data["trials"][3]["params"] == data["trials"][2]["params"]  # the killed trial's settings, retried
+    assert data["trials"][:2] == before and len(first["points"]) == 2
     assert {p: os.stat(p).st_mtime_ns for p in reports} == stamps
     assert os.stat(out / "profile.json").st_mtime_ns == profile_stamp
-    assert data["trials"][:2] == before and len(first["points"]) == 2
     assert len(result["points"]) == 3
+
+
+def test_stop_early_skips_the_stages_that_cannot_recover(tmp_path):
+    """evaluate.stop_early: a run whose accuracy limit is missed after a stage, with no training stage left,
+    stops there (auto's hopeless trials); with a fine-tune stage still to come it does not stop."""
+    from slimkit import run_recipe
+
+    r = {**tiny_recipe(), "constraints": {"max_accuracy_drop": 0.0001},
+         "evaluate": {"latency": None, "stop_early": True},
+         "stages": [{"prune": {"method": "structured", "ratio": 0.8}}, {"lowrank": {"method": "svd", "energy": 0.9}}],
+         "export": {"formats": ["safetensors", "onnx"]}}
+    report = run_recipe(r, out=tmp_path / "stop")
+    assert report["stopped_early"].startswith("after stage 0 (prune:structured): max_accuracy_drop")
+    assert len(report["stages"]) == 1 and report["exports"] == [] and not (tmp_path / "stop" / "model.onnx").exists()
+    assert report["final"] == report["stages"][0]["metrics"]
+    assert [c["met"] for c in report["constraints"]] == [False] and "Stopped early" in report["verdict"]
+    r["stages"].insert(1, {"finetune": {"epochs": 1}})
+    r["stages"] = r["stages"][:2]
+    report = run_recipe(r, out=tmp_path / "go")
+    assert "stopped_early" not in report and len(report["stages"]) == 2
+
+
+def test_cli_validates_before_compute_and_takes_points(tmp_path):
+    """`slimkit auto`: a bad setting exits 2 naming it, before any compute; --max-accuracy-drop is in points."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({**tiny_recipe(), "auto": {"runtime": "tensorrt"}}))
+    run = subprocess.run([sys.executable, "-m", "slimkit.cli.app", "auto", str(path), "--max-accuracy-drop", "150",
+                          "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2, run.stderr
+    assert "auto.runtime" in run.stderr and "auto.max_accuracy_drop" in run.stderr  # 150 points = 1.5 > 1
+    assert not (tmp_path / "o").exists()

@@ -41,6 +41,15 @@ def _pids_with(marker: str) -> list[int]:
     return out
 
 
+def _signal(markers: list[str], sig: int) -> None:
+    for marker in markers:
+        for pid in _pids_with(marker):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+
 @pytest.fixture
 def cluster(monkeypatch):
     if not RAY.exists():
@@ -70,20 +79,9 @@ def cluster(monkeypatch):
         assert worker.returncode == 0, worker.stderr[-2000:]
         yield f"127.0.0.1:{port}"
     finally:
-        for _ in range(2):
-            for marker in markers:
-                for pid in _pids_with(marker):
-                    try:
-                        os.kill(pid, signal.SIGTERM)
-                    except ProcessLookupError:
-                        pass
+        for sig in (signal.SIGTERM, signal.SIGTERM, signal.SIGKILL):
+            _signal(markers, sig)
             time.sleep(1)
-        for marker in markers:
-            for pid in _pids_with(marker):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -64,7 +64,7 @@ def base_recipe(recipe: dict[str, Any], settings: dict[str, Any], *, source: str
     base.pop("auto", None)
     base["name"] = f"{r.name}-auto"[:64]
     base["stages"] = []
-    base["evaluate"] = {**base["evaluate"], "fidelity": True, "latency": {
+    base["evaluate"] = {**base["evaluate"], "fidelity": True, "stop_early": True, "latency": {
         "batch": cfg.batch, "warmup": 5, "repeats": cfg.latency_repeats, "threads": cfg.threads,
         "runtime": cfg.runtime}}
     base["export"] = {**base["export"], "formats": ["safetensors", "onnx"]}

@@ -22,6 +22,7 @@ from slimkit._io import atomic_write_json, atomic_write_text
 from slimkit.auto import front as fr
 from slimkit.auto.plan import base_recipe, build_space, dump, recipe_input
 from slimkit.errors import RunError
+from slimkit.search.records import FINISHED
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,8 @@ def finish(out: Path, result: dict[str, Any], profile: dict[str, Any], cfg: Any)
                                                    "constraints": target["constraints"]},
             "constraints": rows, "front": front, "points": points, "deploy": deploy,
             "baseline": result.get("baseline"), "profile": "profile.json", "search": "search.json",
-            "trials": {"finished": sum(r["state"] in ("complete", "failed") for r in records),
+            "trials": {"finished": sum(r["state"] in FINISHED for r in records),
+                       "stopped_early": sum(r["state"] == "pruned" for r in records),
                        "feasible": result["counts"]["feasible"]},
             "verdict": verdict}
     atomic_write_json(out / "auto.json", data)

@@ -80,6 +80,8 @@ class EvaluateConfig(StrictModel):
     latency: LatencyConfig | None = Field(default_factory=LatencyConfig)
     split: Literal["test", "val"] = "test"
     fidelity: bool = False
+    stop_early: bool = Field(False, description="stop after a stage that misses a quality constraint when no later "
+                                                "stage trains (finetune, distill): the rest cannot win it back")
 
 
 class ConstraintsConfig(StrictModel):

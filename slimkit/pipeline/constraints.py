@@ -41,6 +41,19 @@ def check_constraints(cfg: ConstraintsConfig, baseline: dict[str, Any], final: d
     return rows
 
 
+QUALITY = ("max_accuracy_drop", "min_accuracy", "min_fidelity")
+RECOVERY_KINDS = ("finetune", "distill")
+
+
+def hopeless(cfg: ConstraintsConfig, baseline: dict[str, Any], metrics: dict[str, Any]) -> str | None:
+    """Why a run is already lost after a stage (a quality constraint missed, which later stages that do not
+    train cannot win back), or None."""
+    missed = [r for r in check_constraints(cfg, baseline, metrics) if r["name"] in QUALITY and r["met"] is False]
+    if not missed:
+        return None
+    return "; ".join(f"{r['name']} (limit {r['limit']}, got {_num(r['value'])})" for r in missed)
+
+
 def _fmt_pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.2f}%"
 

@@ -248,8 +248,9 @@ def run_recipe(recipe: Any, out: str | Path | None = None, *, resume: bool = Fal
             model = copy.deepcopy(baseline_model)
         state.forget_from(start)
 
+        stopped = _stop_early(r, baseline_metrics, state.stage(start - 1), start) if start > 0 else None
         for i, cfg in enumerate(r.stages):
-            if i < start:
+            if i < start or stopped:
                 continue
             _reseed(run.bundle, r.seed + 1000 * (i + 1))
             ctx = _pass_context(run, teacher, i)
@@ -268,8 +269,11 @@ def run_recipe(recipe: Any, out: str | Path | None = None, *, resume: bool = Fal
                 record["sensitivity"] = ctx.extras["sensitivity"]
             atomic_write_json(sdir / "stage.json", record)
             state.finish_stage(i, record)
+            stopped = _stop_early(r, baseline_metrics, record, i + 1)
 
-        stages = [state.stage(i) for i in range(len(r.stages))]
+        stages = [s for s in (state.stage(i) for i in range(len(r.stages))) if s is not None]
+        if stopped:
+            return _stopped_report(run, baseline_metrics, stages, stopped, resolved)
         # final artifacts
         final_dir = run_dir / "final"
         artifact = _save_checkpoint(model, final_dir, _model_spec(run))
@@ -306,6 +310,36 @@ def run_recipe(recipe: Any, out: str | Path | None = None, *, resume: bool = Fal
 
         write_report(run_dir, report)
         return report
+
+
+def _stop_early(r: Recipe, baseline: dict[str, Any], record: dict[str, Any] | None, done: int) -> str | None:
+    """evaluate.stop_early: after ``done`` stages, the reason the run cannot meet its quality constraints
+    any more (no later stage trains), or None."""
+    from slimkit.pipeline.constraints import RECOVERY_KINDS, hopeless
+
+    if not r.evaluate.stop_early or record is None or done >= len(r.stages):
+        return None
+    if any(c.kind in RECOVERY_KINDS for c in r.stages[done:]):
+        return None
+    why = hopeless(r.constraints, baseline, record["metrics"])
+    return None if why is None else f"after stage {done - 1} ({record['pass']}): {why}"
+
+
+def _stopped_report(run: _Run, baseline: dict[str, Any], stages: list[dict[str, Any]], why: str,
+                    resolved: dict[str, Any]) -> dict[str, Any]:
+    """The report of a run stopped early: the last stage's metrics are final; nothing exported, no latency."""
+    from slimkit.pipeline.report import write_report
+
+    final = dict(stages[-1]["metrics"])
+    rows = check_constraints(run.recipe.constraints, baseline, final)
+    report = {"name": run.recipe.name, "recipe": resolved, "baseline": baseline, "stages": stages, "final": final,
+              "exports": [], "constraints": rows, "stopped_early": why,
+              "verdict": verdict(baseline, final, rows, notes=[f"Stopped early {why}; later stages cannot win it "
+                                                               "back, so they, the export and the latency "
+                                                               "measurement were skipped."]),
+              "environment": _environment()}
+    write_report(run.run_dir, report)
+    return report
 
 
 def _quant_notes(model: nn.Module) -> list[str]:

@@ -27,7 +27,7 @@ from slimkit.config.search import BASELINE_KEYS, SearchConfig, load_search, pars
 from slimkit.errors import RecipeError, SlimkitError
 from slimkit.progress import track
 from slimkit.search import space as sp
-from slimkit.search.records import Book, link_or_copy, load_records, stage_names
+from slimkit.search.records import FINISHED, Book, link_or_copy, load_records, stage_names
 
 log = logging.getLogger(__name__)
 
@@ -291,7 +291,9 @@ def run_trial(recipe_data: dict[str, Any], trial_dir: str | Path, *, metric: str
         "feasible": all(r["met"] is True for r in rows), "violations": violations(rows), "objective": value,
         "verdict": report["verdict"], "seconds": round(time.perf_counter() - t0, 3), "error": None,
     }
-    if value is None:
+    if report.get("stopped_early"):
+        rec.update(state="pruned", feasible=False, objective=None, stopped_early=report["stopped_early"])
+    elif value is None:
         rec.update(state="failed", feasible=False, error=f"the objective {metric} was not measured")
     return rec
 
@@ -358,7 +360,7 @@ def search(config: Any, out: str | Path | None = None, *, resume: bool = False) 
             executor: Any = RayExecutor(workers=cfg.workers, address=cfg.address)
         else:
             executor = _LocalExecutor()
-        finished = sum(r["state"] in ("complete", "failed") for r in records)
+        finished = sum(r["state"] in FINISHED for r in records)
         todo = max(0, cfg.trials - finished)
         t0 = time.monotonic()
         kwargs = {"metric": plan.metric, "baseline_dir": str(baseline_dir) if baseline_dir else None,
