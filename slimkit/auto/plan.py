@@ -27,7 +27,7 @@ def recipe_input(model_or_recipe: Any, data: str | None) -> dict[str, Any]:
     if isinstance(model_or_recipe, dict):
         out = copy.deepcopy(model_or_recipe)
     elif isinstance(model_or_recipe, str | Path) and Path(model_or_recipe).suffix in (".yaml", ".yml"):
-        from slimkit.config.search import read_yaml
+        from slimkit._io import read_yaml
 
         out = read_yaml(Path(model_or_recipe))
         if not isinstance(out, dict):

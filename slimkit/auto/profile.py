@@ -109,11 +109,11 @@ def sensitivity_profile(model: nn.Module, units: list[str], calibration: Any, ex
     only that unit factorized (SVD, rank ratio 0.5); ``prunable_alone`` is False when protecting every other
     layer also kept this one (it shares a dependency group)."""
     from slimkit import apply_pass
+    from slimkit.analysis import layer_sensitivity, sensitivity_table
     from slimkit.config.lowrank import SVDConfig
     from slimkit.config.structured import StructuredPruneConfig
+    from slimkit.data.batch import split_batch
     from slimkit.evaluation.cost import count_params
-    from slimkit.evaluation.metrics import split_batch
-    from slimkit.search import layer_sensitivity, sensitivity_table
 
     data = []
     for i, batch in enumerate(calibration):

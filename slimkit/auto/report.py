@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +16,11 @@ def front_png(data: dict[str, Any]) -> str | None:
     pts = data["points"]
     if not pts:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from slimkit.analysis.figures import figure, png_bytes
 
     front = {p["number"] for p in data["front"]}
     big = max(p["bytes"] for p in pts) or 1
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
-    try:
+    with figure((6, 4), dpi=110) as (fig, ax):
         for feas, color, label in ((True, "#2ca02c", "meets the constraints"), (False, "#d62728", "does not")):
             sel = [p for p in pts if p["feasible"] is feas]
             if sel:
@@ -46,12 +41,8 @@ def front_png(data: dict[str, Any]) -> str | None:
         ax.set_ylabel(data["quality"])
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-    finally:
-        plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+        png = png_bytes(fig)
+    return base64.b64encode(png).decode()
 
 
 def _front_rows(data: dict[str, Any]) -> list[list[str]]:

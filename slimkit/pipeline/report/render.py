@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 from typing import Any
 
 COLUMNS = [
@@ -121,7 +120,7 @@ def sensitivity_markdown(stage: dict[str, Any]) -> list[str]:
 
 def sensitivity_png(stage: dict[str, Any]) -> str:
     """Base64 PNG of one stage's sensitivity bar plot (kept layers in red)."""
-    from slimkit.search.sensitivity import UnitSensitivity, sensitivity_plot
+    from slimkit.analysis.sensitivity import UnitSensitivity, sensitivity_plot
 
     r = stage["sensitivity"]
     units = [UnitSensitivity(row["unit"], row["score"], row["loss"], row.get("cost")) for row in r["table"]]
@@ -131,11 +130,6 @@ def sensitivity_png(stage: dict[str, Any]) -> str:
 
 
 def _plot(report: dict[str, Any], x_key: str, x_label: str) -> str | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     pts = []
     points = rows(report)
     if report["stages"]:  # the final model is the last stage's model: one point, not two on top of each other
@@ -147,26 +141,24 @@ def _plot(report: dict[str, Any], x_key: str, x_label: str) -> str | None:
             pts.append((label, x, 100 * y))
     if not pts:
         return None
-    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=110)
-    xs = [p[1] for p in pts]
-    ys = [p[2] for p in pts]
-    ax.plot(xs, ys, "-", color="#bbb", zorder=1)
-    ax.scatter(xs, ys, c=["#1f77b4"] + ["#ff7f0e"] * (len(pts) - 1), zorder=2)
-    for label, x, y in pts:
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _bytes(int(v)) if x_key == "size" else f"{v:.3g}"))
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.4g}"))
-    ax.set_xlabel(x_label)
-    ax.set_ylabel("accuracy (%)")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+    from slimkit.analysis.figures import figure, png_bytes
+
+    with figure((5.5, 3.6), dpi=110) as (fig, ax):
+        xs = [p[1] for p in pts]
+        ys = [p[2] for p in pts]
+        ax.plot(xs, ys, "-", color="#bbb", zorder=1)
+        ax.scatter(xs, ys, c=["#1f77b4"] + ["#ff7f0e"] * (len(pts) - 1), zorder=2)
+        for label, x, y in pts:
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _bytes(int(v)) if x_key == "size" else f"{v:.3g}"))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.4g}"))
+        ax.set_xlabel(x_label)
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+        return base64.b64encode(png_bytes(fig)).decode()
 
 
 def render_html(report: dict[str, Any]) -> str:
