@@ -108,8 +108,8 @@ def sensitivity_profile(model: nn.Module, units: list[str], calibration: Any, ex
     """Per unit: fidelity (mean output cosine) with only that unit pruned (structured, ratio 0.5) and with
     only that unit factorized (SVD, rank ratio 0.5); ``prunable_alone`` is False when protecting every other
     layer also kept this one (it shares a dependency group)."""
-    from slimkit import apply_pass
     from slimkit.analysis import layer_sensitivity, sensitivity_table
+    from slimkit.api import apply_pass
     from slimkit.config.lowrank import SVDConfig
     from slimkit.config.structured import StructuredPruneConfig
     from slimkit.data.batch import split_batch
