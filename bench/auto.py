@@ -61,7 +61,7 @@ def main() -> None:
                 "threads": args.threads, "finetune_epochs": 1 if args.quick else 3,
                 "profile_units": 8 if args.quick else 24, "latency_repeats": 10 if args.quick else 30}
     t0 = time.perf_counter()
-    result = slimkit.auto(recipe(args.quick), out=work / "auto", resume=(work / "auto" / "auto.json").exists(),
+    result = slimkit.auto(recipe(args.quick), out=work / "auto", resume=(work / "auto" / "auto-search.yaml").exists(),
                           **settings)
     auto_s = time.perf_counter() - t0
     hand = slimkit.run_recipe(hand_recipe(args.quick, args.threads), out=work / "hand",

@@ -58,7 +58,7 @@ def _prune_space(c: Context) -> dict[str, dict[str, Any]]:
     space: dict[str, dict[str, Any]] = {"stages[prune].ratio": {"low": 0.1, "high": 0.7}}
     shield = sensitive_units(c.profile)
     if shield:
-        space["stages[prune].protected"] = {"choices": [[], shield]}
+        space["stages[prune].skip"] = {"choices": [[], shield]}
     if c.labelled and c.cfg.finetune_epochs > 1:
         space["stages[prune].finetune.epochs"] = {"low": 1, "high": c.cfg.finetune_epochs}
     return space

@@ -6,7 +6,7 @@ works on a deep copy).
   latency batch, on the chosen runtime (onnxruntime: the layer exported alone to ONNX; torch: eager), through
   :mod:`slimkit.evaluation.latency`; ``share`` is its cost over the whole model's, timed the same way.
 * sensitivity: each of the most expensive layers is pruned alone (structured, ratio 0.5, every other layer
-  protected) and factorized alone (SVD, rank ratio 0.5), and the mean output cosine to the original model on
+  skipped) and factorized alone (SVD, rank ratio 0.5), and the mean output cosine to the original model on
   calibration batches is measured (:func:`slimkit.search.layer_sensitivity`).
 """
 
@@ -106,7 +106,7 @@ def _score(model: nn.Module, reference: nn.Module, batches: list[Any]) -> float:
 def sensitivity_profile(model: nn.Module, units: list[str], calibration: Any, example_inputs: tuple[torch.Tensor, ...],
                         *, batches: int = 2) -> dict[str, Any]:
     """Per unit: fidelity (mean output cosine) with only that unit pruned (structured, ratio 0.5) and with
-    only that unit factorized (SVD, rank ratio 0.5); ``prunable_alone`` is False when protecting every other
+    only that unit factorized (SVD, rank ratio 0.5); ``prunable_alone`` is False when skipping every other
     layer also kept this one (it shares a dependency group)."""
     from slimkit.analysis import layer_sensitivity, sensitivity_table
     from slimkit.api import apply_pass
@@ -126,15 +126,14 @@ def sensitivity_profile(model: nn.Module, units: list[str], calibration: Any, ex
 
     def pruned(unit: str) -> float:
         clone = copy.deepcopy(model)
-        others = [u for u in units if u != unit]
-        cfg = StructuredPruneConfig(ratio=PROBE_RATIO, protected=others, unreached="ignore")
+        cfg = StructuredPruneConfig(ratio=PROBE_RATIO, unreached="ignore", filter_fn=lambda _m, name: name == unit)
         clone = apply_pass(clone, cfg, example_inputs=example_inputs, calibration=data)
         removed[unit] = n0 - count_params(clone)
         return _score(clone, reference, data)
 
     def factorized(unit: str) -> float:
         clone = copy.deepcopy(model)
-        cfg = SVDConfig(rank_ratio=PROBE_RATIO, skip=[u for u in units if u != unit])
+        cfg = SVDConfig(rank_ratio=PROBE_RATIO, filter_fn=lambda _m, name: name == unit)
         clone = apply_pass(clone, cfg, example_inputs=example_inputs)
         return _score(clone, reference, data)
 
