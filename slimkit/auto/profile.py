@@ -104,10 +104,11 @@ def _score(model: nn.Module, reference: nn.Module, batches: list[Any]) -> float:
 
 
 def sensitivity_profile(model: nn.Module, units: list[str], calibration: Any, example_inputs: tuple[torch.Tensor, ...],
-                        *, batches: int = 2) -> dict[str, Any]:
+                        *, batches: int = 2, all_units: list[str] | None = None) -> dict[str, Any]:
     """Per unit: fidelity (mean output cosine) with only that unit pruned (structured, ratio 0.5) and with
     only that unit factorized (SVD, rank ratio 0.5); ``prunable_alone`` is False when skipping every other
-    layer also kept this one (it shares a dependency group)."""
+    layer also kept this one (it shares a dependency group). ``all_units``: every layer to hold still
+    (default ``units``)."""
     from slimkit.analysis import layer_sensitivity, sensitivity_table
     from slimkit.api import apply_pass
     from slimkit.config.lowrank import SVDConfig
@@ -126,7 +127,8 @@ def sensitivity_profile(model: nn.Module, units: list[str], calibration: Any, ex
 
     def pruned(unit: str) -> float:
         clone = copy.deepcopy(model)
-        cfg = StructuredPruneConfig(ratio=PROBE_RATIO, unreached="ignore", filter_fn=lambda _m, name: name == unit)
+        others = set(all_units or units) - {unit}  # its group partners (depthwise convs, norms) may follow it
+        cfg = StructuredPruneConfig(ratio=PROBE_RATIO, unreached="ignore", filter_fn=lambda _m, name: name not in others)
         clone = apply_pass(clone, cfg, example_inputs=example_inputs, calibration=data)
         removed[unit] = n0 - count_params(clone)
         return _score(clone, reference, data)

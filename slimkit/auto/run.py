@@ -40,7 +40,7 @@ def _profile(base: dict[str, Any], baseline_dir: Path, cfg: Any) -> dict[str, An
     lat = LatencyConfig(batch=cfg.batch, warmup=3, repeats=max(5, cfg.latency_repeats // 2), threads=cfg.threads)
     cost = cost_table(model, example_inputs, units, runtime=cfg.runtime, lat=lat)
     top = [r["unit"] for r in cost["layers"][:cfg.profile_units]]
-    sens = sensitivity_profile(model, top, bundle.calibration, example_inputs) if top else {"layers": []}
+    sens = sensitivity_profile(model, top, bundle.calibration, example_inputs, all_units=units) if top else {"layers": []}
     return {"cost": cost, "sensitivity": sens, "units": units}
 
 
