@@ -9,15 +9,15 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from slimkit.cli.style import SlimkitGroup, make_console
 from slimkit.errors import SlimkitError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(cls=SlimkitGroup, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="slimkit: make trained PyTorch models smaller and faster, with measured numbers.")
-console = Console()
-err_console = Console(stderr=True)
+console = make_console()
+err_console = make_console(stderr=True)
 _state: dict[str, Any] = {"verbose": False}
 
 

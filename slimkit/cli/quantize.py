@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from slimkit.errors import ConfigError, RunError
+from slimkit.errors import ConfigError, RecipeError, RunError
 
 METHODS = ("ptq", "dynamic", "qat", "weight-only", "fp16", "bf16", "log", "binary")
 _NO_BITS = {"fp16": "half precision has no bit width", "bf16": "half precision has no bit width",
@@ -40,9 +40,25 @@ def stage_for(method: str, bits: int | None, group_size: int | None = None) -> d
     return {"quantize": body}
 
 
+# recipe paths of a one-stage quantize recipe -> the CLI flag that set them (for errors about flags)
+_FLAGS = (("group_size", "--group-size"), ("bits", "--bits"), ("data.", "--data"), ("model.kwargs", "--arch-kwargs"),
+          ("model.weights", "--weights"), ("model.arch", "--arch / RECIPE_OR_MODEL"), ("model.train", "--train-epochs"),
+          ("name", "--name"), ("export.", "--onnx"))
+
+
+def flag_error(exc: RecipeError) -> ConfigError:
+    """A RecipeError about the recipe built from CLI flags, retold in terms of the flags."""
+    lines = []
+    for path, msg in exc.problems:
+        flag = next((f for key, f in _FLAGS if key in path.rsplit(".", 1)[-1] or path.startswith(key)), None)
+        lines.append(f"  - {flag}: {msg}" if flag else f"  - {path or 'recipe'}: {msg}")
+    return ConfigError("invalid option value(s):\n" + "\n".join(lines),
+                       hint="See `slimkit quantize --help` for the accepted values.")
+
+
 def build_recipe(source: str | None, *, method: str, bits: int | None, group_size: int | None, arch: str | None,
                  weights: Path | None, data: str | None, train_epochs: int | None, onnx: str | None,
-                 name: str | None) -> dict[str, Any]:
+                 name: str | None, arch_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
     """A one-stage quantize recipe: model/data/evaluation from an existing recipe (``source`` is a YAML file),
     or from ``--arch``/``--weights``/``--data`` (``source`` may be the arch name)."""
     import yaml
@@ -60,8 +76,9 @@ def build_recipe(source: str | None, *, method: str, bits: int | None, group_siz
         if not isinstance(base, dict):
             raise ConfigError(f"{source} does not hold a recipe mapping.")
         recipe = {k: v for k, v in base.items() if k in ("seed", "model", "data", "evaluate")}
-        if arch or weights:
-            raise ConfigError("--arch/--weights cannot be combined with a recipe; the recipe names the model.")
+        if arch or weights or arch_kwargs:
+            raise ConfigError("--arch/--weights/--arch-kwargs cannot be combined with a recipe; the recipe names "
+                              "the model.", hint="Edit model.kwargs in the recipe, or give an arch name instead.")
         if data:
             recipe["data"] = {**(recipe.get("data") or {}), "name": data}
         default_name = f"{base.get('name', path.stem)}-{method}"
@@ -71,6 +88,8 @@ def build_recipe(source: str | None, *, method: str, bits: int | None, group_siz
             raise ConfigError("give a recipe YAML or a model: slimkit quantize RECIPE.yaml --method ptq, or "
                               "slimkit quantize ARCH --weights W.safetensors --data digits --method ptq.")
         model: dict[str, Any] = {"arch": arch}
+        if arch_kwargs:
+            model["kwargs"] = arch_kwargs
         if weights is not None:
             if not weights.is_file():
                 raise ConfigError(f"weights file {weights} does not exist.")
@@ -93,6 +112,22 @@ def build_recipe(source: str | None, *, method: str, bits: int | None, group_siz
     return recipe
 
 
+def parse_arch_kwargs(text: str | None) -> dict[str, Any] | None:
+    """``--arch-kwargs '{widths: [32, 64]}'`` (a YAML or JSON mapping) -> the architecture's keyword arguments."""
+    if text is None:
+        return None
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--arch-kwargs {text!r} is not a YAML/JSON mapping: {str(exc).splitlines()[0]}",
+                          hint="Example: --arch-kwargs '{widths: [32, 64]}'.") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"--arch-kwargs {text!r} is not a mapping.", hint="Example: --arch-kwargs '{widths: [32, 64]}'.")
+    return value
+
+
 def register(app: typer.Typer) -> None:
     """Add ``quantize`` and ``export`` to the CLI ``app``."""
 
@@ -100,16 +135,18 @@ def register(app: typer.Typer) -> None:
     def quantize(
         source: Annotated[str | None, typer.Argument(help="a recipe YAML (its model and data) or a model arch name")]
         = None,
-        method: Annotated[str, typer.Option("--method", "-m", help="|".join(METHODS))] = "ptq",
+        method: Annotated[str, typer.Option("--method", "-m", help=", ".join(METHODS))] = "ptq",
         bits: Annotated[int | None, typer.Option("--bits", help="weight bits (ptq, qat, weight-only, log)")] = None,
         group_size: Annotated[int | None, typer.Option("--group-size", help="per-group scales (ptq, weight-only)")]
         = None,
         out: Annotated[Path | None, typer.Option("--out", "-o", help="run directory (default runs/<name>)")] = None,
         arch: Annotated[str | None, typer.Option("--arch", help="built-in architecture")] = None,
         weights: Annotated[Path | None, typer.Option("--weights", help="weights of --arch")] = None,
+        arch_kwargs: Annotated[str | None, typer.Option(
+            "--arch-kwargs", help="keyword arguments of the arch, YAML/JSON: '{widths: [32, 64]}'")] = None,
         data: Annotated[str | None, typer.Option("--data", help="dataset (digits, fashion-mnist)")] = None,
         train_epochs: Annotated[int | None, typer.Option("--train-epochs", help="train a baseline first")] = None,
-        onnx: Annotated[str | None, typer.Option("--onnx", help="also export ONNX: fp32|fp16|int8")] = None,
+        onnx: Annotated[str | None, typer.Option("--onnx", help="also export ONNX: fp32, fp16 or int8")] = None,
         name: Annotated[str | None, typer.Option("--name", help="run name")] = None,
     ) -> None:
         """Quantize a model with one method: a one-stage recipe run by the runner (report, checkpoints)."""
@@ -118,9 +155,13 @@ def register(app: typer.Typer) -> None:
 
         if onnx is not None and onnx not in ("fp32", "fp16", "int8"):
             raise ConfigError(f"--onnx {onnx!r}: expected fp32, fp16 or int8.")
-        recipe = coerce_recipe(build_recipe(source, method=method, bits=bits, group_size=group_size, arch=arch,
-                                            weights=weights, data=data, train_epochs=train_epochs, onnx=onnx,
-                                            name=name))
+        spec = build_recipe(source, method=method, bits=bits, group_size=group_size, arch=arch, weights=weights,
+                            data=data, train_epochs=train_epochs, onnx=onnx, name=name,
+                            arch_kwargs=parse_arch_kwargs(arch_kwargs))
+        try:
+            recipe = coerce_recipe(spec)
+        except RecipeError as exc:
+            raise flag_error(exc) from None
         run_dir = out or Path("runs") / recipe.name
         with _reporter():
             report = run_recipe(recipe, out=run_dir)

@@ -13,6 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from slimkit.cli.style import make_console
+
 
 def _print_search(console: Console, result: dict[str, Any], out: Path) -> None:
     from slimkit.pipeline.report.render import fmt
@@ -64,7 +66,7 @@ def register(app: typer.Typer) -> None:
         from slimkit.progress import use_reporter
         from slimkit.search.runner import search
 
-        console, err_console = Console(), Console(stderr=True)
+        console, err_console = make_console(), make_console(stderr=True)
         plan = load_search(config)  # every problem, before any compute
         directory = out or Path("runs") / plan.config.name
         if check:

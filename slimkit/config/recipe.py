@@ -195,6 +195,9 @@ def load_recipe(path: str | Path) -> Recipe:
     """Read and validate a YAML recipe file. Paths inside are relative to the current directory."""
     path = Path(path)
     if not path.exists():
+        if path.is_symlink():
+            raise RecipeError([("", f"recipe file {path} is a symbolic link to {path.readlink()}, which does not "
+                                    "exist (a relative link breaks when the file is copied elsewhere)")])
         raise RecipeError([("", f"recipe file not found: {path}")])
     try:
         data = yaml.safe_load(path.read_text())
