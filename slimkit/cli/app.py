@@ -114,12 +114,34 @@ def eval_(
 
     with _reporter():
         metrics = evaluate_saved(run_dir, stage)
-    table = Table(title=f"{run_dir} [{stage}]")
+    table = Table(title=f"{run_dir} (stage {stage})")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for k, v in metrics.items():
-        table.add_row(k, str(v))
+    for k in metrics:
+        table.add_row(k, metric_text(k, metrics))
     console.print(table)
+
+
+def metric_text(key: str, m: dict[str, Any]) -> str:
+    """One metric of a METRICS dict for a person: rounded, units named, 'not measured' for None."""
+    from slimkit.pipeline.report.render import fmt
+
+    v = m.get(key)
+    if v is None:
+        return "not measured"
+    if key == "latency_ms":
+        return (f"{v['median']:.3g} ms median, {v['p90']:.3g} ms p90 (batch {v.get('batch', 1)}"
+                + (f", {v['runtime']}" if v.get("runtime") else "") + ")")
+    if key == "fidelity":
+        parts = [f"cosine {v['cosine']:.4f}" if v.get("cosine") is not None else None,
+                 f"min cosine {v['cosine_min']:.4f}" if v.get("cosine_min") is not None else None,
+                 f"top-1 agreement {100 * v['top1_agreement']:.2f}%" if v.get("top1_agreement") is not None else None]
+        return ", ".join(p for p in parts if p) or "not measured"
+    if key == "size_bytes":
+        return f"{fmt(key, m)} ({v:,} bytes)"
+    if key == "throughput":
+        return f"{v:,.0f} samples/s"
+    return fmt(key, m)
 
 
 @app.command()

@@ -178,6 +178,9 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path | None, typer.Option("--out", "-o", help="output file (.onnx) or directory")] = None,
         stage: Annotated[str, typer.Option(help="'final', 'baseline' or a stage index")] = "final",
         opset: Annotated[int, typer.Option(help="ONNX opset")] = 18,
+        atol: Annotated[float | None, typer.Option(
+            "--atol", help="absolute parity tolerance; default 1e-3 for fp32, 1e-2 for fp16")] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="print the export entry as JSON")] = False,
     ) -> None:
         """Export the saved model of a run: ONNX (fp32, fp16, int8 with parity and latency vs fp32) or
         safetensors + manifest."""
@@ -194,19 +197,58 @@ def register(app: typer.Typer) -> None:
         if not (run_dir / "recipe.yaml").is_file():
             raise RunError(f"{run_dir} is not a slimkit run directory (no recipe.yaml).",
                            hint="Give the directory that `slimkit run` or `slimkit quantize` wrote.")
+        if atol is not None and atol <= 0:
+            raise ConfigError(f"--atol {atol}: expected a positive tolerance, e.g. 0.01.")
         with _reporter():
-            entry = export_run(run_dir, fmt=fmt, precision=precision, out=out, stage=stage, opset=opset)
-        typer.echo(json.dumps(entry, indent=1, default=str))
+            entry = export_run(run_dir, fmt=fmt, precision=precision, out=out, stage=stage, opset=opset, atol=atol)
+        if as_json:
+            typer.echo(json.dumps(entry, indent=1, default=str))
+        else:
+            from slimkit.cli.app import console
+
+            console.print(export_summary(entry), highlight=False)
+
+
+def export_summary(entry: dict[str, Any]) -> str:
+    """A few plain lines for a person: file, size, parity, and for int8 the fp32 comparison and latency."""
+    from slimkit.pipeline.report.render import fmt
+
+    lines = [f"exported {entry.get('format')} {entry.get('precision', '')}".rstrip()
+             + f": {entry.get('artifact')} ({fmt('size_bytes', entry)}, {entry.get('size_bytes'):,} bytes)"]
+    parity = entry.get("parity") or {}
+    if "max_abs_diff" in parity and parity["max_abs_diff"] is not None:
+        cos = parity.get("cosine")
+        lines.append(f"  parity vs PyTorch: max |diff| {parity['max_abs_diff']:.2g}"
+                     + (f", cosine {cos:.6f}" if cos is not None else "")
+                     + (" (ok)" if parity.get("ok") else " (outside the tolerance)"))
+    elif "round_trip_exact" in parity:
+        lines.append(f"  round trip: {'exact' if parity['round_trip_exact'] else 'NOT exact'}")
+    fp32 = entry.get("fp32")
+    if isinstance(fp32, dict):
+        ratio = entry.get("size_ratio")
+        lines.append(f"  fp32 comparison kept beside it: {fp32.get('artifact')} ({fmt('size_bytes', fp32)}"
+                     + (f"; int8 is {100 * ratio:.1f}% of it" if ratio else "") + ")")
+        lat, lat32 = entry.get("latency_ms"), fp32.get("latency_ms")
+        if lat and lat32:
+            lines.append(f"  onnxruntime latency: int8 {lat['median']:.3g} ms, fp32 {lat32['median']:.3g} ms "
+                         f"(batch {lat.get('batch', 1)}, median)")
+    if entry.get("note"):
+        lines.append(f"  note: {entry['note']}")
+    return "\n".join(lines)
 
 
 def export_run(run_dir: Path, *, fmt: str = "onnx", precision: str = "fp32", out: Path | None = None,
-               stage: str = "final", opset: int = 18) -> dict[str, Any]:
-    """Export the saved model of ``stage`` of a run (see ``slimkit export``); returns the export entry."""
+               stage: str = "final", opset: int = 18, atol: float | None = None) -> dict[str, Any]:
+    """Export the saved model of ``stage`` of a run (see ``slimkit export``); returns the export entry.
+    ``atol`` (None: the recipe's ``export.onnx.parity_atol`` when it was set for this precision, else the
+    precision's default) is the parity tolerance."""
     from slimkit.data import load_data
     from slimkit.exporters import export_model
     from slimkit.pipeline.artifacts import _locate, load_saved
 
     recipe, _, _ = _locate(run_dir, stage)
+    if atol is None and recipe.export.onnx.precision == precision:  # a recipe's tolerance is for its precision
+        atol = recipe.export.onnx.parity_atol
     model, example = load_saved(run_dir, stage)
     if fmt == "safetensors":
         target = out or run_dir / "export"
@@ -229,10 +271,10 @@ def export_run(run_dir: Path, *, fmt: str = "onnx", precision: str = "fp32", out
 
         bundle = load_data(recipe.data)
         entry = deploy_onnx(model, target, example_inputs=example, precision=precision, opset=opset,
-                            atol=recipe.export.onnx.parity_atol, calibration=bundle.calibration,
+                            atol=atol, calibration=bundle.calibration,
                             latency=recipe.evaluate.latency)
         return {**entry, "artifact": str(target)}
     res = export_model(model, target, example_inputs=example, precision=precision, opset=opset,
-                       atol=recipe.export.onnx.parity_atol)
+                       atol=atol)
     return {"format": "onnx", "precision": precision, "artifact": str(target), "size_bytes": res["size_bytes"],
             "parity": res["parity"]}

@@ -92,7 +92,7 @@ class ConstraintsConfig(StrictModel):
 class OnnxConfig(StrictModel):
     opset: int = Field(18, ge=13, le=23)
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
-    parity_atol: float = Field(1e-3, gt=0)
+    parity_atol: float | None = Field(None, gt=0, description="None: 1e-3 for fp32, 1e-2 for fp16 (atol and rtol)")
 
 
 class ExportConfig(StrictModel):

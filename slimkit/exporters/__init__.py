@@ -13,16 +13,17 @@ int8 is an extension point, ``export_model(..., quantize=...)``:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from slimkit.errors import ConfigError
+from slimkit.errors import ConfigError, ExportError
 from slimkit.exporters.onnx_export import export_onnx
 from slimkit.exporters.parity import check_parity
 from slimkit.exporters.safetensors_io import load_manifest, load_model, load_state, save_model
@@ -86,6 +87,29 @@ def _registered_exporter(quantize: Any) -> OnnxQuantizer | None:
     return _ONNX_QUANTIZERS.get(type(quantize))
 
 
+def failed_path(path: Path) -> Path:
+    """Where an ONNX file that failed its parity check is moved: ``model.onnx`` -> ``model.parity-failed.onnx``."""
+    return path.with_name(f"{path.stem}.parity-failed{path.suffix}")
+
+
+@contextlib.contextmanager
+def _set_aside_on_failure(path: Path) -> Iterator[None]:
+    """On an ExportError, move the file (and its ``.data``) to :func:`failed_path`, so nothing at ``path``
+    looks like a finished, checked export; the error says where the file went."""
+    try:
+        yield
+    except ExportError as exc:
+        if not path.exists():
+            raise
+        bad = failed_path(path)
+        os.replace(path, bad)
+        data = path.with_name(path.name + ".data")
+        if data.exists():
+            os.replace(data, bad.with_name(bad.name + ".data"))
+        hint = f"{exc.hint + ' ' if exc.hint else ''}The failed file was moved to {bad} for inspection."
+        raise ExportError(exc.message, hint=hint) from exc
+
+
 def export_model(model: nn.Module, path: str | os.PathLike[str], *, example_inputs: Any = None,
                  precision: str = "fp32", opset: int = 18, parity: bool = True, atol: float | None = None,
                  rtol: float | None = None, dynamic_batch: bool = True, spec: dict[str, Any] | None = None,
@@ -95,7 +119,8 @@ def export_model(model: nn.Module, path: str | os.PathLike[str], *, example_inpu
     ``path`` ending in ``.onnx``: ONNX at ``precision`` ("fp32", "fp16"; "int8" needs ``quantize=``, and
     static int8 ``calibration=`` batches; see the module docstring),
     parity checked in onnxruntime on the example inputs and, with a dynamic batch, on a batch of 3
-    (``atol``/``rtol`` default 1e-3 for fp32, 1e-2 for fp16; a mismatch raises ExportError).
+    (``atol``/``rtol`` default 1e-3 for fp32, 1e-2 for fp16; a mismatch raises ExportError and moves the file
+    to ``<stem>.parity-failed.onnx``, so no unchecked file is left under the requested name).
     Any other path is a directory: ``model.safetensors`` + ``manifest.json`` (``spec`` says how to
     rebuild), parity is an exact round trip of the state dict (of its quantized values where a codec
     stores weights quantized, see safetensors_io.encoded_state).
@@ -122,8 +147,9 @@ def export_model(model: nn.Module, path: str | os.PathLike[str], *, example_inpu
         if quantize is not None:
             exporter = _registered_exporter(quantize)
             if exporter is not None:
-                art = exporter(model, path, example_inputs=example_inputs, config=quantize,
-                               calibration=calibration, opset=opset)
+                with _set_aside_on_failure(path):
+                    art = exporter(model, path, example_inputs=example_inputs, config=quantize,
+                                   calibration=calibration, opset=opset)
                 return {**result, "parity": art.get("parity"), "size_bytes": file_size(path)}
             if not callable(quantize):
                 raise ConfigError(f"quantize={type(quantize).__name__} has no ONNX quantizer.",
@@ -141,8 +167,9 @@ def export_model(model: nn.Module, path: str | os.PathLike[str], *, example_inpu
             export_onnx(model, path, example_inputs, opset=opset, dynamic_batch=dynamic_batch, precision=precision)
         if parity:
             tol = _DEFAULT_ATOL.get("int8" if quantize is not None else precision, 1e-1)
-            checks = [check_parity(model, path, x, atol=atol or tol, rtol=rtol or tol, strict=strict)
-                      for x in _parity_inputs(example_inputs, dynamic_batch)]
+            with _set_aside_on_failure(path):
+                checks = [check_parity(model, path, x, atol=atol or tol, rtol=rtol or tol, strict=strict)
+                          for x in _parity_inputs(example_inputs, dynamic_batch)]
             result["parity"] = _worst(checks)
         result["size_bytes"] = file_size(path)
         return result
@@ -159,7 +186,5 @@ def export_model(model: nn.Module, path: str | os.PathLike[str], *, example_inpu
         exact = set(state) == set(loaded) and all(_bitwise_equal(state[k], loaded[k]) for k in state)
         result["parity"] = {"round_trip_exact": exact, "ok": exact}
         if not exact:
-            from slimkit.errors import ExportError
-
             raise ExportError(f"the safetensors round trip of {path} is not exact.", hint="Please report this bug.")
     return result

@@ -168,7 +168,7 @@ def _speed_note(ratio: float | None, vnni: bool | None, route: str, has_conv: bo
 
 
 def deploy_onnx(model: nn.Module, path: str | Path, *, example_inputs: tuple[torch.Tensor, ...], precision: str,
-                opset: int, atol: float, calibration: Iterable[Any] | None, latency: Any) -> dict[str, Any]:
+                opset: int, atol: float | None, calibration: Iterable[Any] | None, latency: Any) -> dict[str, Any]:
     """Export ``model`` for a recipe's ``export.onnx`` section to ``path`` (int8: the fp32 comparison beside it,
     ``<stem>.fp32.onnx``; see the module docstring) and return the report's export entry (artifacts are file
     names, relative to ``path``'s directory)."""
