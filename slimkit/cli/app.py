@@ -96,10 +96,14 @@ def demo(
 
 @app.command()
 def validate(recipe: Annotated[Path, typer.Argument(help="YAML recipe")]) -> None:
-    """Check a recipe without computing anything; list every problem."""
+    """Check a recipe, and that its model, weights and data fit, without training or evaluating; list every
+    problem."""
     from slimkit.config.recipe import load_recipe
 
+    from slimkit.pipeline.fit import check_fit
+
     r = load_recipe(recipe)
+    check_fit(r, source=str(recipe))
     console.print(f"[green]ok[/]: {recipe} ({len(r.stages)} stage(s): "
                   + ", ".join(f"{s.kind}:{s.method}" for s in r.stages) + ")")
 

@@ -69,5 +69,5 @@ def make_console(*, stderr: bool = False) -> Console:
     COLUMNS) it is wide, so tables and messages are not cut or wrapped at rich's default of 80 columns."""
     console = Console(stderr=stderr)
     if not console.is_terminal and not os.environ.get("COLUMNS"):
-        console = Console(stderr=stderr, width=PIPE_WIDTH)
+        console = Console(stderr=stderr, width=PIPE_WIDTH, soft_wrap=stderr)  # messages: one line each
     return console

@@ -97,6 +97,10 @@ def build_model(cfg: Any, *, input_shape: Sequence[int] | None = None, num_class
             factory = _from_entry_point(cfg.entry_point)
             model = _call_factory(factory, f"entry_point '{cfg.entry_point}'", dict(cfg.kwargs),
                                   input_shape=input_shape, num_classes=num_classes, strict_shape=False)
+        elif cfg.sentence_encoder:
+            from slimkit.models.sentence import load_sentence_encoder
+
+            model = load_sentence_encoder(cfg.hf, **dict(cfg.kwargs))
         else:
             from slimkit.models.hf import load_hf_model
 

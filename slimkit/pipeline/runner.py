@@ -47,6 +47,7 @@ class _Run:
     run_dir: Path
     bundle: Any = None
     build: Any = None
+    reference: nn.Module | None = None  # the baseline model: fidelity is measured against it
     stages_meta: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -65,14 +66,18 @@ def _reseed(bundle: Any, seed: int) -> None:
 
 
 def _evaluate(run: _Run, model: nn.Module, artifact: Path | None, *, latency: bool = True) -> dict[str, Any]:
+    """The METRICS of ``model``: accuracy/F1 on labelled data; fidelity to the baseline (``run.reference``;
+    the baseline itself while it is measured) on unlabelled data, or with ``evaluate.fidelity``."""
     from slimkit.evaluation import evaluate_model
 
     r = run.recipe
     loader = run.bundle.test if r.evaluate.split == "test" else (run.bundle.val or run.bundle.test)
+    labelled = getattr(run.bundle, "labelled", True)
+    reference = (run.reference or model) if (not labelled or r.evaluate.fidelity) else None
     return evaluate_model(
-        model, loader, example_inputs=run.bundle.example_inputs,
+        model, loader if labelled else None, example_inputs=run.bundle.example_inputs,
         latency=r.evaluate.latency if latency else None,
-        artifact=artifact, run_dir=run.run_dir,
+        artifact=artifact, run_dir=run.run_dir, reference=reference, fidelity_loader=loader,
     )
 
 
@@ -209,6 +214,9 @@ def run_recipe(recipe: Any, out: str | Path | None = None, *, resume: bool = Fal
     from slimkit.models import build_model
 
     r = coerce_recipe(recipe)
+    from slimkit.pipeline.fit import check_fit
+
+    check_fit(r)  # model, weights and data fit together: fail before any compute
     run_dir = Path(out) if out is not None else Path("runs") / r.name
     resolved = r.resolved()
     with RunLock(run_dir):
@@ -224,6 +232,7 @@ def run_recipe(recipe: Any, out: str | Path | None = None, *, resume: bool = Fal
         baseline_model = _baseline(run, state)
         baseline_metrics = dict(state.data["baseline"])
         teacher = copy.deepcopy(baseline_model).eval()
+        run.reference = teacher
 
         # resume: the longest prefix of finished stages whose checkpoint can be restored
         model = baseline_model
