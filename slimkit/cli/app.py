@@ -99,7 +99,6 @@ def validate(recipe: Annotated[Path, typer.Argument(help="YAML recipe")]) -> Non
     """Check a recipe, and that its model, weights and data fit, without training or evaluating; list every
     problem."""
     from slimkit.config.recipe import load_recipe
-
     from slimkit.pipeline.fit import check_fit
 
     r = load_recipe(recipe)

@@ -181,8 +181,14 @@ def _paired_latency(run: _Run, baseline: nn.Module, final: nn.Module) -> tuple[A
 def _export(run: _Run, model: nn.Module) -> list[dict[str, Any]]:
     from slimkit.exporters import export_model
 
-    out = []
+    out: list[dict[str, Any]] = []
     ex = run.recipe.export
+    if "safetensors" in ex.formats:  # the final checkpoint is the safetensors export: list it with the others
+        from slimkit.evaluation.cost import file_size
+
+        weights = run.run_dir / "final" / "model.safetensors"
+        out.append({"format": "safetensors", "artifact": "final/model.safetensors", "size_bytes": file_size(weights),
+                    "manifest": "final/manifest.json", "parity": None})
     # --- quantization (issue 4): int8 ONNX, and float ONNX of a quantized model, go through
     # slimkit.passes.quantize.deploy (route by what the model holds; int8 vs fp32 ONNX latency in this process).
     import sys

@@ -82,8 +82,13 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report.get("exports"):
         lines += ["", "## Exports", ""]
         for e in report["exports"]:
-            lines.append(f"- {e.get('format')}: `{e.get('artifact')}` ({_bytes(e.get('size_bytes') or 0)})"
-                         + (f", parity max |diff| {e['parity'].get('max_abs_diff'):.2e}" if e.get("parity") else ""))
+            diff = (e.get("parity") or {}).get("max_abs_diff")
+            fp32 = e.get("fp32") or {}
+            lines.append(f"- {e.get('format')} {e.get('precision') or ''}".rstrip()
+                         + f": `{e.get('artifact')}` ({_bytes(e.get('size_bytes') or 0)})"
+                         + (f", parity max |diff| {diff:.2e}" if diff is not None else "")
+                         + (f"; fp32 ONNX for comparison: `{fp32['artifact']}` ({_bytes(fp32.get('size_bytes') or 0)})"
+                            if fp32.get("artifact") else ""))
     for s in sensitivity_stages(report):
         lines += ["", *sensitivity_markdown(s)]
     env = report.get("environment") or {}
@@ -137,23 +142,29 @@ def _plot(report: dict[str, Any], x_key: str, x_label: str) -> str | None:
     import matplotlib.pyplot as plt
 
     pts = []
-    points = rows(report)
-    if report["stages"]:  # the final model is the last stage's model: one point, not two on top of each other
-        points = points[:-1]
-    for label, m in points:
+    for label, m in rows(report):
         x = m.get("size_bytes") if x_key == "size" else (m.get("latency_ms") or {}).get("median")
         y = m.get("accuracy")
         if x is not None and y is not None:
             pts.append((label, x, 100 * y))
     if not pts:
         return None
-    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=110)
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    path = pts[:-1] if len(pts) > 1 else pts  # baseline and stages, joined in order
+    ax.plot([p[1] for p in path], [p[2] for p in path], "-", color="#bbb", zorder=1)
+    ax.scatter([p[1] for p in path], [p[2] for p in path], c=["#1f77b4"] + ["#ff7f0e"] * (len(path) - 1), s=36,
+               zorder=2)
+    final = pts[-1]
+    ax.scatter([final[1]], [final[2]], marker="*", s=180, facecolors="none", edgecolors="#2ca02c", linewidths=1.5,
+               zorder=3, label="final")  # often on top of the last stage: drawn as a ring around it
+    ax.margins(x=0.18, y=0.22)  # room for the labels inside the axes
     xs = [p[1] for p in pts]
-    ys = [p[2] for p in pts]
-    ax.plot(xs, ys, "-", color="#bbb", zorder=1)
-    ax.scatter(xs, ys, c=["#1f77b4"] + ["#ff7f0e"] * (len(pts) - 1), zorder=2)
-    for label, x, y in pts:
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    mid = (min(xs) + max(xs)) / 2
+    for i, (label, x, y) in enumerate(pts):
+        right_half = x > mid and max(xs) > min(xs)
+        below = i == len(pts) - 1  # "final": under its point, the last stage's label is above
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(-6 if right_half else 6, -12 if below else 6),
+                    ha="right" if right_half else "left", fontsize=9, annotation_clip=False)
     from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
@@ -164,7 +175,7 @@ def _plot(report: dict[str, Any], x_key: str, x_label: str) -> str | None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", bbox_inches="tight", pad_inches=0.1)  # labels never cut at the edges
     plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode()
 
