@@ -42,7 +42,7 @@ def row(stem: str, report: dict[str, Any]) -> dict[str, Any]:
         "quality": {"accuracy": final["accuracy"], "baseline_accuracy": base["accuracy"]},
         "params": final["params"],
         "baseline_size_bytes": base["size_bytes"],
-        "model": f"{model['arch']} {model.get('kwargs') or ''}".strip(),
+        "model": " ".join([model["arch"], *(f"{k}={v}" for k, v in (model.get("kwargs") or {}).items())]),
         "onnx": None if onnx is None else {"precision": onnx.get("precision"), "size_bytes": onnx.get("size_bytes"),
                                            "fp32_size_bytes": (onnx.get("fp32") or {}).get("size_bytes")},
         "notes": f"recipes/{stem}.yaml as written; digits test split",
@@ -90,7 +90,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="2 training epochs; nothing committed is touched")
     ap.add_argument("--only", nargs="*", default=None, help="recipe stems, e.g. quantize-ptq-int8")
+    ap.add_argument("--render", action="store_true",
+                    help="only rewrite the docs table from bench/results/quantize_recipes.json (runs nothing)")
     args = ap.parse_args(argv)
+    if args.render:
+        import json
+
+        update_doc(table(json.loads((ROOT / "bench" / "results" / "quantize_recipes.json").read_text())))
+        return 0
     import torch
     import yaml
 

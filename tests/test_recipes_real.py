@@ -55,6 +55,11 @@ def test_mobilenetv2_imagenet_recipe_small(tmp_path):
     assert final["fidelity"]["cosine"] > 0.9                              # measured 0.98 on 8 crops
     assert 0.5 <= final["fidelity"]["top1_agreement"] <= 1.0
     assert final["size_bytes"] < 0.35 * report["baseline"]["size_bytes"]
+    from slimkit.pipeline.artifacts import evaluate_saved  # `slimkit eval`: the same numbers from the files
+
+    again = evaluate_saved(tmp_path / "run", "final")
+    assert again["accuracy"] is None
+    assert again["fidelity"]["cosine"] == pytest.approx(final["fidelity"]["cosine"], abs=1e-5)
 
 
 @needs_fmnist
