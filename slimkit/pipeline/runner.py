@@ -186,9 +186,9 @@ def _export(run: _Run, model: nn.Module) -> list[dict[str, Any]]:
     if "safetensors" in ex.formats:  # the final checkpoint is the safetensors export: list it with the others
         from slimkit.evaluation.cost import file_size
 
-        weights = run.run_dir / "final" / "model.safetensors"
-        out.append({"format": "safetensors", "artifact": "final/model.safetensors", "size_bytes": file_size(weights),
-                    "manifest": "final/manifest.json", "parity": None})
+        out.append({"format": "safetensors", "artifact": "final/model.safetensors",
+                    "size_bytes": file_size(run.run_dir / "final" / "model.safetensors"),
+                    "manifest": "final/manifest.json", "parity": None})  # its reload is what resume/eval test
     # --- quantization (issue 4): int8 ONNX, and float ONNX of a quantized model, go through
     # slimkit.passes.quantize.deploy (route by what the model holds; int8 vs fp32 ONNX latency in this process).
     import sys

@@ -87,6 +87,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines.append(f"- {e.get('format')} {e.get('precision') or ''}".rstrip()
                          + f": `{e.get('artifact')}` ({_bytes(e.get('size_bytes') or 0)})"
                          + (f", parity max |diff| {diff:.2e}" if diff is not None else "")
+                         + (", exact round trip" if (e.get("parity") or {}).get("round_trip_exact") else "")
                          + (f"; fp32 ONNX for comparison: `{fp32['artifact']}` ({_bytes(fp32.get('size_bytes') or 0)})"
                             if fp32.get("artifact") else ""))
     for s in sensitivity_stages(report):
