@@ -257,7 +257,7 @@ class Propagator:
                 return labs[0].expand(out.shape).clone() if isinstance(out, torch.Tensor) else None
             return broadcast_union(self.slots, labs, out.shape)
         if t in _SPATIAL_FN:
-            return spatial(self.slots, la[0], out.shape, what)
+            return spatial(self.slots, la[0], a[0], lambda x: t(x, *a[1:], **kw), out.shape, what)
         if t in _MATMUL or name in _MATMUL:
             return self._matmul(la, lkw, out)
         if t is operator.getitem:
