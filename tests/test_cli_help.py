@@ -49,3 +49,23 @@ def test_verbose_after_subcommand_is_accepted(tmp_path):
     r = CliRunner().invoke(app, ["validate", str(tmp_path / "missing.yaml"), "--verbose"])
     assert "No such option" not in r.output
     assert "recipe file not found" in str(r.exception) or "recipe file not found" in r.output
+
+
+def test_console_is_wide_in_a_pipe(monkeypatch):
+    from slimkit.cli.style import PIPE_WIDTH, make_console
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    console = make_console()
+    assert not console.is_terminal and console.width == PIPE_WIDTH  # tables in files are not cut at 80
+    with console.capture() as cap:
+        from rich.table import Table
+
+        t = Table()
+        for name in ("model", "accuracy", "bytes", "sparsity", "MACs", "ms", "seconds", "constraint", "verdict"):
+            t.add_column(name, no_wrap=True)
+        t.add_row("0 prune:structured-with-a-long-name", "98.44%", "78.3 KiB", "83.74%", "314.0K", "0.100", "5.2",
+                  "max_accuracy_drop", "infeasible")
+        console.print(t)
+    assert "…" not in cap.get() and "infeasible" in cap.get()
+    monkeypatch.setenv("COLUMNS", "100")
+    assert make_console().width == 100
