@@ -150,7 +150,7 @@ def register(app: typer.Typer) -> None:
         name: Annotated[str | None, typer.Option("--name", help="run name")] = None,
     ) -> None:
         """Quantize a model with one method: a one-stage recipe run by the runner (report, checkpoints)."""
-        from slimkit.cli.app import _print_report, _reporter
+        from slimkit.cli.progress import cli_reporter, print_report
         from slimkit.pipeline.runner import coerce_recipe, run_recipe
 
         if onnx is not None and onnx not in ("fp32", "fp16", "int8"):
@@ -163,9 +163,9 @@ def register(app: typer.Typer) -> None:
         except RecipeError as exc:
             raise flag_error(exc) from None
         run_dir = out or Path("runs") / recipe.name
-        with _reporter():
+        with cli_reporter():
             report = run_recipe(recipe, out=run_dir)
-        _print_report(report, run_dir)
+        print_report(report, run_dir)
         for e in report.get("exports", []):
             if e.get("note"):
                 typer.echo(f"export {e.get('artifact')}: {e['note']}")
@@ -186,7 +186,7 @@ def register(app: typer.Typer) -> None:
         safetensors + manifest."""
         import json
 
-        from slimkit.cli.app import _reporter
+        from slimkit.cli.progress import cli_reporter
 
         if fmt not in ("onnx", "safetensors"):
             raise ConfigError(f"--format {fmt!r}: expected onnx or safetensors.")
@@ -199,12 +199,12 @@ def register(app: typer.Typer) -> None:
                            hint="Give the directory that `slimkit run` or `slimkit quantize` wrote.")
         if atol is not None and atol <= 0:
             raise ConfigError(f"--atol {atol}: expected a positive tolerance, e.g. 0.01.")
-        with _reporter():
+        with cli_reporter():
             entry = export_run(run_dir, fmt=fmt, precision=precision, out=out, stage=stage, opset=opset, atol=atol)
         if as_json:
             typer.echo(json.dumps(entry, indent=1, default=str))
         else:
-            from slimkit.cli.app import console
+            from slimkit.cli.progress import console
 
             console.print(export_summary(entry), highlight=False)
 
@@ -244,9 +244,9 @@ def export_run(run_dir: Path, *, fmt: str = "onnx", precision: str = "fp32", out
     precision's default) is the parity tolerance."""
     from slimkit.data import load_data
     from slimkit.exporters import export_model
-    from slimkit.pipeline.artifacts import _locate, load_saved
+    from slimkit.pipeline.artifacts import load_saved, locate_stage
 
-    recipe, _, _ = _locate(run_dir, stage)
+    recipe, _, _ = locate_stage(run_dir, stage)
     if atol is None and recipe.export.onnx.precision == precision:  # a recipe's tolerance is for its precision
         atol = recipe.export.onnx.parity_atol
     model, example = load_saved(run_dir, stage)

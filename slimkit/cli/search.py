@@ -13,8 +13,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from slimkit.cli.style import make_console
-
 
 def _print_search(console: Console, result: dict[str, Any], out: Path) -> None:
     from slimkit.pipeline.report.render import fmt
@@ -61,12 +59,10 @@ def register(app: typer.Typer) -> None:
         check: Annotated[bool, typer.Option("--check", help="validate and show the first proposals; compute nothing")] = False,
     ) -> None:
         """Search recipe settings: run trials through the runner, keep the best that meets the constraints."""
-        from slimkit.cli.progress import make_reporter
+        from slimkit.cli.progress import cli_reporter, console
         from slimkit.config.search import load_search
-        from slimkit.progress import use_reporter
         from slimkit.search.runner import search
 
-        console, err_console = make_console(), make_console(stderr=True)
         plan = load_search(config)  # every problem, before any compute
         directory = out or Path("runs") / plan.config.name
         if check:
@@ -78,7 +74,7 @@ def register(app: typer.Typer) -> None:
             for i, params in enumerate(propose(plan, min(3, cfg.trials))):
                 console.print(f"  trial {i}: " + ", ".join(f"{k}={_value(v)}" for k, v in params.items()))
             return
-        with use_reporter(make_reporter(err_console)):
+        with cli_reporter():
             result = search(plan, out=directory, resume=resume)
         _print_search(console, result, directory)
 

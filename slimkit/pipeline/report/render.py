@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 from typing import Any
 
 COLUMNS = [
@@ -127,7 +126,7 @@ def sensitivity_markdown(stage: dict[str, Any]) -> list[str]:
 
 def sensitivity_png(stage: dict[str, Any]) -> str:
     """Base64 PNG of one stage's sensitivity bar plot (kept layers in red)."""
-    from slimkit.search.sensitivity import UnitSensitivity, sensitivity_plot
+    from slimkit.analysis.sensitivity import UnitSensitivity, sensitivity_plot
 
     r = stage["sensitivity"]
     units = [UnitSensitivity(row["unit"], row["score"], row["loss"], row.get("cost")) for row in r["table"]]
@@ -137,11 +136,6 @@ def sensitivity_png(stage: dict[str, Any]) -> str:
 
 
 def _plot(report: dict[str, Any], x_key: str, x_label: str) -> str | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     pts = []
     for label, m in rows(report):
         x = m.get("size_bytes") if x_key == "size" else (m.get("latency_ms") or {}).get("median")
@@ -150,35 +144,33 @@ def _plot(report: dict[str, Any], x_key: str, x_label: str) -> str | None:
             pts.append((label, x, 100 * y))
     if not pts:
         return None
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
-    path = pts[:-1] if len(pts) > 1 else pts  # baseline and stages, joined in order
-    ax.plot([p[1] for p in path], [p[2] for p in path], "-", color="#bbb", zorder=1)
-    ax.scatter([p[1] for p in path], [p[2] for p in path], c=["#1f77b4"] + ["#ff7f0e"] * (len(path) - 1), s=36,
-               zorder=2)
-    final = pts[-1]
-    ax.scatter([final[1]], [final[2]], marker="*", s=180, facecolors="none", edgecolors="#2ca02c", linewidths=1.5,
-               zorder=3, label="final")  # often on top of the last stage: drawn as a ring around it
-    ax.margins(x=0.18, y=0.22)  # room for the labels inside the axes
-    xs = [p[1] for p in pts]
-    mid = (min(xs) + max(xs)) / 2
-    for i, (label, x, y) in enumerate(pts):
-        right_half = x > mid and max(xs) > min(xs)
-        below = i == len(pts) - 1  # "final": under its point, the last stage's label is above
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(-6 if right_half else 6, -12 if below else 6),
-                    ha="right" if right_half else "left", fontsize=9, annotation_clip=False)
     from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _bytes(int(v)) if x_key == "size" else f"{v:.3g}"))
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.4g}"))
-    ax.set_xlabel(x_label)
-    ax.set_ylabel("accuracy (%)")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight", pad_inches=0.1)  # labels never cut at the edges
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+    from slimkit.analysis.figures import figure, png_bytes
+
+    with figure((6.4, 4.0), dpi=110) as (fig, ax):
+        path = pts[:-1] if len(pts) > 1 else pts  # baseline and stages, joined in order
+        ax.plot([p[1] for p in path], [p[2] for p in path], "-", color="#bbb", zorder=1)
+        ax.scatter([p[1] for p in path], [p[2] for p in path], c=["#1f77b4"] + ["#ff7f0e"] * (len(path) - 1), s=36,
+                   zorder=2)
+        final = pts[-1]  # often on top of the last stage: a star around it, labelled below
+        ax.scatter([final[1]], [final[2]], marker="*", s=180, facecolors="none", edgecolors="#2ca02c",
+                   linewidths=1.5, zorder=3)
+        ax.margins(x=0.18, y=0.22)  # room for the labels inside the axes
+        xs = [p[1] for p in pts]
+        mid = (min(xs) + max(xs)) / 2
+        for i, (label, x, y) in enumerate(pts):
+            right_half = x > mid and max(xs) > min(xs)
+            below = i == len(pts) - 1
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(-6 if right_half else 6, -12 if below else 6),
+                        ha="right" if right_half else "left", fontsize=9, annotation_clip=False)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _bytes(int(v)) if x_key == "size" else f"{v:.3g}"))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.4g}"))
+        ax.set_xlabel(x_label)
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+        return base64.b64encode(png_bytes(fig)).decode()
 
 
 def render_html(report: dict[str, Any]) -> str:
