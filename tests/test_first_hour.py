@@ -252,3 +252,15 @@ def test_report_plot_labels_every_point_including_final(monkeypatch):
     assert [t for t, _ in labels] == ["baseline", "0 prune:magnitude", "final"]
     assert all(size >= 9 for _, size in labels)
 
+
+
+def test_report_tables_show_fidelity_when_measured():
+    from slimkit.pipeline.report.render import render_markdown
+
+    fid = {"cosine": 0.99912, "cosine_min": 0.99, "top1_agreement": None}
+    m = {"accuracy": None, "size_bytes": 1000, "fidelity": {**fid, "cosine": 1.0}}
+    report = {"name": "r", "verdict": "ok", "baseline": m, "final": {**m, "fidelity": fid}, "stages": []}
+    text = render_markdown(report)
+    assert "| cosine |" in text and "0.9991" in text and "top-1 agr." not in text  # no argmax: not a column
+    labelled = {**report, "baseline": {"accuracy": 0.9}, "final": {"accuracy": 0.9}}
+    assert "cosine" not in render_markdown(labelled)

@@ -143,10 +143,10 @@ def cli_reporter() -> Any:
 
 def print_report(report: dict[str, Any], run_dir: Path) -> None:
     """The report of a run as a table, its constraints and verdict, on stdout."""
-    from slimkit.pipeline.report.render import fmt, rows, seconds
+    from slimkit.pipeline.report.render import columns, fmt, rows, seconds
 
-    cols = [("accuracy", "acc"), ("size_bytes", "bytes"), ("sparsity", "sparsity"), ("macs", "MACs"),
-            ("latency_median", "ms")]
+    cols = columns(report, [("accuracy", "acc"), ("size_bytes", "bytes"), ("sparsity", "sparsity"), ("macs", "MACs"),
+                            ("latency_median", "ms")])
     from rich import box
     from rich.table import Table
 

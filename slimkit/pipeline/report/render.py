@@ -12,8 +12,22 @@ COLUMNS = [
 ]
 
 
+FIDELITY_COLUMNS = [("fidelity_cosine", "cosine"), ("fidelity_top1", "top-1 agr.")]
+
+
+def columns(report: dict[str, Any], base: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``base`` plus the fidelity columns when a row measured fidelity (unlabelled data, evaluate.fidelity)."""
+    fid = [m.get("fidelity") or {} for _, m in rows(report)]
+    extra = [c for c, key in zip(FIDELITY_COLUMNS, ("cosine", "top1_agreement"), strict=True)
+             if any(f.get(key) is not None for f in fid)]
+    return [*base, *extra]
+
+
 def fmt(key: str, m: dict[str, Any]) -> str:
     """Format one metric of a METRICS dict for a table; 'n/a' for what was not measured."""
+    if key in ("fidelity_cosine", "fidelity_top1"):
+        v = (m.get("fidelity") or {}).get("cosine" if key == "fidelity_cosine" else "top1_agreement")
+        return "n/a" if v is None else (f"{v:.4f}" if key == "fidelity_cosine" else f"{100 * v:.2f}%")
     if key == "latency_median":
         lat = m.get("latency_ms")
         return f"{lat['median']:.3f}" if lat else "n/a"
@@ -68,10 +82,11 @@ def seconds(report: dict[str, Any]) -> list[str]:
 
 def render_markdown(report: dict[str, Any]) -> str:
     lines = [f"# slimkit report: {report['name']}", "", f"**Verdict.** {report['verdict']}", ""]
-    lines.append("| model | " + " | ".join(label for _, label in COLUMNS) + " | seconds |")
-    lines.append("|---" * (len(COLUMNS) + 2) + "|")
+    cols = columns(report, COLUMNS)
+    lines.append("| model | " + " | ".join(label for _, label in cols) + " | seconds |")
+    lines.append("|---" * (len(cols) + 2) + "|")
     for (label, m), sec in zip(rows(report), seconds(report), strict=True):
-        lines.append(f"| {label} | " + " | ".join(fmt(k, m) for k, _ in COLUMNS) + f" | {sec} |")
+        lines.append(f"| {label} | " + " | ".join(fmt(k, m) for k, _ in cols) + f" | {sec} |")
     if report.get("constraints"):
         lines += ["", "## Constraints", "", "| constraint | limit | value | met |", "|---|---|---|---|"]
         for c in report["constraints"]:
@@ -183,14 +198,15 @@ def render_html(report: dict[str, Any]) -> str:
         ("Accuracy against size on disk", _plot(report, "size", "bytes on disk")),
         ("Accuracy against latency", _plot(report, "latency", "latency (ms, median)")),
     ) if p[1]]
-    table = [(label, [*(fmt(k, m) for k, _ in COLUMNS), sec])
+    cols = columns(report, COLUMNS)
+    table = [(label, [*(fmt(k, m) for k, _ in cols), sec])
              for (label, m), sec in zip(rows(report), seconds(report), strict=True)]
     import yaml
 
     sensitivity = [{"title": f"Stage {st['index']} {st['pass']}", "summary": _sens_summary(st).replace("`", ""),
                     "png": sensitivity_png(st), "r": st["sensitivity"]} for st in sensitivity_stages(report)]
     recipe_yaml = yaml.safe_dump(report.get("recipe") or {}, sort_keys=False, default_flow_style=False)
-    return tmpl.render(r=report, recipe_yaml=recipe_yaml, columns=[*(c for _, c in COLUMNS), "seconds"], table=table, plots=plots,
+    return tmpl.render(r=report, recipe_yaml=recipe_yaml, columns=[*(c for _, c in cols), "seconds"], table=table, plots=plots,
                        sensitivity=sensitivity,
                        constraints=report.get("constraints") or [], exports=report.get("exports") or [],
                        env=report.get("environment") or {}, esc=html.escape)
