@@ -264,3 +264,23 @@ def test_report_tables_show_fidelity_when_measured():
     assert "| cosine |" in text and "0.9991" in text and "top-1 agr." not in text  # no argmax: not a column
     labelled = {**report, "baseline": {"accuracy": 0.9}, "final": {"accuracy": 0.9}}
     assert "cosine" not in render_markdown(labelled)
+
+
+def test_cli_quantize_with_weights_of_other_kwargs_fails_before_any_compute(tmp_path):
+    from typer.testing import CliRunner
+
+    from slimkit.cli.app import app
+    from slimkit.errors import ConfigError
+    from slimkit.exporters import save_model
+    from slimkit.models import build_model
+
+    wide = build_model({"arch": "cnn-small", "kwargs": {"widths": [32, 64]}}, input_shape=(1, 8, 8), num_classes=10)
+    save_model(wide, tmp_path / "ckpt", spec={"model": {"arch": "cnn-small", "kwargs": {"widths": [32, 64]}}},
+               compact=False)
+    out = tmp_path / "q"
+    r = CliRunner().invoke(app, ["quantize", "cnn-small", "--weights", str(tmp_path / "ckpt" / "model.safetensors"),
+                                 "--out", str(out)])
+    assert isinstance(r.exception, ConfigError)
+    text = str(r.exception)
+    assert "--weights: weights in" in text and "--arch-kwargs '{\"widths\": [32, 64]}'" in text
+    assert "slimkit validate" not in text and not out.exists()

@@ -158,8 +158,11 @@ def register(app: typer.Typer) -> None:
         spec = build_recipe(source, method=method, bits=bits, group_size=group_size, arch=arch, weights=weights,
                             data=data, train_epochs=train_epochs, onnx=onnx, name=name,
                             arch_kwargs=parse_arch_kwargs(arch_kwargs))
+        from slimkit.pipeline.fit import check_fit
+
         try:
             recipe = coerce_recipe(spec)
+            check_fit(recipe)  # weights of other kwargs, channels, classes: told in terms of the flags
         except RecipeError as exc:
             raise flag_error(exc) from None
         run_dir = out or Path("runs") / recipe.name
