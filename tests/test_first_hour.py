@@ -284,3 +284,14 @@ def test_cli_quantize_with_weights_of_other_kwargs_fails_before_any_compute(tmp_
     text = str(r.exception)
     assert "--weights: weights in" in text and "--arch-kwargs '{\"widths\": [32, 64]}'" in text
     assert "slimkit validate" not in text and not out.exists()
+
+
+def test_export_to_a_directory_needs_no_example_inputs(tmp_path):
+    import slimkit as sk
+    from slimkit.errors import ConfigError
+
+    model = nn.Sequential(nn.Linear(4, 3))
+    saved = sk.export(model, tmp_path / "ckpt")  # the README's form: safetensors + manifest
+    assert saved["format"] == "safetensors" and saved["parity"]["round_trip_exact"]
+    with pytest.raises(ConfigError, match="example_inputs"):
+        sk.export(model, tmp_path / "m.onnx")
