@@ -223,6 +223,16 @@ def main() -> None:
             "the row below without its exact graph rewrites (Reshape targets computed by shape subgraphs; "
             "residual Add + LayerNormalization left for onnxruntime to fuse into SkipLayerNormalization where it "
             "can prove the shapes)")
+    if not args.quick:
+        fcfg = EncoderInt8Config(weight_only=(), fuse_attention_heads=12)
+        fres = quantize_encoder_int8(fp32, work / "slimkit-int8-fused.onnx", calibration=calib, config=fcfg)
+        paths[("slimkit", "int8-fused-smooth-outlier")] = fres["artifact"]
+        notes[("slimkit", "int8-fused-smooth-outlier")] = (
+            f"quantize_encoder_int8(fuse_attention_heads=12): the fused graph (Attention, EmbedLayerNormalization, "
+            f"BiasGelu; no SkipLayerNormalization) with SmoothQuant alpha {fcfg.smooth_alpha} on "
+            f"{len(fres['smoothed'])} packed-QKV Attention and FFN input weights (explicit Mul), "
+            f"{fcfg.outlier_channels} outlier GELU channels in fp32 on {len(fres['outlier_side_nodes']) // 2} FFN "
+            "output projections, per-channel dynamic int8 (QAttention, QEmbedLayerNormalization, MatMulInteger)")
     paths[("slimkit", "int8-smooth-outlier-mixed")] = res["artifact"]
     notes[("slimkit", "int8-smooth-outlier-mixed")] = (
         f"quantize_encoder_int8: SmoothQuant alpha {cfg.smooth_alpha} on {len(res['smoothed'])} Q/K/V and FFN input "
