@@ -262,7 +262,9 @@ def main() -> None:
     runners[("torch", "int8-dynamic")] = _torch_runner(torch_q)
     if not args.quick:
         runners[("torch", "fp32")] = _torch_runner(encoder)
+    load_before = [round(x, 2) for x in os.getloadavg()]
     lat, per_round = _latency(runners, args.threads, rounds, reps)
+    load_after = [round(x, 2) for x in os.getloadavg()]
     peer_key = ("onnxruntime", "int8-dynamic-default")
 
     k = 5
@@ -280,7 +282,7 @@ def main() -> None:
         fid = embedding_fidelity(emb, ref, k=k)
         rows.append({"system": system, "variant": variant, "size_bytes": size, "latency_ms": lat[key],
                      "latency_vs_ort_default": _paired_ratio(per_round, key, peer_key),
-                     "quality": {kk: round(v, 6) for kk, v in fid.items()}, "notes": note})
+                     "quality": {kk: round(v, 6) for kk, v in fid.items()}, "notes": note + "; timed on a shared machine (settings.load_average)"})
     fp32_bytes = onnx_size_bytes(fp32)
     for r in rows:
         if r["size_bytes"]:
@@ -289,6 +291,7 @@ def main() -> None:
               "rows": rows, "settings": {"eval_sentences": len(eval_s), "calibration_sentences": len(calib_s),
                                          "latency_rounds": rounds, "reps_per_round": reps,
                                          "slimkit_int8": {kk: v for kk, v in res.items() if kk != "artifact"},
+                                         "load_average": {"before_latency": load_before, "after_latency": load_after},
                                          "seconds": round(time.time() - t_start, 1)}}
     out = write_result("minilm", result, work / "minilm-quick.json" if args.quick else None)
     print(render(result))
@@ -305,7 +308,8 @@ def render(result: dict[str, Any]) -> str:
     lines = [f"`{result['command']}` — {m['cpu']}, {m['threads']} threads, torch {m['torch']}, onnxruntime "
              f"{m.get('onnxruntime')}. Fidelity of the sentence embeddings to fp32 on "
              f"{result['settings']['eval_sentences']} held-out sentences; latency is the median of "
-             f"{result['settings']['latency_rounds']} interleaved rounds on a shared, oversubscribed machine; "
+             f"{result['settings']['latency_rounds']} interleaved rounds on a shared, oversubscribed machine "
+             f"(load averages 1/5/15 min {result['settings'].get('load_average')}); "
              "\"/ ORT default\" is the median over rounds of the same-round ratio to onnxruntime's default "
              "quantize_dynamic (more robust to load drift than the ratio of medians). Expect ±10% between runs.", "",
              "| system | variant | cosine mean | cosine min | NN agree | top-5 overlap | size (MB) | size / fp32 | "
