@@ -62,6 +62,15 @@ class RunError(SlimkitError):
     """A run directory is locked, incompatible with --resume, or otherwise unusable."""
 
 
+class DivergenceError(SlimkitError):
+    """Training diverged: the loss became NaN/inf or exploded. The runner stops that stage and delivers the
+    best earlier model (see ``Recipe.deliver``)."""
+
+
+class DiskFullError(RunError):
+    """A write failed because the disk (or quota) is full; the message names the path and the space needed."""
+
+
 class DependencyError(SlimkitError):
     """An optional dependency or offline model package is not installed."""
 
