@@ -51,7 +51,7 @@ def test_duration_and_constraints():
         parse_duration("soon")
     cfg = AutoConfig(max_latency_ratio=0.5, max_accuracy_drop=0.01, min_fidelity=0.99, budget="2m")
     assert cfg.budget_s == 120
-    assert cfg.constraints(labelled=True) == {"min_speedup": 2.0, "max_accuracy_drop": 0.01, "min_fidelity": 0.99}
+    assert cfg.constraints(labelled=True) == {"min_speedup": 2.0, "max_accuracy_drop": 0.01, "min_cosine": 0.99}
     assert "max_accuracy_drop" not in cfg.constraints(labelled=False)
 
 

@@ -94,7 +94,7 @@ class AutoConfig(StrictModel):
         if self.max_accuracy_drop is not None and labelled:
             out["max_accuracy_drop"] = self.max_accuracy_drop
         if self.min_fidelity is not None:
-            out["min_fidelity"] = self.min_fidelity
+            out["min_cosine"] = self.min_fidelity
         if self.max_size_ratio is not None:
             out["max_size_ratio"] = self.max_size_ratio
         return out

@@ -35,7 +35,7 @@ def deployed_metrics(run_dir: Path, recipe: Any, bundle: Any, baseline_model: nn
                  opset=ex.opset, atol=ex.parity_atol)
     loader = bundle.test if recipe.evaluate.split == "test" else (bundle.val or bundle.test)
     labelled = baseline.get("accuracy") is not None
-    reference = baseline_model if recipe.evaluate.fidelity else None
+    reference = baseline_model if (recipe.evaluate.fidelity or not labelled) else None
     b = evaluate_model(base_onnx, loader if labelled else None, example_inputs=bundle.example_inputs,
                        artifact=base_onnx, run_dir=run_dir)
     f = evaluate_model(artifact, loader if labelled else None, example_inputs=bundle.example_inputs,
