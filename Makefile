@@ -7,9 +7,9 @@ FMNIST := /usr/share/datasets/fashion-mnist
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test test-full bench bench-quick lint typecheck clean data
+.PHONY: setup demo test test-full bench bench-quick lint typecheck clean data browser
 
-setup: $(STAMP) data
+setup: $(STAMP) data browser
 
 $(STAMP): pyproject.toml Makefile
 	@command -v $(PY) >/dev/null || { echo "Python 3.11 is required ($(PY) not found)"; exit 2; }
@@ -26,6 +26,13 @@ data:
 	@if ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ]; then (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null; \
 	  else echo "note: dataset-fashion-mnist is not installed and this user is not root; tests that need it will skip"; fi; \
+	fi
+
+# Debian's chromium: the tests open report.html/search.html/compare.html in it, headless. Needs root, like the data.
+browser:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null; \
+	  else echo "note: chromium is not installed and this user is not root; the browser checks of the reports will skip"; fi; \
 	fi
 
 demo: setup

@@ -62,6 +62,10 @@ class RunError(SlimkitError):
     """A run directory is locked, incompatible with --resume, or otherwise unusable."""
 
 
+class ReportError(SlimkitError):
+    """A report, summary or comparison cannot be rendered or checked (missing run files, a browser failure)."""
+
+
 class DependencyError(SlimkitError):
     """An optional dependency or offline model package is not installed."""
 

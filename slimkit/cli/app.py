@@ -201,5 +201,11 @@ from slimkit.cli.sensitivity import register as _register_sensitivity  # noqa: E
 
 _register_sensitivity(app)
 
+from slimkit.cli.compare import register as _register_compare  # noqa: E402  (slimkit compare)
+from slimkit.cli.report import register as _register_report  # noqa: E402  (slimkit report)
+
+_register_compare(app)
+_register_report(app)
+
 if __name__ == "__main__":
     main()

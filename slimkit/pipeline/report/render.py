@@ -7,6 +7,8 @@ import html
 import io
 from typing import Any
 
+from slimkit.pipeline.report.axes import latency_noise, mark_if_within_noise
+
 COLUMNS = [
     ("accuracy", "accuracy"), ("f1", "F1"), ("params", "params"), ("nonzero_params", "non-zero"),
     ("macs", "MACs"), ("size_bytes", "bytes"), ("sparsity", "sparsity"), ("latency", "latency ms (p90)"),
@@ -67,7 +69,7 @@ def seconds(report: dict[str, Any]) -> list[str]:
     return ["", *[f"{s['seconds']:.1f}" for s in report["stages"]], ""]
 
 
-def render_markdown(report: dict[str, Any]) -> str:
+def render_markdown(report: dict[str, Any], layers: dict[str, list[dict[str, Any]]] | None = None) -> str:
     lines = [f"# slimkit report: {report['name']}", "", f"**Verdict.** {report['verdict']}", ""]
     lines.append("| model | " + " | ".join(label for _, label in COLUMNS) + " | seconds |")
     lines.append("|---" * (len(COLUMNS) + 2) + "|")
@@ -86,6 +88,10 @@ def render_markdown(report: dict[str, Any]) -> str:
                          + (f", parity max |diff| {e['parity'].get('max_abs_diff'):.2e}" if e.get("parity") else ""))
     for s in sensitivity_stages(report):
         lines += ["", *sensitivity_markdown(s)]
+    if layers:
+        from slimkit.pipeline.report.layers import layers_markdown
+
+        lines += ["", *layers_markdown(layers)]
     env = report.get("environment") or {}
     if env:
         lines += ["", f"Measured on {env.get('cpu')} with torch {env.get('torch')}, {env.get('threads')} threads."]
@@ -137,6 +143,7 @@ def _plot(report: dict[str, Any], x_key: str, x_label: str) -> str | None:
     import matplotlib.pyplot as plt
 
     pts = []
+    measured = []
     points = rows(report)
     if report["stages"]:  # the final model is the last stage's model: one point, not two on top of each other
         points = points[:-1]
@@ -145,6 +152,7 @@ def _plot(report: dict[str, Any], x_key: str, x_label: str) -> str | None:
         y = m.get("accuracy")
         if x is not None and y is not None:
             pts.append((label, x, 100 * y))
+            measured.append(m)
     if not pts:
         return None
     fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=110)
@@ -159,6 +167,8 @@ def _plot(report: dict[str, Any], x_key: str, x_label: str) -> str | None:
     ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _bytes(int(v)) if x_key == "size" else f"{v:.3g}"))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.4g}"))
+    if x_key == "latency":  # a latency axis spanning less than the run-to-run spread is drawn from zero, marked
+        mark_if_within_noise(ax, xs, latency_noise(measured), unit=" ms")
     ax.set_xlabel(x_label)
     ax.set_ylabel("accuracy (%)")
     ax.grid(alpha=0.3)
@@ -169,8 +179,12 @@ def _plot(report: dict[str, Any], x_key: str, x_label: str) -> str | None:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def render_html(report: dict[str, Any]) -> str:
+def render_html(report: dict[str, Any], layers: dict[str, list[dict[str, Any]]] | None = None) -> str:
+    """The self-contained report page; ``layers`` (:func:`slimkit.pipeline.report.layers.run_layers`) adds the
+    per-layer views."""
     import jinja2
+
+    from slimkit.pipeline.report.layers import layer_views
 
     env = jinja2.Environment(loader=jinja2.PackageLoader("slimkit.pipeline.report", "templates"),
                              autoescape=jinja2.select_autoescape(["html", "j2"]))
@@ -187,6 +201,7 @@ def render_html(report: dict[str, Any]) -> str:
                     "png": sensitivity_png(st), "r": st["sensitivity"]} for st in sensitivity_stages(report)]
     recipe_yaml = yaml.safe_dump(report.get("recipe") or {}, sort_keys=False, default_flow_style=False)
     return tmpl.render(r=report, recipe_yaml=recipe_yaml, columns=[*(c for _, c in COLUMNS), "seconds"], table=table, plots=plots,
-                       sensitivity=sensitivity,
+                       sensitivity=sensitivity, layer_views=layer_views(layers or {}, pruned=any(
+                           str(st.get("pass", "")).startswith("prune") for st in report["stages"])),
                        constraints=report.get("constraints") or [], exports=report.get("exports") or [],
                        env=report.get("environment") or {}, esc=html.escape)
