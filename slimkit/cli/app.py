@@ -61,12 +61,15 @@ def _print_report(report: dict[str, Any], run_dir: Path) -> None:
 
 @app.command()
 def run(
-    recipe: Annotated[Path, typer.Argument(help="YAML recipe")],
+    recipe: Annotated[Path, typer.Argument(help="YAML recipe, or a shipped recipe's name (e.g. quantize-dynamic)")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="run directory (default runs/<name>)")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue after the last finished stage")] = False,
 ) -> None:
-    """Run a recipe: baseline, each stage, evaluation, constraints, report."""
+    """Run a recipe (a YAML file, or the name of a shipped recipe): baseline, stages, evaluation, report."""
     from slimkit.pipeline.runner import coerce_recipe, run_recipe
+    from slimkit.recipes import resolve_recipe
+
+    recipe = resolve_recipe(recipe)  # `slimkit run quantize-dynamic`: a recipe shipped inside the package
 
     r = coerce_recipe(recipe)
     run_dir = out or Path("runs") / r.name
@@ -95,11 +98,12 @@ def demo(
 
 
 @app.command()
-def validate(recipe: Annotated[Path, typer.Argument(help="YAML recipe")]) -> None:
+def validate(recipe: Annotated[Path, typer.Argument(help="YAML recipe, or a shipped recipe's name")]) -> None:
     """Check a recipe without computing anything; list every problem."""
     from slimkit.config.recipe import load_recipe
+    from slimkit.recipes import resolve_recipe
 
-    r = load_recipe(recipe)
+    r = load_recipe(resolve_recipe(recipe))
     console.print(f"[green]ok[/]: {recipe} ({len(r.stages)} stage(s): "
                   + ", ".join(f"{s.kind}:{s.method}" for s in r.stages) + ")")
 
