@@ -14,10 +14,10 @@ import torch
 from test_runner import small_recipe
 
 from slimkit.errors import ReportError
-from slimkit.pipeline.report.axes import latency_noise, mark_if_within_noise, within_noise
 from slimkit.pipeline.report.browser import check_page, external_references, find_chromium
 from slimkit.pipeline.report.compare import compare_runs, dominates, write_comparison
 from slimkit.pipeline.report.layers import layer_profile, layer_views, run_layers
+from slimkit.pipeline.report.plotting import latency_noise, mark_if_within_noise, within_noise
 from slimkit.pipeline.runner import run_recipe
 
 ROOT = Path(__file__).resolve().parents[1]

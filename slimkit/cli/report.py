@@ -7,7 +7,6 @@ Registered on the typer app by :func:`register` (called from slimkit/cli/app.py)
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -23,20 +22,16 @@ def render_page(directory: Path) -> Path:
         from slimkit.pipeline.report import rewrite_report
 
         return rewrite_report(directory)["html"]
-    for name in ("search.json", "compare.json"):
-        path = directory / name
-        if path.is_file():
-            try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as exc:
-                raise ReportError(f"cannot read {path}: {exc}", hint="Run it again to rewrite it.") from None
-            if name == "search.json":
-                from slimkit.search.summary import write_summary
+    from slimkit.pipeline.report import read_json
 
-                return write_summary(directory, data)["html"]
-            from slimkit.pipeline.report.compare import write_comparison
+    if (directory / "search.json").is_file():
+        from slimkit.search.summary import write_summary
 
-            return write_comparison(directory, data)["html"]
+        return write_summary(directory, read_json(directory / "search.json"))["html"]
+    if (directory / "compare.json").is_file():
+        from slimkit.pipeline.report.compare import write_comparison
+
+        return write_comparison(directory, read_json(directory / "compare.json"))["html"]
     raise ReportError(f"{directory} holds no report.json, search.json or compare.json.",
                       hint="Pass the directory of a finished `slimkit run`, `slimkit search` or `slimkit compare`.")
 

@@ -3,13 +3,12 @@ the objective against accuracy, feasible and infeasible trials told apart, the b
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 from pathlib import Path
 from typing import Any
 
 from slimkit._io import atomic_write_text
+from slimkit.pipeline.report.plotting import figure_png
 from slimkit.pipeline.report.render import fmt
 
 _COLS = [("accuracy", "accuracy"), ("size_bytes", "bytes"), ("sparsity", "sparsity"), ("latency_median", "ms")]
@@ -82,11 +81,7 @@ def plot(data: dict[str, Any]) -> str | None:
     ax.set_ylabel("accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+    return figure_png(fig)
 
 
 def render_html(data: dict[str, Any]) -> str:

@@ -32,21 +32,25 @@ def write_report(run_dir: Path, report: dict[str, Any]) -> dict[str, Path]:
     return paths
 
 
-def rewrite_report(run_dir: Path) -> dict[str, Path]:
-    """Render report.md and report.html again from a finished run's report.json (e.g. after an upgrade)."""
+def read_json(path: Path) -> dict[str, Any]:
+    """A run's report.json (or a search's search.json, a comparison's compare.json); ReportError if unreadable."""
     import json
 
     from slimkit.errors import ReportError
 
-    path = Path(run_dir) / "report.json"
+    path = Path(path)
     if not path.is_file():
-        raise ReportError(f"{run_dir} has no report.json.",
-                          hint="Pass the directory of a finished run (`slimkit run` writes report.json last).")
+        raise ReportError(f"{path.parent} has no {path.name}: it is not a finished run.",
+                          hint="Pass the directory of a finished `slimkit run` (it writes report.json last).")
     try:
-        report = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise ReportError(f"cannot read {path}: {exc}", hint="Run the recipe again to rewrite it.") from None
-    return write_report(Path(run_dir), report)
+        raise ReportError(f"cannot read {path}: {exc}", hint="Run it again to rewrite it.") from None
 
 
-__all__ = ["render_html", "render_markdown", "rewrite_report", "write_report"]
+def rewrite_report(run_dir: Path) -> dict[str, Path]:
+    """Render report.md and report.html again from a finished run's report.json (e.g. after an upgrade)."""
+    return write_report(Path(run_dir), read_json(Path(run_dir) / "report.json"))
+
+
+__all__ = ["read_json", "render_html", "render_markdown", "rewrite_report", "write_report"]

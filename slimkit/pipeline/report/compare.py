@@ -5,32 +5,19 @@ better on one). Written as compare.json, compare.md and a self-contained compare
 
 from __future__ import annotations
 
-import base64
 import html
-import io
-import json
 from pathlib import Path
 from typing import Any
 
 from slimkit._io import atomic_write_json, atomic_write_text
 from slimkit.errors import ReportError
-from slimkit.pipeline.report.axes import latency_noise, mark_if_within_noise
+from slimkit.pipeline.report import read_json
+from slimkit.pipeline.report.plotting import figure_png, latency_noise, mark_if_within_noise
 from slimkit.pipeline.report.render import fmt
 
 #: (key, column title, direction) of every objective the front is computed over, when every run measured it
 OBJECTIVES = [("quality", "quality", "max"), ("size_bytes", "bytes", "min"), ("macs", "MACs", "min"),
               ("latency", "latency ms", "min")]
-
-
-def _load(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / "report.json"
-    if not path.is_file():
-        raise ReportError(f"{run_dir} is not a finished run: it has no report.json.",
-                          hint="Pass run directories that `slimkit run` (or `slimkit demo`) completed.")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ReportError(f"cannot read {path}: {exc}", hint="Run the recipe again to rewrite it.") from None
 
 
 def _latency(m: dict[str, Any]) -> float | None:
@@ -54,7 +41,7 @@ def compare_runs(run_dirs: list[Path]) -> dict[str, Any]:
     if len(run_dirs) < 2:
         raise ReportError(f"compare needs two or more run directories, got {len(run_dirs)}.",
                           hint="Example: slimkit compare runs/a runs/b")
-    reports = [(Path(d), _load(Path(d))) for d in run_dirs]
+    reports = [(Path(d), read_json(Path(d) / "report.json")) for d in run_dirs]
     names = [r["name"] for _, r in reports]
     rows = []
     for (d, r), name in zip(reports, names, strict=True):
@@ -161,11 +148,7 @@ def plot(cmp: dict[str, Any], x_key: str) -> str | None:
     ax.set_ylabel(f"{cmp['quality']}" + (" (%)" if q == 100.0 else ""))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+    return figure_png(fig)
 
 
 def render_html(cmp: dict[str, Any]) -> str:

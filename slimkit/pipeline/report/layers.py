@@ -7,11 +7,11 @@ Read-only: nothing here changes a run. The plots are base64 PNGs for the self-co
 
 from __future__ import annotations
 
-import base64
-import io
 import math
 from pathlib import Path
 from typing import Any
+
+from slimkit.pipeline.report.plotting import figure_png
 
 _DTYPE_BITS = {"float64": 64, "float32": 32, "float16": 16, "bfloat16": 16, "int8": 8, "uint8": 8}
 
@@ -112,19 +112,11 @@ def _fig(n: int) -> Any:
     import matplotlib.pyplot as plt
 
     height = max(2.4, 0.9 + 0.22 * n)
-    return plt, *plt.subplots(figsize=(6.4, height), dpi=110)
-
-
-def _png(plt: Any, fig: Any) -> str:
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+    return plt.subplots(figsize=(6.4, height), dpi=110)
 
 
 def _bars(names: list[str], values: list[float], xlabel: str, *, note: str, limit: float) -> str:
-    plt, fig, ax = _fig(len(names))
+    fig, ax = _fig(len(names))
     ys = range(len(names))
     ax.barh(list(ys), values, color="#1f77b4")
     ax.set_yticks(list(ys), names, fontsize=7)
@@ -135,11 +127,11 @@ def _bars(names: list[str], values: list[float], xlabel: str, *, note: str, limi
     ax.set_xlabel(xlabel)
     ax.set_title(note, fontsize=8)
     ax.grid(axis="x", alpha=0.3)
-    return _png(plt, fig)
+    return figure_png(fig)
 
 
 def _pair(names: list[str], before: list[int], after: list[int]) -> str:
-    plt, fig, ax = _fig(len(names))
+    fig, ax = _fig(len(names))
     ys = list(range(len(names)))
     ax.barh([y - 0.2 for y in ys], before, height=0.4, color="#bbbbbb", label="before")
     ax.barh([y + 0.2 for y in ys], after, height=0.4, color="#ff7f0e", label="after")
@@ -151,7 +143,7 @@ def _pair(names: list[str], before: list[int], after: list[int]) -> str:
     ax.set_xlabel("output channels / features")
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(axis="x", alpha=0.3)
-    return _png(plt, fig)
+    return figure_png(fig)
 
 
 __all__ = ["layer_profile", "layer_views", "layers_markdown", "run_layers"]

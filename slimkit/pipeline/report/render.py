@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 from typing import Any
 
-from slimkit.pipeline.report.axes import latency_noise, mark_if_within_noise
+from slimkit.pipeline.report.plotting import figure_png, latency_noise, mark_if_within_noise
 
 COLUMNS = [
     ("accuracy", "accuracy"), ("f1", "F1"), ("params", "params"), ("nonzero_params", "non-zero"),
@@ -172,11 +171,7 @@ def _plot(report: dict[str, Any], x_key: str, x_label: str) -> str | None:
     ax.set_xlabel(x_label)
     ax.set_ylabel("accuracy (%)")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+    return figure_png(fig)
 
 
 def render_html(report: dict[str, Any], layers: dict[str, list[dict[str, Any]]] | None = None) -> str:
