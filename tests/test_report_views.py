@@ -34,7 +34,7 @@ def _tiny(name: str, stages: list, **over) -> dict:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Three small finished runs: magnitude pruning, a structured prune, 4-bit QAT."""
+    """Four small finished runs: magnitude pruning, a structured prune, 4-bit QAT, dynamic int8."""
     root = tmp_path_factory.mktemp("views")
     recipes = {
         "magnitude": _tiny("magnitude", [{"prune": {"method": "magnitude", "sparsity": 0.8, "steps": 1}}]),
@@ -42,6 +42,7 @@ def runs(tmp_path_factory):
                             constraints={}),
         "qat4": _tiny("qat4", [{"quantize": {"method": "qat", "bits": 4, "finetune": {"epochs": 1}}}],
                       constraints={}),
+        "dynamic": _tiny("dynamic", [{"quantize": {"method": "dynamic"}}], constraints={}),  # torchao Int8Tensor
     }
     out = {}
     for key, rec in recipes.items():
@@ -124,6 +125,10 @@ def test_structured_widths_and_quantized_bits(runs):
     assert [r["bits"] for r in q["final"]] == [4, 4, 4] and all(r["bits"] == 32 for r in q["baseline"])
     titles = [t for t, _ in layer_views(q, pruned=False)]
     assert titles == ["Stored bits per layer (final model)"]  # zeros from rounding are not shown as pruning
+    d = run_layers(runs["dynamic"])  # torchao's int8 weight (a tensor subclass) is counted dequantized
+    fc = next(r for r in d["final"] if r["layer"] == "fc")
+    assert fc["bits"] == 8 and fc["nonzero"] is not None and fc["nonzero"] > 0.9 * fc["params"]
+    assert "| fc | 10x16 | 10 |" in (runs["dynamic"] / "report.md").read_text()
     m = run_layers(runs["magnitude"])
     assert [t for t, _ in layer_views(m, pruned=True)] == ["Weights kept per layer (final model)"]
     md = (runs["structured"] / "report.md").read_text()
@@ -212,7 +217,7 @@ def test_dominates():
 
 
 def test_compare_runs_marks_the_front(runs, tmp_path):
-    dirs = [runs["magnitude"], runs["structured"], runs["qat4"]]
+    dirs = [runs["magnitude"], runs["structured"], runs["qat4"], runs["dynamic"]]
     cmp = compare_runs(dirs)
     assert cmp["quality"] == "accuracy"
     assert [o["key"] for o in cmp["objectives"]] == ["quality", "size_bytes", "macs", "latency"]

@@ -35,7 +35,10 @@ def _bits(entry: dict[str, Any]) -> int | None:
 def layer_profile(checkpoint: Path) -> list[dict[str, Any]]:
     """One row per weight matrix or kernel (2-D or more) of a saved checkpoint, in storage order:
     ``{"layer", "shape", "out", "params", "nonzero", "sparsity", "bits"}``. ``bits`` is the stored width of
-    the weights (32 for float32, the codec's bits for a packed quantized weight; None when unknown)."""
+    the weights (32 for float32, the codec's bits for a packed quantized weight; None when unknown);
+    ``nonzero``/``sparsity`` are None for a tensor subclass that cannot be dequantized (not invented)."""
+    import torch
+
     from slimkit.exporters import load_manifest, load_state
 
     manifest = load_manifest(checkpoint)
@@ -46,10 +49,12 @@ def layer_profile(checkpoint: Path) -> list[dict[str, Any]]:
         if not name.endswith("weight") or len(shape) < 2 or name not in state:
             continue
         t = state[name]
+        if type(t) is not torch.Tensor:  # a tensor subclass (torchao's Int8Tensor): count its dequantized values
+            t = t.dequantize() if callable(getattr(t, "dequantize", None)) else None
         params = math.prod(shape)
-        nonzero = int((t != 0).sum()) if t.is_floating_point() else params
+        nonzero = int(torch.count_nonzero(t)) if t is not None else None
         out.append({"layer": _layer_name(name), "shape": shape, "out": shape[0], "params": params,
-                    "nonzero": nonzero, "sparsity": 1.0 - nonzero / params if params else 0.0,
+                    "nonzero": nonzero, "sparsity": None if nonzero is None else 1.0 - nonzero / params,
                     "bits": _bits(entry)})
     return out
 
@@ -72,10 +77,11 @@ def layer_views(layers: dict[str, list[dict[str, Any]]], *, pruned: bool = True)
     base = {r["layer"]: r for r in layers["baseline"]}
     final = layers["final"]
     views = []
-    if pruned and any(r["sparsity"] > 0.001 for r in final):
+    counted = [r for r in final if r["sparsity"] is not None]
+    if pruned and any(r["sparsity"] > 0.001 for r in counted):
         views.append(("Weights kept per layer (final model)", _bars(
-            [r["layer"] for r in final], [100 * (1 - r["sparsity"]) for r in final], "weights kept (%)",
-            note=f"{sum(r['nonzero'] for r in final):,} of {sum(r['params'] for r in final):,} weights kept",
+            [r["layer"] for r in counted], [100 * (1 - r["sparsity"]) for r in counted], "weights kept (%)",
+            note=f"{sum(r['nonzero'] for r in counted):,} of {sum(r['params'] for r in counted):,} weights kept",
             limit=100)))
     common = [r for r in final if r["layer"] in base]
     if any(base[r["layer"]]["out"] != r["out"] for r in common):
@@ -100,8 +106,9 @@ def layers_markdown(layers: dict[str, list[dict[str, Any]]]) -> list[str]:
         before = base.get(r["layer"], {}).get("out")
         out = f"{before} -> {r['out']}" if before not in (None, r["out"]) else str(r["out"])
         bits = "?" if r["bits"] is None else str(r["bits"])
-        lines.append(f"| {r['layer']} | {'x'.join(map(str, r['shape']))} | {out} | "
-                     f"{r['nonzero']:,} / {r['params']:,} ({100 * (1 - r['sparsity']):.1f}%) | {bits} |")
+        kept = "n/a" if r["nonzero"] is None else (f"{r['nonzero']:,} / {r['params']:,} "
+                                                   f"({100 * (1 - r['sparsity']):.1f}%)")
+        lines.append(f"| {r['layer']} | {'x'.join(map(str, r['shape']))} | {out} | {kept} | {bits} |")
     return lines
 
 
