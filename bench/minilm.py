@@ -208,7 +208,7 @@ def main() -> None:
     res = quantize_encoder_int8(fp32, work / "slimkit-int8.onnx", calibration=calib, config=cfg)
     q_seconds = time.time() - t0
     if res["sensitivity"]:
-        from slimkit.search.sensitivity import UnitSensitivity, sensitivity_plot
+        from slimkit.analysis.sensitivity import UnitSensitivity, sensitivity_plot
 
         units = [UnitSensitivity(r["unit"], r["score"], r["loss"]) for r in res["sensitivity"]]
         (work / "sensitivity.png").write_bytes(sensitivity_plot(

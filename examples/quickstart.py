@@ -28,7 +28,7 @@ def main() -> None:
     sk.finetune(model, data.train, sk.FinetuneConfig(epochs=epochs, lr=1e-2), val_loader=data.val)
     baseline = copy.deepcopy(model)
 
-    sk.prune_(model, sk.MagnitudePruneConfig(sparsity=0.8, steps=4, exclude=["features.0.*"],
+    sk.prune_(model, sk.MagnitudePruneConfig(sparsity=0.8, steps=4, skip=["features.0.*"],
                                              finetune=sk.FinetuneConfig(epochs=max(1, epochs // 6), lr=3e-3)),
               train_loader=data.train, val_loader=data.val)
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,10 @@ class PassContext:
     """Inputs a pass may use. Verbs build one from keyword arguments; the runner builds one from the recipe.
 
     example_inputs: a tuple of tensors the model accepts (for tracing, MACs and export).
-    calibration: an iterable of batches (``x`` or ``(x, y)``) for observers and importance.
-    train_loader / val_loader: labelled batches ``(x, y)`` for fine-tuning and distillation.
+    calibration: an iterable of batches for observers and importance (``x``, ``(x, y)`` or a Hugging Face
+        dict; the one convention is :mod:`slimkit.data.batch`).
+    train_loader / val_loader: labelled batches (``(x, y)`` or a dict with ``labels``) for fine-tuning and
+        distillation.
     teacher: the model before compression (the runner sets it), used by distillation.
     """
 
@@ -42,9 +45,29 @@ class PassContext:
             )
 
 
-def model_device(model: nn.Module) -> torch.device:
+def model_device(model: Any) -> torch.device:
+    """The device of a module's first parameter or buffer; CPU for a module without any and for any other
+    callable (an ONNX session wrapper, a function)."""
+    if not isinstance(model, nn.Module):
+        return torch.device("cpu")
     for p in model.parameters():
         return p.device
     for b in model.buffers():
         return b.device
     return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def eval_mode(model: Any) -> Iterator[None]:
+    """Put ``model`` in eval mode for the block and restore each module's own training flag after (also when
+    the block raises). Anything that is not an ``nn.Module`` passes through."""
+    if not isinstance(model, nn.Module):
+        yield
+        return
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag

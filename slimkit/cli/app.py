@@ -9,15 +9,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from slimkit.cli.progress import cli_reporter, console, err_console, print_report
 from slimkit.errors import SlimkitError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="slimkit: make trained PyTorch models smaller and faster, with measured numbers.")
-console = Console()
-err_console = Console(stderr=True)
 _state: dict[str, Any] = {"verbose": False}
 
 
@@ -27,36 +25,6 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show lo
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not verbose:  # torch's exporter logs optional-dependency notes (e.g. torchvision) at warning level
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-
-
-def _reporter() -> Any:
-    from slimkit.cli.progress import make_reporter
-    from slimkit.progress import use_reporter
-
-    return use_reporter(make_reporter(err_console))
-
-
-def _print_report(report: dict[str, Any], run_dir: Path) -> None:
-    from slimkit.pipeline.report.render import fmt, rows, seconds
-
-    cols = [("accuracy", "acc"), ("size_bytes", "bytes"), ("sparsity", "sparsity"), ("macs", "MACs"),
-            ("latency_median", "ms")]
-    from rich import box
-
-    table = Table(title=f"slimkit: {report['name']}", box=box.SIMPLE_HEAD)
-    table.add_column("model", no_wrap=True)
-    for _, label in cols:
-        table.add_column(label, justify="right", no_wrap=True)
-    table.add_column("s", justify="right", no_wrap=True)
-    for (label, m), sec in zip(rows(report), seconds(report), strict=True):
-        table.add_row(label, *[fmt(k, m) for k, _ in cols], sec)
-    console.print(table)
-    for c in report.get("constraints", []):
-        mark = {True: "[green]met[/]", False: "[red]NOT met[/]", None: "[yellow]not measured[/]"}[c["met"]]
-        value = "n/a" if c["value"] is None else f"{c['value']:.4g}"
-        console.print(f"  {c['name']}: limit {c['limit']}, value {value} -> {mark}")
-    console.print(f"\n[bold]Verdict:[/] {report['verdict']}")
-    console.print(f"Report: {(run_dir / 'report.html').resolve()}")
 
 
 @app.command()
@@ -73,9 +41,9 @@ def run(
 
     r = coerce_recipe(recipe)
     run_dir = out or Path("runs") / r.name
-    with _reporter():
+    with cli_reporter():
         report = run_recipe(r, out=run_dir, resume=resume)
-    _print_report(report, run_dir)
+    print_report(report, run_dir)
 
 
 @app.command()
@@ -92,9 +60,9 @@ def demo(
 
         console.print(f"[dim]removing previous demo run in {out}[/]")
         shutil.rmtree(out)
-    with _reporter():
+    with cli_reporter():
         report = run_recipe(demo_recipe_path(), out=out, resume=resume)
-    _print_report(report, out)
+    print_report(report, out)
 
 
 @app.command()
@@ -116,7 +84,7 @@ def eval_(
     """Re-evaluate a saved model of a run from its artifact on disk."""
     from slimkit.pipeline.artifacts import evaluate_saved
 
-    with _reporter():
+    with cli_reporter():
         metrics = evaluate_saved(run_dir, stage)
     table = Table(title=f"{run_dir} [{stage}]")
     table.add_column("metric")

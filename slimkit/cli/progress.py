@@ -1,8 +1,10 @@
-"""A rich progress reporter for slimkit.progress (CLI only)."""
+"""The CLI's consoles, a rich progress reporter for slimkit.progress and the run report table (CLI only).
+Shared by every command module (app, quantize, sensitivity, search)."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -14,6 +16,9 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
+
+console = Console()
+err_console = Console(stderr=True)
 
 
 class _RichTask:
@@ -83,3 +88,35 @@ class RichReporter:
         self.depth -= 1
         if self.depth == 0:
             self.progress.stop()
+
+
+def cli_reporter() -> Any:
+    """Route slimkit.progress to a rich reporter on stderr for the duration of a ``with`` block."""
+    from slimkit.progress import use_reporter
+
+    return use_reporter(make_reporter(err_console))
+
+
+def print_report(report: dict[str, Any], run_dir: Path) -> None:
+    """The report of a run as a table, its constraints and verdict, on stdout."""
+    from slimkit.pipeline.report.render import fmt, rows, seconds
+
+    cols = [("accuracy", "acc"), ("size_bytes", "bytes"), ("sparsity", "sparsity"), ("macs", "MACs"),
+            ("latency_median", "ms")]
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=f"slimkit: {report['name']}", box=box.SIMPLE_HEAD)
+    table.add_column("model", no_wrap=True)
+    for _, label in cols:
+        table.add_column(label, justify="right", no_wrap=True)
+    table.add_column("s", justify="right", no_wrap=True)
+    for (label, m), sec in zip(rows(report), seconds(report), strict=True):
+        table.add_row(label, *[fmt(k, m) for k, _ in cols], sec)
+    console.print(table)
+    for c in report.get("constraints", []):
+        mark = {True: "[green]met[/]", False: "[red]NOT met[/]", None: "[yellow]not measured[/]"}[c["met"]]
+        value = "n/a" if c["value"] is None else f"{c['value']:.4g}"
+        console.print(f"  {c['name']}: limit {c['limit']}, value {value} -> {mark}")
+    console.print(f"\n[bold]Verdict:[/] {report['verdict']}")
+    console.print(f"Report: {(run_dir / 'report.html').resolve()}")

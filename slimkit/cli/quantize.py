@@ -113,7 +113,7 @@ def register(app: typer.Typer) -> None:
         name: Annotated[str | None, typer.Option("--name", help="run name")] = None,
     ) -> None:
         """Quantize a model with one method: a one-stage recipe run by the runner (report, checkpoints)."""
-        from slimkit.cli.app import _print_report, _reporter
+        from slimkit.cli.progress import cli_reporter, print_report
         from slimkit.pipeline.runner import coerce_recipe, run_recipe
 
         if onnx is not None and onnx not in ("fp32", "fp16", "int8"):
@@ -122,9 +122,9 @@ def register(app: typer.Typer) -> None:
                                             weights=weights, data=data, train_epochs=train_epochs, onnx=onnx,
                                             name=name))
         run_dir = out or Path("runs") / recipe.name
-        with _reporter():
+        with cli_reporter():
             report = run_recipe(recipe, out=run_dir)
-        _print_report(report, run_dir)
+        print_report(report, run_dir)
         for e in report.get("exports", []):
             if e.get("note"):
                 typer.echo(f"export {e.get('artifact')}: {e['note']}")
@@ -142,7 +142,7 @@ def register(app: typer.Typer) -> None:
         safetensors + manifest."""
         import json
 
-        from slimkit.cli.app import _reporter
+        from slimkit.cli.progress import cli_reporter
 
         if fmt not in ("onnx", "safetensors"):
             raise ConfigError(f"--format {fmt!r}: expected onnx or safetensors.")
@@ -153,7 +153,7 @@ def register(app: typer.Typer) -> None:
         if not (run_dir / "recipe.yaml").is_file():
             raise RunError(f"{run_dir} is not a slimkit run directory (no recipe.yaml).",
                            hint="Give the directory that `slimkit run` or `slimkit quantize` wrote.")
-        with _reporter():
+        with cli_reporter():
             entry = export_run(run_dir, fmt=fmt, precision=precision, out=out, stage=stage, opset=opset)
         typer.echo(json.dumps(entry, indent=1, default=str))
 
@@ -163,9 +163,9 @@ def export_run(run_dir: Path, *, fmt: str = "onnx", precision: str = "fp32", out
     """Export the saved model of ``stage`` of a run (see ``slimkit export``); returns the export entry."""
     from slimkit.data import load_data
     from slimkit.exporters import export_model
-    from slimkit.pipeline.artifacts import _locate, load_saved
+    from slimkit.pipeline.artifacts import load_saved, locate_stage
 
-    recipe, _, _ = _locate(run_dir, stage)
+    recipe, _, _ = locate_stage(run_dir, stage)
     model, example = load_saved(run_dir, stage)
     if fmt == "safetensors":
         target = out or run_dir / "export"

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import types
 import typing
 from typing import Any, ClassVar, Union
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from slimkit.errors import RecipeError, did_you_mean
+
+log = logging.getLogger(__name__)
 
 
 class StrictModel(BaseModel):
@@ -22,7 +25,24 @@ class PassConfig(StrictModel):
     ``lowrank``, ``distill``, ``finetune``); ``method`` tells the configs of one kind apart."""
 
     kind: ClassVar[str] = ""
+    renamed: ClassVar[dict[str, str]] = {}
+    """Deprecated field names still accepted, old -> new (``{"exclude": "skip"}``); a warning is logged."""
     method: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_fields(cls, data: Any) -> Any:
+        old = [k for k in cls.renamed if isinstance(data, dict) and k in data]
+        if not old:
+            return data
+        data = dict(data)
+        for key in old:
+            new = cls.renamed[key]
+            if new in data:
+                raise ValueError(f"give '{new}' only: '{key}' is its deprecated name")
+            log.warning("%s: '%s' is deprecated; write '%s' (same meaning)", cls.__name__, key, new)
+            data[new] = data.pop(key)
+        return data
 
     def stage_dict(self) -> dict[str, Any]:
         """The recipe form of this config: ``{kind: {method: ..., field: value, ...}}``."""

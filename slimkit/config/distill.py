@@ -7,6 +7,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, model_validator
 
 from slimkit.config.base import PassConfig, StrictModel
+from slimkit.config.finetune import FinetuneConfig
 
 
 class FeaturePair(StrictModel):
@@ -77,3 +78,10 @@ class MutualDistillConfig(DistillConfig):
     """``DistillConfig`` with ``method='mutual'`` (see :class:`FeatureDistillConfig`)."""
 
     method: Literal["mutual"] = "mutual"
+
+
+def finetune_config(cfg: DistillConfig) -> FinetuneConfig:
+    """The training settings of a distill config as a :class:`FinetuneConfig`."""
+    return FinetuneConfig(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, optimizer=cfg.optimizer,
+                          max_steps_per_epoch=cfg.max_steps_per_epoch, keep_sparsity=cfg.keep_sparsity,
+                          keep_best=cfg.keep_best, patience=None)

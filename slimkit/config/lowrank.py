@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 
 from slimkit.config.base import PassConfig
 from slimkit.config.finetune import FinetuneConfig
+from slimkit.config.layers import LayerFilterFn, filter_fn_field, skip_field
 
 
 class SVDConfig(PassConfig):
@@ -30,7 +31,8 @@ class SVDConfig(PassConfig):
     energy: float | None = Field(None, gt=0, le=1)
     param_budget: float | None = Field(None, gt=0, lt=1)
     min_rank: int = Field(1, ge=1)
-    skip: list[str] = Field(default_factory=list, description="module-name globs left as they are")
+    skip: list[str] = skip_field()
+    filter_fn: LayerFilterFn | None = filter_fn_field()
     include: list[Literal["Linear", "Conv2d"]] = Field(default_factory=lambda: ["Linear", "Conv2d"], min_length=1)
     finetune: FinetuneConfig | None = None
 

@@ -8,6 +8,7 @@ from pydantic import Field
 
 from slimkit.config.base import PassConfig
 from slimkit.config.finetune import FinetuneConfig
+from slimkit.config.layers import LayerFilterFn, filter_fn_field, skip_field
 
 
 class MagnitudePruneConfig(PassConfig):
@@ -18,6 +19,7 @@ class MagnitudePruneConfig(PassConfig):
     """
 
     kind: ClassVar[str] = "prune"
+    renamed: ClassVar[dict[str, str]] = {"exclude": "skip"}
     method: Literal["magnitude"] = "magnitude"
     sparsity: float = Field(gt=0, lt=1)
     scope: Literal["layer", "global"] = "global"
@@ -26,5 +28,6 @@ class MagnitudePruneConfig(PassConfig):
     schedule: Literal["cubic", "linear"] = "cubic"
     finetune: FinetuneConfig | None = None
     include: list[str] = Field(default_factory=lambda: ["Linear", "Conv1d", "Conv2d", "Conv3d"])
-    exclude: list[str] = Field(default_factory=list, description="module names (glob) left dense")
+    skip: list[str] = skip_field("left dense")
+    filter_fn: LayerFilterFn | None = filter_fn_field()
     min_numel: int = Field(0, ge=0, description="leave layers with fewer weights than this dense")

@@ -16,6 +16,7 @@ from pydantic import Discriminator, Field, Tag, model_validator
 
 from slimkit.config.base import PassConfig, StrictModel
 from slimkit.config.finetune import FinetuneConfig
+from slimkit.config.layers import LayerFilterFn, filter_fn_field, skip_field
 
 ObserverName = Literal["minmax", "ema", "percentile", "entropy", "mse"]
 
@@ -142,7 +143,8 @@ class PTQConfig(PassConfig):
     weights: WeightSpec = Field(default_factory=lambda: Int(8, per_channel=True))
     activations: Int | None = Field(default_factory=lambda: Int(8, symmetric=False, unsigned=True))
     calibration_batches: int = Field(32, ge=1, le=100_000)
-    skip: list[str] = Field(default_factory=list)
+    skip: list[str] = skip_field("kept in float")
+    filter_fn: LayerFilterFn | None = filter_fn_field()
     overrides: dict[str, WeightSpec] = Field(default_factory=dict)
     fold_bn: bool = True
     include: list[Literal["Linear", "Conv1d", "Conv2d"]] = Field(default_factory=lambda: ["Linear", "Conv2d"])
@@ -168,7 +170,8 @@ class DynamicConfig(PassConfig):
     kind: ClassVar[str] = "quantize"
     method: Literal["dynamic"] = "dynamic"
     bits: Literal[8] = 8
-    skip: list[str] = Field(default_factory=list)
+    skip: list[str] = skip_field("kept in float")
+    filter_fn: LayerFilterFn | None = filter_fn_field()
 
 
 class WeightOnlyConfig(PassConfig):
@@ -180,7 +183,8 @@ class WeightOnlyConfig(PassConfig):
     bits: Literal[2, 4, 8] = 8
     group_size: Literal[32, 64, 128] | None = None
     backend: Literal["auto", "torchao", "slimkit"] = "auto"
-    skip: list[str] = Field(default_factory=list)
+    skip: list[str] = skip_field("kept in float")
+    filter_fn: LayerFilterFn | None = filter_fn_field()
 
 
 class QATConfig(PassConfig):
@@ -202,7 +206,8 @@ class QATConfig(PassConfig):
     finetune: FinetuneConfig = Field(default_factory=lambda: FinetuneConfig(epochs=3, lr=1e-4))
     freeze_observers_epoch: int | None = Field(None, ge=0)
     fold_bn_epoch: int | None = Field(None, ge=0)
-    skip: list[str] = Field(default_factory=list)
+    skip: list[str] = skip_field("kept in float")
+    filter_fn: LayerFilterFn | None = filter_fn_field()
 
 
 class LogQuantConfig(PassConfig):
@@ -213,7 +218,8 @@ class LogQuantConfig(PassConfig):
     method: Literal["log"] = "log"
     bits: int = Field(4, ge=2, le=8)
     per_channel: bool = True
-    skip: list[str] = Field(default_factory=list)
+    skip: list[str] = skip_field("kept in float")
+    filter_fn: LayerFilterFn | None = filter_fn_field()
 
 
 class BinaryConfig(PassConfig):
@@ -224,7 +230,8 @@ class BinaryConfig(PassConfig):
     kind: ClassVar[str] = "quantize"
     method: Literal["binary"] = "binary"
     activations: bool = False
-    skip: list[str] = Field(default_factory=list)
+    skip: list[str] = skip_field("kept in float")
+    filter_fn: LayerFilterFn | None = filter_fn_field()
 
 
 class PrecisionConfig(PassConfig):

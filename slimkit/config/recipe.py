@@ -6,9 +6,9 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, field_validator, model_validator
 
+from slimkit._io import read_yaml
 from slimkit.config.base import PassConfig, StrictModel, build, format_loc, validation_problems
 from slimkit.errors import RecipeError
 
@@ -162,8 +162,8 @@ def _check_paths(recipe: Recipe, base_dir: Path) -> list[tuple[str, str]]:
     problems = []
     if recipe.model.weights is not None and str(recipe.model.weights).startswith("pkg:"):
         # ``pkg:<package>/<file>``: resolved inside the installed package, not against base_dir
+        from slimkit._io import resolve_weights
         from slimkit.errors import ModelLoadError
-        from slimkit.models.pretrained import resolve_weights
 
         try:
             resolve_weights(recipe.model.weights)
@@ -194,14 +194,7 @@ def _resolve_paths(recipe: Recipe, base_dir: Path) -> Recipe:
 def load_recipe(path: str | Path) -> Recipe:
     """Read and validate a YAML recipe file. Paths inside are relative to the current directory."""
     path = Path(path)
-    if not path.exists():
-        raise RecipeError([("", f"recipe file not found: {path}")])
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
-        raise RecipeError([("", f"not valid YAML ({where}): {getattr(exc, 'problem', exc)}")], source=str(path)) from None
+    data = read_yaml(path, what="recipe file")
     return parse_recipe(data, source=str(path), base_dir=Path.cwd())
 
 

@@ -133,9 +133,9 @@ def _flat(out: Any) -> list[torch.Tensor]:
 
 def _inline_external_data(path: Path) -> None:
     """Fold ``<name>.onnx.data`` (and other external files) into the .onnx file when small enough."""
-    from slimkit.evaluation.cost import _onnx_external_files
+    from slimkit.evaluation.cost import onnx_external_files
 
-    extra = _onnx_external_files(path)
+    extra = onnx_external_files(path)
     if not extra or path.stat().st_size + sum(p.stat().st_size for p in extra) >= _INLINE_LIMIT:
         return
     import onnx

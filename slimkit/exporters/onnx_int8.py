@@ -32,6 +32,16 @@ from torch import nn
 
 from slimkit._io import atomic_write
 from slimkit.errors import ConfigError, DataError, ExportError
+
+# parity lives in its own module; re-exported here so ``onnx_int8`` is the one import for int8 work
+from slimkit.exporters.int8_parity import (
+    batch_arrays,
+    compare_outputs,
+    int8_parity,
+    ort_kernel_counts,
+    ort_predict,
+    ort_session,
+)
 from slimkit.exporters.onnx_compact import rename_tensors
 
 log = logging.getLogger(__name__)
@@ -121,7 +131,7 @@ def shorten_qdq_names(proto: Any) -> Any:
     return proto
 
 
-def _save_single_file(proto: Any, path: Path) -> Path:
+def save_onnx_single_file(proto: Any, path: Path) -> Path:
     """Save ``proto`` with every tensor inside the .onnx file (our models are far below 2 GB), atomically."""
     import onnx
 
@@ -131,7 +141,7 @@ def _save_single_file(proto: Any, path: Path) -> Path:
     return atomic_write(path, lambda tmp: onnx.save_model(proto, str(tmp), save_as_external_data=False))
 
 
-def _load(path: str | Path) -> Any:
+def load_onnx(path: str | Path) -> Any:
     import onnx
 
     path = Path(path)
@@ -143,7 +153,7 @@ def _load(path: str | Path) -> Any:
         raise ExportError(f"cannot read {path} as ONNX: {exc}", hint="Export the model again.") from None
 
 
-def _check_runs(path: Path) -> None:
+def check_ort_loads(path: Path) -> None:
     import onnxruntime as ort
 
     try:
@@ -191,10 +201,10 @@ def export_fp32_onnx(model: nn.Module, path: str | Path, example_inputs: Sequenc
                               f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
                               hint="Check that the model runs on example_inputs and that torch.export can "
                                    "trace it (no data-dependent Python control flow).") from None
-        proto = _load(tmp)
+        proto = load_onnx(tmp)
     if strip_debug:
         strip_debug_info(proto)
-    return _save_single_file(proto, path)
+    return save_onnx_single_file(proto, path)
 
 
 # ----------------------------------------------------------------------------------------- calibration
@@ -204,24 +214,6 @@ def _input_specs(onnx_path: Path) -> list[tuple[str, list[int | str | None]]]:
 
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     return [(i.name, list(i.shape)) for i in sess.get_inputs()]
-
-
-def _as_arrays(batch: Any) -> list[np.ndarray]:
-    """Model inputs of one batch: ``x``, ``(x, y)``, ``[x]``, ``{"name": x}`` -> list of float arrays."""
-    if isinstance(batch, dict):
-        return [np.asarray(_np(v)) for v in batch.values()]
-    if isinstance(batch, (tuple, list)):
-        if len(batch) == 2 and isinstance(batch[1], torch.Tensor) and not batch[1].is_floating_point():
-            return [_np(batch[0])]  # (x, y) with integer labels
-        return [_np(b) for b in batch]
-    return [_np(batch)]
-
-
-def _np(t: Any) -> np.ndarray:
-    if isinstance(t, torch.Tensor):
-        t = t.detach().cpu()
-        return t.float().numpy() if t.is_floating_point() else t.numpy()
-    return np.asarray(t)
 
 
 class _CalibrationReader:
@@ -236,7 +228,7 @@ class _CalibrationReader:
         self.count = 0
 
     def _convert(self, batch: Any) -> list[dict[str, np.ndarray]]:
-        arrays = _as_arrays(batch)
+        arrays = batch_arrays(batch)
         if len(arrays) != len(self.specs):
             raise DataError(f"calibration batches hold {len(arrays)} input(s) but the model takes "
                             f"{len(self.specs)} ({', '.join(n for n, _ in self.specs)}).",
@@ -385,12 +377,12 @@ def quantize_onnx(
     if mode == "dynamic" and op_types and "Conv" in op_types:
         log.warning("dynamic int8 on Conv becomes ConvInteger, which is much slower than fp32 on CPU; "
                     "prefer mode='static' for convolutional models")
-    _load(src)  # clear error when missing or unreadable
+    load_onnx(src)  # clear error when missing or unreadable
 
     with tempfile.TemporaryDirectory(prefix="slimkit-int8-") as td:
         work = Path(td)
         single = work / "fp32.onnx"
-        _save_single_file(_load(src), single)
+        save_onnx_single_file(load_onnx(src), single)
         model_in = _preprocess(single, work / "pre.onnx") if preprocess else single
         tmp_out = work / "int8.onnx"
         try:
@@ -430,16 +422,16 @@ def quantize_onnx(
             raise ExportError(f"onnxruntime {mode} quantization of {src} failed: "
                               f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
                               hint="Try preprocess=False, fewer op_types, or calibrate_method='minmax'.") from None
-        _check_runs(tmp_out)
-        proto = strip_debug_info(_load(tmp_out))
+        check_ort_loads(tmp_out)
+        proto = strip_debug_info(load_onnx(tmp_out))
         if compact:
             from slimkit.exporters.onnx_compact import compact_onnx
 
             compact_onnx(proto)
         else:
             shorten_qdq_names(proto)
-        result = _save_single_file(proto, out)
-        _check_runs(result)
+        result = save_onnx_single_file(proto, out)
+        check_ort_loads(result)
     log.info("int8 (%s) ONNX written to %s: %d bytes", mode, result, onnx_size_bytes(result))
     return result
 
@@ -455,7 +447,7 @@ def quantize_onnx_ort_defaults(fp32_onnx: str | Path, out_path: str | Path, *, m
     with tempfile.TemporaryDirectory(prefix="slimkit-int8-") as td:
         tmp_out = Path(td) / "int8.onnx"
         single = Path(td) / "fp32.onnx"
-        _save_single_file(_load(src), single)
+        save_onnx_single_file(load_onnx(src), single)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if mode == "static":
@@ -465,8 +457,8 @@ def quantize_onnx_ort_defaults(fp32_onnx: str | Path, out_path: str | Path, *, m
                                 _make_reader(calibration, _input_specs(single), calibration_batches))
             else:
                 quantize_dynamic(str(single), str(tmp_out))
-        _check_runs(tmp_out)
-        return _save_single_file(strip_debug_info(_load(tmp_out)), out)
+        check_ort_loads(tmp_out)
+        return save_onnx_single_file(strip_debug_info(load_onnx(tmp_out)), out)
 
 
 # ------------------------------------------------------------------------------------------------ fp16
@@ -482,21 +474,13 @@ def convert_fp16(fp32_onnx: str | Path, out_path: str | Path, *, keep_io_types: 
         raise DependencyError(f"onnxruntime.transformers is not available: {exc}") from None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        proto = convert_float_to_float16(_load(fp32_onnx), keep_io_types=keep_io_types)
-    out = _save_single_file(strip_debug_info(proto), Path(out_path))
-    _check_runs(out)
+        proto = convert_float_to_float16(load_onnx(fp32_onnx), keep_io_types=keep_io_types)
+    out = save_onnx_single_file(strip_debug_info(proto), Path(out_path))
+    check_ort_loads(out)
     return out
 
 
-# parity lives in its own module; re-exported here so ``onnx_int8`` is the one import for int8 work
-from slimkit.exporters.int8_parity import (  # noqa: E402
-    compare_outputs,
-    int8_parity,
-    ort_kernel_counts,
-    ort_predict,
-    ort_session,
-)
-
-__all__ = ["compare_outputs", "convert_fp16", "export_fp32_onnx", "int8_parity", "onnx_size_bytes",
+__all__ = ["check_ort_loads", "compare_outputs", "convert_fp16", "export_fp32_onnx", "int8_parity", "load_onnx",
+           "onnx_size_bytes", "save_onnx_single_file",
            "ort_kernel_counts", "ort_predict", "ort_session", "quantize_onnx", "quantize_onnx_ort_defaults",
            "shorten_qdq_names", "strip_debug_info"]

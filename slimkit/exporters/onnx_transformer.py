@@ -31,7 +31,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from slimkit.context import eval_mode
 from slimkit.errors import ConfigError, ExportError
+from slimkit.evaluation.agreement import row_cosine
+from slimkit.evaluation.latency import cpu_has_vnni
 
 log = logging.getLogger(__name__)
 
@@ -147,12 +150,12 @@ def ort_embed(onnx_path: Any, input_ids: Any, attention_mask: Any, *, threads: i
 def encoder_parity(encoder: nn.Module, onnx_path: str | os.PathLike[str],
                    inputs: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
     """Max/mean absolute difference and minimum per-row cosine between ``encoder`` and the ONNX file."""
-    with torch.no_grad():
-        ref = encoder.eval()(*inputs).double().numpy()
+    with eval_mode(encoder), torch.no_grad():
+        ref = encoder(*inputs).double().numpy()
     got = ort_embed(onnx_path, inputs[0].numpy(), inputs[1].numpy()).astype(np.float64)
     diff = np.abs(got - ref)
-    cos = (got * ref).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1) + 1e-12)
-    return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()), "cosine_min": float(cos.min())}
+    return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
+            "cosine_min": float(row_cosine(got, ref).min())}
 
 
 def optimize_encoder_onnx(src: str | os.PathLike[str], dst: str | os.PathLike[str], *, num_heads: int,
@@ -249,14 +252,6 @@ class EncoderInt8Config:
     block_skip_layernorm: bool = True
     static_shapes: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _has_vnni() -> bool:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_vnni" in text or "avx_vnni" in text
 
 
 def _weight_matmuls(proto: Any) -> dict[str, tuple[Any, Any]]:
@@ -460,7 +455,7 @@ def quantize_encoder_int8(fp32_onnx: str | os.PathLike[str], out_path: str | os.
        GELU channels with the largest range go through a small fp32 side path.
     3. Dynamic int8 (``quantize_dynamic``, u8 activations, s8 per-channel weights) of MatMul and Gather.
     4. Mixed precision: the MatMuls whose int8 activations cost most fidelity (measured one at a time on
-       ``calibration``, see :mod:`slimkit.search.sensitivity`) become 8-bit weight-only MatMulNBits, greedily,
+       ``calibration``, see :mod:`slimkit.analysis.sensitivity`) become 8-bit weight-only MatMulNBits, greedily,
        until the cosine floors hold on ``calibration`` or the size budget / ``max_weight_only`` is reached.
 
     5. Exact graph rewrites (``config.static_shapes``, ``config.block_skip_layernorm``): constant Reshape
@@ -468,9 +463,9 @@ def quantize_encoder_int8(fp32_onnx: str | os.PathLike[str], out_path: str | os.
 
     Returns ``{"artifact", "size_bytes", "size_ratio", "settings", "weight_only", "smoothed", "outlier_side_nodes",
     "rewrites", "sensitivity", "assignment", "calibration_fidelity"}``. Writes ``out_path`` atomically."""
+    from slimkit.analysis.sensitivity import layer_sensitivity, mixed_assignment, sensitivity_table
     from slimkit.evaluation.embedding_fidelity import cosine_stats
-    from slimkit.exporters.onnx_int8 import _load, onnx_size_bytes
-    from slimkit.search.sensitivity import layer_sensitivity, mixed_assignment, sensitivity_table
+    from slimkit.exporters.onnx_int8 import load_onnx, onnx_size_bytes
 
     cfg = config or EncoderInt8Config()
     batches = list(calibration)
@@ -478,11 +473,11 @@ def quantize_encoder_int8(fp32_onnx: str | os.PathLike[str], out_path: str | os.
         raise ConfigError("quantize_encoder_int8 needs calibration batches of (input_ids, attention_mask).",
                           hint="Tokenize a few dozen representative sentences (slimkit.data.sentences).")
     src, out = Path(fp32_onnx), Path(out_path)
-    reduce_range = (not _has_vnni()) if cfg.reduce_range is None else cfg.reduce_range
+    reduce_range = (not bool(cpu_has_vnni())) if cfg.reduce_range is None else cfg.reduce_range
     fp32_bytes = onnx_size_bytes(src)
     with tempfile.TemporaryDirectory(prefix="slimkit-enc-int8-") as td:
         work = Path(td)
-        proto = _load(src)
+        proto = load_onnx(src)
         names = list(_weight_matmuls(proto))
         smoothed = _smooth(proto, cfg.smooth_nodes, cfg.smooth_alpha, batches, work) if cfg.smooth_nodes else []
         side = _decompose(proto, cfg.outlier_nodes, cfg.outlier_channels, batches, work)
@@ -533,7 +528,7 @@ def quantize_encoder_int8(fp32_onnx: str | os.PathLike[str], out_path: str | os.
     log.info("encoder int8 %s: %d bytes (%.1f%% of fp32), weight-only %s, calibration cosine %.5f / min %.5f",
              out, size, 100 * size / fp32_bytes, weight_only, calib_fid["cosine"], calib_fid["cosine_min"])
     return {"artifact": out, "size_bytes": size, "size_ratio": size / fp32_bytes,
-            "settings": {**asdict(cfg), "reduce_range": reduce_range, "vnni": _has_vnni()},
+            "settings": {**asdict(cfg), "reduce_range": reduce_range, "vnni": bool(cpu_has_vnni())},
             "weight_only": list(weight_only), "smoothed": smoothed, "outlier_side_nodes": side, "rewrites": rewrites,
             "sensitivity": table,
             "assignment": plan.to_dict() if plan is not None else None, "calibration_fidelity": calib_fid}

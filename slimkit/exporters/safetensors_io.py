@@ -6,7 +6,7 @@ Sparse floating tensors are stored compactly when that is smaller than dense: ``
 share storage (tied weights) are stored once and recorded as aliases.
 
 Codecs (the hook for formats the exporter does not know, e.g. quantized weights): a package registers a
-:class:`Codec` with :func:`register_codec`. At save, for every module that is an instance of one of the
+:class:`Codec` with :func:`slimkit.codecs.register_codec`. At save, for every module that is an instance of one of the
 codec's ``module_types``, ``codec.encode(module, prefix)`` may claim some of that module's state entries
 (full state names) and return for each the tensors to store (``name::<part>``) plus a JSON-able ``info``;
 unclaimed entries are stored as usual. At load, ``codec.decode(parts, info, state)`` returns the tensor
@@ -32,7 +32,6 @@ import logging
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ import torch
 from torch import nn
 
 from slimkit._io import atomic_write, atomic_write_json
+from slimkit.codecs import Codec, get_codec, register_codec, registered_codecs
 from slimkit.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -53,60 +53,14 @@ MANIFEST = "manifest.json"
 _INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
-Encoded = dict[str, tuple[dict[str, torch.Tensor], dict[str, Any]]]
-
-
-@dataclass(frozen=True)
-class Codec:
-    """A compact stored form for some state entries of some modules (see the module docstring).
-
-    ``encode(module, prefix) -> {state name: (parts, info)}`` (empty: nothing claimed); ``parts`` maps a
-    non-empty suffix to a CPU tensor, ``info`` is JSON-able. ``decode(parts, info, state) -> tensor``.
-    The decoded value may differ from the in-memory tensor (a quantized weight decodes to its quantized
-    value); :func:`encoded_state` tells what a model's state will load back as.
-    """
-
-    name: str
-    module_types: tuple[type, ...]
-    encode: Callable[[nn.Module, str], Encoded]
-    decode: Callable[[dict[str, torch.Tensor], dict[str, Any], dict[str, torch.Tensor]], torch.Tensor]
-    module: str = ""
-
-
-_CODECS: dict[str, Codec] = {}
-
-
-def register_codec(name: str, module_types: tuple[type, ...], encode: Callable[[nn.Module, str], Encoded],
-                   decode: Callable[..., torch.Tensor], *, module: str) -> Codec:
-    """Register a :class:`Codec`. ``module`` is the importable module that registers it (recorded in the
-    manifest and imported on load if the codec is not registered yet; it must start with ``slimkit.``)."""
-    codec = Codec(name, tuple(module_types), encode, decode, module)
-    _CODECS[name] = codec
-    return codec
-
-
-def _codec(name: str, module: str | None) -> Codec:
-    if name not in _CODECS and isinstance(module, str) and module.startswith("slimkit."):
-        import importlib
-
-        try:
-            importlib.import_module(module)
-        except ImportError as exc:
-            raise ModelLoadError(f"tensor codec '{name}' needs {module}, which cannot be imported: {exc}") from None
-    codec = _CODECS.get(name)
-    if codec is None:
-        raise ModelLoadError(f"the checkpoint uses tensor codec '{name}', which no slimkit module registers.",
-                             hint="Load it with the slimkit version that saved it.")
-    return codec
-
-
 def _encode_modules(model: nn.Module) -> dict[str, tuple[Codec, dict[str, torch.Tensor], dict[str, Any]]]:
     """Entries claimed by codecs: state name -> (codec, parts, info)."""
     out: dict[str, tuple[Codec, dict[str, torch.Tensor], dict[str, Any]]] = {}
-    if not _CODECS:
+    codecs = registered_codecs()
+    if not codecs:
         return out
     for prefix, module in model.named_modules():
-        for codec in _CODECS.values():
+        for codec in codecs:
             if isinstance(module, codec.module_types):
                 for key, (parts, info) in codec.encode(module, prefix).items():
                     if key not in out:
@@ -277,7 +231,7 @@ def _decode(name: str, entry: dict[str, Any], stored: dict[str, torch.Tensor]) -
 
 def _decode_codec(name: str, entry: dict[str, Any], stored: dict[str, torch.Tensor],
                   plain: dict[str, torch.Tensor]) -> torch.Tensor:
-    codec = _codec(str(entry.get("codec")), entry.get("codec_module"))
+    codec = get_codec(str(entry.get("codec")), entry.get("codec_module"))
     parts = {}
     for suffix in entry.get("parts") or []:
         part = stored.get(f"{name}::{suffix}")

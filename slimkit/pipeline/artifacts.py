@@ -6,13 +6,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
+from slimkit._io import read_yaml
 from slimkit.errors import RunError
 
 
-def _locate(run_dir: Path, stage: str) -> tuple[Any, Path, int]:
+def locate_stage(run_dir: Path, stage: str) -> tuple[Any, Path, int]:
+    """The run's resolved recipe, the directory of ``stage`` (final, baseline or a stage index) and how many
+    stages ran before it was saved."""
     from slimkit.config.recipe import parse_recipe
     from slimkit.pipeline.runner import stage_dirname
 
@@ -20,7 +22,7 @@ def _locate(run_dir: Path, stage: str) -> tuple[Any, Path, int]:
     if not recipe_file.exists():
         raise RunError(f"{run_dir} is not a slimkit run directory (no recipe.yaml).",
                        hint="Give the directory that `slimkit run` wrote, e.g. runs/demo.")
-    recipe = parse_recipe(yaml.safe_load(recipe_file.read_text()), source=str(recipe_file))
+    recipe = parse_recipe(read_yaml(recipe_file), source=str(recipe_file))
     if stage == "final":
         return recipe, run_dir / "final", len(recipe.stages)
     if stage == "baseline":
@@ -35,20 +37,14 @@ def _locate(run_dir: Path, stage: str) -> tuple[Any, Path, int]:
 
 def load_saved(run_dir: Path, stage: str = "final") -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     """Rebuild the saved model of ``stage`` and return it with example inputs."""
-    from slimkit.data import load_data
-    from slimkit.models import build_model
-    from slimkit.pipeline.runner import _restore, _Run
+    from slimkit.pipeline.runner import restore_saved
 
-    recipe, directory, upto = _locate(run_dir, stage)
+    recipe, directory, upto = locate_stage(run_dir, stage)
     if not (directory / "manifest.json").exists():
         raise RunError(f"{directory} holds no saved model; the run may not have reached it.",
                        hint="Finish it with `slimkit run RECIPE --out DIR --resume`.")
-    run = _Run(recipe, run_dir)
-    run.bundle = load_data(recipe.data)
-    run.build = lambda: build_model(recipe.model, input_shape=run.bundle.input_shape,
-                                    num_classes=run.bundle.num_classes, seed=recipe.seed)
-    model = _restore(run, directory, list(recipe.stages[:upto]))
-    return model, run.bundle.example_inputs
+    model, bundle = restore_saved(recipe, run_dir, directory, upto)
+    return model, bundle.example_inputs
 
 
 def evaluate_saved(run_dir: Path, stage: str = "final") -> dict[str, Any]:
@@ -56,7 +52,7 @@ def evaluate_saved(run_dir: Path, stage: str = "final") -> dict[str, Any]:
     from slimkit.data import load_data
     from slimkit.evaluation import evaluate_model
 
-    recipe, directory, _ = _locate(run_dir, stage)
+    recipe, directory, _ = locate_stage(run_dir, stage)
     model, example = load_saved(run_dir, stage)
     bundle = load_data(recipe.data)
     loader = bundle.test if recipe.evaluate.split == "test" else (bundle.val or bundle.test)

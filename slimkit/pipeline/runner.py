@@ -154,23 +154,14 @@ def _pass_context(run: _Run, teacher: nn.Module, index: int) -> PassContext:
 
 
 def _paired_latency(run: _Run, baseline: nn.Module, final: nn.Module) -> tuple[Any, Any]:
-    """Measure baseline and final latency alternately in this process (A B A B), median of the rounds."""
-    from slimkit.evaluation.latency import torch_latency
+    """Baseline and final latency measured alternately in this process (evaluation.latency.paired_latency)."""
+    from slimkit.evaluation.latency import paired_latency, torch_latency
 
     cfg = run.recipe.evaluate.latency
     if cfg is None:
         return None, None
-    a: list[dict[str, Any]] = []
-    b: list[dict[str, Any]] = []
-    for _ in range(3):
-        a.append(torch_latency(baseline, run.bundle.example_inputs, cfg))
-        b.append(torch_latency(final, run.bundle.example_inputs, cfg))
-
-    def mid(rows: list[dict[str, Any]]) -> dict[str, Any]:
-        rows = sorted(rows, key=lambda r: r["median"])
-        return rows[len(rows) // 2]
-
-    return mid(a), mid(b)
+    x = run.bundle.example_inputs
+    return paired_latency(lambda: torch_latency(baseline, x, cfg), lambda: torch_latency(final, x, cfg))
 
 
 def _export(run: _Run, model: nn.Module) -> list[dict[str, Any]]:
@@ -362,4 +353,17 @@ def _yaml(data: dict[str, Any]) -> str:
     return yaml.safe_dump(data, sort_keys=False)
 
 
-__all__ = ["RunError", "coerce_recipe", "run_recipe"]
+def restore_saved(recipe: Recipe, run_dir: Path, directory: Path, upto: int) -> tuple[nn.Module, Any]:
+    """Rebuild the model saved in ``directory`` by a run of ``recipe`` after its first ``upto`` stages (no
+    data-dependent compute: structural passes are redone from the manifest). Returns (model, data bundle)."""
+    from slimkit.data import load_data
+    from slimkit.models import build_model
+
+    run = _Run(recipe, run_dir)
+    run.bundle = load_data(recipe.data)
+    run.build = lambda: build_model(recipe.model, input_shape=run.bundle.input_shape,
+                                    num_classes=run.bundle.num_classes, seed=recipe.seed)
+    return _restore(run, directory, list(recipe.stages[:upto])), run.bundle
+
+
+__all__ = ["RunError", "coerce_recipe", "restore_saved", "run_recipe"]

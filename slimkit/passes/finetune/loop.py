@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimkit.config.finetune import FinetuneConfig
-from slimkit.context import PassContext, model_device
+from slimkit.context import PassContext, eval_mode, model_device
+from slimkit.data.batch import call_model, split_batch
 from slimkit.errors import ConfigError, DataError
 from slimkit.passes.prune.masks import apply_masks_, eligible_layers, masks_from_zeros, prepare_masks
 from slimkit.progress import track
@@ -95,15 +96,9 @@ def _to_device(x: Any, device: torch.device, dtype: torch.dtype | None) -> Any:
         return x
     if isinstance(x, (tuple, list)):
         return type(x)(_to_device(v, device, dtype) for v in x)
+    if isinstance(x, Mapping):
+        return {k: _to_device(v, device, dtype) for k, v in x.items()}
     return x
-
-
-def _split(batch: Any) -> tuple[Any, torch.Tensor]:
-    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-        raise DataError(f"training batches must be (x, y) pairs, got {type(batch).__name__}"
-                        f"{f' of length {len(batch)}' if isinstance(batch, (tuple, list)) else ''}.",
-                        hint="Wrap the dataset so each item is (input, label).")
-    return batch[0], batch[1]
 
 
 def logits_of(output: Any) -> torch.Tensor:
@@ -117,11 +112,6 @@ def logits_of(output: Any) -> torch.Tensor:
     raise DataError(f"cannot find logits in a model output of type {type(output).__name__}.")
 
 
-def call_model(model: nn.Module, x: Any) -> Any:
-    """``model(*x)`` for a tuple/list input, else ``model(x)``."""
-    return model(*x) if isinstance(x, (tuple, list)) else model(x)
-
-
 def cross_entropy_loss(model: nn.Module, x: Any, y: torch.Tensor) -> torch.Tensor:
     """The default ``loss_fn``: cross-entropy of the model's logits against integer labels."""
     return F.cross_entropy(logits_of(call_model(model, x)).float(), y)
@@ -133,19 +123,15 @@ def accuracy(model: nn.Module, loader: Iterable[Any], *, amp: AmpPlan | None = N
     The model's train/eval mode is restored afterwards."""
     device = model_device(model)
     dtype = _input_dtype(model, amp)
-    was_training = model.training
-    model.eval()
     correct = total = 0
-    try:
+    with eval_mode(model):
         for batch in loader:
-            x, y = _split(batch)
+            x, y = split_batch(batch, labelled=True)
             x, y = _to_device(x, device, dtype), y.to(device)
             with amp.autocast() if amp is not None else contextlib.nullcontext():
                 pred = logits_of(call_model(model, x)).argmax(dim=-1)
             correct += int((pred == y).sum().item())
             total += int(y.numel())
-    finally:
-        model.train(was_training)
     return correct / total if total else 0.0
 
 
@@ -255,7 +241,7 @@ def train_model(
                 for batch in train_loader:
                     if cfg.max_steps_per_epoch is not None and n_steps >= cfg.max_steps_per_epoch:
                         break
-                    x, y = _split(batch)
+                    x, y = split_batch(batch, labelled=True)
                     x, y = _to_device(x, device, in_dtype), _to_device(y, device, None)
                     optimizer.zero_grad(set_to_none=True)
                     with amp.autocast():

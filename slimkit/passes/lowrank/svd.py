@@ -10,7 +10,6 @@ layers are left alone. At full rank the factorized layer reproduces the original
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import math
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimkit.config.layers import is_skipped
 from slimkit.config.lowrank import SVDConfig
 from slimkit.context import PassContext
 from slimkit.errors import ConfigError, ModelLoadError
@@ -166,8 +166,8 @@ def _candidates(model: nn.Module, cfg: SVDConfig) -> tuple[list[tuple[str, nn.Mo
         seen.add(id(module))
         mat = weight_matrix(module)
         plan = LayerPlan(name, type(module).__name__, mat.shape[0], mat.shape[1], None)
-        if any(fnmatch.fnmatchcase(name, g) for g in cfg.skip):
-            plan.reason = "matches a skip glob"
+        if is_skipped(name, module, cfg.skip, cfg.filter_fn):
+            plan.reason = "skipped (skip or filter_fn)"
         elif isinstance(module, nn.Conv2d) and module.groups != 1:
             plan.reason = f"grouped conv (groups={module.groups})"
         elif id(module.weight) in shared:
@@ -264,12 +264,6 @@ def plan_lowrank(model: nn.Module, cfg: SVDConfig) -> list[LayerPlan]:
     return sorted(plans, key=lambda p: order.get(p.name, 0))
 
 
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, attr = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, attr, new)
-
-
 def apply_plan(model: nn.Module, plans: list[LayerPlan]) -> nn.Module:
     """Replace every planned layer by its factorization (a module registered under several names is
     replaced by the same new module everywhere)."""
@@ -285,7 +279,7 @@ def apply_plan(model: nn.Module, plans: list[LayerPlan]) -> nn.Module:
             by_module[id(layer)] = new
         for other_name, other in list(model.named_modules(remove_duplicate=False)):
             if other is layer:
-                _set_module(model, other_name, new)
+                model.set_submodule(other_name, new)
     return model
 
 

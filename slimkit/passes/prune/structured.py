@@ -9,7 +9,6 @@ touched; ``ratio=0`` changes nothing.
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 from torch import nn
@@ -17,60 +16,13 @@ from torch import nn
 from slimkit.config.structured import StructuredPruneConfig
 from slimkit.context import PassContext
 from slimkit.errors import ConstraintError, ModelLoadError
+from slimkit.evaluation.cost import count_macs
 from slimkit.graph import DependencyGraph, apply_removal, build_dependency_graph, pruned_copy
 from slimkit.passes.prune.structured_importance import unit_scores
+from slimkit.passes.prune.structured_plan import plan_removal
 from slimkit.registry import register_pass
 
 log = logging.getLogger(__name__)
-
-
-def count_macs(model: nn.Module, example_inputs: tuple[Any, ...]) -> int:
-    """MACs of one forward (torch.utils.flop_counter; MACs = FLOPs / 2)."""
-    try:
-        from slimkit.evaluation.cost import count_macs as _count
-    except ImportError:  # pragma: no cover - evaluation package not present
-        _count = None
-    if _count is not None:
-        return int(_count(model, example_inputs))
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model(*example_inputs)
-    return int(counter.get_total_flops()) // 2
-
-
-def plan_removal(graph: DependencyGraph, scores: dict[int, float], ratio: float, *, scope: str = "layer",
-                 round_to: int = 1, max_group_ratio: float = 0.9) -> set[int]:
-    """The units to remove for ``ratio`` (lowest scores first), per group or globally."""
-    if ratio <= 0:
-        return set()
-    removed: set[int] = set()
-    caps = {g.index: int(math.floor(len(g) * max_group_ratio)) for g in graph.groups}
-    if scope == "global":
-        ranked = sorted((scores.get(u, 0.0), g.index, u) for g in graph.groups for u in g.units)
-        budget = int(round(ratio * len(ranked)))
-        taken: dict[int, list[int]] = {g.index: [] for g in graph.groups}
-        for _, gi, u in ranked:
-            if budget <= 0:
-                break
-            if len(taken[gi]) < caps[gi]:
-                taken[gi].append(u)
-                budget -= 1
-    else:
-        taken = {}
-        for g in graph.groups:
-            n = min(int(math.floor(ratio * len(g) + 1e-9)), caps[g.index])
-            taken[g.index] = sorted(g.units, key=lambda u: scores.get(u, 0.0))[:n]
-    for g in graph.groups:
-        drop = taken[g.index]
-        if round_to > 1 and g.kind == "channels" and g.width == 1 and drop:
-            kept = len(g) - len(drop)
-            kept = min(len(g), int(math.ceil(kept / round_to)) * round_to)
-            drop = sorted(drop, key=lambda u: scores.get(u, 0.0))[: len(g) - kept]
-        removed.update(drop)
-    return removed
 
 
 def _refinement_moves(graph: DependencyGraph, scores: dict[int, float], removed: set[int], extra: set[int],
@@ -115,7 +67,7 @@ def _solve_macs(model: nn.Module, graph: DependencyGraph, scores: dict[int, floa
         raise ConstraintError(
             f"target_macs={cfg.target_macs} cannot be reached: removing {cfg.max_group_ratio:.0%} of every "
             f"prunable group still leaves {m_hi / base:.1%} of the original MACs. Nothing was changed.",
-            hint="Lower protection (protected=[...]), raise max_group_ratio, or ask for a milder target.")
+            hint="Lower protection (skip=[...]), raise max_group_ratio, or ask for a milder target.")
     rem_lo: set[int] = set()
     best = (abs(m_hi / target - 1), rem_hi, m_hi)
     for _ in range(16):
@@ -191,7 +143,7 @@ def structured_prune(model: nn.Module, cfg: StructuredPruneConfig, ctx: PassCont
     info: dict[str, Any] = {"trace": None, "opaque": {}, "latency": []}
     ctx.extras["structured"] = info
     if cfg.ratio == 0:
-        graph = build_dependency_graph(model, inputs, protected=cfg.protected, unreached=cfg.unreached)
+        graph = build_dependency_graph(model, inputs, skip=cfg.skip, filter_fn=cfg.filter_fn, unreached=cfg.unreached)
         info.update(trace=graph.tracer, opaque=dict(graph.opaque))
         return model
     base = count_macs(model, inputs) if cfg.target_macs is not None else 0
@@ -199,7 +151,7 @@ def structured_prune(model: nn.Module, cfg: StructuredPruneConfig, ctx: PassCont
     lat_done = 1.0  # latency of the current model over the original's (product of the measured steps)
     for step in range(1, cfg.steps + 1):
         frac = step / cfg.steps
-        graph = build_dependency_graph(model, inputs, protected=cfg.protected, unreached=cfg.unreached)
+        graph = build_dependency_graph(model, inputs, skip=cfg.skip, filter_fn=cfg.filter_fn, unreached=cfg.unreached)
         info.update(trace=graph.tracer, opaque=dict(graph.opaque))
         scores = unit_scores(model, graph, cfg.importance, calibration=ctx.calibration, example_inputs=inputs,
                              batches=cfg.calibration_batches, aggregate=cfg.aggregate)

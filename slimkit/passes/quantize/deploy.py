@@ -32,9 +32,10 @@ import torch
 from torch import nn
 
 from slimkit.errors import ConfigError
+from slimkit.evaluation.latency import cpu_has_vnni
 from slimkit.exporters import register_onnx_quantizer
 from slimkit.passes.quantize.fake_quant import FakeQuantize
-from slimkit.passes.quantize.modules import quant_wrappers, set_submodule, unwrap
+from slimkit.passes.quantize.modules import quant_wrappers, unwrap
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +57,10 @@ def _export_fakequant_qdq(model: nn.Module, path: Path, *, example_inputs: tuple
                           config: FakeQuantQDQ, calibration: Iterable[Any] | None, opset: int) -> dict[str, Any]:
     from slimkit.exporters.onnx_int8 import int8_parity
     from slimkit.exporters.onnx_qdq import export_qdq_from_fakequant
-    from slimkit.passes.quantize.ptq import batch_inputs
 
     export_qdq_from_fakequant(model, path, example_inputs, opset=opset)
-    batches = [batch_inputs(b) for b in itertools.islice(iter(calibration), config.parity_batches)] \
-        if calibration is not None else []
-    parity = int8_parity(path, model, batches or [example_inputs[0]], min_top1=config.parity_min_top1,
+    batches = list(itertools.islice(iter(calibration), config.parity_batches)) if calibration is not None else []
+    parity = int8_parity(path, model, batches or [(example_inputs, None)], min_top1=config.parity_min_top1,
                          min_cosine=config.parity_min_cosine)
     return {"parity": {**parity, "ok": True, "reference": "pytorch fake-quant model"}}
 
@@ -108,26 +107,13 @@ def float_copy(model: nn.Module) -> nn.Module:
         if isinstance(mod, PackedWeightLayer):
             inner = mod.module
             inner.weight = nn.Parameter(mod.dequantized_weight().detach().float())
-            set_submodule(m, name, inner)
+            m.set_submodule(name, inner)
     for mod in m.modules():
         w = getattr(mod, "weight", None)
         if _is_torchao(w):
             mod.weight = nn.Parameter(w.dequantize().detach().float(), requires_grad=False)
     remove_precision_hooks(m)
     return m.float().eval()
-
-
-# ------------------------------------------------------------------------------------------------ CPU
-def cpu_has_vnni() -> bool | None:
-    """Whether this CPU advertises VNNI int8 dot products (x86 ``avx512_vnni`` / ``avx_vnni``); None if unknown."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return None
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), None)
-    if flags is None:
-        return None
-    return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
 def _has_conv(model: nn.Module) -> bool:
@@ -137,18 +123,10 @@ def _has_conv(model: nn.Module) -> bool:
 # ------------------------------------------------------------------------------------------- export entry
 def _paired_ort_latency(a: Path, b: Path, inputs: tuple[torch.Tensor, ...], cfg: Any,
                         rounds: int = 3) -> tuple[dict[str, Any], dict[str, Any]]:
-    """onnxruntime latency of two files, alternated (A B A B ...) in this process; the median round of each."""
-    from slimkit.evaluation.latency import ort_latency
+    """onnxruntime latency of two files, alternated in this process (evaluation.latency.paired_latency)."""
+    from slimkit.evaluation.latency import ort_latency, paired_latency
 
-    ra, rb = [], []
-    for _ in range(rounds):
-        ra.append(ort_latency(a, inputs, cfg))
-        rb.append(ort_latency(b, inputs, cfg))
-
-    def mid(rows: list[dict[str, Any]]) -> dict[str, Any]:
-        return sorted(rows, key=lambda r: r["median"])[len(rows) // 2]
-
-    return mid(ra), mid(rb)
+    return paired_latency(lambda: ort_latency(a, inputs, cfg), lambda: ort_latency(b, inputs, cfg), rounds=rounds)
 
 
 def _speed_note(ratio: float | None, vnni: bool | None, route: str, has_conv: bool) -> str:

@@ -5,6 +5,7 @@ better on one). Written as compare.json, compare.md and a self-contained compare
 
 from __future__ import annotations
 
+import base64
 import html
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 from slimkit._io import atomic_write_json, atomic_write_text
 from slimkit.errors import ReportError
 from slimkit.pipeline.report import read_json
-from slimkit.pipeline.report.plotting import figure_png, latency_noise, mark_if_within_noise
+from slimkit.pipeline.report.plotting import latency_noise, mark_if_within_noise
 from slimkit.pipeline.report.render import fmt
 
 #: (key, column title, direction) of every objective the front is computed over, when every run measured it
@@ -121,34 +122,31 @@ def plot(cmp: dict[str, Any], x_key: str) -> str | None:
     pts = [r for r in cmp["runs"] if r["quality"] is not None and r[x_key] is not None]
     if len(pts) < 2:
         return None
-    import matplotlib
+    from slimkit.analysis.figures import figure, png_bytes
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    with figure((5.5, 3.6), dpi=110) as (fig, ax):
+        q = 100.0 if cmp["quality"] == "accuracy" else 1.0
+        # the front is over every objective: a point on it may look dominated in this 2-D view, so no line joins them
+        for on, color, marker, label in ((True, "#d62728", "o", "on the Pareto front (all objectives)"),
+                                         (False, "#7f7f7f", "x", "dominated")):
+            sel = [r for r in pts if r["pareto"] is on]
+            if sel:
+                ax.scatter([r[x_key] for r in sel], [q * r["quality"] for r in sel], c=color, marker=marker, label=label,
+                           zorder=2)
+        for r in pts:
+            ax.annotate(r["run"], (r[x_key], q * r["quality"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        if x_key == "latency":
+            mark_if_within_noise(ax, [r["latency"] for r in pts], latency_noise(pts), unit=" ms")
+        if x_key == "size_bytes":
+            from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=110)
-    q = 100.0 if cmp["quality"] == "accuracy" else 1.0
-    # the front is over every objective: a point on it may look dominated in this 2-D view, so no line joins them
-    for on, color, marker, label in ((True, "#d62728", "o", "on the Pareto front (all objectives)"),
-                                     (False, "#7f7f7f", "x", "dominated")):
-        sel = [r for r in pts if r["pareto"] is on]
-        if sel:
-            ax.scatter([r[x_key] for r in sel], [q * r["quality"] for r in sel], c=color, marker=marker, label=label,
-                       zorder=2)
-    for r in pts:
-        ax.annotate(r["run"], (r[x_key], q * r["quality"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
-    if x_key == "latency":
-        mark_if_within_noise(ax, [r["latency"] for r in pts], latency_noise(pts), unit=" ms")
-    if x_key == "size_bytes":
-        from matplotlib.ticker import FuncFormatter, MaxNLocator
-
-        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt("size_bytes", {"size_bytes": int(v)})))
-    ax.set_xlabel("bytes on disk" if x_key == "size_bytes" else "latency (ms, median, each run's own process)")
-    ax.set_ylabel(f"{cmp['quality']}" + (" (%)" if q == 100.0 else ""))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    return figure_png(fig)
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt("size_bytes", {"size_bytes": int(v)})))
+        ax.set_xlabel("bytes on disk" if x_key == "size_bytes" else "latency (ms, median, each run's own process)")
+        ax.set_ylabel(f"{cmp['quality']}" + (" (%)" if q == 100.0 else ""))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        return base64.b64encode(png_bytes(fig)).decode()
 
 
 def render_html(cmp: dict[str, Any]) -> str:

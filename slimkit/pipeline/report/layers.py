@@ -7,11 +7,12 @@ Read-only: nothing here changes a run. The plots are base64 PNGs for the self-co
 
 from __future__ import annotations
 
+import base64
 import math
 from pathlib import Path
 from typing import Any
 
-from slimkit.pipeline.report.plotting import figure_png
+from slimkit.analysis.figures import figure, png_bytes
 
 _DTYPE_BITS = {"float64": 64, "float32": 32, "float16": 16, "bfloat16": 16, "int8": 8, "uint8": 8}
 
@@ -112,45 +113,39 @@ def layers_markdown(layers: dict[str, list[dict[str, Any]]]) -> list[str]:
     return lines
 
 
-def _fig(n: int) -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    height = max(2.4, 0.9 + 0.22 * n)
-    return plt.subplots(figsize=(6.4, height), dpi=110)
+def _size(n: int) -> tuple[float, float]:
+    return (6.4, max(2.4, 0.9 + 0.22 * n))
 
 
 def _bars(names: list[str], values: list[float], xlabel: str, *, note: str, limit: float) -> str:
-    fig, ax = _fig(len(names))
-    ys = range(len(names))
-    ax.barh(list(ys), values, color="#1f77b4")
-    ax.set_yticks(list(ys), names, fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xlim(0, limit * 1.08)  # from zero: bar lengths compare
-    for y, v in zip(ys, values, strict=True):
-        ax.annotate(f"{v:.3g}", (v, y), textcoords="offset points", xytext=(3, -3), fontsize=6)
-    ax.set_xlabel(xlabel)
-    ax.set_title(note, fontsize=8)
-    ax.grid(axis="x", alpha=0.3)
-    return figure_png(fig)
+    with figure(_size(len(names)), dpi=110) as (fig, ax):
+        ys = range(len(names))
+        ax.barh(list(ys), values, color="#1f77b4")
+        ax.set_yticks(list(ys), names, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlim(0, limit * 1.08)  # from zero: bar lengths compare
+        for y, v in zip(ys, values, strict=True):
+            ax.annotate(f"{v:.3g}", (v, y), textcoords="offset points", xytext=(3, -3), fontsize=6)
+        ax.set_xlabel(xlabel)
+        ax.set_title(note, fontsize=8)
+        ax.grid(axis="x", alpha=0.3)
+        return base64.b64encode(png_bytes(fig)).decode()
 
 
 def _pair(names: list[str], before: list[int], after: list[int]) -> str:
-    fig, ax = _fig(len(names))
-    ys = list(range(len(names)))
-    ax.barh([y - 0.2 for y in ys], before, height=0.4, color="#bbbbbb", label="before")
-    ax.barh([y + 0.2 for y in ys], after, height=0.4, color="#ff7f0e", label="after")
-    for y, b, a in zip(ys, before, after, strict=True):
-        ax.annotate(f"{b} -> {a}", (max(a, b), y), textcoords="offset points", xytext=(3, -3), fontsize=6)
-    ax.set_yticks(ys, names, fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xlim(0, max(before + after) * 1.25)
-    ax.set_xlabel("output channels / features")
-    ax.legend(fontsize=7, loc="lower right")
-    ax.grid(axis="x", alpha=0.3)
-    return figure_png(fig)
+    with figure(_size(len(names)), dpi=110) as (fig, ax):
+        ys = list(range(len(names)))
+        ax.barh([y - 0.2 for y in ys], before, height=0.4, color="#bbbbbb", label="before")
+        ax.barh([y + 0.2 for y in ys], after, height=0.4, color="#ff7f0e", label="after")
+        for y, b, a in zip(ys, before, after, strict=True):
+            ax.annotate(f"{b} -> {a}", (max(a, b), y), textcoords="offset points", xytext=(3, -3), fontsize=6)
+        ax.set_yticks(ys, names, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlim(0, max(before + after) * 1.25)
+        ax.set_xlabel("output channels / features")
+        ax.legend(fontsize=7, loc="lower right")
+        ax.grid(axis="x", alpha=0.3)
+        return base64.b64encode(png_bytes(fig)).decode()
 
 
 __all__ = ["layer_profile", "layer_views", "layers_markdown", "run_layers"]

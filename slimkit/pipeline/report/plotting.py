@@ -1,24 +1,11 @@
-"""Plot helpers shared by every page: axes that do not mislead (when the whole span of a measured axis is
-within its measurement noise, the axis is drawn from zero and marked "no measurable difference" instead of
-stretching noise across the plot) and a figure as a base64 PNG for a self-contained page.
+"""Axes that do not mislead: when the whole span of a measured axis is within its measurement noise, the axis
+is drawn from zero and marked "no measurable difference" instead of stretching noise across the plot.
+(Figures themselves come from :mod:`slimkit.analysis.figures`.)
 """
 
 from __future__ import annotations
 
-import base64
-import io
 from typing import Any
-
-
-def figure_png(fig: Any) -> str:
-    """Lay out a matplotlib figure, close it and return it as a base64 PNG (for ``data:image/png;base64,``)."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
 
 
 def latency_noise(metrics: list[dict[str, Any]]) -> float | None:
@@ -56,4 +43,4 @@ def mark_if_within_noise(ax: Any, values: list[float], noise: float | None, *, a
     return note.replace("\n", " ")
 
 
-__all__ = ["figure_png", "latency_noise", "mark_if_within_noise", "within_noise"]
+__all__ = ["latency_noise", "mark_if_within_noise", "within_noise"]

@@ -6,7 +6,7 @@ import base64
 import html
 from typing import Any
 
-from slimkit.pipeline.report.plotting import figure_png, latency_noise, mark_if_within_noise
+from slimkit.pipeline.report.plotting import latency_noise, mark_if_within_noise
 
 COLUMNS = [
     ("accuracy", "accuracy"), ("f1", "F1"), ("params", "params"), ("nonzero_params", "non-zero"),
@@ -126,7 +126,7 @@ def sensitivity_markdown(stage: dict[str, Any]) -> list[str]:
 
 def sensitivity_png(stage: dict[str, Any]) -> str:
     """Base64 PNG of one stage's sensitivity bar plot (kept layers in red)."""
-    from slimkit.search.sensitivity import UnitSensitivity, sensitivity_plot
+    from slimkit.analysis.sensitivity import UnitSensitivity, sensitivity_plot
 
     r = stage["sensitivity"]
     units = [UnitSensitivity(row["unit"], row["score"], row["loss"], row.get("cost")) for row in r["table"]]
@@ -136,11 +136,6 @@ def sensitivity_png(stage: dict[str, Any]) -> str:
 
 
 def _plot(report: dict[str, Any], x_key: str, x_label: str) -> str | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     pts = []
     measured = []
     points = rows(report)
@@ -154,24 +149,26 @@ def _plot(report: dict[str, Any], x_key: str, x_label: str) -> str | None:
             measured.append(m)
     if not pts:
         return None
-    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=110)
-    xs = [p[1] for p in pts]
-    ys = [p[2] for p in pts]
-    ax.plot(xs, ys, "-", color="#bbb", zorder=1)
-    ax.scatter(xs, ys, c=["#1f77b4"] + ["#ff7f0e"] * (len(pts) - 1), zorder=2)
-    for label, x, y in pts:
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _bytes(int(v)) if x_key == "size" else f"{v:.3g}"))
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.4g}"))
-    if x_key == "latency":  # a latency axis spanning less than the run-to-run spread is drawn from zero, marked
-        mark_if_within_noise(ax, xs, latency_noise(measured), unit=" ms")
-    ax.set_xlabel(x_label)
-    ax.set_ylabel("accuracy (%)")
-    ax.grid(alpha=0.3)
-    return figure_png(fig)
+    from slimkit.analysis.figures import figure, png_bytes
+
+    with figure((5.5, 3.6), dpi=110) as (fig, ax):
+        xs = [p[1] for p in pts]
+        ys = [p[2] for p in pts]
+        ax.plot(xs, ys, "-", color="#bbb", zorder=1)
+        ax.scatter(xs, ys, c=["#1f77b4"] + ["#ff7f0e"] * (len(pts) - 1), zorder=2)
+        for label, x, y in pts:
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _bytes(int(v)) if x_key == "size" else f"{v:.3g}"))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.4g}"))
+        if x_key == "latency":  # a latency axis spanning less than the run-to-run spread: from zero, marked
+            mark_if_within_noise(ax, xs, latency_noise(measured), unit=" ms")
+        ax.set_xlabel(x_label)
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+        return base64.b64encode(png_bytes(fig)).decode()
 
 
 def render_html(report: dict[str, Any], layers: dict[str, list[dict[str, Any]]] | None = None) -> str:
