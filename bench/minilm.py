@@ -57,14 +57,9 @@ SHAPES = {"b1_s128": (1, 128), "b8_s128": (8, 128)}
 def _session(path: Path, threads: int) -> Any:
     """An onnxruntime CPU session with ``threads`` intra-op threads that do not spin between runs (idle
     spinning threads of one session would steal the cores from the next system in an interleaved round)."""
-    import onnxruntime as ort
+    from slimkit.evaluation.latency import ort_session
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    return ort_session(path, threads, spinning=False)
 
 
 def _latency(runners: dict[Any, Any], threads: int, rounds: int, reps: int

@@ -10,34 +10,19 @@ import typer
 
 from slimkit.errors import ConfigError, RunError
 
-METHODS = ("ptq", "dynamic", "qat", "weight-only", "fp16", "bf16", "log", "binary")
-_NO_BITS = {"fp16": "half precision has no bit width", "bf16": "half precision has no bit width",
-            "binary": "binary weights are 1 bit", "dynamic": "dynamic quantization is int8 only"}
-
 
 def stage_for(method: str, bits: int | None, group_size: int | None = None) -> dict[str, Any]:
-    """The recipe stage ``{"quantize": {...}}`` for a CLI method and bit width (validated later by the
-    recipe parser, so out-of-range values are reported with their recipe path)."""
-    if method not in METHODS:
-        raise ConfigError(f"unknown --method {method!r}; expected one of {', '.join(METHODS)}.")
-    if bits is not None and method in _NO_BITS and not (method == "dynamic" and bits == 8):
-        raise ConfigError(f"--bits {bits} does not apply to --method {method}: {_NO_BITS[method]}.",
-                          hint="Leave --bits out, or pick ptq, qat, weight-only or log.")
-    if group_size is not None and method not in ("ptq", "weight-only"):
-        raise ConfigError(f"--group-size applies to ptq and weight-only, not to {method}.")
-    body: dict[str, Any] = {"method": method}
-    if method == "ptq":
-        weights: dict[str, Any] = {"bits": 8 if bits is None else bits, "per_channel": True}
-        if group_size is not None:
-            weights["group_size"] = group_size
-        body["weights"] = weights
-    elif method in ("qat", "log", "weight-only") and bits is not None:
-        body["bits"] = bits
-    if method == "weight-only" and group_size is not None:
-        body["group_size"] = group_size
-    if method == "qat":
-        body["finetune"] = {"epochs": 3, "lr": 0.001}
-    return {"quantize": body}
+    """The recipe stage ``{"quantize": {...}}`` for a registered quantize method and the CLI's shorthand
+    flags (the config's ``shorthand``; values are validated later by the recipe parser, so out-of-range
+    values are reported with their recipe path)."""
+    from slimkit.errors import did_you_mean
+    from slimkit.registry import kinds
+
+    specs = kinds().get("quantize", {})
+    if method not in specs:
+        raise ConfigError(f"unknown --method {method!r}.{did_you_mean(method, specs)} "
+                          f"Expected one of {', '.join(sorted(specs))}.")
+    return {"quantize": specs[method].config_cls.shorthand(bits=bits, group_size=group_size)}
 
 
 def build_recipe(source: str | None, *, method: str, bits: int | None, group_size: int | None, arch: str | None,
@@ -100,10 +85,12 @@ def register(app: typer.Typer) -> None:
     def quantize(
         source: Annotated[str | None, typer.Argument(help="a recipe YAML (its model and data) or a model arch name")]
         = None,
-        method: Annotated[str, typer.Option("--method", "-m", help="|".join(METHODS))] = "ptq",
-        bits: Annotated[int | None, typer.Option("--bits", help="weight bits (ptq, qat, weight-only, log)")] = None,
-        group_size: Annotated[int | None, typer.Option("--group-size", help="per-group scales (ptq, weight-only)")]
-        = None,
+        method: Annotated[str, typer.Option("--method", "-m", help="a registered quantize method (ptq, dynamic, "
+                                            "qat, weight-only, fp16, bf16, log, binary, ...; an unknown one lists "
+                                            "them)")] = "ptq",
+        bits: Annotated[int | None, typer.Option("--bits", help="weight bits, for methods with a bit width")] = None,
+        group_size: Annotated[int | None, typer.Option("--group-size", help="per-group scales, for methods "
+                                                       "with groups")] = None,
         out: Annotated[Path | None, typer.Option("--out", "-o", help="run directory (default runs/<name>)")] = None,
         arch: Annotated[str | None, typer.Option("--arch", help="built-in architecture")] = None,
         weights: Annotated[Path | None, typer.Option("--weights", help="weights of --arch")] = None,
@@ -164,6 +151,7 @@ def export_run(run_dir: Path, *, fmt: str = "onnx", precision: str = "fp32", out
     from slimkit.data import load_data
     from slimkit.exporters import export_model
     from slimkit.pipeline.artifacts import load_saved, locate_stage
+    from slimkit.pipeline.runner import relative_artifacts
 
     recipe, _, _ = locate_stage(run_dir, stage)
     model, example = load_saved(run_dir, stage)
@@ -176,22 +164,9 @@ def export_run(run_dir: Path, *, fmt: str = "onnx", precision: str = "fp32", out
     if target.suffix != ".onnx":
         raise ConfigError(f"--out {target} must end in .onnx for --format onnx.")
     target.parent.mkdir(parents=True, exist_ok=True)
-    import sys
-
-    quantized = False
-    if "slimkit.passes.quantize" in sys.modules:
-        from slimkit.passes.quantize.deploy import quant_kind
-
-        quantized = quant_kind(model) is not None
-    if precision == "int8" or quantized:
-        from slimkit.passes.quantize.deploy import deploy_onnx
-
-        bundle = load_data(recipe.data)
-        entry = deploy_onnx(model, target, example_inputs=example, precision=precision, opset=opset,
-                            atol=recipe.export.onnx.parity_atol, calibration=bundle.calibration,
-                            latency=recipe.evaluate.latency)
-        return {**entry, "artifact": str(target)}
-    res = export_model(model, target, example_inputs=example, precision=precision, opset=opset,
-                       atol=recipe.export.onnx.parity_atol)
-    return {"format": "onnx", "precision": precision, "artifact": str(target), "size_bytes": res["size_bytes"],
-            "parity": res["parity"]}
+    calibration = load_data(recipe.data).calibration if precision == "int8" else None
+    entry = export_model(model, target, example_inputs=example, precision=precision, opset=opset,
+                         atol=recipe.export.onnx.parity_atol, quantize="auto" if precision == "int8" else None,
+                         calibration=calibration, latency=recipe.evaluate.latency)
+    return {"format": "onnx", "precision": precision, **relative_artifacts(entry, target.parent),
+            "artifact": str(target)}

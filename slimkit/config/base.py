@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Union
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from slimkit.errors import RecipeError, did_you_mean
+from slimkit.errors import ConfigError, RecipeError, did_you_mean
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,11 @@ class PassConfig(StrictModel):
     ``lowrank``, ``distill``, ``finetune``); ``method`` tells the configs of one kind apart."""
 
     kind: ClassVar[str] = ""
+    handler_module: ClassVar[str] = ""
+    """The module whose import registers this config's handler (``slimkit.registry.register_pass``); the
+    registry imports it on first use. Empty for a config registered by code the caller imports itself."""
+    flag_notes: ClassVar[dict[str, str]] = {}
+    """Why a shorthand flag (see :meth:`shorthand`) does not apply to this method, by flag name."""
     renamed: ClassVar[dict[str, str]] = {}
     """Deprecated field names still accepted, old -> new (``{"exclude": "skip"}``); a warning is logged."""
     method: str
@@ -47,6 +52,23 @@ class PassConfig(StrictModel):
     def stage_dict(self) -> dict[str, Any]:
         """The recipe form of this config: ``{kind: {method: ..., field: value, ...}}``."""
         return {self.kind: self.model_dump(mode="json")}
+
+    @classmethod
+    def shorthand(cls, **flags: Any) -> dict[str, Any]:
+        """The recipe body ``{"method": ..., ...}`` for shorthand settings such as the CLI's ``--bits`` and
+        ``--group-size``: each flag that is not None sets the field of the same name. Configs whose fields
+        are shaped differently override this. A flag without such a field raises ConfigError (validation of
+        the values is left to the recipe parser, which reports them with their recipe path)."""
+        method = cls.model_fields["method"].default
+        body: dict[str, Any] = {"method": method}
+        for name, value in flags.items():
+            if value is None:
+                continue
+            if name not in cls.model_fields:
+                reason = cls.flag_notes.get(name, f"{cls.__name__} has no {name} setting")
+                raise ConfigError(f"--{name.replace('_', '-')} {value} does not apply to --method {method}: {reason}.")
+            body[name] = value
+        return body
 
 
 def _unwrap(annotation: Any) -> list[Any]:

@@ -35,6 +35,7 @@ class DistillConfig(PassConfig):
     """
 
     kind: ClassVar[str] = "distill"
+    handler_module: ClassVar[str] = "slimkit.passes.distill.trainer"
     method: Literal["logits", "feature", "mutual"] = "logits"
     temperature: float = Field(4.0, gt=0, le=100)
     alpha: float = Field(0.5, ge=0, le=1, description="weight of the hard-label cross-entropy")
@@ -85,3 +86,6 @@ def finetune_config(cfg: DistillConfig) -> FinetuneConfig:
     return FinetuneConfig(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, optimizer=cfg.optimizer,
                           max_steps_per_epoch=cfg.max_steps_per_epoch, keep_sparsity=cfg.keep_sparsity,
                           keep_best=cfg.keep_best, patience=None)
+
+
+__all__ = ["DistillConfig", "FeatureDistillConfig", "MutualDistillConfig"]

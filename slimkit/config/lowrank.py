@@ -26,6 +26,7 @@ class SVDConfig(PassConfig):
     """
 
     kind: ClassVar[str] = "lowrank"
+    handler_module: ClassVar[str] = "slimkit.passes.lowrank.svd"
     method: Literal["svd"] = "svd"
     rank_ratio: float | None = Field(None, gt=0, le=1)
     energy: float | None = Field(None, gt=0, le=1)
@@ -43,3 +44,6 @@ class SVDConfig(PassConfig):
             got = f"got {', '.join(given)}" if given else "got none"
             raise ValueError(f"give exactly one of rank_ratio, energy, param_budget ({got})")
         return self
+
+
+__all__ = ["SVDConfig"]

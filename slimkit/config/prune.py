@@ -19,6 +19,7 @@ class MagnitudePruneConfig(PassConfig):
     """
 
     kind: ClassVar[str] = "prune"
+    handler_module: ClassVar[str] = "slimkit.passes.prune.unstructured"
     renamed: ClassVar[dict[str, str]] = {"exclude": "skip"}
     method: Literal["magnitude"] = "magnitude"
     sparsity: float = Field(gt=0, lt=1)
@@ -31,3 +32,6 @@ class MagnitudePruneConfig(PassConfig):
     skip: list[str] = skip_field("left dense")
     filter_fn: LayerFilterFn | None = filter_fn_field()
     min_numel: int = Field(0, ge=0, description="leave layers with fewer weights than this dense")
+
+
+__all__ = ["MagnitudePruneConfig"]

@@ -139,6 +139,7 @@ class PTQConfig(PassConfig):
     """
 
     kind: ClassVar[str] = "quantize"
+    handler_module: ClassVar[str] = "slimkit.passes.quantize.ptq"
     method: Literal["ptq"] = "ptq"
     weights: WeightSpec = Field(default_factory=lambda: Int(8, per_channel=True))
     activations: Int | None = Field(default_factory=lambda: Int(8, symmetric=False, unsigned=True))
@@ -149,6 +150,14 @@ class PTQConfig(PassConfig):
     fold_bn: bool = True
     include: list[Literal["Linear", "Conv1d", "Conv2d"]] = Field(default_factory=lambda: ["Linear", "Conv2d"])
     mixed: MixedPrecision | None = None
+
+    @classmethod
+    def shorthand(cls, *, bits: int | None = None, group_size: int | None = None, **flags: Any) -> dict[str, Any]:
+        """``bits``/``group_size`` set the per-channel weight quantizer (8 bits when not given)."""
+        body = super().shorthand(**flags)
+        body["weights"] = {"bits": 8 if bits is None else bits, "per_channel": True,
+                           **({"group_size": group_size} if group_size is not None else {})}
+        return body
 
     @model_validator(mode="after")
     def _check(self) -> PTQConfig:
@@ -168,6 +177,7 @@ class DynamicConfig(PassConfig):
     Uses torchao's ``Int8DynamicActivationInt8WeightConfig`` on CPU."""
 
     kind: ClassVar[str] = "quantize"
+    handler_module: ClassVar[str] = "slimkit.passes.quantize.dynamic"
     method: Literal["dynamic"] = "dynamic"
     bits: Literal[8] = 8
     skip: list[str] = skip_field("kept in float")
@@ -179,6 +189,7 @@ class WeightOnlyConfig(PassConfig):
     one scale per ``group_size`` inputs. Weights are stored packed; the forward dequantizes."""
 
     kind: ClassVar[str] = "quantize"
+    handler_module: ClassVar[str] = "slimkit.passes.quantize.weight_only"
     method: Literal["weight-only"] = "weight-only"
     bits: Literal[2, 4, 8] = 8
     group_size: Literal[32, 64, 128] | None = None
@@ -198,6 +209,7 @@ class QATConfig(PassConfig):
     """
 
     kind: ClassVar[str] = "quantize"
+    handler_module: ClassVar[str] = "slimkit.passes.quantize.qat"
     method: Literal["qat"] = "qat"
     bits: int = Field(8, ge=2, le=8)
     per_channel: bool = True
@@ -209,12 +221,18 @@ class QATConfig(PassConfig):
     skip: list[str] = skip_field("kept in float")
     filter_fn: LayerFilterFn | None = filter_fn_field()
 
+    @classmethod
+    def shorthand(cls, **flags: Any) -> dict[str, Any]:
+        """As the base, plus a short fine-tuning (3 epochs at lr 1e-3) so a one-line QAT run learns something."""
+        return {**super().shorthand(**flags), "finetune": {"epochs": 3, "lr": 0.001}}
+
 
 class LogQuantConfig(PassConfig):
     """Logarithmic (power-of-two) weight quantization. Weights become ``sign * scale * 2^-k``; stored as packed
     sign+exponent codes."""
 
     kind: ClassVar[str] = "quantize"
+    handler_module: ClassVar[str] = "slimkit.passes.quantize.ptq"
     method: Literal["log"] = "log"
     bits: int = Field(4, ge=2, le=8)
     per_channel: bool = True
@@ -228,6 +246,8 @@ class BinaryConfig(PassConfig):
     float (``skip``)."""
 
     kind: ClassVar[str] = "quantize"
+    handler_module: ClassVar[str] = "slimkit.passes.quantize.ptq"
+    flag_notes: ClassVar[dict[str, str]] = {"bits": "binary weights are 1 bit"}
     method: Literal["binary"] = "binary"
     activations: bool = False
     skip: list[str] = skip_field("kept in float")
@@ -239,6 +259,8 @@ class PrecisionConfig(PassConfig):
     back to float32; normalization layers stay float32 when ``keep_norms_fp32``."""
 
     kind: ClassVar[str] = "quantize"
+    handler_module: ClassVar[str] = "slimkit.passes.quantize.precision"
+    flag_notes: ClassVar[dict[str, str]] = {"bits": "half precision has no bit width"}
     method: Literal["fp16", "bf16"] = "fp16"
     keep_norms_fp32: bool = True
 
@@ -253,3 +275,9 @@ class FP16Config(PrecisionConfig):
     """:class:`PrecisionConfig` with ``method="fp16"``."""
 
     method: Literal["fp16"] = "fp16"  # type: ignore[assignment]
+
+
+__all__ = [
+    "BF16Config", "Binary", "BinaryConfig", "DynamicConfig", "FP16Config", "Int", "LogQuant", "LogQuantConfig",
+    "MixedPrecision", "PTQConfig", "PrecisionConfig", "QATConfig", "WeightOnlyConfig"
+]

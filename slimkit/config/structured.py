@@ -28,6 +28,7 @@ class StructuredPruneConfig(PassConfig):
     """
 
     kind: ClassVar[str] = "prune"
+    handler_module: ClassVar[str] = "slimkit.passes.prune.structured"
     renamed: ClassVar[dict[str, str]] = {"protected": "skip"}
     method: Literal["structured"] = "structured"
     ratio: float | None = Field(None, ge=0, lt=1)
@@ -64,6 +65,7 @@ class NMSparsityConfig(PassConfig):
     keep the ``n`` largest. 2:4 runs on NVIDIA sparse tensor cores (Ampere and newer)."""
 
     kind: ClassVar[str] = "prune"
+    handler_module: ClassVar[str] = "slimkit.passes.prune.nm"
     renamed: ClassVar[dict[str, str]] = {"exclude": "skip"}
     method: Literal["nm"] = "nm"
     n: int = Field(2, ge=1)
@@ -77,3 +79,6 @@ class NMSparsityConfig(PassConfig):
         if self.n >= self.m:
             raise ValueError(f"n must be smaller than m, got n={self.n}, m={self.m}")
         return self
+
+
+__all__ = ["NMSparsityConfig", "StructuredPruneConfig"]

@@ -152,18 +152,28 @@ _ORT_NUMPY = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(
               "tensor(uint8)": "uint8", "tensor(int8)": "int8"}
 
 
-def ort_session(onnx_path: str | os.PathLike[str], threads: int | None = None) -> Any:
-    """An onnxruntime CPU InferenceSession: sequential execution, ``intra_op_num_threads=threads``
-    (0, ORT's default, when None), all graph optimizations."""
+def ort_session(onnx_model: str | os.PathLike[str] | bytes, threads: int | None = None, *, optimize: bool = True,
+                optimized_path: str | os.PathLike[str] | None = None, spinning: bool = True) -> Any:
+    """The one way slimkit opens an onnxruntime CPU InferenceSession (a path or serialized model bytes):
+    sequential execution, ``intra_op_num_threads=threads`` (0, ORT's default, when None), one inter-op
+    thread, all graph optimizations (none with ``optimize=False``), warnings silenced.
+    ``optimized_path`` writes the graph onnxruntime runs after its optimizations there; ``spinning=False``
+    stops idle intra-op threads from spinning (so interleaved sessions do not steal each other's cores)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or 0
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                     else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     opts.log_severity_level = 3
-    return ort.InferenceSession(str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
+    if optimized_path is not None:
+        opts.optimized_model_filepath = str(optimized_path)
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    model = onnx_model if isinstance(onnx_model, bytes) else str(onnx_model)
+    return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 def ort_feed(session: Any, inputs: Any) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from slimkit.context import eval_mode, model_device
 from slimkit.data.batch import call_model, split_batch
 from slimkit.errors import ExportError
 from slimkit.evaluation.agreement import argmax_agreement, row_cosine
+from slimkit.evaluation.latency import ort_session
 
 
 def batch_arrays(batch: Any) -> list[np.ndarray]:
@@ -36,17 +37,6 @@ def _np(t: Any) -> np.ndarray:
     return np.asarray(t)
 
 
-def ort_session(path: str | Path, *, threads: int = 1) -> Any:
-    """An onnxruntime CPU session with ``threads`` intra-op threads (1 inter-op thread, sequential)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-
-
 def ort_kernel_counts(path: str | Path) -> dict[str, int]:
     """Op types of the graph onnxruntime actually runs (CPU, all graph optimizations, i.e. after QDQ fusion):
     how many convolutions became QLinearConv, how many Quantize/Dequantize nodes stayed, ..."""
@@ -54,22 +44,18 @@ def ort_kernel_counts(path: str | Path) -> dict[str, int]:
     from collections import Counter
 
     import onnx
-    import onnxruntime as ort
 
     with tempfile.TemporaryDirectory(prefix="slimkit-ortopt-") as td:
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.optimized_model_filepath = str(Path(td) / "optimized.onnx")
-        ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-        proto = onnx.load(opts.optimized_model_filepath, load_external_data=False)
+        optimized = Path(td) / "optimized.onnx"
+        ort_session(path, optimized_path=optimized)
+        proto = onnx.load(str(optimized), load_external_data=False)
     return dict(sorted(Counter(n.op_type for n in proto.graph.node).items()))
 
 
 def ort_predict(path_or_session: Any, batches: Iterable[Any]) -> np.ndarray:
     """Run an ONNX model (path or session) over batches (``x``, ``(x, y)`` or tuples of inputs) and return
     the concatenated first output."""
-    sess = path_or_session if hasattr(path_or_session, "run") else ort_session(path_or_session)
+    sess = path_or_session if hasattr(path_or_session, "run") else ort_session(path_or_session, threads=1)
     names = [i.name for i in sess.get_inputs()]
     outs = []
     for batch in batches:

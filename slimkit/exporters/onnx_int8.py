@@ -18,7 +18,6 @@ Settings and why:
 
 from __future__ import annotations
 
-import copy
 import logging
 import tempfile
 import warnings
@@ -43,6 +42,7 @@ from slimkit.exporters.int8_parity import (
     ort_session,
 )
 from slimkit.exporters.onnx_compact import rename_tensors
+from slimkit.exporters.onnx_export import export_onnx, strip_debug_info
 
 log = logging.getLogger(__name__)
 
@@ -81,30 +81,6 @@ def _all_initializers(graph: Any) -> Iterator[Any]:
         for attr in node.attribute:
             if attr.g is not None and attr.g.node:
                 yield from _all_initializers(attr.g)
-
-
-def strip_debug_info(proto: Any) -> Any:
-    """Drop what only debugging needs, in place: per-node metadata (the dynamo exporter records stack traces
-    and module paths, about 2 KB per node), graph metadata (the dynamo exporter's ``ExportedProgram`` graph
-    signature, one line per parameter and buffer: 4 KB for a small ResNet), doc strings and intermediate
-    ``value_info``. Returns ``proto``."""
-
-    def strip_graph(graph: Any) -> None:
-        graph.doc_string = ""
-        del graph.value_info[:]
-        del graph.metadata_props[:]
-        for node in graph.node:
-            del node.metadata_props[:]
-            node.doc_string = ""
-            for attr in node.attribute:
-                if attr.g is not None and attr.g.node:
-                    strip_graph(attr.g)
-                for g in attr.graphs:
-                    strip_graph(g)
-
-    strip_graph(proto.graph)
-    proto.doc_string = ""
-    return proto
 
 
 _SHORT_SUFFIXES = (("_DequantizeLinear_Output", "_dq"), ("_QuantizeLinear_Output", "_q"),
@@ -154,10 +130,10 @@ def load_onnx(path: str | Path) -> Any:
 
 
 def check_ort_loads(path: Path) -> None:
-    import onnxruntime as ort
+    from slimkit.evaluation.latency import ort_session
 
     try:
-        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        ort_session(path, threads=1)
     except Exception as exc:
         raise ExportError(f"onnxruntime cannot load the quantized model {path}: {str(exc).splitlines()[0]}",
                           hint="Try fewer op_types (e.g. ['Conv', 'Gemm', 'MatMul']) or mode='dynamic'.") from None
@@ -169,50 +145,23 @@ def export_fp32_onnx(model: nn.Module, path: str | Path, example_inputs: Sequenc
                      opset: int = 18, dynamic_batch: bool = True,
                      input_names: Sequence[str] | None = None, strip_debug: bool = True,
                      custom_translation_table: dict[Any, Any] | None = None) -> Path:
-    """Export ``model`` to one self-contained ONNX file with the dynamo exporter (a deep copy is exported,
-    so the caller's model is never mutated). The batch dimension is dynamic unless told otherwise.
-
-    ``strip_debug`` drops per-node debug metadata (:func:`strip_debug_info`), a third of a small model's file.
-    Uses :func:`slimkit.exporters.export_onnx` contract-compatible arguments; kept here because the QDQ
-    export of fake-quant models needs control over the exporter."""
-    path = Path(path)
+    """:func:`slimkit.exporters.onnx_export.export_onnx` as the int8 tools use it: one self-contained file with
+    debug metadata stripped (``strip_debug``, a third of a small model's file), inputs named ``input`` (or
+    ``input_<i>``) and the output ``output``, a dynamic batch traced with a batch of 2."""
     inputs = tuple(example_inputs)
     names = list(input_names) if input_names else (["input"] if len(inputs) == 1 else
                                                    [f"input_{i}" for i in range(len(inputs))])
-    dyn = None
-    if dynamic_batch:
-        from torch.export import Dim
-
-        batch = Dim("batch")
-        dyn = tuple({0: batch} for _ in inputs)
-        # some ops (fake_quantize_*) specialize a batch of 1 to a constant; trace with a batch of 2
-        inputs = tuple(t.repeat(2, *([1] * (t.dim() - 1))) if t.dim() and t.shape[0] == 1 else t for t in inputs)
-    m = copy.deepcopy(model).eval()
-    with tempfile.TemporaryDirectory() as td:
-        tmp = Path(td) / "model.onnx"
-        try:
-            with warnings.catch_warnings(), torch.no_grad():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(m, inputs, str(tmp), dynamo=True, opset_version=opset, input_names=names,
-                                  output_names=["output"], dynamic_shapes=dyn, verbose=False,
-                                  custom_translation_table=custom_translation_table)
-        except Exception as exc:
-            raise ExportError(f"torch.onnx.export failed for {type(model).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
-                              hint="Check that the model runs on example_inputs and that torch.export can "
-                                   "trace it (no data-dependent Python control flow).") from None
-        proto = load_onnx(tmp)
-    if strip_debug:
-        strip_debug_info(proto)
-    return save_onnx_single_file(proto, path)
+    return export_onnx(model, path, inputs, opset=opset, dynamic_batch=dynamic_batch, strip_debug=strip_debug,
+                       input_names=names, output_names=["output"],
+                       custom_translation_table=custom_translation_table, trace_batch=2)
 
 
 # ----------------------------------------------------------------------------------------- calibration
 
 def _input_specs(onnx_path: Path) -> list[tuple[str, list[int | str | None]]]:
-    import onnxruntime as ort
+    from slimkit.evaluation.latency import ort_session
 
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    sess = ort_session(onnx_path, threads=1)
     return [(i.name, list(i.shape)) for i in sess.get_inputs()]
 
 

@@ -21,7 +21,7 @@ from slimkit.errors import ModelLoadError, RecipeError, RunError
 from slimkit.pipeline.constraints import check_constraints, verdict
 from slimkit.pipeline.state import RunLock, RunState, recipe_hash
 from slimkit.progress import track
-from slimkit.registry import spec_for
+from slimkit.registry import apply_pass, spec_for
 
 log = logging.getLogger(__name__)
 
@@ -165,33 +165,23 @@ def _paired_latency(run: _Run, baseline: nn.Module, final: nn.Module) -> tuple[A
 
 
 def _export(run: _Run, model: nn.Module) -> list[dict[str, Any]]:
+    """The recipe's ONNX export, through the one export path (``slimkit.exporters.export_model``)."""
     from slimkit.exporters import export_model
 
-    out = []
     ex = run.recipe.export
-    # --- quantization (issue 4): int8 ONNX, and float ONNX of a quantized model, go through
-    # slimkit.passes.quantize.deploy (route by what the model holds; int8 vs fp32 ONNX latency in this process).
-    import sys
+    if "onnx" not in ex.formats:
+        return []
+    res = export_model(model, run.run_dir / "model.onnx", example_inputs=run.bundle.example_inputs,
+                       precision=ex.onnx.precision, opset=ex.onnx.opset, atol=ex.onnx.parity_atol,
+                       quantize="auto" if ex.onnx.precision == "int8" else None,
+                       calibration=run.bundle.calibration, latency=run.recipe.evaluate.latency)
+    return [{"format": "onnx", **relative_artifacts(res, run.run_dir)}]
 
-    quantized = "slimkit.passes.quantize" in sys.modules  # imported only when a quantize pass ran
-    if quantized:
-        from slimkit.passes.quantize.deploy import quant_kind
 
-        quantized = quant_kind(model) is not None
-    if "onnx" in ex.formats and (ex.onnx.precision == "int8" or quantized):
-        from slimkit.passes.quantize.deploy import deploy_onnx
-
-        out.append(deploy_onnx(model, run.run_dir / "model.onnx", example_inputs=run.bundle.example_inputs,
-                               precision=ex.onnx.precision, opset=ex.onnx.opset, atol=ex.onnx.parity_atol,
-                               calibration=run.bundle.calibration, latency=run.recipe.evaluate.latency))
-        return out
-    # --- end quantization
-    if "onnx" in ex.formats:
-        res = export_model(model, run.run_dir / "model.onnx", example_inputs=run.bundle.example_inputs,
-                           precision=ex.onnx.precision, opset=ex.onnx.opset, atol=ex.onnx.parity_atol)
-        res = {k: (str(Path(v).relative_to(run.run_dir)) if k == "artifact" else v) for k, v in res.items()}
-        out.append({"format": "onnx", **res})
-    return out
+def relative_artifacts(entry: dict[str, Any], base: Path) -> dict[str, Any]:
+    """An export entry with every ``artifact`` path (nested ones too) relative to ``base``, as a string."""
+    return {k: (str(Path(v).relative_to(base)) if k == "artifact" and v is not None else
+                relative_artifacts(v, base) if isinstance(v, dict) else v) for k, v in entry.items()}
 
 
 def run_recipe(recipe: Any, out: str | Path | None = None, *, resume: bool = False) -> dict[str, Any]:
@@ -242,8 +232,6 @@ def run_recipe(recipe: Any, out: str | Path | None = None, *, resume: bool = Fal
             _reseed(run.bundle, r.seed + 1000 * (i + 1))
             ctx = _pass_context(run, teacher, i)
             t0 = time.perf_counter()
-            from slimkit.api import apply_pass
-
             with track(f"stage {i + 1}/{len(r.stages)} {cfg.kind}:{cfg.method}", total=None):
                 model = apply_pass(model, cfg, ctx)
             seconds = time.perf_counter() - t0
@@ -252,8 +240,15 @@ def run_recipe(recipe: Any, out: str | Path | None = None, *, resume: bool = Fal
             metrics = _evaluate(run, model, artifact)
             record = {"index": i, "pass": f"{cfg.kind}:{cfg.method}", "config": cfg.model_dump(mode="json"),
                       "metrics": metrics, "seconds": round(seconds, 3)}
-            if ctx.extras.get("sensitivity"):  # per-layer sensitivity and mixed precision (PTQConfig.mixed)
-                record["sensitivity"] = ctx.extras["sensitivity"]
+            notes = []
+            for rec in ctx.records:  # what the pass recorded (typed records), stored whole
+                if rec.key in record or rec.key == "notes":
+                    raise RunError(f"{type(rec).__name__}.key {rec.key!r} clashes with the stage record's own "
+                                   f"'{rec.key}' entry.", hint="Give the record another key.")
+                record[rec.key] = rec.to_json()
+                notes += rec.notes(i)
+            if notes:
+                record["notes"] = notes
             atomic_write_json(sdir / "stage.json", record)
             state.finish_stage(i, record)
 
@@ -278,7 +273,7 @@ def run_recipe(recipe: Any, out: str | Path | None = None, *, resume: bool = Fal
             "final": final,
             "exports": exports,
             "constraints": rows,
-            "verdict": verdict(baseline_metrics, final, rows, notes=_quant_notes(model) + _sensitivity_notes(stages)
+            "verdict": verdict(baseline_metrics, final, rows, notes=_runtime_notes(model) + _stage_notes(stages)
                                + _export_notes(exports)),
             "environment": _environment(),
         }
@@ -288,38 +283,16 @@ def run_recipe(recipe: Any, out: str | Path | None = None, *, resume: bool = Fal
         return report
 
 
-def _quant_notes(model: nn.Module) -> list[str]:
-    """Why a quantized model's PyTorch latency is not its deployed latency."""
-    import sys
+def _runtime_notes(model: nn.Module) -> list[str]:
+    """Why the final model's PyTorch latency is not its deployed latency (from the forms its passes declared)."""
+    from slimkit.exporters.quantized import model_forms
 
-    if "slimkit.passes.quantize" not in sys.modules:
-        return []
-    from slimkit.passes.quantize.deploy import quant_kind
-
-    kind = quant_kind(model)
-    if kind in ("fakequant", "fakequant-nonlinear"):
-        return ["The PyTorch latency above is of the fake-quantized model, which simulates low precision with "
-                "extra quantize-dequantize steps in float, so it is slower than the float model by design; "
-                "the deployable speed is the exported artifact's."]
-    if kind == "packed":
-        return ["The PyTorch latency above unpacks low-bit weights on every call; the saving is in bytes, "
-                "not time, unless a runtime with low-bit kernels is used."]
-    return []
+    return list(dict.fromkeys(f.runtime_note for f in model_forms(model) if f.runtime_note))
 
 
-def _sensitivity_notes(stages: list[dict[str, Any]]) -> list[str]:
-    """One sentence per stage that chose its precision by measured sensitivity (PTQ ``mixed``)."""
-    out = []
-    for st in stages:
-        r = (st or {}).get("sensitivity")
-        if not isinstance(r, dict):
-            continue
-        kept = ", ".join(r["keep"]) or "no layer"
-        out.append(f"Mixed precision (stage {st['index']}): {r['metric']} {r['score']:.4f} "
-                   f"{'meets' if r['met'] else 'does NOT meet'} the floor {r['floor']:.4g} keeping {kept} "
-                   f"at {r['keep_as']} ({r['all_compressed']:.4f} with every layer at {r['bits']} bits)"
-                   + ("." if r["met"] else f": {r['reason']}."))
-    return out
+def _stage_notes(stages: list[dict[str, Any] | None]) -> list[str]:
+    """The notes the passes' records gave for their stage (e.g. the mixed-precision choice)."""
+    return [note for st in stages for note in (st or {}).get("notes", [])]
 
 
 def _export_notes(exports: list[dict[str, Any]]) -> list[str]:

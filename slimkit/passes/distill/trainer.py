@@ -13,13 +13,13 @@ import hashlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from slimkit.config.distill import DistillConfig, FeatureDistillConfig, MutualDistillConfig, finetune_config
-from slimkit.context import PassContext, eval_mode, model_device
+from slimkit.context import PassContext, PassRecord, eval_mode, model_device
 from slimkit.data.batch import call_model, split_batch
 from slimkit.errors import ConfigError
 from slimkit.passes.distill.feature import FeatureTap, build_adapters, features_loss
@@ -167,13 +167,23 @@ def distill_model(student: nn.Module, teacher: nn.Module, train_loader: Iterable
     return info
 
 
+@dataclass
+class DistillRecord(PassRecord):
+    """What a distillation stage did: its training (a TrainResult), the trained ``peer`` of mutual learning,
+    the feature ``adapters`` and the teacher-output cache ``hits``/``misses`` (modules stay out of the report)."""
+
+    key: ClassVar[str] = "distill"
+    train: Any = None
+    peer: nn.Module | None = None
+    adapters: Any = None
+    hits: int | None = None
+    misses: int | None = None
+
+
 def _handler(model: nn.Module, cfg: DistillConfig, ctx: PassContext) -> nn.Module:
-    ctx.require("train_loader", "teacher", pass_name=f"distill(method={cfg.method})")
-    assert ctx.teacher is not None and ctx.train_loader is not None
+    assert ctx.teacher is not None and ctx.train_loader is not None  # the registry checked ``needs``
     info = distill_model(model, ctx.teacher, ctx.train_loader, cfg, val_loader=ctx.val_loader, seed=ctx.seed)
-    ctx.extras["distill"] = info
-    if "train" in info:
-        ctx.extras["train_result"] = info["train"]
+    ctx.add(DistillRecord(**info))
     return model
 
 

@@ -12,14 +12,14 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from slimkit.config.finetune import FinetuneConfig
-from slimkit.context import PassContext, eval_mode, model_device
+from slimkit.context import PassContext, PassRecord, eval_mode, model_device
 from slimkit.data.batch import call_model, split_batch
 from slimkit.errors import ConfigError, DataError
 from slimkit.passes.prune.masks import apply_masks_, eligible_layers, masks_from_zeros, prepare_masks
@@ -34,9 +34,11 @@ tensors passed to the model as positional arguments), already on the model's dev
 
 
 @dataclass
-class TrainResult:
-    """What :func:`train_model` did. ``history`` holds ``{"epoch", "train_loss", "val_accuracy"}`` per epoch
-    (``val_accuracy`` is ``None`` without a val loader); epochs count from 1."""
+class TrainResult(PassRecord):
+    """What :func:`train_model` did (the finetune pass's record). ``history`` holds ``{"epoch", "train_loss",
+    "val_accuracy"}`` per epoch (``val_accuracy`` is ``None`` without a val loader); epochs count from 1."""
+
+    key: ClassVar[str] = "train_result"
 
     epochs_run: int = 0
     best_epoch: int | None = None
@@ -311,8 +313,6 @@ def train_model(
 @register_pass(FinetuneConfig, needs=("train_loader",), default=True)
 def finetune_pass(model: nn.Module, cfg: FinetuneConfig, ctx: PassContext) -> nn.Module:
     """The ``finetune`` pass: :func:`train_model` on ``ctx.train_loader``/``ctx.val_loader`` with
-    ``ctx.seed``; the :class:`TrainResult` goes to ``ctx.extras["train_result"]``."""
-    ctx.require("train_loader", pass_name="finetune")
-    result = train_model(model, ctx.train_loader, cfg, val_loader=ctx.val_loader, seed=ctx.seed)
-    ctx.extras["train_result"] = result
+    ``ctx.seed``; its record is the :class:`TrainResult` (``ctx.extras["train_result"]``)."""
+    ctx.add(train_model(model, ctx.train_loader, cfg, val_loader=ctx.val_loader, seed=ctx.seed))
     return model

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from slimkit.config.layers import is_skipped
 from slimkit.config.lowrank import SVDConfig
-from slimkit.context import PassContext
+from slimkit.context import PassContext, PassRecord
 from slimkit.errors import ConfigError, ModelLoadError
 from slimkit.registry import register_pass
 
@@ -319,15 +319,28 @@ def _rebuild(model: nn.Module, cfg: SVDConfig, manifest: dict[str, Any]) -> nn.M
     return apply_plan(model, plans)
 
 
+@dataclass
+class LowrankRecord(PassRecord):
+    """The plan of a low-rank stage: one :class:`LayerPlan` per candidate layer (``rank`` None: left alone)."""
+
+    key: ClassVar[str] = "lowrank"
+    layers: list[LayerPlan] = field(default_factory=list)
+
+    def notes(self, stage: int) -> list[str]:
+        done = [p for p in self.layers if p.rank is not None]
+        before = sum(p.dense_params for p in self.layers)
+        after = sum(p.params for p in self.layers)
+        if not self.layers:
+            return []
+        return [f"Low-rank (stage {stage}): {len(done)} of {len(self.layers)} layers factorized; their weights "
+                f"went from {before} to {after} parameters."]
+
+
 @register_pass(SVDConfig, default=True, rebuild=_rebuild)
 def svd_handler(model: nn.Module, cfg: SVDConfig, ctx: PassContext) -> nn.Module:
-    """Registered handler: factorize, then fine-tune when ``cfg.finetune`` is set."""
-    if cfg.finetune is not None and ctx.train_loader is None:
-        raise ConfigError("lowrank(method=svd) has finetune set but no train loader was given.",
-                          hint="Pass train_loader=... to lowrank_ or give the recipe a data section, "
-                               "or drop finetune.")
-    plans = lowrank_model(model, cfg)
-    ctx.extras["lowrank"] = [p.__dict__ for p in plans]
+    """Registered handler: factorize, then fine-tune when ``cfg.finetune`` is set (the registry has checked
+    that a train loader was given). Its record is a :class:`LowrankRecord` (``ctx.extras["lowrank"]``)."""
+    ctx.add(LowrankRecord(lowrank_model(model, cfg)))
     if cfg.finetune is not None and cfg.finetune.epochs > 0:
         from slimkit.passes.finetune.loop import train_model
 

@@ -9,12 +9,13 @@ touched; ``ratio=0`` changes nothing.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from torch import nn
 
 from slimkit.config.structured import StructuredPruneConfig
-from slimkit.context import PassContext
+from slimkit.context import PassContext, PassRecord
 from slimkit.errors import ConstraintError, ModelLoadError
 from slimkit.evaluation.cost import count_macs
 from slimkit.graph import DependencyGraph, apply_removal, build_dependency_graph, pruned_copy
@@ -102,7 +103,7 @@ def _solve_macs(model: nn.Module, graph: DependencyGraph, scores: dict[int, floa
 
 
 def _finetune(model: nn.Module, cfg: StructuredPruneConfig, ctx: PassContext) -> None:
-    if cfg.finetune is None or ctx.train_loader is None:
+    if cfg.finetune is None:  # with finetune the registry has checked that a train loader was given
         return
     from slimkit.passes.finetune.loop import train_model
 
@@ -133,18 +134,34 @@ def _rebuild(model: nn.Module, cfg: StructuredPruneConfig, manifest: dict[str, A
     return apply_structure(model, structure)
 
 
+@dataclass
+class StructuredRecord(PassRecord):
+    """How a structured pruning stage saw the model: ``trace`` (``fx``, ``fx+opaque``, ``hf-bert``, ``export``),
+    ``opaque`` (submodules torch.fx could not trace, kept unpruned, with why) and, for a latency target, each
+    step's measured solution (``latency``)."""
+
+    key: ClassVar[str] = "structured"
+    trace: str | None = None
+    opaque: dict[str, Any] = field(default_factory=dict)
+    latency: list[dict[str, Any]] = field(default_factory=list)
+
+    def notes(self, stage: int) -> list[str]:
+        if not self.opaque:
+            return []
+        return [f"Structured pruning (stage {stage}, traced with {self.trace}) kept {len(self.opaque)} "
+                f"submodule(s) it could not trace unpruned: {', '.join(sorted(self.opaque))}."]
+
+
 @register_pass(StructuredPruneConfig, needs=("example_inputs",), rebuild=_rebuild)
 def structured_prune(model: nn.Module, cfg: StructuredPruneConfig, ctx: PassContext) -> nn.Module:
     """Prune ``model`` in place to ``cfg.ratio``, ``cfg.target_macs`` or ``cfg.target_latency``.
-    ``ctx.extras["structured"]`` records how the model was traced (``trace``: ``fx``, ``fx+opaque``,
-    ``hf-bert``; ``opaque``: submodules torch.fx could not trace, kept unpruned) and, for a latency target,
-    each step's measured solution."""
+    Its record, a :class:`StructuredRecord` (``ctx.extras["structured"]``), says how the model was traced.
+    A ``finetune`` section needs a train loader (checked by the registry before anything changes)."""
     inputs = tuple(ctx.example_inputs or ())
-    info: dict[str, Any] = {"trace": None, "opaque": {}, "latency": []}
-    ctx.extras["structured"] = info
+    info = ctx.add(StructuredRecord())
     if cfg.ratio == 0:
         graph = build_dependency_graph(model, inputs, skip=cfg.skip, filter_fn=cfg.filter_fn, unreached=cfg.unreached)
-        info.update(trace=graph.tracer, opaque=dict(graph.opaque))
+        info.trace, info.opaque = graph.tracer, dict(graph.opaque)
         return model
     base = count_macs(model, inputs) if cfg.target_macs is not None else 0
     done = 0.0
@@ -152,7 +169,7 @@ def structured_prune(model: nn.Module, cfg: StructuredPruneConfig, ctx: PassCont
     for step in range(1, cfg.steps + 1):
         frac = step / cfg.steps
         graph = build_dependency_graph(model, inputs, skip=cfg.skip, filter_fn=cfg.filter_fn, unreached=cfg.unreached)
-        info.update(trace=graph.tracer, opaque=dict(graph.opaque))
+        info.trace, info.opaque = graph.tracer, dict(graph.opaque)
         scores = unit_scores(model, graph, cfg.importance, calibration=ctx.calibration, example_inputs=inputs,
                              batches=cfg.calibration_batches, aggregate=cfg.aggregate)
         if cfg.target_macs is not None:
@@ -164,7 +181,7 @@ def structured_prune(model: nn.Module, cfg: StructuredPruneConfig, ctx: PassCont
             want = 1 - (1 - cfg.target_latency) * frac
             sol = solve_latency(model, graph, scores, cfg, inputs, min(1.0, want / lat_done))
             lat_done *= sol.relative
-            info["latency"].append(sol.as_dict())
+            info.latency.append(sol.as_dict())
             removed = sol.removed
         else:
             assert cfg.ratio is not None

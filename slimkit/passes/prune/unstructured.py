@@ -13,14 +13,15 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable, Mapping
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
 from slimkit.config.layers import LayerFilterFn
 from slimkit.config.prune import MagnitudePruneConfig
-from slimkit.context import PassContext
+from slimkit.context import PassContext, PassRecord
 from slimkit.errors import ConfigError
 from slimkit.passes.prune.importance import Norm, magnitude_scores
 from slimkit.passes.prune.masks import (
@@ -161,41 +162,61 @@ def eligible_sparsity(model: nn.Module, cfg: MagnitudePruneConfig | None = None)
     return overall_sparsity(eligible_layers(model, cfg.include, cfg.skip, cfg.min_numel, cfg.filter_fn))
 
 
+@dataclass
+class PruneStep(PassRecord):
+    """One pruning step: the ``target`` sparsity of the schedule, the eligible ``sparsity`` reached, and the
+    fine-tuning after it (a TrainResult) when the config has ``finetune``."""
+
+    key: ClassVar[str] = "prune_step"
+    step: int
+    target: float
+    sparsity: float
+    train_result: Any = None
+
+
+@dataclass
+class PruneStepsRecord(PassRecord):
+    """The steps of a magnitude pruning stage, in order; it reads as the list of its steps."""
+
+    key: ClassVar[str] = "prune_steps"
+    steps: list[PruneStep] = field(default_factory=list)
+
+    def __iter__(self):  # noqa: ANN204
+        return iter(self.steps)
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+
 @register_pass(MagnitudePruneConfig, default=True)
 def magnitude_prune_pass(model: nn.Module, cfg: MagnitudePruneConfig, ctx: PassContext) -> nn.Module:
     """The ``prune`` pass (method ``magnitude``): prune in ``cfg.steps`` steps on ``cfg.schedule``; when
     ``cfg.finetune`` is given, fine-tune on ``ctx.train_loader`` after each step with the zeros held fixed.
-    Per-step records go to ``ctx.extras["prune_steps"]``."""
+    Its record is a :class:`PruneStepsRecord` (``ctx.extras["prune_steps"]``). A ``finetune`` section needs a
+    train loader (checked by the registry before anything changes)."""
     from slimkit.passes.finetune.loop import resolve_amp, train_model
 
     # every check before the model is touched
     _check_prunable(model, list(cfg.include), list(cfg.skip), cfg.filter_fn)
     layers = _cfg_layers(model, cfg)
     if cfg.finetune is not None:
-        if ctx.train_loader is None:
-            raise ConfigError(
-                "prune(method=magnitude) has a finetune section but no train_loader was given.",
-                hint="Pass train_loader=... to slimkit.prune_, give the recipe a data section, "
-                     "or remove finetune from the prune config.")
         resolve_amp(model, cfg.finetune.amp)
 
     targets = sparsity_schedule(cfg.sparsity, cfg.steps, cfg.schedule)
-    records = []
+    record = ctx.add(PruneStepsRecord())
     with track("prune", total=len(targets)) as task:
         for step, target in enumerate(targets, start=1):
             masks = magnitude_prune_(model, target, cfg.scope, norm=cfg.norm, layers=layers)
             reached = overall_sparsity(layers)
-            record = {"step": step, "target": target, "sparsity": reached}
+            entry = PruneStep(step=step, target=target, sparsity=reached)
             log.info("prune step %d/%d: target %.4f, eligible sparsity %.4f", step, len(targets), target, reached)
             if cfg.finetune is not None:
                 # the masks hold every zero of the eligible layers, including ones zero before pruning
                 result = train_model(model, ctx.train_loader, cfg.finetune, val_loader=ctx.val_loader,
                                      seed=ctx.seed + step - 1, masks=masks,
                                      description=f"fine-tune (prune step {step}/{len(targets)})")
-                record["train_result"] = result
-                ctx.extras["train_result"] = result
-            records.append(record)
+                entry.train_result = result
+            record.steps.append(entry)
             task.advance()
             task.update(sparsity=reached)
-    ctx.extras["prune_steps"] = records
     return model

@@ -27,6 +27,7 @@ from slimkit.passes.quantize.fake_quant import (
     LogFakeQuantize,
     SignActivation,
 )
+from slimkit.passes.quantize.forms import FAKEQUANT, FAKEQUANT_NONLINEAR
 from slimkit.passes.quantize.modules import (
     QUANTIZABLE,
     QuantWrapper,
@@ -34,6 +35,7 @@ from slimkit.passes.quantize.modules import (
     quantizable_layers,
     wrap_layers,
 )
+from slimkit.passes.quantize.records import SensitivityRecord
 from slimkit.progress import track
 from slimkit.registry import register_pass
 
@@ -278,18 +280,19 @@ def _rebuild_ptq(model: nn.Module, cfg: PTQConfig, manifest: dict[str, Any]) -> 
     return model
 
 
-@register_pass(PTQConfig, needs=("calibration",), default=True, rebuild=_rebuild_ptq)
+@register_pass(PTQConfig, needs=("calibration",), default=True, rebuild=_rebuild_ptq,
+               export=(FAKEQUANT, FAKEQUANT_NONLINEAR))
 def ptq(model: nn.Module, cfg: PTQConfig, ctx: PassContext) -> nn.Module:
     """Static PTQ (see module docstring). With ``cfg.mixed``, the layers to keep at higher precision are chosen
-    first by measured sensitivity on copies (:mod:`slimkit.passes.quantize.mixed`); the result goes to
-    ``ctx.extras["sensitivity"]``."""
+    first by measured sensitivity on copies (:mod:`slimkit.passes.quantize.mixed`); the result is the stage's
+    :class:`~slimkit.passes.quantize.records.SensitivityRecord` (``ctx.extras["sensitivity"]``)."""
     if cfg.mixed is not None:
         import copy
 
         from slimkit.passes.quantize.mixed import plan_mixed_ptq
 
         cfg, result, calib = plan_mixed_ptq(model, cfg, ctx, ptq)
-        ctx.extras["sensitivity"] = result
+        ctx.add(SensitivityRecord.from_result(result))
         ctx = copy.copy(ctx)
         ctx.calibration = calib
         if not any(True for _ in quantizable_layers(model, list(cfg.include), cfg.skip, cfg.filter_fn)):
@@ -333,13 +336,13 @@ def _rebuild_data_free(model: nn.Module, cfg: Any, manifest: dict[str, Any]) -> 
     return spec_for(cfg).handler(model, cfg, PassContext())
 
 
-@register_pass(LogQuantConfig, rebuild=_rebuild_data_free)
+@register_pass(LogQuantConfig, rebuild=_rebuild_data_free, export=FAKEQUANT_NONLINEAR)
 def log_quant(model: nn.Module, cfg: LogQuantConfig, ctx: PassContext) -> nn.Module:
     """Power-of-two weights (per output channel scale = largest magnitude); activations stay float."""
     return _weight_pass(model, cfg, lambda: LogFakeQuantize(cfg.bits, cfg.per_channel))
 
 
-@register_pass(BinaryConfig, rebuild=_rebuild_data_free)
+@register_pass(BinaryConfig, rebuild=_rebuild_data_free, export=FAKEQUANT_NONLINEAR)
 def binary(model: nn.Module, cfg: BinaryConfig, ctx: PassContext) -> nn.Module:
     """Binary weights ``sign(w) * mean|w|`` per output channel; optionally binary (sign) inputs."""
     return _weight_pass(model, cfg, lambda: BinaryFakeQuantize(True),

@@ -12,16 +12,18 @@ schedule and the optimizer state).
 from __future__ import annotations
 
 import logging
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from slimkit.config.quantize import QATConfig
-from slimkit.context import PassContext, eval_mode, model_device
+from slimkit.context import PassContext, PassRecord, eval_mode, model_device
 from slimkit.data.batch import call_model, split_batch
 from slimkit.errors import ConfigError
 from slimkit.passes.quantize.fake_quant import FakeQuantize
+from slimkit.passes.quantize.forms import FAKEQUANT
 from slimkit.passes.quantize.modules import fake_quantizers, freeze_all, quantizable_layers, wrap_layers
 from slimkit.passes.quantize.ptq import fold_bn
 from slimkit.registry import register_pass
@@ -76,10 +78,21 @@ def _rebuild_qat(model: nn.Module, cfg: QATConfig, manifest: dict[str, Any]) -> 
     return model
 
 
-@register_pass(QATConfig, needs=("train_loader",), rebuild=_rebuild_qat)
+@dataclass
+class QATRecord(PassRecord):
+    """What a QAT stage did: its weight/activation bits and the training history of each segment (observers
+    frozen and BatchNorm folded between segments)."""
+
+    key: ClassVar[str] = "qat"
+    bits: int
+    activations: int | None
+    segments: list[Any] = field(default_factory=list)
+
+
+@register_pass(QATConfig, needs=("train_loader",), rebuild=_rebuild_qat, export=FAKEQUANT)
 def qat(model: nn.Module, cfg: QATConfig, ctx: PassContext) -> nn.Module:
-    """Quantization-aware training (see module docstring). The training history goes to
-    ``ctx.extras["train_result"]`` (a list, one entry per segment)."""
+    """Quantization-aware training (see module docstring). Its record (:class:`QATRecord`,
+    ``ctx.extras["qat"]``) holds the training history, one entry per segment."""
     from slimkit.passes.finetune.loop import train_model
 
     first = next(iter(ctx.train_loader), None)
@@ -111,5 +124,5 @@ def qat(model: nn.Module, cfg: QATConfig, ctx: PassContext) -> nn.Module:
     if fold_at >= epochs > 0 or (fold_at > 0 and epochs == 0):
         fold_bn(model)
     freeze_all(model)
-    ctx.extras.setdefault("train_result", []).extend(results)
+    ctx.add(QATRecord(bits=cfg.bits, activations=cfg.activations, segments=results))
     return model
