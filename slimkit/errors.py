@@ -66,6 +66,15 @@ class ReportError(SlimkitError):
     """A report, summary or comparison cannot be rendered or checked (missing run files, a browser failure)."""
 
 
+class DivergenceError(SlimkitError):
+    """Training diverged: the loss became NaN/inf or exploded. The runner stops that stage and delivers the
+    best earlier model (see ``Recipe.deliver``)."""
+
+
+class DiskFullError(RunError):
+    """A write failed because the disk (or quota) is full; the message names the path and the space needed."""
+
+
 class DependencyError(SlimkitError):
     """An optional dependency or offline model package is not installed."""
 

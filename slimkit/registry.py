@@ -232,6 +232,9 @@ def parse_stage(stage: Any, index: int) -> tuple[PassConfig | None, list[tuple[s
     if method is None:
         defaults = [s for s in methods_.values() if s.default] or list(methods_.values())[:1]
         spec = defaults[0]
+    elif not isinstance(method, str):
+        return None, [(f"{where}.{kind}.method", f"must be a method name (one of {', '.join(sorted(methods_))}), "
+                                                 f"got {type(method).__name__}")]
     elif method not in methods_:
         return None, [(f"{where}.{kind}.method", f"unknown method '{method}'.{did_you_mean(str(method), methods_)} "
                                                  f"Known methods: {', '.join(sorted(methods_))}.")]

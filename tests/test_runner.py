@@ -103,7 +103,8 @@ def test_live_lock_refused(tmp_path):
     out.mkdir()
     import socket
 
-    (out / ".lock").write_text(f"pid={os.getpid()} host={socket.gethostname()}\n")
+    # a live process that recorded itself without flock (an older slimkit): still refused
+    (out / ".lock").write_text(f"pid={os.getppid()} host={socket.gethostname()}\n")
     with pytest.raises(RunError, match="another slimkit run"):
         run_recipe(small_recipe(), out=out)
 

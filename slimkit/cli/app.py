@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from slimkit.cli.progress import cli_reporter, console, err_console, print_report
@@ -41,6 +42,7 @@ def run(
 
     r = coerce_recipe(recipe)
     run_dir = out or Path("runs") / r.name
+    _state["resume"] = f"slimkit run {recipe} --out {run_dir} --resume"
     with cli_reporter():
         report = run_recipe(r, out=run_dir, resume=resume)
     print_report(report, run_dir)
@@ -55,23 +57,19 @@ def demo(
     from slimkit.pipeline.runner import run_recipe
     from slimkit.recipes import demo_recipe_path
 
-    if (out / "state.json").exists() and not resume:
-        import shutil
-
-        console.print(f"[dim]removing previous demo run in {out}[/]")
-        shutil.rmtree(out)
-    with cli_reporter():
-        report = run_recipe(demo_recipe_path(), out=out, resume=resume)
+    _state["resume"] = f"slimkit demo --out {out} --resume"
+    with cli_reporter():  # a previous demo run in `out` is replaced, under the run directory's lock
+        report = run_recipe(demo_recipe_path(), out=out, resume=resume, replace=not resume)
     print_report(report, out)
 
 
 @app.command()
 def validate(recipe: Annotated[Path, typer.Argument(help="YAML recipe, or a shipped recipe's name")]) -> None:
     """Check a recipe without computing anything; list every problem."""
-    from slimkit.config.recipe import load_recipe
+    from slimkit.pipeline.runner import coerce_recipe
     from slimkit.recipes import resolve_recipe
 
-    r = load_recipe(resolve_recipe(recipe))
+    r = coerce_recipe(resolve_recipe(recipe))
     console.print(f"[green]ok[/]: {recipe} ({len(r.stages)} stage(s): "
                   + ", ".join(f"{s.kind}:{s.method}" for s in r.stages) + ")")
 
@@ -98,7 +96,7 @@ def eval_(
 def inspect(
     model: Annotated[str, typer.Argument(help="a built-in arch name, or a run directory")],
     input_shape: Annotated[str, typer.Option("--input", help="C,H,W for a built-in arch")] = "1,8,8",
-    num_classes: Annotated[int, typer.Option("--classes")] = 10,
+    num_classes: Annotated[int, typer.Option("--classes", min=1, max=1_000_000)] = 10,
 ) -> None:
     """Layers, parameters and MACs of a model."""
     import torch
@@ -115,7 +113,9 @@ def inspect(
         try:
             shape = tuple(int(s) for s in input_shape.split(","))
         except ValueError:
-            raise SlimkitError(f"--input must be C,H,W integers, got {input_shape!r}") from None
+            shape = ()
+        if not shape or min(shape) < 1:
+            raise SlimkitError(f"--input must be C,H,W positive integers, got {input_shape!r}")
         net = build_model(ModelConfig(arch=model), input_shape=shape, num_classes=num_classes)
         example = (torch.randn(1, *shape),)
     table = Table(title=f"{model}")
@@ -136,18 +136,42 @@ from slimkit.cli.search import register as _register_search  # noqa: E402  (slim
 _register_search(app)
 
 
+def _interrupted() -> None:
+    resume = _state.get("resume")
+    msg = "[bold yellow]interrupted[/]"
+    if resume:
+        msg += f": finished stages are saved. Continue with: {escape(resume)}"
+    err_console.print(msg, highlight=False, soft_wrap=True)  # one line: the command can be copied
+    sys.exit(130)
+
+
+def _os_error(exc: OSError) -> str | None:
+    """One paragraph for a file-system error the user can fix (full disk, permissions, a file where a
+    directory is needed), or None for anything else."""
+    import errno
+
+    fixable = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+               errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+               errno.EROFS: "the file system is read-only", errno.ENOTDIR: "a path component is not a directory",
+               errno.EISDIR: "it is a directory", errno.EEXIST: "it already exists", errno.ENOENT: "it does not exist"}
+    if exc.errno not in fixable:
+        return None
+    where = exc.filename if exc.filename is not None else "a file"
+    return f"cannot use {where}: {fixable[exc.errno]} ({exc.strerror})."
+
+
 def main() -> None:
-    """Console entry point: typer app with typed errors turned into exit codes."""
+    """Console entry point: typer app with typed errors turned into exit codes. Never exits 0 after a
+    failure or an interruption (Ctrl-C: 130 and how to resume)."""
     try:
-        app(standalone_mode=False)
+        rv = app(standalone_mode=False)
     except SlimkitError as exc:
         if _state["verbose"]:
             traceback.print_exc()
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        err_console.print("interrupted; finished stages are saved: run again with --resume to continue")
-        sys.exit(130)
+        _interrupted()
     except SystemExit:
         raise
     except Exception as exc:  # noqa: BLE001 - the one place that catches everything
@@ -159,10 +183,24 @@ def main() -> None:
             sys.exit(1)
         if _state["verbose"]:
             traceback.print_exc()
-        err_console.print(f"[bold red]internal error[/] ({type(exc).__name__}): {exc}\n"
+        fs = _os_error(exc) if isinstance(exc, OSError) else None
+        if fs is not None:
+            err_console.print(f"[bold red]error:[/] {escape(fs)}", highlight=False)
+            sys.exit(2)
+        if isinstance(exc, (RecursionError, MemoryError)):
+            err_console.print(f"[bold red]error:[/] the input is too large or too deeply nested "
+                              f"({type(exc).__name__}).", highlight=False)
+            sys.exit(2)
+        err_console.print(f"[bold red]internal error[/] ({type(exc).__name__}): {escape(str(exc))}\n"
                           "This is a bug in slimkit; run with --verbose for the traceback and report it.",
                           highlight=False)
         sys.exit(1)
+    # under standalone_mode=False typer *returns* exit codes: 130 for a KeyboardInterrupt inside a
+    # command, N for typer.Exit(N); never let them turn into 0
+    if rv == 130:
+        _interrupted()
+    if isinstance(rv, int) and rv != 0:
+        sys.exit(rv)
 
 
 from slimkit.cli.quantize import register as _register_quantize  # noqa: E402  (quantize, export commands)

@@ -30,7 +30,6 @@ def build_recipe(source: str | None, *, method: str, bits: int | None, group_siz
                  name: str | None) -> dict[str, Any]:
     """A one-stage quantize recipe: model/data/evaluation from an existing recipe (``source`` is a YAML file),
     or from ``--arch``/``--weights``/``--data`` (``source`` may be the arch name)."""
-    import yaml
 
     stage = stage_for(method, bits, group_size)
     recipe: dict[str, Any]
@@ -38,10 +37,9 @@ def build_recipe(source: str | None, *, method: str, bits: int | None, group_siz
         path = Path(source)
         if not path.is_file():
             raise ConfigError(f"recipe file {source} does not exist.", hint="Give a recipe YAML or a model arch name.")
-        try:
-            base = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{source} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        from slimkit._io import read_yaml
+
+        base = read_yaml(path, what="recipe file")
         if not isinstance(base, dict):
             raise ConfigError(f"{source} does not hold a recipe mapping.")
         recipe = {k: v for k, v in base.items() if k in ("seed", "model", "data", "evaluate")}

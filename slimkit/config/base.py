@@ -7,7 +7,7 @@ import types
 import typing
 from typing import Any, ClassVar, Union
 
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator, model_validator
 
 from slimkit.errors import ConfigError, RecipeError, did_you_mean
 
@@ -15,9 +15,28 @@ log = logging.getLogger(__name__)
 
 
 class StrictModel(BaseModel):
-    """A frozen pydantic model that rejects unknown keys."""
+    """A frozen pydantic model that rejects unknown keys, and ``true``/``false`` where a number is meant
+    (pydantic alone would read ``lr: true`` as 1.0)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_number(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and info.field_name is not None:
+            field = cls.model_fields.get(info.field_name)
+            if field is not None and _wants_number(field.annotation):
+                raise ValueError("must be a number, not a boolean")
+        return value
+
+
+def _wants_number(annotation: Any) -> bool:
+    """Whether ``annotation`` takes an int or a float directly but not a bool (``float``, ``int | None``)."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _wants_number(typing.get_args(annotation)[0])
+    inner = typing.get_args(annotation) if origin in (Union, types.UnionType) else (annotation,)
+    return bool not in inner and any(i in (int, float) for i in inner)
 
 
 class PassConfig(StrictModel):

@@ -8,9 +8,12 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from slimkit._io import read_yaml
+from slimkit._io import MAX_YAML_DEPTH, read_yaml
 from slimkit.config.base import PassConfig, StrictModel, build, format_loc, validation_problems
 from slimkit.errors import RecipeError
+
+MAX_SEED = 2**32 - 1
+"""Seeds go to torch, numpy and Python generators; numpy takes at most 32 bits."""
 
 
 class TrainBaselineConfig(StrictModel):
@@ -56,7 +59,7 @@ class DataConfig(StrictModel):
     calibration_samples: int = Field(256, ge=1, le=1_000_000)
     limit: int | None = Field(None, ge=10, description="use at most this many training samples (small runs)")
     image_size: int | None = Field(None, ge=4, le=4096)
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
     @model_validator(mode="after")
     def _path_needed(self) -> DataConfig:
@@ -102,13 +105,16 @@ class ExportConfig(StrictModel):
 
 class Recipe(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     model: ModelConfig
     data: DataConfig = Field(default_factory=DataConfig)
     stages: list[Any] = Field(default_factory=list)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     constraints: ConstraintsConfig = Field(default_factory=ConstraintsConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    deliver: Literal["best", "last"] = Field(
+        "best", description="best: the last stage that met every constraint (the last stage when none did); "
+                            "last: always the last finished stage")
 
     @property
     def passes(self) -> list[PassConfig]:
@@ -123,12 +129,37 @@ class Recipe(StrictModel):
 
 def parse_recipe(data: Any, *, source: str | None = None, base_dir: Path | None = None) -> Recipe:
     """Validate a recipe mapping. Every problem is collected and raised at once as RecipeError."""
-    from slimkit.registry import parse_stage
-
     if not isinstance(data, dict):
         raise RecipeError([("", f"a recipe is a mapping, got {type(data).__name__}")], source=source)
+    if _too_deep(data, MAX_YAML_DEPTH):
+        raise RecipeError([("", f"nested deeper than {MAX_YAML_DEPTH} levels")], source=source)
+    try:
+        return _parse_recipe(data, source=source, base_dir=base_dir)
+    except RecursionError:
+        raise RecipeError([("", f"nested too deeply (more than {MAX_YAML_DEPTH} levels)")], source=source) from None
+
+
+def _too_deep(data: Any, limit: int) -> bool:
+    """Whether nested dicts/lists go deeper than ``limit`` (iterative: safe on any depth)."""
+    stack = [(data, 1)]
+    while stack:
+        obj, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(obj, dict):
+            stack.extend((v, depth + 1) for v in obj.values())
+        elif isinstance(obj, (list, tuple)):
+            stack.extend((v, depth + 1) for v in obj)
+    return False
+
+
+def _parse_recipe(data: dict[str, Any], *, source: str | None, base_dir: Path | None) -> Recipe:
+    from slimkit.registry import parse_stage
+
     problems: list[tuple[str, str]] = []
-    raw_stages = data.get("stages", []) or []
+    raw_stages = data.get("stages")
+    if raw_stages is None:  # `stages:` with no value; `stages: 0` or `stages: ""` is an error below
+        raw_stages = []
     if not isinstance(raw_stages, list):
         problems.append(("stages", f"must be a list of stages, got {type(raw_stages).__name__}"))
         raw_stages = []

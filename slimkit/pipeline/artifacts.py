@@ -23,12 +23,20 @@ def locate_stage(run_dir: Path, stage: str) -> tuple[Any, Path, int]:
         raise RunError(f"{run_dir} is not a slimkit run directory (no recipe.yaml).",
                        hint="Give the directory that `slimkit run` wrote, e.g. runs/demo.")
     recipe = parse_recipe(read_yaml(recipe_file), source=str(recipe_file))
-    if stage == "final":
-        return recipe, run_dir / "final", len(recipe.stages)
+    if stage == "final":  # the delivered model: it may be an earlier stage's (Recipe.deliver)
+        upto = len(recipe.stages)
+        if (run_dir / "final" / "manifest.json").exists():
+            from slimkit.exporters.safetensors_io import load_manifest
+
+            applied = (load_manifest(run_dir / "final").get("spec") or {}).get("stages_applied", upto)
+            upto = applied if isinstance(applied, int) and 0 <= applied <= upto else upto
+        return recipe, run_dir / "final", upto
     if stage == "baseline":
         return recipe, run_dir / "baseline", 0
     try:
         i = int(stage)
+        if i < 0:
+            raise IndexError(i)
         cfg = recipe.stages[i]
     except (ValueError, IndexError):
         raise RunError(f"unknown stage {stage!r}; use final, baseline or 0..{len(recipe.stages) - 1}.") from None

@@ -13,12 +13,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from slimkit._io import atomic_write_json, atomic_write_text
+from slimkit._io import atomic_write_json, atomic_write_text, disk_full_errors
 from slimkit.config.base import PassConfig
 from slimkit.config.recipe import Recipe, load_recipe, parse_recipe
 from slimkit.context import PassContext
-from slimkit.errors import ModelLoadError, RecipeError, RunError
-from slimkit.pipeline.constraints import check_constraints, verdict
+from slimkit.errors import DivergenceError, ModelLoadError, RecipeError, RunError
+from slimkit.pipeline.constraints import check_constraints, choose_delivery, verdict
 from slimkit.pipeline.state import RunLock, RunState, recipe_hash
 from slimkit.progress import track
 from slimkit.registry import apply_pass, spec_for
@@ -27,14 +27,27 @@ log = logging.getLogger(__name__)
 
 
 def coerce_recipe(recipe: Any) -> Recipe:
-    """A Recipe, a mapping or a path to a YAML file -> a validated Recipe."""
+    """A Recipe, a mapping or a path to a YAML file -> a validated Recipe whose ``model.arch``, if any, is a
+    registered architecture (checked here, where the models layer is visible, not first in ``run``)."""
     if isinstance(recipe, Recipe):
         return recipe
     if isinstance(recipe, dict):
-        return parse_recipe(recipe, source="<dict>", base_dir=Path.cwd())
-    if isinstance(recipe, (str, Path)):
-        return load_recipe(recipe)
-    raise RecipeError([("", f"expected a recipe path, mapping or Recipe, got {type(recipe).__name__}")])
+        r, source = parse_recipe(recipe, source="<dict>", base_dir=Path.cwd()), "<dict>"
+    elif isinstance(recipe, (str, Path)):
+        r, source = load_recipe(recipe), str(recipe)
+    else:
+        raise RecipeError([("", f"expected a recipe path, mapping or Recipe, got {type(recipe).__name__}")])
+    arch = r.model.arch
+    if arch is not None:
+        from slimkit.errors import did_you_mean
+        from slimkit.models.registry import list_archs
+
+        names = list_archs()
+        if arch not in names:
+            shown = arch if len(arch) <= 40 else arch[:37] + "..."
+            raise RecipeError([("model.arch", f"unknown architecture {shown!r}.{did_you_mean(arch[:100], names)} "
+                                              f"Known: {', '.join(names)}.")], source=source)
+    return r
 
 
 def stage_dirname(index: int, cfg: PassConfig) -> str:
@@ -83,7 +96,11 @@ def _save_checkpoint(model: nn.Module, directory: Path, spec: dict[str, Any]) ->
     tmp = directory.parent / f".tmp-{directory.name}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    save_model(model, tmp, spec=spec)
+    try:
+        save_model(model, tmp, spec=spec)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if directory.exists():
         shutil.rmtree(directory)
     tmp.rename(directory)
@@ -92,14 +109,10 @@ def _save_checkpoint(model: nn.Module, directory: Path, spec: dict[str, Any]) ->
 
 def _restore(run: _Run, directory: Path, passes: list[PassConfig]) -> nn.Module:
     """Rebuild the architecture, redo the structural changes of ``passes`` and load the checkpoint."""
-    import json
-
     from slimkit.exporters import load_model
+    from slimkit.exporters.safetensors_io import load_manifest
 
-    manifest_path = directory / "manifest.json"
-    if not manifest_path.exists():
-        raise ModelLoadError(f"checkpoint {directory} has no manifest.json")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = load_manifest(directory)
 
     def build(_spec: dict[str, Any]) -> nn.Module:
         model = run.build()
@@ -184,103 +197,173 @@ def relative_artifacts(entry: dict[str, Any], base: Path) -> dict[str, Any]:
                 relative_artifacts(v, base) if isinstance(v, dict) else v) for k, v in entry.items()}
 
 
-def run_recipe(recipe: Any, out: str | Path | None = None, *, resume: bool = False) -> dict[str, Any]:
-    """Execute ``recipe`` into ``out`` (default ``runs/<name>``) and return the report as a dict."""
+def run_recipe(recipe: Any, out: str | Path | None = None, *, resume: bool = False,
+               replace: bool = False) -> dict[str, Any]:
+    """Execute ``recipe`` into ``out`` (default ``runs/<name>``) and return the report as a dict.
+
+    ``replace=True`` deletes a previous run found in ``out`` (after taking its lock) instead of refusing.
+    A stage whose training diverges stops the run there; ``final`` is the stage ``recipe.deliver`` picks
+    (:func:`slimkit.pipeline.constraints.choose_delivery`) and the report's ``delivered`` says which and why.
+    """
+    r = coerce_recipe(recipe)
+    run_dir = Path(out) if out is not None else Path("runs") / r.name
+    need: dict[str, int] = {}
+    with RunLock(run_dir), disk_full_errors(run_dir, need):
+        if replace and not resume:
+            _clear_run_dir(run_dir)
+        return _run_locked(r, run_dir, resume=resume, need=need)
+
+
+def _clear_run_dir(run_dir: Path) -> None:
+    """Remove a previous run's files from ``run_dir`` (only when it holds one), keeping the held lock."""
+    if not (run_dir / "state.json").exists():
+        return
+    log.warning("removing the previous run in %s", run_dir)
+    for child in run_dir.iterdir():
+        if child.name == ".lock":
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def _run_locked(r: Recipe, run_dir: Path, *, resume: bool, need: dict[str, int]) -> dict[str, Any]:
     from slimkit.data import load_data
     from slimkit.models import build_model
 
-    r = coerce_recipe(recipe)
-    run_dir = Path(out) if out is not None else Path("runs") / r.name
     resolved = r.resolved()
-    with RunLock(run_dir):
-        state = RunState(run_dir)
-        state.start(recipe_hash(resolved), resume=resume)
-        atomic_write_text(run_dir / "recipe.yaml", _yaml(resolved))
-        torch.manual_seed(r.seed)
-        run = _Run(r, run_dir)
-        with track("load data", total=None):
-            run.bundle = load_data(r.data)
-        run.build = lambda: build_model(r.model, input_shape=run.bundle.input_shape, num_classes=run.bundle.num_classes,
-                                        seed=r.seed)
-        baseline_model = _baseline(run, state)
-        baseline_metrics = dict(state.data["baseline"])
-        teacher = copy.deepcopy(baseline_model).eval()
+    state = RunState(run_dir)
+    state.start(recipe_hash(resolved), resume=resume)
+    for name in ("report.json", "report.md", "report.html"):  # a report only ever describes a finished run
+        (run_dir / name).unlink(missing_ok=True)
+    atomic_write_text(run_dir / "recipe.yaml", _yaml(resolved))
+    torch.manual_seed(r.seed)
+    run = _Run(r, run_dir)
+    with track("load data", total=None):
+        run.bundle = load_data(r.data)
+    run.build = lambda: build_model(r.model, input_shape=run.bundle.input_shape, num_classes=run.bundle.num_classes,
+                                    seed=r.seed)
+    baseline_model = _baseline(run, state)
+    need["bytes"] = sum(t.numel() * t.element_size() for t in baseline_model.state_dict().values())
+    baseline_metrics = dict(state.data["baseline"])
+    teacher = copy.deepcopy(baseline_model).eval()
 
-        # resume: the longest prefix of finished stages whose checkpoint can be restored
-        model = baseline_model
-        start = 0
-        for i in range(len(r.stages)):
-            if state.stage(i) is None:
-                break
-            start = i + 1
-        while start > 0:
-            d = run_dir / "stages" / stage_dirname(start - 1, r.stages[start - 1])
-            try:
-                model = _restore(run, d, r.stages[:start])
-                log.info("resumed after stage %d (%s)", start - 1, d)
-                break
-            except (ModelLoadError, RuntimeError, KeyError) as exc:
-                log.warning("cannot restore %s (%s); recomputing it", d, exc)
-                start -= 1
-        if start == 0:
-            model = copy.deepcopy(baseline_model)
-        state.forget_from(start)
+    # resume: the longest prefix of finished stages whose checkpoint can be restored
+    model: nn.Module | None = baseline_model
+    start = 0
+    for i in range(len(r.stages)):
+        if state.stage(i) is None:
+            break
+        start = i + 1
+    while start > 0:
+        d = run_dir / "stages" / stage_dirname(start - 1, r.stages[start - 1])
+        try:
+            model = _restore(run, d, r.stages[:start])
+            log.info("resumed after stage %d (%s)", start - 1, d)
+            break
+        except (ModelLoadError, RuntimeError, KeyError) as exc:
+            log.warning("cannot restore %s (%s); recomputing it", d, exc)
+            start -= 1
+    if start == 0:
+        model = copy.deepcopy(baseline_model)
+    state.forget_from(start)
 
-        for i, cfg in enumerate(r.stages):
-            if i < start:
-                continue
-            _reseed(run.bundle, r.seed + 1000 * (i + 1))
-            ctx = _pass_context(run, teacher, i)
-            t0 = time.perf_counter()
+    stopped: dict[str, Any] | None = None
+    for i, cfg in enumerate(r.stages):
+        if i < start:
+            continue
+        _reseed(run.bundle, r.seed + 1000 * (i + 1))
+        ctx = _pass_context(run, teacher, i)
+        t0 = time.perf_counter()
+        try:
             with track(f"stage {i + 1}/{len(r.stages)} {cfg.kind}:{cfg.method}", total=None):
                 model = apply_pass(model, cfg, ctx)
-            seconds = time.perf_counter() - t0
-            sdir = run_dir / "stages" / stage_dirname(i, cfg)
-            artifact = _save_checkpoint(model, sdir, _model_spec(run))
-            metrics = _evaluate(run, model, artifact)
-            record = {"index": i, "pass": f"{cfg.kind}:{cfg.method}", "config": cfg.model_dump(mode="json"),
-                      "metrics": metrics, "seconds": round(seconds, 3)}
-            notes = []
-            for rec in ctx.records:  # what the pass recorded (typed records), stored whole
-                if rec.key in record or rec.key == "notes":
-                    raise RunError(f"{type(rec).__name__}.key {rec.key!r} clashes with the stage record's own "
-                                   f"'{rec.key}' entry.", hint="Give the record another key.")
-                record[rec.key] = rec.to_json()
-                notes += rec.notes(i)
-            if notes:
-                record["notes"] = notes
-            atomic_write_json(sdir / "stage.json", record)
-            state.finish_stage(i, record)
+        except DivergenceError as exc:
+            stopped = {"index": i, "pass": f"{cfg.kind}:{cfg.method}", "reason": exc.message,
+                       "seconds": round(time.perf_counter() - t0, 3)}
+            log.warning("stage %d (%s:%s) stopped: %s", i, cfg.kind, cfg.method, exc)
+            model = None  # changed in place by the stopped stage: reloaded from a checkpoint below
+            break
+        seconds = time.perf_counter() - t0
+        sdir = run_dir / "stages" / stage_dirname(i, cfg)
+        artifact = _save_checkpoint(model, sdir, _model_spec(run))
+        metrics = _evaluate(run, model, artifact)
+        record = {"index": i, "pass": f"{cfg.kind}:{cfg.method}", "config": cfg.model_dump(mode="json"),
+                  "metrics": metrics, "seconds": round(seconds, 3)}
+        notes = []
+        for rec in ctx.records:  # what the pass recorded (typed records), stored whole
+            if rec.key in record or rec.key == "notes":
+                raise RunError(f"{type(rec).__name__}.key {rec.key!r} clashes with the stage record's own "
+                               f"'{rec.key}' entry.", hint="Give the record another key.")
+            record[rec.key] = rec.to_json()
+            notes += rec.notes(i)
+        if notes:
+            record["notes"] = notes
+        atomic_write_json(sdir / "stage.json", record)
+        state.finish_stage(i, record)
 
-        stages = [state.stage(i) for i in range(len(r.stages))]
-        # final artifacts
-        final_dir = run_dir / "final"
-        artifact = _save_checkpoint(model, final_dir, _model_spec(run))
-        final = _evaluate(run, model, artifact, latency=False)
-        b_lat, f_lat = _paired_latency(run, baseline_model, model)
-        if b_lat is not None:
-            baseline_metrics["latency_ms"] = b_lat
-            baseline_metrics["throughput"] = b_lat["batch"] * 1000.0 / b_lat["median"]
-            final["latency_ms"] = f_lat
-            final["throughput"] = f_lat["batch"] * 1000.0 / f_lat["median"]
-        exports = _export(run, model)
-        rows = check_constraints(r.constraints, baseline_metrics, final)
-        report = {
-            "name": r.name,
-            "recipe": resolved,
-            "baseline": baseline_metrics,
-            "stages": stages,
-            "final": final,
-            "exports": exports,
-            "constraints": rows,
-            "verdict": verdict(baseline_metrics, final, rows, notes=_runtime_notes(model) + _stage_notes(stages)
-                               + _export_notes(exports)),
-            "environment": _environment(),
-        }
-        from slimkit.pipeline.report import write_report
+    stages = [st for st in (state.stage(i) for i in range(len(r.stages))) if st is not None]
+    delivered, model = _deliver(run, stages, baseline_model, baseline_metrics, model, stopped)
+    # final artifacts
+    final_dir = run_dir / "final"
+    applied = 0 if delivered["stage"] is None else delivered["stage"] + 1  # stages whose changes it holds
+    artifact = _save_checkpoint(model, final_dir, {**_model_spec(run), "stages_applied": applied})
+    final = _evaluate(run, model, artifact, latency=False)
+    b_lat, f_lat = _paired_latency(run, baseline_model, model)
+    if b_lat is not None:
+        baseline_metrics["latency_ms"] = b_lat
+        baseline_metrics["throughput"] = b_lat["batch"] * 1000.0 / b_lat["median"]
+        final["latency_ms"] = f_lat
+        final["throughput"] = f_lat["batch"] * 1000.0 / f_lat["median"]
+    exports = _export(run, model)
+    rows = check_constraints(r.constraints, baseline_metrics, final)
+    report = {
+        "name": r.name,
+        "recipe": resolved,
+        "baseline": baseline_metrics,
+        "stages": stages,
+        "final": final,
+        "delivered": delivered,
+        **({"stopped": stopped} if stopped else {}),
+        "exports": exports,
+        "constraints": rows,
+        "verdict": verdict(baseline_metrics, final, rows, notes=_delivery_notes(delivered, stopped, stages)
+                           + _runtime_notes(model) + _stage_notes(stages) + _export_notes(exports)),
+        "environment": _environment(),
+    }
+    from slimkit.pipeline.report import write_report
 
-        write_report(run_dir, report)
-        return report
+    write_report(run_dir, report)
+    return report
+
+
+def _deliver(run: _Run, stages: list[dict[str, Any]], baseline_model: nn.Module, baseline_metrics: dict[str, Any],
+             model: nn.Module | None, stopped: dict[str, Any] | None) -> tuple[dict[str, Any], nn.Module]:
+    """Pick the delivered model (``recipe.deliver``) among the finished stages and load it when it is not
+    the one in memory. Returns the report's ``delivered`` entry and the model."""
+    r = run.recipe
+    if not stages:
+        why = "the baseline: no stage finished" if stopped is not None else "the baseline (the recipe has no stages)"
+        return {"stage": None, "pass": "baseline", "reason": why}, model or copy.deepcopy(baseline_model)
+    k, why = choose_delivery(r.constraints, baseline_metrics, stages, r.deliver)
+    if model is None or k != stages[-1]["index"]:
+        model = _restore(run, run.run_dir / "stages" / stage_dirname(k, r.stages[k]), r.stages[:k + 1])
+    if stopped is not None and k == stages[-1]["index"]:
+        why += f", the last stage that finished before stage {stopped['index']} was stopped"
+    return {"stage": k, "pass": stages[[st["index"] for st in stages].index(k)]["pass"], "reason": why}, model
+
+
+def _delivery_notes(delivered: dict[str, Any], stopped: dict[str, Any] | None,
+                    stages: list[dict[str, Any]]) -> list[str]:
+    notes = []
+    if stopped is not None:
+        notes.append(f"Stage {stopped['index']} ({stopped['pass']}) was stopped: {stopped['reason']} "
+                     "Later stages did not run.")
+    if stopped is not None or delivered["stage"] != (stages[-1]["index"] if stages else None) \
+            or "deliver: last" in delivered["reason"]:
+        notes.append(f"Delivered: {delivered['reason']}.")
+    return notes
 
 
 def _runtime_notes(model: nn.Module) -> list[str]:

@@ -21,7 +21,7 @@ from torch import nn
 from slimkit.config.finetune import FinetuneConfig
 from slimkit.context import PassContext, PassRecord, eval_mode, model_device
 from slimkit.data.batch import call_model, split_batch
-from slimkit.errors import ConfigError, DataError
+from slimkit.errors import ConfigError, DataError, DivergenceError
 from slimkit.passes.prune.masks import apply_masks_, eligible_layers, masks_from_zeros, prepare_masks
 from slimkit.progress import track
 from slimkit.registry import register_pass
@@ -234,6 +234,7 @@ def train_model(
     if masks:
         apply_masks_(model, masks)
 
+    first_loss: float | None = None
     with track(description, total=cfg.epochs * steps if per_step else None) as task:
         try:
             for epoch in range(1, cfg.epochs + 1):
@@ -260,6 +261,9 @@ def train_model(
                         if cfg.grad_clip is not None:
                             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                         optimizer.step()
+                    if scaler is None:  # with a GradScaler an inf step is skipped by design
+                        first_loss = _check_loss(float(loss.detach()), first_loss, x, cfg, description,
+                                                 epoch, n_steps + 1)
                     if masks:
                         apply_masks_(model, masks)
                     if per_step:
@@ -274,9 +278,6 @@ def train_model(
                                     hint="Check the dataset is not empty and the batch size is not too large "
                                          "with drop_last=True.")
                 train_loss = float(loss_sum.item()) / n_steps
-                if not math.isfinite(train_loss) and scaler is None:
-                    raise ConfigError(f"{description}: the training loss became {train_loss} in epoch {epoch}.",
-                                      hint="Lower lr, set grad_clip, or use amp='off'.")
                 val_acc = accuracy(model, val_loader, amp=amp) if val_loader is not None else None
                 result.history.append({"epoch": epoch, "train_loss": train_loss, "val_accuracy": val_acc})
                 result.epochs_run = epoch
@@ -308,6 +309,33 @@ def train_model(
     if result.best_epoch is None:
         result.best_epoch = result.epochs_run
     return result
+
+
+EXPLODE_FACTOR = 100.0
+"""A step loss above this many times the first step's loss (at least 0.1) counts as divergence."""
+
+
+def _check_loss(value: float, first: float | None, x: Any, cfg: FinetuneConfig, description: str,
+                epoch: int, step: int) -> float:
+    """Raise when a step's loss is NaN/inf or exploded; return the reference (the first step's) loss.
+    A non-finite loss on non-finite inputs is the data's fault, and is said so."""
+    if not math.isfinite(value):
+        tensors = x if isinstance(x, (tuple, list)) else (x,)
+        if any(isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())
+               for t in tensors):
+            raise DataError(f"{description}: the training data holds NaN or infinite values "
+                            f"(a batch of epoch {epoch}, step {step}); the loss became {value}.",
+                            hint="Clean or impute the dataset (e.g. torch.nan_to_num) before compressing.")
+        raise DivergenceError(f"{description}: the loss became {value} at step {step} of epoch {epoch}; "
+                              "training diverged and this stage was stopped.",
+                              hint=f"Lower lr (now {cfg.lr:g}), set grad_clip, or use amp='off'.")
+    if first is None:
+        return value
+    if value > EXPLODE_FACTOR * max(first, 0.1):
+        raise DivergenceError(f"{description}: the loss exploded to {value:.4g} at step {step} of epoch {epoch} "
+                              f"(it started at {first:.4g}); training diverged and this stage was stopped.",
+                              hint=f"Lower lr (now {cfg.lr:g}) or set grad_clip.")
+    return first
 
 
 @register_pass(FinetuneConfig, needs=("train_loader",), default=True)

@@ -25,10 +25,10 @@ def write_report(run_dir: Path, report: dict[str, Any]) -> dict[str, Path]:
         log.warning("per-layer views left out of the report: %s", exc)
         layers = {}
     paths = {
-        "json": atomic_write_json(run_dir / "report.json", report),
         "md": atomic_write_text(run_dir / "report.md", render_markdown(report, layers)),
         "html": atomic_write_text(run_dir / "report.html", render_html(report, layers)),
     }
+    paths["json"] = atomic_write_json(run_dir / "report.json", report)  # last: it exists only for a finished run
     return paths
 
 
