@@ -15,7 +15,9 @@ class SlimkitError(Exception):
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         self.message = message
         self.hint = hint
-        super().__init__(message if not hint else f"{message} {hint}")
+        # a multi-line message (a list of problems) gets its hint on a line of its own
+        sep = "\n" if "\n" in message else " "
+        super().__init__(message if not hint else f"{message}{sep}{hint}")
 
 
 class RecipeError(SlimkitError):

@@ -13,9 +13,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from slimkit.cli.progress import cli_reporter, console, err_console, print_report
+from slimkit.cli.style import SlimkitGroup
 from slimkit.errors import SlimkitError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(cls=SlimkitGroup, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="slimkit: make trained PyTorch models smaller and faster, with measured numbers.")
 _state: dict[str, Any] = {"verbose": False}
 
@@ -65,11 +66,14 @@ def demo(
 
 @app.command()
 def validate(recipe: Annotated[Path, typer.Argument(help="YAML recipe, or a shipped recipe's name")]) -> None:
-    """Check a recipe without computing anything; list every problem."""
+    """Check a recipe, and that its model, weights and data fit, without training or evaluating; list every
+    problem."""
+    from slimkit.pipeline.fit import check_fit
     from slimkit.pipeline.runner import coerce_recipe
     from slimkit.recipes import resolve_recipe
 
     r = coerce_recipe(resolve_recipe(recipe))
+    check_fit(r, source=str(recipe))
     console.print(f"[green]ok[/]: {recipe} ({len(r.stages)} stage(s): "
                   + ", ".join(f"{s.kind}:{s.method}" for s in r.stages) + ")")
 
@@ -84,12 +88,34 @@ def eval_(
 
     with cli_reporter():
         metrics = evaluate_saved(run_dir, stage)
-    table = Table(title=f"{run_dir} [{stage}]")
+    table = Table(title=f"{run_dir} (stage {stage})")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for k, v in metrics.items():
-        table.add_row(k, str(v))
+    for k in metrics:
+        table.add_row(k, metric_text(k, metrics))
     console.print(table)
+
+
+def metric_text(key: str, m: dict[str, Any]) -> str:
+    """One metric of a METRICS dict for a person: rounded, units named, 'not measured' for None."""
+    from slimkit.pipeline.report.render import fmt
+
+    v = m.get(key)
+    if v is None:
+        return "not measured"
+    if key == "latency_ms":
+        return (f"{v['median']:.3g} ms median, {v['p90']:.3g} ms p90 (batch {v.get('batch', 1)}"
+                + (f", {v['runtime']}" if v.get("runtime") else "") + ")")
+    if key == "fidelity":
+        parts = [f"cosine {v['cosine']:.4f}" if v.get("cosine") is not None else None,
+                 f"min cosine {v['cosine_min']:.4f}" if v.get("cosine_min") is not None else None,
+                 f"top-1 agreement {100 * v['top1_agreement']:.2f}%" if v.get("top1_agreement") is not None else None]
+        return ", ".join(p for p in parts if p) or "not measured"
+    if key == "size_bytes":
+        return f"{fmt(key, m)} ({v:,} bytes)"
+    if key == "throughput":
+        return f"{v:,.0f} samples/s"
+    return fmt(key, m)
 
 
 @app.command()

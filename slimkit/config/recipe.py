@@ -34,6 +34,8 @@ class ModelConfig(StrictModel):
     kwargs: dict[str, Any] = Field(default_factory=dict)
     weights: Path | None = None
     train: TrainBaselineConfig | None = None
+    sentence_encoder: bool = Field(False, description="hf only: mean-pool (and normalise as the model folder says) "
+                                                      "into sentence embeddings (slimkit.models.sentence)")
 
     @field_validator("entry_point")
     @classmethod
@@ -47,25 +49,47 @@ class ModelConfig(StrictModel):
         given = [k for k in ("arch", "entry_point", "hf") if getattr(self, k)]
         if len(given) != 1:
             raise ValueError(f"give exactly one of arch, entry_point, hf (got {given or 'none'})")
+        if self.sentence_encoder and not self.hf:
+            raise ValueError("sentence_encoder applies to hf models only")
         return self
 
 
 class DataConfig(StrictModel):
-    name: Literal["digits", "fashion-mnist", "image-folder", "tensors"] = "digits"
+    """``digits``/``fashion-mnist``/``image-folder``/``tensors`` are labelled; ``sample-images`` (ImageNet-style
+    photo crops) and ``sentences`` (offline English sentences, tokenized with ``tokenizer``) are unlabelled
+    inputs: a run on them measures fidelity to the baseline model instead of accuracy."""
+
+    name: Literal["digits", "fashion-mnist", "image-folder", "tensors", "sample-images", "sentences"] = "digits"
     path: Path | None = None
     batch_size: int = Field(64, ge=1, le=65536)
     val_fraction: float = Field(0.1, ge=0, lt=1)
     test_fraction: float = Field(0.25, gt=0, lt=1)
     calibration_samples: int = Field(256, ge=1, le=1_000_000)
     limit: int | None = Field(None, ge=10, description="use at most this many training samples (small runs)")
+    test_limit: int | None = Field(None, ge=1, description="evaluate on at most this many test samples (small runs)")
     image_size: int | None = Field(None, ge=4, le=4096)
+    channels: Literal[1, 3] | None = Field(None, description="fashion-mnist: 3 copies the grey channel (ImageNet models)")
+    normalize: Literal["dataset", "imagenet"] = Field(
+        "dataset", description="fashion-mnist: the dataset's mean/std, or ImageNet's (pretrained ImageNet models)")
+    tokenizer: str | None = Field(None, description="sentences: the Hugging Face tokenizer (default: model.hf)")
+    max_length: int = Field(128, ge=8, le=4096, description="sentences: tokens per sentence at most")
     seed: int = Field(0, ge=0, le=MAX_SEED)
 
     @model_validator(mode="after")
     def _path_needed(self) -> DataConfig:
         if self.name in ("image-folder", "tensors") and self.path is None:
             raise ValueError(f"data '{self.name}' needs a path")
+        if self.name == "sentences" and self.tokenizer is None:
+            raise ValueError("data 'sentences' needs a tokenizer (it defaults to model.hf; set data.tokenizer "
+                             "for other models)")
+        if self.name != "fashion-mnist" and (self.channels is not None or self.normalize != "dataset"):
+            raise ValueError("data.channels and data.normalize apply to fashion-mnist only")
         return self
+
+    @property
+    def labelled(self) -> bool:
+        """False for input-only data (sample-images, sentences): runs measure fidelity, not accuracy."""
+        return self.name not in ("sample-images", "sentences")
 
 
 class LatencyConfig(StrictModel):
@@ -88,6 +112,8 @@ class ConstraintsConfig(StrictModel):
     min_accuracy: float | None = Field(None, ge=0, le=1)
     max_size_bytes: int | None = Field(None, ge=1)
     max_size_ratio: float | None = Field(None, gt=0, description="final bytes / baseline bytes")
+    min_cosine: float | None = Field(None, ge=-1, le=1, description="mean cosine of final vs baseline outputs")
+    min_top1_agreement: float | None = Field(None, ge=0, le=1, description="final vs baseline argmax agreement")
     min_speedup: float | None = Field(None, gt=0, description="baseline latency / final latency")
     min_sparsity: float | None = Field(None, ge=0, le=1)
 
@@ -95,7 +121,7 @@ class ConstraintsConfig(StrictModel):
 class OnnxConfig(StrictModel):
     opset: int = Field(18, ge=13, le=23)
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
-    parity_atol: float = Field(1e-3, gt=0)
+    parity_atol: float | None = Field(None, gt=0, description="None: 1e-3 for fp32, 1e-2 for fp16 (atol and rtol)")
 
 
 class ExportConfig(StrictModel):
@@ -115,6 +141,16 @@ class Recipe(StrictModel):
     deliver: Literal["best", "last"] = Field(
         "best", description="best: the last stage that met every constraint (the last stage when none did); "
                             "last: always the last finished stage")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tokenizer_from_model(cls, data: Any) -> Any:
+        """``data: {name: sentences}`` tokenizes with the recipe's own Hugging Face model by default."""
+        if isinstance(data, dict) and isinstance(data.get("data"), dict) and isinstance(data.get("model"), dict):
+            d, m = data["data"], data["model"]
+            if d.get("name") == "sentences" and d.get("tokenizer") is None and isinstance(m.get("hf"), str):
+                data = {**data, "data": {**d, "tokenizer": m["hf"]}}
+        return data
 
     @property
     def passes(self) -> list[PassConfig]:

@@ -60,6 +60,7 @@ class _Run:
     run_dir: Path
     bundle: Any = None
     build: Any = None
+    reference: nn.Module | None = None  # the baseline model: fidelity is measured against it
     stages_meta: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -78,14 +79,18 @@ def _reseed(bundle: Any, seed: int) -> None:
 
 
 def _evaluate(run: _Run, model: nn.Module, artifact: Path | None, *, latency: bool = True) -> dict[str, Any]:
+    """The METRICS of ``model``: accuracy/F1 on labelled data; fidelity to the baseline (``run.reference``;
+    the baseline itself while it is measured) on unlabelled data, or with ``evaluate.fidelity``."""
     from slimkit.evaluation import evaluate_model
 
     r = run.recipe
     loader = run.bundle.test if r.evaluate.split == "test" else (run.bundle.val or run.bundle.test)
+    labelled = getattr(run.bundle, "labelled", True)
+    reference = (run.reference or model) if (not labelled or r.evaluate.fidelity) else None
     return evaluate_model(
-        model, loader, example_inputs=run.bundle.example_inputs,
+        model, loader if labelled else None, example_inputs=run.bundle.example_inputs,
         latency=r.evaluate.latency if latency else None,
-        artifact=artifact, run_dir=run.run_dir,
+        artifact=artifact, run_dir=run.run_dir, reference=reference, fidelity_loader=loader,
     )
 
 
@@ -181,14 +186,21 @@ def _export(run: _Run, model: nn.Module) -> list[dict[str, Any]]:
     """The recipe's ONNX export, through the one export path (``slimkit.exporters.export_model``)."""
     from slimkit.exporters import export_model
 
+    out: list[dict[str, Any]] = []
     ex = run.recipe.export
+    if "safetensors" in ex.formats:  # the final checkpoint is the safetensors export: list it with the others
+        from slimkit.evaluation.cost import file_size
+
+        out.append({"format": "safetensors", "artifact": "final/model.safetensors",
+                    "size_bytes": file_size(run.run_dir / "final" / "model.safetensors"),
+                    "manifest": "final/manifest.json", "parity": None})  # its reload is what resume/eval test
     if "onnx" not in ex.formats:
-        return []
+        return out
     res = export_model(model, run.run_dir / "model.onnx", example_inputs=run.bundle.example_inputs,
                        precision=ex.onnx.precision, opset=ex.onnx.opset, atol=ex.onnx.parity_atol,
                        quantize="auto" if ex.onnx.precision == "int8" else None,
                        calibration=run.bundle.calibration, latency=run.recipe.evaluate.latency)
-    return [{"format": "onnx", **relative_artifacts(res, run.run_dir)}]
+    return [*out, {"format": "onnx", **relative_artifacts(res, run.run_dir)}]
 
 
 def relative_artifacts(entry: dict[str, Any], base: Path) -> dict[str, Any]:
@@ -206,6 +218,9 @@ def run_recipe(recipe: Any, out: str | Path | None = None, *, resume: bool = Fal
     (:func:`slimkit.pipeline.constraints.choose_delivery`) and the report's ``delivered`` says which and why.
     """
     r = coerce_recipe(recipe)
+    from slimkit.pipeline.fit import check_fit
+
+    check_fit(r)  # model, weights and data fit together: fail before any compute
     run_dir = Path(out) if out is not None else Path("runs") / r.name
     need: dict[str, int] = {}
     with RunLock(run_dir), disk_full_errors(run_dir, need):
@@ -248,6 +263,7 @@ def _run_locked(r: Recipe, run_dir: Path, *, resume: bool, need: dict[str, int])
     need["bytes"] = sum(t.numel() * t.element_size() for t in baseline_model.state_dict().values())
     baseline_metrics = dict(state.data["baseline"])
     teacher = copy.deepcopy(baseline_model).eval()
+    run.reference = teacher
 
     # resume: the longest prefix of finished stages whose checkpoint can be restored
     model: nn.Module | None = baseline_model
