@@ -64,6 +64,10 @@ class RunError(SlimkitError):
     """A run directory is locked, incompatible with --resume, or otherwise unusable."""
 
 
+class ReportError(SlimkitError):
+    """A report, summary or comparison cannot be rendered or checked (missing run files, a browser failure)."""
+
+
 class DivergenceError(SlimkitError):
     """Training diverged: the loss became NaN/inf or exploded. The runner stops that stage and delivers the
     best earlier model (see ``Recipe.deliver``)."""

@@ -31,12 +31,15 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show lo
 
 @app.command()
 def run(
-    recipe: Annotated[Path, typer.Argument(help="YAML recipe")],
+    recipe: Annotated[Path, typer.Argument(help="YAML recipe, or a shipped recipe's name (e.g. quantize-dynamic)")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="run directory (default runs/<name>)")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue after the last finished stage")] = False,
 ) -> None:
-    """Run a recipe: baseline, each stage, evaluation, constraints, report."""
+    """Run a recipe (a YAML file, or the name of a shipped recipe): baseline, stages, evaluation, report."""
     from slimkit.pipeline.runner import coerce_recipe, run_recipe
+    from slimkit.recipes import resolve_recipe
+
+    recipe = resolve_recipe(recipe)  # `slimkit run quantize-dynamic`: a recipe shipped inside the package
 
     r = coerce_recipe(recipe)
     run_dir = out or Path("runs") / r.name
@@ -62,13 +65,14 @@ def demo(
 
 
 @app.command()
-def validate(recipe: Annotated[Path, typer.Argument(help="YAML recipe")]) -> None:
+def validate(recipe: Annotated[Path, typer.Argument(help="YAML recipe, or a shipped recipe's name")]) -> None:
     """Check a recipe, and that its model, weights and data fit, without training or evaluating; list every
     problem."""
     from slimkit.pipeline.fit import check_fit
     from slimkit.pipeline.runner import coerce_recipe
+    from slimkit.recipes import resolve_recipe
 
-    r = coerce_recipe(recipe)
+    r = coerce_recipe(resolve_recipe(recipe))
     check_fit(r, source=str(recipe))
     console.print(f"[green]ok[/]: {recipe} ({len(r.stages)} stage(s): "
                   + ", ".join(f"{s.kind}:{s.method}" for s in r.stages) + ")")
@@ -232,6 +236,12 @@ _register_quantize(app)
 from slimkit.cli.sensitivity import register as _register_sensitivity  # noqa: E402  (slimkit sensitivity)
 
 _register_sensitivity(app)
+
+from slimkit.cli.compare import register as _register_compare  # noqa: E402  (slimkit compare)
+from slimkit.cli.report import register as _register_report  # noqa: E402  (slimkit report)
+
+_register_compare(app)
+_register_report(app)
 
 from slimkit.cli.auto import register as _register_auto  # noqa: E402  (slimkit auto; slimkit/cli/auto.py)
 

@@ -6,6 +6,8 @@ import base64
 import html
 from typing import Any
 
+from slimkit.pipeline.report.plotting import latency_noise, mark_if_within_noise
+
 COLUMNS = [
     ("accuracy", "accuracy"), ("f1", "F1"), ("params", "params"), ("nonzero_params", "non-zero"),
     ("macs", "MACs"), ("size_bytes", "bytes"), ("sparsity", "sparsity"), ("latency", "latency ms (p90)"),
@@ -80,7 +82,7 @@ def seconds(report: dict[str, Any]) -> list[str]:
     return ["", *[f"{s['seconds']:.1f}" for s in report["stages"]], ""]
 
 
-def render_markdown(report: dict[str, Any]) -> str:
+def render_markdown(report: dict[str, Any], layers: dict[str, list[dict[str, Any]]] | None = None) -> str:
     lines = [f"# slimkit report: {report['name']}", "", f"**Verdict.** {report['verdict']}", ""]
     cols = columns(report, COLUMNS)
     lines.append("| model | " + " | ".join(label for _, label in cols) + " | seconds |")
@@ -106,6 +108,10 @@ def render_markdown(report: dict[str, Any]) -> str:
                             if fp32.get("artifact") else ""))
     for s in sensitivity_stages(report):
         lines += ["", *sensitivity_markdown(s)]
+    if layers:
+        from slimkit.pipeline.report.layers import layers_markdown
+
+        lines += ["", *layers_markdown(layers)]
     env = report.get("environment") or {}
     if env:
         lines += ["", f"Measured on {env.get('cpu')} with torch {env.get('torch')}, {env.get('threads')} threads."]
@@ -152,11 +158,13 @@ def sensitivity_png(stage: dict[str, Any]) -> str:
 
 def _plot(report: dict[str, Any], x_key: str, x_label: str) -> str | None:
     pts = []
+    measured = []
     for label, m in rows(report):
         x = m.get("size_bytes") if x_key == "size" else (m.get("latency_ms") or {}).get("median")
         y = m.get("accuracy")
         if x is not None and y is not None:
             pts.append((label, x, 100 * y))
+            measured.append(m)
     if not pts:
         return None
     from matplotlib.ticker import FuncFormatter, MaxNLocator
@@ -182,14 +190,20 @@ def _plot(report: dict[str, Any], x_key: str, x_label: str) -> str | None:
         ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _bytes(int(v)) if x_key == "size" else f"{v:.3g}"))
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.4g}"))
+        if x_key == "latency":  # a latency axis spanning less than the run-to-run spread: from zero, marked
+            mark_if_within_noise(ax, xs, latency_noise(measured), unit=" ms")
         ax.set_xlabel(x_label)
         ax.set_ylabel("accuracy (%)")
         ax.grid(alpha=0.3)
         return base64.b64encode(png_bytes(fig)).decode()
 
 
-def render_html(report: dict[str, Any]) -> str:
+def render_html(report: dict[str, Any], layers: dict[str, list[dict[str, Any]]] | None = None) -> str:
+    """The self-contained report page; ``layers`` (:func:`slimkit.pipeline.report.layers.run_layers`) adds the
+    per-layer views."""
     import jinja2
+
+    from slimkit.pipeline.report.layers import layer_views
 
     env = jinja2.Environment(loader=jinja2.PackageLoader("slimkit.pipeline.report", "templates"),
                              autoescape=jinja2.select_autoescape(["html", "j2"]))
@@ -207,6 +221,7 @@ def render_html(report: dict[str, Any]) -> str:
                     "png": sensitivity_png(st), "r": st["sensitivity"]} for st in sensitivity_stages(report)]
     recipe_yaml = yaml.safe_dump(report.get("recipe") or {}, sort_keys=False, default_flow_style=False)
     return tmpl.render(r=report, recipe_yaml=recipe_yaml, columns=[*(c for _, c in cols), "seconds"], table=table, plots=plots,
-                       sensitivity=sensitivity,
+                       sensitivity=sensitivity, layer_views=layer_views(layers or {}, pruned=any(
+                           str(st.get("pass", "")).startswith("prune") for st in report["stages"])),
                        constraints=report.get("constraints") or [], exports=report.get("exports") or [],
                        env=report.get("environment") or {}, esc=html.escape)
