@@ -33,6 +33,7 @@ _LAZY: dict[str, str] = {
     "DistillConfig": "slimkit.config.distill", "SVDConfig": "slimkit.config.lowrank",
     "FeatureDistillConfig": "slimkit.config.distill", "MutualDistillConfig": "slimkit.config.distill",
     "StructuredPruneConfig": "slimkit.config.structured", "NMSparsityConfig": "slimkit.config.structured",
+    "PostTrainPruneConfig": "slimkit.config.posttrain",
     "OrtInt8Config": "slimkit.config.quantize_ort",
 }
 

@@ -157,7 +157,7 @@ def _finetune(model: nn.Module, cfg: StructuredPruneConfig, ctx: PassContext) ->
     train_model(model, ctx.train_loader, cfg.finetune, val_loader=ctx.val_loader)
 
 
-def _rebuild(model: nn.Module, cfg: StructuredPruneConfig, manifest: dict[str, Any]) -> nn.Module:
+def rebuild_structure(model: nn.Module, cfg: Any, manifest: dict[str, Any]) -> nn.Module:
     """Redo the pruned structure of a checkpoint without data, so the runner can load it on resume.
 
     Conv/Linear/Norm/Embedding widths are restored by the exporters from the manifest's ``module_shapes``;
@@ -181,7 +181,7 @@ def _rebuild(model: nn.Module, cfg: StructuredPruneConfig, manifest: dict[str, A
     return apply_structure(model, structure)
 
 
-@register_pass(StructuredPruneConfig, needs=("example_inputs",), rebuild=_rebuild)
+@register_pass(StructuredPruneConfig, needs=("example_inputs",), rebuild=rebuild_structure)
 def structured_prune(model: nn.Module, cfg: StructuredPruneConfig, ctx: PassContext) -> nn.Module:
     """Prune ``model`` in place to ``cfg.ratio``, ``cfg.target_macs`` or ``cfg.target_latency``.
     ``ctx.extras["structured"]`` records how the model was traced (``trace``: ``fx``, ``fx+opaque``,
