@@ -28,7 +28,7 @@ from slimkit.errors import SlimkitError
 # Config classes, loaded when first named: public name -> module
 _LAZY: dict[str, str] = {
     "FinetuneConfig": "slimkit.config.finetune",
-    "MagnitudePruneConfig": "slimkit.config.prune",
+    **{n: "slimkit.config.prune" for n in ("MagnitudePruneConfig", "WandaPruneConfig", "SparseGPTConfig")},
     **{n: "slimkit.config.quantize" for n in ("Int", "LogQuant", "Binary", "PTQConfig", "MixedPrecision", "DynamicConfig", "WeightOnlyConfig", "QATConfig", "LogQuantConfig", "BinaryConfig", "PrecisionConfig", "FP16Config", "BF16Config")},
     "DistillConfig": "slimkit.config.distill", "SVDConfig": "slimkit.config.lowrank",
     "FeatureDistillConfig": "slimkit.config.distill", "MutualDistillConfig": "slimkit.config.distill",

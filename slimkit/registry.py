@@ -26,7 +26,8 @@ _PASS_MODULES = (
     "slimkit.passes.finetune.loop",
     "slimkit.passes.quantize.ptq", "slimkit.passes.quantize.qat", "slimkit.passes.quantize.dynamic", "slimkit.passes.quantize.weight_only", "slimkit.passes.quantize.precision",
     "slimkit.passes.lowrank.svd", "slimkit.passes.distill.trainer",
-    "slimkit.passes.prune.structured", "slimkit.passes.prune.nm", "slimkit.passes.prune.posttrain",
+    "slimkit.passes.prune.structured", "slimkit.passes.prune.nm", "slimkit.passes.prune.oneshot",
+    "slimkit.passes.prune.posttrain",
 )
 
 Handler = Callable[["nn.Module", "PassConfig", "PassContext"], "nn.Module"]

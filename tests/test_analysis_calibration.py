@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from models import ToyCNN, ToyMLP
 from torch import nn
 
 from slimkit.analysis.calibration import collect_input_stats, conv_patches
 from slimkit.errors import ConfigError, DataError
-from tests.models import ToyCNN, ToyMLP
 
 
 def _captured_inputs(model: nn.Module, name: str, batches: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -32,10 +32,10 @@ def test_linear_xtx_equals_direct_product_over_batches():
         x = torch.cat(_captured_inputs(model, name, batches)).double()
         s = stats[name]
         assert s.count == 35 and s.groups == 1
-        assert torch.allclose(s.xtx[0], x.T @ x, rtol=1e-10, atol=1e-9)
+        assert torch.allclose(s.xtx[0], x.T @ x, rtol=1e-5, atol=1e-5)
         assert torch.allclose(s.sum[0], x.sum(0), atol=1e-10)
         assert torch.allclose(s.col_norms()[0], x.norm(dim=0), atol=1e-10)
-        assert torch.allclose(s.second_moment()[0], x.T @ x / 35, atol=1e-10)
+        assert torch.allclose(s.second_moment()[0], x.T @ x / 35, rtol=1e-5, atol=1e-6)
     # hooks removed, model not changed
     assert not model.fc1._forward_pre_hooks
 
@@ -68,7 +68,7 @@ def test_conv_stats_are_per_group_and_match_unfold():
         x = torch.cat([conv_patches(conv, t) for t in _captured_inputs(model, name, batches)], dim=1).double()
         s = stats[name]
         assert s.count == 4 * 3 * 64
-        assert torch.allclose(s.xtx, x.transpose(1, 2) @ x, rtol=1e-10, atol=1e-8)
+        assert torch.allclose(s.xtx, x.transpose(1, 2) @ x, rtol=1e-5, atol=1e-5)
     dw = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, groups=4))
     s = collect_input_stats(dw, [torch.randn(2, 4, 5, 5)], ["0"])["0"]
     assert s.xtx.shape == (4, 9, 9) and s.count == 2 * 25
@@ -128,3 +128,24 @@ def test_output_error_matches_a_forward_pass():
     y, y3 = conv(xc), F.conv2d(xc, w3, conv.bias, padding=1, groups=2)
     direct = ((y - y3) ** 2).sum() / (y ** 2).sum()
     assert sc.output_error(conv.weight, w3, conv.bias) == pytest.approx(float(direct), rel=1e-5)
+
+
+def test_layers_fed_the_same_tensor_get_the_same_statistics():
+    class QKV(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.q, self.k, self.v = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 4)
+
+        def forward(self, x):
+            h = self.q(x)
+            x = x * 2  # a new tensor: v sees different inputs
+            return h + self.k(x / 2), self.v(x)
+
+    torch.manual_seed(6)
+    m = QKV()
+    xs = [torch.randn(5, 8) for _ in range(3)]
+    st = collect_input_stats(m, xs, ["q", "k", "v"])
+    x = torch.cat(xs).double()
+    assert torch.allclose(st["q"].xtx[0], x.T @ x, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(st["k"].xtx[0], st["q"].xtx[0], rtol=1e-6, atol=1e-6)
+    assert torch.allclose(st["v"].xtx[0], 4 * (x.T @ x), rtol=1e-5, atol=1e-5)

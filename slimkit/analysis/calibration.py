@@ -86,14 +86,24 @@ class InputStats:
                               hint="Collect with full=True.")
         return self.xtx
 
-    def _add(self, rows: torch.Tensor) -> None:
-        """Accumulate ``rows`` of shape ``[groups, n, d]``."""
-        r = rows.detach().to(device="cpu", dtype=torch.float64)
-        self.count += int(r.shape[1])
-        self.sum += r.sum(dim=1)
-        self.sq_norms += (r * r).sum(dim=1)
-        if self.xtx is not None:
-            self.xtx.baddbmm_(r.transpose(1, 2), r)
+    def _add(self, moments: tuple[int, torch.Tensor, torch.Tensor, torch.Tensor | None]) -> None:
+        count, total, sq, xtx = moments
+        self.count += count
+        self.sum += total
+        self.sq_norms += sq
+        if self.xtx is not None and xtx is not None:
+            self.xtx += xtx
+
+
+def _moments(rows: torch.Tensor, full: bool) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(count, sum, sum of squares, X^T X)`` of ``rows`` ``[groups, n, d]``, as float64 on the CPU. The
+    product of one batch is computed on the rows' device in their precision (at least float32) and summed
+    across batches in float64."""
+    r = rows.detach()
+    r = r.to(torch.promote_types(r.dtype, torch.float32))
+    r64 = r.to(device="cpu", dtype=torch.float64)
+    xtx = torch.bmm(r.transpose(1, 2), r).to(device="cpu", dtype=torch.float64) if full else None
+    return int(r.shape[1]), r64.sum(dim=1), (r64 * r64).sum(dim=1), xtx
 
 
 SUPPORTED = (nn.Linear, nn.Conv2d)
@@ -153,6 +163,24 @@ def _check_layer(name: str, module: nn.Module) -> tuple[int, int]:
     return 1, module.in_features
 
 
+def block_of(name: str) -> str:
+    """The calibration block of a layer: its module path up to the first numeric component
+    (``encoder.layer.3.attention.self.query`` -> ``encoder.layer.3``), or its own name when there is none."""
+    parts = name.split(".")
+    for i, part in enumerate(parts):
+        if part.isdigit():
+            return ".".join(parts[:i + 1])
+    return name
+
+
+def reiterable(calibration: Iterable[object], limit: int | None = None) -> Iterable[object]:
+    """``calibration`` itself when it can be iterated again (a loader, a list), else its first ``limit``
+    batches in a list, so passes that calibrate block by block can run over it several times."""
+    if iter(calibration) is calibration:
+        return list(itertools.islice(calibration, limit))
+    return calibration
+
+
 def _token_mask(inputs: object) -> torch.Tensor | None:
     if isinstance(inputs, Mapping):
         mask = inputs.get("attention_mask")
@@ -198,14 +226,22 @@ def collect_input_stats(
             torch.zeros(groups, dim, dtype=torch.float64),
             torch.zeros(groups, dim, dim, dtype=torch.float64) if full else None)
 
-    state: dict[str, torch.Tensor | None] = {"mask": None}
+    mask: list[torch.Tensor | None] = [None]
+    # moments of the inputs seen in the current batch: layers fed the same tensor (attention query, key and
+    # value) share one computation
+    cache: dict[tuple[object, ...], tuple[int, torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
 
     def hook_for(name: str):  # noqa: ANN202 - a forward pre-hook
         def hook(module: nn.Module, args: tuple[object, ...]) -> None:
             x = args[0] if args else None
             if not isinstance(x, torch.Tensor):
                 raise DataError(f"layer '{name}' was called without a tensor input.")
-            stats[name]._add(layer_rows(module, x, state["mask"]))
+            geometry = ((module.kernel_size, module.stride, module.padding, module.dilation, module.groups,
+                         module.padding_mode) if isinstance(module, nn.Conv2d) else "linear")
+            key = (x.data_ptr(), tuple(x.shape), x.stride(), x.dtype, x._version, geometry)
+            if key not in cache:
+                cache[key] = _moments(layer_rows(module, x, mask[0]), full)
+            stats[name]._add(cache[key])
         return hook
 
     device = model_device(model)
@@ -216,12 +252,14 @@ def collect_input_stats(
             source = [calibration] if isinstance(calibration, torch.Tensor) else calibration
             for batch in itertools.islice(source, max_batches):
                 inputs = model_inputs(batch)
-                state["mask"] = _token_mask(inputs)
+                mask[0] = _token_mask(inputs)
+                cache.clear()
                 call_model(model, inputs, device)
                 batches += 1
     finally:
         for h in handles:
             h.remove()
+    cache.clear()
     if batches == 0:
         raise DataError("the calibration data yielded no batch.", hint="Check the calibration loader and its size.")
     unseen = [n for n, s in stats.items() if s.count == 0]

@@ -263,6 +263,8 @@ def run_recipe(recipe: Any, out: str | Path | None = None, *, resume: bool = Fal
                       "metrics": metrics, "seconds": round(seconds, 3)}
             if ctx.extras.get("sensitivity"):  # per-layer sensitivity and mixed precision (PTQConfig.mixed)
                 record["sensitivity"] = ctx.extras["sensitivity"]
+            if ctx.extras.get("layers"):  # per-layer rows: what was removed, calibration output error
+                record["layers"] = ctx.extras["layers"]
             atomic_write_json(sdir / "stage.json", record)
             state.finish_stage(i, record)
 
