@@ -136,6 +136,8 @@ def test_macs_target_records_and_bn_intercept() -> None:
         assert (r["units"] - r["removed"]) % 2 == 0
         assert len(r["removed_consumer_channels"]) == r["removed"]
     assert model.conv1.out_channels == 32 - recs["conv2"]["removed"]
+    rows = {r["layer"]: r for r in ctx.extras["layers"]}  # what the run report renders per layer
+    assert set(rows) == {"conv2", "fc"} and rows["conv2"]["rel_error"] == recs["conv2"]["relative_error"][-1]
     # the BN that reads the bias-free consumer absorbed the intercept: its running mean changed
     assert not torch.allclose(model.bn2.running_mean, base.bn2.running_mean)
 

@@ -19,8 +19,9 @@ class PostTrainPruneConfig(PassConfig):
 
     ``criterion`` orders the units of a group and measures what removing them costs:
     ``reconstruction`` (ThiNet-style greedy with least-squares refit, exact from the consumer's input
-    statistics; each group's cost curve is then *measured* as the fidelity loss of the whole model with that
-    group pruned and refit, at ``sensitivity_points`` ratios on ``sensitivity_batches`` batches), or
+    statistics; that error curve is scaled by how much of it reaches the model's output, *measured* as the
+    fidelity loss of the whole model with the group pruned and refit, at ``sensitivity_points`` amounts on
+    ``sensitivity_batches`` batches), or
     ``fisher`` (Kwon et al. 2022: the Fisher information of a mask on each unit for the fidelity loss, with
     targets sampled from the model's own output distribution, summed per unit). Per-group amounts are then
     allocated together (non-uniform) so that the MACs land on ``target_macs`` at the least total cost.
@@ -44,7 +45,7 @@ class PostTrainPruneConfig(PassConfig):
     protected: list[str] = Field(default_factory=list, description="module-name globs that keep their width")
     calibration_batches: int | None = Field(None, ge=1, description="use at most this many calibration batches")
     sensitivity_batches: int = Field(1, ge=1, le=64)
-    sensitivity_points: int = Field(4, ge=1, le=16)
+    sensitivity_points: int = Field(2, ge=1, le=16)
     ridge: float = Field(1e-3, ge=0, lt=1)
     refit_passes: int = Field(2, ge=0, le=10)
     macs_tolerance: float = Field(0.02, gt=0, lt=0.5)

@@ -103,35 +103,41 @@ def _loss(model: nn.Module, batches: list[Any], refs: list[torch.Tensor], kind: 
 
 
 def _measured_curve(model: nn.Module, t: Target, w: torch.Tensor, h: torch.Tensor, order: list[int],
-                    allowed: list[int], cfg: PostTrainPruneConfig, batches: list[Any], refs: list[torch.Tensor]
-                    ) -> dict[int, float]:
-    """Fidelity loss of the whole model with ``t``'s group pruned (and refit) at a few amounts, interpolated to
-    every allowed amount."""
+                    local: list[float], allowed: list[int], cfg: PostTrainPruneConfig, batches: list[Any],
+                    refs: list[torch.Tensor]) -> dict[int, float]:
+    """Cost of removing ``k`` units of ``t``'s group, for every allowed ``k``: the consumer's relative output
+    error after refit (``local[k - 1]``, exact from the statistics) times how much of it reaches the model's
+    output, *measured*: the fidelity loss of the whole model with the group pruned and refit, over the local
+    error, at ``sensitivity_points`` amounts (interpolated between them, held beyond)."""
     mod = model.get_submodule(t.consumer)
     saved = {k: v.detach().clone() for k, v in mod.state_dict().items()}
     bn_mean = model.get_submodule(t.intercept).running_mean.clone() if t.intercept not in (None, "bias") else None
     top = allowed[-1]
-    points = sorted({min(allowed, key=lambda a: abs(a - top * (i + 1) / cfg.sensitivity_points))
+    points = sorted({min(allowed, key=lambda a: abs(a - top * (i + 1) / (cfg.sensitivity_points + 1)))
                      for i in range(cfg.sensitivity_points)} - {0})
-    measured = {0: 0.0}
+    gain: dict[int, float] = {}
     try:
         for k in points:
             v, keep, _ = _local_refit(t, w, h, order[:k], cfg.ridge)
             install(model, t, v, keep)
-            measured[k] = _loss(model, batches, refs, cfg.loss)
+            gain[k] = _loss(model, batches, refs, cfg.loss) / max(local[k - 1], 1e-12)
     finally:
         mod.load_state_dict(saved)
         if bn_mean is not None:
             model.get_submodule(t.intercept).running_mean.copy_(bn_mean)
-    xs = sorted(measured)
+    xs = sorted(gain)
     curve = {}
     for k in allowed:
+        if k == 0:
+            curve[k] = 0.0
+            continue
         j = next((i for i, x in enumerate(xs) if x >= k), len(xs) - 1)
-        if xs[j] == k or j == 0:
-            curve[k] = measured[xs[j]]
+        if xs[j] <= k or j == 0:
+            g = gain[xs[j]]
         else:
             a, b = xs[j - 1], xs[j]
-            curve[k] = measured[a] + (measured[b] - measured[a]) * (k - a) / (b - a)
+            g = gain[a] + (gain[b] - gain[a]) * (k - a) / (b - a)
+        curve[k] = g * local[k - 1]
     return curve
 
 
@@ -280,9 +286,9 @@ def posttrain_prune(model: nn.Module, cfg: PostTrainPruneConfig, ctx: PassContex
             refs = [primary_output(call_model(model, b)).detach() for b in sens]
         for t in targets:
             w, h = mats[t.group.index]
-            orders[t.group.index], _ = greedy_order(w, h, t.cols, cfg.ridge, allowed[t.group.index][-1])
-            curves[t.group.index] = _measured_curve(model, t, w, h, orders[t.group.index], allowed[t.group.index],
-                                                    cfg, sens, refs)
+            orders[t.group.index], local = greedy_order(w, h, t.cols, cfg.ridge, allowed[t.group.index][-1])
+            curves[t.group.index] = _measured_curve(model, t, w, h, orders[t.group.index], local,
+                                                    allowed[t.group.index], cfg, sens, refs)
     log.info("posttrain: %d groups scored (%s) in %.1f s", len(targets), cfg.criterion, time.time() - t0)
     if cfg.ratio is not None:
         ks = {t.group.index: min(allowed[t.group.index], key=lambda a: abs(a - cfg.ratio * len(t.group)))
@@ -315,8 +321,23 @@ def posttrain_prune(model: nn.Module, cfg: PostTrainPruneConfig, ctx: PassContex
     _refit_passes(model, reference, targets, cfg, calib, info, mats, rows)
     info.update(macs_before=base, macs_after=count_macs(model, inputs), seconds=round(time.time() - t0, 2),
                 criterion=cfg.criterion)
+    ctx.extras["layers"] = layer_rows(info)
     log.info("posttrain: MACs %.1f%% of the original, %.1f s", 100 * info["macs_after"] / base, info["seconds"])
     return model
+
+
+def layer_rows(info: dict[str, Any]) -> list[dict[str, Any]]:
+    """The per-layer rows the run report renders: one per consumer (what its group lost, its relative output
+    error after the last refit) and one per group kept whole (why)."""
+    rows = []
+    for r in info["groups"]:
+        what = "heads" if r["kind"] == "heads" else "channels"
+        rows.append({"layer": r["consumer"], "rel_error": r["relative_error"][-1], "removed_units": r["removed"],
+                     "units": r["units"],
+                     "change": f"{r['removed']}/{r['units']} {what} of {', '.join(r['producers'])} removed; refit"})
+    for k in info["kept_groups"]:
+        rows.append({"layer": ", ".join(k["producers"]), "skipped": k["kept"]})
+    return rows
 
 
 def _refit_passes(model: nn.Module, reference: nn.Module, targets: list[Target], cfg: PostTrainPruneConfig,

@@ -100,6 +100,8 @@ def render_markdown(report: dict[str, Any]) -> str:
 def _change(row: dict[str, Any]) -> str:
     if row.get("skipped"):
         return f"left as it was: {row['skipped']}"
+    if row.get("change"):
+        return str(row["change"])
     if row.get("rank") is not None:
         return f"rank {row['rank']}, weights {row['params_before']} -> {row['params_after']}"
     if "removed" in row:
