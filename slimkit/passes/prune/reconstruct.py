@@ -170,7 +170,8 @@ def _greedy(w: torch.Tensor, h: torch.Tensor, cols: dict[int, torch.Tensor], rid
     idx = torch.stack([cols[u] for u in units])  # [U, b]: every unit feeds the same number of columns
     alive = torch.ones(len(units), dtype=torch.bool)
     order, errors, total = [], [], 0.0
-    for _ in range(min(max_remove, len(units))):
+    todo = min(max_remove, len(units))
+    while len(order) < todo:
         if idx.shape[1] == 1:
             c = idx[:, 0]
             err = w[:, c].pow(2).sum(0) / hinv[c, c].clamp_min(1e-30)
@@ -179,17 +180,23 @@ def _greedy(w: torch.Tensor, h: torch.Tensor, cols: dict[int, torch.Tensor], rid
             wb = w[:, idx].permute(1, 0, 2)  # [U, out, b]
             err = (torch.linalg.solve(hbb, wb.transpose(1, 2)).transpose(1, 2) * wb).sum((1, 2))
         err = err.masked_fill(~alive, float("inf"))
-        k = int(err.argmin())
-        alive[k] = False
-        b = idx[k]
+        # remove the cheapest 1/64 of the remaining units together (one at a time for small groups): the
+        # chunk's exact joint error is charged and W, H^-1 updated for the whole chunk
+        n_alive = int(alive.sum())
+        step = min(todo - len(order), max(1, n_alive // 64))
+        ks = err.topk(step, largest=False).indices
+        alive[ks] = False
+        b = idx[ks].reshape(-1)
         inv_bb = torch.linalg.inv(hinv[b][:, b])
+        joint = float(torch.einsum("ob,bc,oc->", w[:, b], inv_bb, w[:, b]))
         w -= (w[:, b] @ inv_bb) @ hinv[b, :]
         hinv -= hinv[:, b] @ inv_bb @ hinv[b, :]
-        # the removed block's rows/columns of H^-1 are now ~0: pin their diagonal so later solves stay finite
+        # the removed rows/columns of H^-1 are now ~0: pin their diagonal so later solves stay finite
         hinv[b, b] = 1.0
-        total += float(err[k])
-        order.append(units[k])
-        errors.append(total / ref)
+        for j, k in enumerate(ks.tolist()):
+            order.append(units[k])
+            errors.append((total + joint * (j + 1) / step) / ref)
+        total += joint
     return order, errors
 
 
