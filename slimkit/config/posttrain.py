@@ -21,7 +21,8 @@ class PostTrainPruneConfig(PassConfig):
     ``reconstruction`` (ThiNet-style greedy with least-squares refit, exact from the consumer's input
     statistics; that error curve is scaled by how much of it reaches the model's output, *measured* as the
     fidelity loss of the whole model with the group pruned and refit, at ``sensitivity_points`` amounts on
-    ``sensitivity_batches`` batches), or
+    ``sensitivity_batches`` batches, the first ones, which the statistics then leave out so that the
+    measurement is out of sample), or
     ``fisher`` (Kwon et al. 2022: the Fisher information of a mask on each unit for the fidelity loss, with
     targets sampled from the model's own output distribution, summed per unit). Per-group amounts are then
     allocated together (non-uniform) so that the MACs land on ``target_macs`` at the least total cost.

@@ -13,10 +13,11 @@ each refit, the measured cost, and why the other groups were kept.
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -237,6 +238,20 @@ def _example(ctx: PassContext, calibration: Iterable[Any]) -> tuple[Any, ...]:
                       hint="Pass example_inputs=(input_ids, attention_mask).")
 
 
+class _Skip:
+    """``calibration`` without its first ``n`` batches, iterable again and again like the loader itself."""
+
+    def __init__(self, calibration: Iterable[Any], n: int) -> None:
+        self.calibration, self.n = calibration, n
+
+    def __iter__(self) -> Iterator[Any]:
+        return itertools.islice(iter(self.calibration), self.n, None)
+
+
+def _has_more(calibration: Iterable[Any], n: int) -> bool:
+    return next(itertools.islice(iter(calibration), n, None), None) is not None
+
+
 def _batches(calibration: Iterable[Any], n: int) -> list[Any]:
     out = []
     for b in calibration:
@@ -266,12 +281,15 @@ def posttrain_prune(model: nn.Module, cfg: PostTrainPruneConfig, ctx: PassContex
     for t in targets:
         half = t.group.units[: max(1, len(t.group) // 2)]
         t.macs_per_unit = max(base - count_macs(pruned_copy(model, graph, set(half))[0], inputs), 0) / len(half)
-    stats = consumer_stats(model, targets, calib, cfg.calibration_batches)
+    # the sensitivity batches are not in the statistics: a refit scored on the rows it was fit to looks
+    # better than it is (a classifier after global pooling sees one row per image)
+    sens = _batches(calib, cfg.sensitivity_batches)
+    fit = _Skip(calib, len(sens)) if _has_more(calib, len(sens)) else calib
+    stats = consumer_stats(model, targets, fit, cfg.calibration_batches)
     mats = {t.group.index: (weight_aug(model, t), moments(stats[t.consumer])) for t in targets}
     allowed = {t.group.index: _allowed(t, cfg) for t in targets}
     orders: dict[int, list[int]] = {}
     curves: dict[int, dict[int, float]] = {}
-    sens = _batches(calib, cfg.sensitivity_batches)
     if cfg.criterion == "fisher":
         fisher = fisher_scores(model, targets, _batches(calib, cfg.calibration_batches or 10**9), cfg.loss, ctx.seed)
         for t in targets:
