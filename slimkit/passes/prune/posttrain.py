@@ -287,6 +287,12 @@ def posttrain_prune(model: nn.Module, cfg: PostTrainPruneConfig, ctx: PassContex
     fit = _Skip(calib, len(sens)) if _has_more(calib, len(sens)) else calib
     stats = consumer_stats(model, targets, fit, cfg.calibration_batches)
     mats = {t.group.index: (weight_aug(model, t), moments(stats[t.consumer])) for t in targets}
+    thin = [f"{t.consumer} ({stats[t.consumer].count} rows, {stats[t.consumer].dim} inputs)" for t in targets
+            if stats[t.consumer].count < 4 * stats[t.consumer].dim]
+    if thin:
+        log.warning("posttrain: few calibration rows for the refit of %s; give more calibration data",
+                    ", ".join(thin))
+    info["thin_statistics"] = thin
     allowed = {t.group.index: _allowed(t, cfg) for t in targets}
     orders: dict[int, list[int]] = {}
     curves: dict[int, dict[int, float]] = {}
