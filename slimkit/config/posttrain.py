@@ -35,6 +35,7 @@ class PostTrainPruneConfig(PassConfig):
     """
 
     kind: ClassVar[str] = "prune"
+    handler_module: ClassVar[str] = "slimkit.passes.prune.posttrain"
     method: Literal["posttrain"] = "posttrain"
     target_macs: float | None = Field(None, gt=0, le=1, description="fraction of the original MACs to keep")
     ratio: float | None = Field(None, ge=0, lt=1,
@@ -56,3 +57,6 @@ class PostTrainPruneConfig(PassConfig):
         if (self.target_macs is None) == (self.ratio is None):
             raise ValueError("give exactly one of target_macs or ratio")
         return self
+
+
+__all__ = ["PostTrainPruneConfig"]
