@@ -28,17 +28,16 @@ if str(ROOT) not in sys.path:
 
 def cpu_name() -> str:
     """The CPU model name and the SIMD features that matter for int8 (avx2, avx512, VNNI)."""
+    from slimkit.evaluation.latency import cpu_flags
+
     name = platform.processor() or platform.machine()
-    flags: set[str] = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and name in ("", platform.machine(), "x86_64"):
-                name = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
+    if name in ("", platform.machine(), "x86_64"):
+        try:
+            name = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                         if line.startswith("model name")), name)
+        except OSError:
+            pass
+    flags = cpu_flags() or set()
     simd = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
     vnni = "VNNI" if {"avx512_vnni", "avx_vnni"} & flags else "no VNNI"
     return f"{name} ({', '.join(simd) or 'no avx2'}; {vnni})" if flags else name
@@ -46,11 +45,9 @@ def cpu_name() -> str:
 
 def has_vnni() -> bool:
     """Whether the CPU has VNNI (int8 dot products without the u8s8 saturation of vpmaddubsw)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_vnni" in text or "avx_vnni" in text
+    from slimkit.evaluation.latency import cpu_has_vnni
+
+    return bool(cpu_has_vnni())
 
 
 def machine_info(threads: int) -> dict[str, Any]:

@@ -125,7 +125,7 @@ def export_dynamic(model: torch.nn.Module, path: Path, example: torch.Tensor) ->
     """fp32 ONNX (dynamo, opset 18) with dynamic batch, height and width, debug metadata stripped, one file."""
     from torch.export import Dim
 
-    from slimkit.exporters.onnx_int8 import _load, _save_single_file, strip_debug_info
+    from slimkit.exporters.onnx_int8 import load_onnx, save_onnx_single_file, strip_debug_info
 
     dims = {0: Dim("batch"), 2: Dim("height", min=32, max=1024), 3: Dim("width", min=32, max=1024)}
     m = copy.deepcopy(model).eval()
@@ -134,7 +134,7 @@ def export_dynamic(model: torch.nn.Module, path: Path, example: torch.Tensor) ->
         warnings.simplefilter("ignore")
         torch.onnx.export(m, (example.repeat(2, 1, 1, 1),), str(path), dynamo=True, opset_version=18,
                           input_names=["input"], output_names=["output"], dynamic_shapes=(dims,), verbose=False)
-    return _save_single_file(strip_debug_info(_load(path)), path)
+    return save_onnx_single_file(strip_debug_info(load_onnx(path)), path)
 
 
 def train_cfg(epochs: int, lr: float) -> Any:
@@ -292,8 +292,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from slimkit.data.sample_images import CALIBRATION_SCALES, sample_image_crops
     from slimkit.evaluation.cost import count_macs, count_params
     from slimkit.exporters.onnx_int8 import onnx_size_bytes, quantize_onnx_ort_defaults
+    from slimkit.exporters.ort_int8 import quantize_exported
     from slimkit.models.pretrained import MOBILENET_V2_IMAGENET, mobilenet_v2_imagenet
-    from slimkit.passes.quantize.ort import quantize_exported
 
     t_start = time.perf_counter()
     torch.manual_seed(0)

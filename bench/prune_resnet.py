@@ -1,9 +1,10 @@
 """Structured pruning benchmark: a wide ResNet-10-style net on Fashion-MNIST pruned to at most half the MACs
 (round_to=16) with every importance criterion, fine-tuned (distillation from the unpruned net), and
 Torch-Pruning at the same MACs budget, rounding and fine-tuning, all in one run. Every model (the baseline too) is
-deployed alike: BatchNorm folded into the convs; eager under torch.inference_mode in one memory format per batch
-size (EAGER_FORMAT); onnxruntime runs the folded model's export. Latency: batch 1 and 32, one thread, every model
-measured in interleaved rounds (median of the rounds' medians).
+deployed alike: BatchNorm folded into the convs; eager under torch.inference_mode, timed in both memory formats
+(contiguous and channels_last) at each batch size, each row reporting its faster one (both kept in the JSON);
+onnxruntime runs the folded model's export. Latency: batch 1 and 32, one thread, every model measured in
+interleaved rounds (median of the rounds' medians). Torch-Pruning is searched to within 2% of slimkit's MACs.
 
     .venv/bin/python bench/prune_resnet.py --prepare     # train/fine-tune only (cached in bench/_work/), no timing
     flock /tmp/slimkit-bench.lock .venv/bin/python bench/prune_resnet.py   # full run, writes the JSON + docs table
@@ -22,6 +23,7 @@ import argparse
 import copy
 import hashlib
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -42,6 +44,7 @@ from _common import (  # noqa: E402
     render_table,
     torch_latency_ms,
     update_doc_section,
+    validate_result,
     write_result,
 )
 
@@ -53,11 +56,8 @@ CRITERIA = ["l1", "l2", "bn_scale", "taylor", "entropy"]
 MACS_BUDGET = 0.5  # every pruned model keeps at most this fraction of the baseline's MACs (2x fewer)
 ROUND_TO = 16  # kept widths are multiples of 16: oneDNN's AVX-512 fp32 kernels block channels by 16
 # Eager deployment, the same for every model: BatchNorm folded into the convolutions, torch.inference_mode, and
-# one memory format for all models per batch size. Contiguous (NCHW) at both: at batch 32 it runs oneDNN and
-# channels_last is slower for every model; at batch 1 PyTorch sends these small 3x3 convs to its im2col path
-# (aten::_slow_conv2d_forward) in either format, and channels_last is no faster for the baseline. The baseline
-# is also timed in channels_last each round (row field "format_check").
-EAGER_FORMAT = {"b1": "contiguous", "b32": "contiguous"}
+# every model (the baseline too) timed in each memory format at each batch size; each row reports its fastest.
+EAGER_FORMATS = ("contiguous", "channels_last")
 FULL = {"n_train": 60000, "epochs": 3, "ft_images": 24064, "ft_epochs": 2, "n_test": 10000, "width": 64}
 QUICK = {"n_train": 1000, "epochs": 1, "ft_images": 512, "ft_epochs": 1, "n_test": 1000, "width": 32}
 BASELINE_KEYS = ("n_train", "epochs", "width")
@@ -112,27 +112,83 @@ def accuracy(model: torch.nn.Module, loader: list) -> float:
     return round(right / total, 4)
 
 
-def tp_prune(model: torch.nn.Module, x: tuple, target: float, round_to: int) -> torch.nn.Module:
-    """Torch-Pruning (MetaPruner, MagnitudeImportance p=2, round_to, fc kept): the uniform ratio landing
-    closest to ``target`` of the original MACs without exceeding it (bisection)."""
+def tp_prune(model: torch.nn.Module, x: tuple, target: float, round_to: int, tol: float = 0.02
+             ) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Torch-Pruning (MetaPruner, MagnitudeImportance p=2, ``round_to``, fc kept) at ``target`` of the original
+    MACs (slimkit's fraction): the result keeps within ``tol`` (relative) of it, never above MACS_BUDGET.
+
+    1. Bisection of TP's uniform ratio (its default, local pruning). With round_to=16 the 64-channel stem group
+       moves in steps of a quarter of its width, so uniform ratios can jump over the target (0.56 -> 0.40 of
+       the MACs between ratios 0.25 and 0.28 on this net).
+    2. If no uniform ratio lands within ``tol``: refinement with TP's ``pruning_ratio_dict`` (one ratio per
+       dependency group, TP still choosing the channels by its importance): from the uniform result just above
+       the target, each step removes ``round_to`` more channels from the one group whose step stays above the
+       target and removes the most MACs, until a step lands within ``tol``. slimkit's ``target_macs`` search
+       does the same (bisection of the ratio, then ``round_to`` channels of one group at a time).
+    Returns the model and a record of the search."""
     import torch_pruning as tp
 
     base = count_macs(model, x)
-    lo, hi, best = 0.0, 0.9, None
-    for _ in range(14):
-        mid = (lo + hi) / 2
+    lower, upper = target * (1 - tol), min(target * (1 + tol), MACS_BUDGET)
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=x[0])
+    names = {id(m): n for n, m in model.named_modules()}
+    roots = [names[id(g[0].dep.target.module)] for g in dg.get_all_groups(
+        ignored_layers=[model.fc], root_module_types=[torch.nn.Conv2d, torch.nn.Linear])]
+    width = {r: model.get_submodule(r).out_channels for r in roots}
+    log: dict[str, Any] = {"target": round(target, 4), "tolerance": tol, "trials": 0}
+
+    def trial(ratio: float, keep: dict[str, int] | None = None) -> tuple[float, torch.nn.Module]:
+        log["trials"] += 1
         m = copy.deepcopy(model)
+        per = {m.get_submodule(r): (width[r] - k - 0.5) / width[r] for r, k in (keep or {}).items()}
         pruner = tp.pruner.MetaPruner(m, x[0], importance=tp.importance.MagnitudeImportance(p=2),
-                                      pruning_ratio=mid, ignored_layers=[m.fc], round_to=round_to)
+                                      pruning_ratio=ratio, pruning_ratio_dict=per or None, ignored_layers=[m.fc],
+                                      round_to=round_to)
         pruner.step()
-        r = count_macs(m, x) / base
-        if r <= target and (best is None or r > best[0]):
-            best = (r, m)
-        if r <= target and target - r < 0.01:
+        return count_macs(m, x) / base, m
+
+    below: tuple[float, torch.nn.Module] | None = None
+    above: tuple[float, torch.nn.Module] | None = None
+    lo, hi = 0.0, 0.9
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        r, m = trial(mid)
+        if r <= upper:
+            if below is None or r > below[0]:
+                below, log["uniform_ratio"] = (r, m), round(mid, 5)
+            hi = mid
+        else:
+            if above is None or r < above[0]:
+                above = (r, m)
+            lo = mid
+        if below is not None and below[0] >= lower:
+            log.update(method="uniform ratio (bisection)", macs_fraction=round(below[0], 4))
+            return below[1], log
+    log["uniform_closest"] = round(below[0], 4) if below else None
+    if above is None:
+        raise RuntimeError("Torch-Pruning: even the smallest ratio keeps at most the target; nothing to refine")
+    cur = {r: above[1].get_submodule(r).out_channels for r in roots}
+    for _ in range(64):
+        steps = []
+        for r in roots:
+            if cur[r] - round_to >= round_to:
+                keep = {**cur, r: cur[r] - round_to}
+                steps.append((*trial(0.0, keep), keep))
+        inside = [s for s in steps if lower <= s[0] <= upper]
+        if inside:
+            best = max(inside, key=lambda s: s[0])
+            log.update(method="uniform ratio, then one round_to step of one group at a time (pruning_ratio_dict)",
+                       macs_fraction=round(best[0], 4), kept={r: best[2][r] for r in roots})
+            return best[1], log
+        still = [s for s in steps if s[0] > upper]
+        if not still:
             break
-        lo, hi = (mid, hi) if r > target else (lo, mid)
-    assert best is not None
-    return best[1]
+        cur = min(still, key=lambda s: s[0])[2]
+    if below is None:
+        raise RuntimeError(f"Torch-Pruning: no configuration found at most {upper:.4f} of the MACs")
+    log.update(method="uniform ratio (closest below; refinement found nothing within the tolerance)",
+               macs_fraction=round(below[0], 4))
+    return below[1], log
 
 
 def sk_prune(model: torch.nn.Module, x: tuple, crit: str, calib: list, budget: float = MACS_BUDGET
@@ -187,50 +243,58 @@ def _cached(directory: Path, build: Any) -> torch.nn.Module | None:
     return load_model(directory, lambda _spec: build()).eval()
 
 
-def _store(model: torch.nn.Module, directory: Path) -> None:
+def _store(model: torch.nn.Module, directory: Path, seconds: float) -> None:
+    """Save the weights and how long they took to train (``seconds.json``, read back by :func:`_seconds`)."""
     from slimkit.exporters import save_model
 
     save_model(model, directory)
+    (directory / "seconds.json").write_text(json.dumps({"train_seconds": round(seconds, 1)}))
+
+
+def _seconds(directory: Path) -> float | None:
+    path = directory / "seconds.json"
+    return json.loads(path.read_text())["train_seconds"] if path.exists() else None
 
 
 # ------------------------------------------------------------------------------------------------ latency
 
-def measure_all(models: dict[str, torch.nn.Module], x: tuple, threads: int, rounds: int, work: Path
-                ) -> dict[str, dict[str, Any]]:
+def measure_all(models: dict[str, torch.nn.Module], x: tuple, threads: int, rounds: int, work: Path,
+                reps: dict[str, tuple[int, int]] | None = None) -> dict[str, dict[str, Any]]:
     """Deploy every model (``deploy_eager``) and export that to ONNX, then time all of them round-robin
     (A B C ... A B C ...) so slow phases of a shared machine hit every model alike; per setting, the median
-    over rounds of each round's median. Eager runs in ``EAGER_FORMAT[batch]``; the baseline (first model) is
-    also timed in the other format each round (``format_check``)."""
+    over rounds of each round's median. Eager: every model, the baseline included, is timed in both memory
+    formats (EAGER_FORMATS, their order alternating between rounds) at each batch size, and its row reports the
+    faster one (``eager_format``), both kept (``eager_ms``). ``reps``: (warm-up, timed calls) per batch setting,
+    the same for eager and onnxruntime."""
     from slimkit.exporters import export_onnx
 
     deployed = {name: deploy_eager(m) for name, m in models.items()}
-    fmts = {"contiguous": deployed,
-            "channels_last": {n: copy.deepcopy(m).to(memory_format=torch.channels_last) for n, m in deployed.items()}}
+    forms = {"contiguous": deployed,
+             "channels_last": {n: copy.deepcopy(m).to(memory_format=torch.channels_last) for n, m in deployed.items()}}
     paths = {name: export_onnx(m, work / f"{name}.onnx", x) for name, m in deployed.items()}
-    samples: dict[str, dict[str, list[float]]] = {n: {"b1": [], "b32": [], "ort_b1": [], "ort_b32": []}
-                                                  for n in models}
-    first = next(iter(models))
-    other = {b: "contiguous" if f == "channels_last" else "channels_last" for b, f in EAGER_FORMAT.items()}
-    check: dict[str, list[float]] = {f"{b}_{f}": [] for b, f in other.items()}
-    reps = {"b1": (10, 60), "b32": (3, 15)}
-    for _ in range(rounds):
+    keys = [f"{b}_{f}" for b in ("b1", "b32") for f in EAGER_FORMATS] + ["ort_b1", "ort_b32"]
+    samples: dict[str, dict[str, list[float]]] = {n: {k: [] for k in keys} for n in models}
+    reps = reps or {"b1": (10, 60), "b32": (3, 15)}
+    for i in range(rounds):
+        order = EAGER_FORMATS if i % 2 == 0 else EAGER_FORMATS[::-1]
         for name in models:
             s = samples[name]
             for b, (warm, rep) in reps.items():
-                s[b].append(eager_latency_ms(fmts[EAGER_FORMAT[b]][name], x, batch=int(b[1:]), threads=threads,
-                                             warmup=warm, repeats=rep, memory_format=EAGER_FORMAT[b]))
-                if name == first:
-                    check[f"{b}_{other[b]}"].append(eager_latency_ms(
-                        fmts[other[b]][name], x, batch=int(b[1:]), threads=threads, warmup=warm, repeats=rep,
-                        memory_format=other[b]))
-            s["ort_b1"].append(ort_latency_ms(paths[name], x, batch=1, threads=threads, warmup=10, repeats=60))
-            s["ort_b32"].append(ort_latency_ms(paths[name], x, batch=32, threads=threads, warmup=3, repeats=15))
+                for fmt in order:
+                    s[f"{b}_{fmt}"].append(eager_latency_ms(forms[fmt][name], x, batch=int(b[1:]), threads=threads,
+                                                            warmup=warm, repeats=rep, memory_format=fmt))
+            for b, (warm, rep) in reps.items():
+                s[f"ort_{b}"].append(ort_latency_ms(paths[name], x, batch=int(b[1:]), threads=threads, warmup=warm,
+                                                    repeats=rep))
     out = {}
     for name in models:
-        lat = {k: round(statistics.median(v), 4) for k, v in samples[name].items()}
+        med = {k: round(statistics.median(v), 4) for k, v in samples[name].items()}
+        eager = {b: {f: med[f"{b}_{f}"] for f in EAGER_FORMATS} for b in ("b1", "b32")}
+        fastest = {b: min(EAGER_FORMATS, key=lambda f, b=b: eager[b][f]) for b in eager}
+        lat = {b: eager[b][fastest[b]] for b in eager} | {k: med[k] for k in ("ort_b1", "ort_b32")}
         spread = {k: [round(min(v), 4), round(max(v), 4)] for k, v in samples[name].items()}
-        out[name] = {"latency_ms": lat, "spread": spread, "size_bytes": paths[name].stat().st_size}
-    out[first]["format_check"] = {k: round(statistics.median(v), 4) for k, v in check.items()}
+        out[name] = {"latency_ms": lat, "eager_ms": eager, "eager_format": fastest, "spread": spread,
+                     "size_bytes": paths[name].stat().st_size}
     return out
 
 
@@ -342,8 +406,9 @@ def main() -> None:  # noqa: PLR0915 - a linear script
     base = _cached(base_cache, build)
     if base is None:
         base = build()
+        t1 = time.time()
         train(base, train_dl, s["epochs"], lr=2e-3)
-        _store(base, base_cache)
+        _store(base, base_cache, time.time() - t1)
     base.eval()
     base_macs = count_macs(base, x)
     ft_dl = train_dl[: max(1, s["ft_images"] // 128)]
@@ -356,9 +421,12 @@ def main() -> None:  # noqa: PLR0915 - a linear script
     variants.append(("pruned-2x-l2-tp", "torch-pruning", "tp"))
     for name, _system, crit in variants:
         t1 = time.time()
-        if crit == "tp":
+        search = None
+        if crit == "tp":  # at slimkit's l2 MACs (same criterion), else the largest slimkit fraction
+            ours = [info[n]["macs_fraction"] for n in ("pruned-2x-l2",) if n in info] or \
+                [v["macs_fraction"] for v in info.values() if "macs_fraction" in v] or [MACS_BUDGET]
             try:
-                m = tp_prune(base, x, MACS_BUDGET, round_to=ROUND_TO)
+                m, search = tp_prune(base, x, max(ours), round_to=ROUND_TO)
             except ImportError:
                 continue
             target = None
@@ -367,33 +435,41 @@ def main() -> None:  # noqa: PLR0915 - a linear script
         prune_s = time.time() - t1
         acc0 = accuracy(m, test_dl[:2])
         pruned_structure = copy.deepcopy(m)
-        tuned = _cached(cache / name, lambda p=pruned_structure: copy.deepcopy(p))
+        widths = [mm.out_channels for mm in m.modules() if isinstance(mm, torch.nn.Conv2d)]
+        slot = cache / f"{name}-{_key({'widths': widths})}"  # a new pruned structure is fine-tuned anew
+        tuned = _cached(slot, lambda p=pruned_structure: copy.deepcopy(p))
         if tuned is None:
+            t2 = time.time()
             train(m, ft_dl, s["ft_epochs"], lr=1e-3, teacher_logits=teacher)
-            _store(m, cache / name)
+            _store(m, slot, time.time() - t2)
         else:
             m = tuned
         models[name] = m
         info[name] = {"accuracy": accuracy(m, test_dl), "accuracy_before_finetune": acc0,
                       "prune_seconds": round(prune_s, 1), "target_macs": target,
-                      "widths": [mm.out_channels for mm in m.modules() if isinstance(mm, torch.nn.Conv2d)]}
+                      "macs_fraction": round(count_macs(m, x) / base_macs, 4), "widths": widths,
+                      "finetune_seconds": _seconds(slot)}
+        if search is not None:
+            info[name]["tp_search"] = search
         sys.stdout.write(f"{name}: {info[name]}\n")
         sys.stdout.flush()
     if args.prepare:
         sys.stdout.write(f"prepared in {time.time() - t0:.0f}s: {cache}\n")
         return
 
+    load_before, t_lat = os.getloadavg(), time.time()
     with tempfile.TemporaryDirectory() as tmp:
         lat = measure_all(models, x, args.threads, args.rounds, Path(tmp))
+    timing = {"seconds": round(time.time() - t_lat, 1), "rounds": args.rounds, "load_average_1_5_15_before": [round(v, 2) for v in load_before], "load_average_1_5_15_after": [round(v, 2) for v in os.getloadavg()]}
     base_lat = lat["fp32"]["latency_ms"]
     data_note = (f"Fashion-MNIST: {s['n_train']} training images x {s['epochs']} epochs for the baseline "
                  f"(AdamW, one-cycle lr 2e-3); every pruned model fine-tuned {s['ft_epochs']} epochs over "
                  f"{len(ft_dl) * 128} training images with distillation from the baseline (CE/2 + KD T=4/2, lr 1e-3); "
                  f"accuracy on {s['n_test']} test images. Latency: {args.threads} thread, {args.rounds} interleaved "
-                 "rounds, shared 2-core machine. Eager: BatchNorm folded into the convs, torch.inference_mode, "
-                 f"memory format per batch {EAGER_FORMAT} for every model (baseline in channels_last: "
-                 f"{lat['fp32'].get('format_check')} ms); ORT: the folded model exported to ONNX, all graph "
-                 "optimizations")
+                 "rounds, on a 2-core machine shared with other engineers' jobs during the run (load averages in "
+                 "'latency_phase'). Eager: BatchNorm folded into the convs, torch.inference_mode, every model timed "
+                 "in contiguous and channels_last at each batch size, the row reporting its faster ('eager_format'; "
+                 "both in 'eager_ms'); ORT: the folded model exported to ONNX, all graph optimizations")
     rows = []
     for name, m in models.items():
         system = "torch" if name == "fp32" else ("torch-pruning" if name.endswith("-tp") else "slimkit")
@@ -409,26 +485,34 @@ def main() -> None:  # noqa: PLR0915 - a linear script
             note = (f"StructuredPruneConfig(target_macs={i['target_macs']}, importance={name.rsplit('-', 1)[1]!r}, "
                     f"round_to={ROUND_TO}); widths {i['widths']}")
         else:
-            note = (f"torch-pruning MetaPruner, MagnitudeImportance(p=2), round_to={ROUND_TO}, uniform ratio bisected "
-                    f"to the largest MACs at most {MACS_BUDGET}; widths {i['widths']}")
+            ts = i["tp_search"]
+            note = (f"torch-pruning MetaPruner, MagnitudeImportance(p=2), round_to={ROUND_TO}, searched to "
+                    f"{ts['macs_fraction']} of the MACs for slimkit's {ts['target']} (tolerance {ts['tolerance']:.0%}) "
+                    f"by {ts['method']}, {ts['trials']} trials; widths {i['widths']}")
         row = {"system": system, "variant": name, "size_bytes": lat[name]["size_bytes"],
                "latency_ms": lat[name]["latency_ms"], "quality": quality, "macs": macs,
                "params": sum(p.numel() for p in m.parameters()), "speedup": speed, "spread": lat[name]["spread"],
-               "notes": note}
+               "eager_format": lat[name]["eager_format"], "eager_ms": lat[name]["eager_ms"], "notes": note}
         if name == "fp32":
-            row["format_check"] = lat[name]["format_check"]
+            row["train_seconds"] = _seconds(base_cache)
         else:
             row["meets_targets"] = meets(row, rows[0])
+            row["finetune_seconds"] = i["finetune_seconds"]
+            if "tp_search" in i:
+                row["tp_search"] = i["tp_search"]
         rows.append(row)
     result = {"bench": "prune_resnet", "command": command_line(), "machine": machine_info(args.threads),
               "rows": rows, "quick": args.quick, "seconds": round(time.time() - t0, 1),
-              "shared_machine": True, "settings": s, "eager_format": EAGER_FORMAT, "targets": TARGETS,
+              "shared_machine": True, "latency_phase": timing, "settings": s, "eager_formats": list(EAGER_FORMATS),
+              "targets": TARGETS,
               "verdict": verdict(rows)}
     for r in rows:
         sys.stdout.write(f"{r['system']:14s} {r['variant']:20s} macs={r['macs'] / base_macs:.3f} q={r['quality']} "
                          f"lat={r['latency_ms']}\n")
     sys.stdout.write(result["verdict"] + "\n")
-    if args.quick:
+    if args.quick:  # the JSON and docs are checked, not written
+        validate_result(result)
+        sys.stdout.write(doc_section(result) + "\n")
         return
     path = write_result("prune_resnet", result)
     update_doc_section(ROOT / "docs" / "benchmarks.md", "Structured pruning", doc_section(result))
@@ -479,34 +563,51 @@ def verdict(rows: list[dict[str, Any]]) -> str:
 
 
 def doc_section(result: dict[str, Any]) -> str:
+    import torch_pruning as tp
+
     rows = result["rows"]
     base = rows[0]
     st = result["settings"]
+    ph = result["latency_phase"]
     lines = [
-        "`bench/prune_resnet.py` (full mode; command `" + result["command"] + "`). "
+        "`bench/prune_resnet.py` (command `" + result["command"] + "`). "
         "A ResNet-10-style net at full ResNet width (64..512 channels, 3x3 stride-2 stem) on Fashion-MNIST, "
         f"trained on {st['n_train']} images x {st['epochs']} epochs, pruned to at most {MACS_BUDGET} of its MACs "
-        f"(round_to={ROUND_TO}) with each importance criterion and with Torch-Pruning 1.6.1 at the same budget "
-        f"and rounding, then fine-tuned identically ({st['ft_epochs']} epochs over {st['ft_images']} images, "
-        f"distillation from the baseline). Accuracy on {st['n_test']} test images. Every model, the baseline "
-        "included, is deployed the same way: BatchNorm folded into the convolutions, `torch.inference_mode`, "
-        f"eager memory format {result['eager_format']} for every model (the baseline timed in channels_last "
-        f"too: {base.get('format_check')} ms); ORT runs the folded model's ONNX export. Latency: one "
-        "thread, median of interleaved rounds on a shared 2-core machine, so expect a few percent of noise.",
+        f"(round_to={ROUND_TO}) with each importance criterion and with Torch-Pruning {tp.__version__} searched to "
+        "within 2% of slimkit's MACs with the same rounding, then fine-tuned identically "
+        f"({st['ft_epochs']} epochs over {st['ft_images']} images, distillation from the baseline). Accuracy on "
+        f"{st['n_test']} test images. Every model, the baseline included, is deployed the same way: BatchNorm "
+        "folded into the convolutions, `torch.inference_mode`, and timed in both memory formats (contiguous and "
+        "channels_last) at each batch size; the table's eager columns are each model's faster format (both in "
+        "the second table). ORT runs the folded model's ONNX export. Latency: one thread, median of "
+        f"{ph['rounds']} "
+        "interleaved rounds on a 2-core machine shared with other work during the run (1-minute load average "
+        f"{ph['load_average_1_5_15_before'][0]} before, {ph['load_average_1_5_15_after'][0]} after the "
+        f"{ph['seconds']:.0f} s latency phase), so expect a few percent of noise.",
         "",
         render_table(result),
         "",
-        "| variant | MACs / fp32 | params | kept widths (convs in order) | accuracy before fine-tuning | meets targets |",
-        "|---|---|---|---|---|---|",
+        "| variant | MACs / fp32 | params | eager b1 contiguous / channels_last (ms) | eager b32 contiguous / "
+        "channels_last (ms) | kept widths (convs in order) | accuracy before fine-tuning | meets targets |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows[1:]:
-        widths = r["notes"].rsplit("widths ", 1)[-1]
-        lines.append(f"| {r['variant']} | {r['macs'] / base['macs']:.3f} | {r['params']:,} | {widths} | "
-                     f"{100 * r['quality'].get('accuracy_before_finetune', 0):.2f}% | "
-                     f"{'yes' if r.get('meets_targets') else 'no'} |")
-    lines += ["", "Accuracy before fine-tuning is on the first 1000 test images; everything else on all of them."]
+    for r in rows:
+        widths = r["notes"].rsplit("widths ", 1)[-1] if r is not base else "—"
+        e = r["eager_ms"]
+        fmt = {b: " / ".join(f"**{v:.3f}**" if f == r["eager_format"][b] else f"{v:.3f}" for f, v in e[b].items())
+               for b in e}
+        before = r["quality"].get("accuracy_before_finetune")
+        lines.append(f"| {r['variant']} | {r['macs'] / base['macs']:.3f} | {r['params']:,} | {fmt['b1']} | "
+                     f"{fmt['b32']} | {widths} | {'—' if before is None else f'{100 * before:.2f}%'} | "
+                     f"{'—' if r is base else 'yes' if r.get('meets_targets') else 'no'} |")
+    lines += ["", "Accuracy before fine-tuning is on the first 1000 test images; everything else on all of them. "
+              "Bold: the format the row reports."]
+    seconds = [r.get("train_seconds") or r.get("finetune_seconds") for r in rows]
+    train_s = sum(v for v in seconds if v)
     lines += ["", f"Verdict: {result['verdict']}", "", f"Settings: {json.dumps(result['settings'])}; "
-              f"run time {result['seconds']:.0f} s (cached baseline and fine-tuned weights are reused)."]
+              f"this run took {result['seconds']:.0f} s; training the baseline and fine-tuning the variants took "
+              f"{train_s:.0f} s (in this run, or in an earlier run or `--prepare` of the same settings whose cache in "
+              "bench/_work/ it reused; per row in the JSON)."]
     return "\n".join(lines)
 
 

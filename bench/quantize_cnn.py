@@ -168,15 +168,16 @@ def size_scaling(bundle: Any, widths: list[int], calib: list[Any], work: Path) -
     """Bytes only (accuracy does not enter): fp32 vs slimkit int8 ONNX of an *untrained* wider resnet-mini,
     to show how the fixed per-channel and per-node overhead shrinks as weights dominate."""
     from slimkit.config.recipe import ModelConfig
+    from slimkit.exporters.onnx_export import export_onnx
     from slimkit.exporters.onnx_int8 import onnx_size_bytes
+    from slimkit.exporters.ort_int8 import compacted_copy, quantize_exported
     from slimkit.models import build_model
-    from slimkit.passes.quantize.ort import _compacted_copy, _export_fp32, quantize_exported
 
     torch.manual_seed(0)
     m = build_model(ModelConfig(arch="resnet-mini", kwargs={"widths": widths}), input_shape=bundle.input_shape,
                     num_classes=bundle.num_classes).eval()
-    names = _export_fp32(m, work / "scaling-fp32-names.onnx", bundle.example_inputs, 18)
-    fp32 = _compacted_copy(names, work / "scaling-fp32.onnx")
+    names = export_onnx(m, work / "scaling-fp32-names.onnx", bundle.example_inputs, opset=18, strip_debug=True)
+    fp32 = compacted_copy(names, work / "scaling-fp32.onnx")
     int8 = quantize_exported(names, work / "scaling-int8.onnx", calibration=calib[:2])
     a, b = onnx_size_bytes(fp32), onnx_size_bytes(int8)
     return {"widths": widths, "params": sum(p.numel() for p in m.parameters()), "fp32_bytes": a, "int8_bytes": b,
@@ -194,6 +195,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from slimkit.config.quantize_ort import OrtInt8Config
     from slimkit.evaluation.cost import count_macs, count_params
     from slimkit.exporters.onnx_compact import onnx_byte_breakdown
+    from slimkit.exporters.onnx_export import export_onnx
     from slimkit.exporters.onnx_int8 import (
         compare_outputs,
         convert_fp16,
@@ -202,7 +204,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         quantize_onnx_ort_defaults,
     )
     from slimkit.exporters.onnx_qdq import export_qdq_from_fakequant
-    from slimkit.passes.quantize.ort import _compacted_copy, _export_fp32, quantize_exported
+    from slimkit.exporters.ort_int8 import compacted_copy, quantize_exported
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
@@ -225,8 +227,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # fp32 ONNX (the baseline: same exporter, debug metadata stripped like every ONNX file here). The file
     # compared is compacted like slimkit's int8 artifact (short names, no unused opset imports); the
     # quantizer reads the export with its original node names (what nodes_to_exclude refers to)
-    fp32_names = _export_fp32(model, work / "fp32-names.onnx", example, 18)
-    fp32 = _compacted_copy(fp32_names, work / "fp32.onnx")
+    fp32_names = export_onnx(model, work / "fp32-names.onnx", example, opset=18, strip_debug=True)
+    fp32 = compacted_copy(fp32_names, work / "fp32.onnx")
     onnx_files["fp32"] = fp32
     # slimkit int8: static QDQ, our settings (compact=True by default)
     ours_cfg = OrtInt8Config()

@@ -25,28 +25,27 @@ from slimkit.api import (
 from slimkit.config.recipe import Recipe, load_recipe, parse_recipe
 from slimkit.errors import SlimkitError
 
-# Config classes, loaded when first named: public name -> module
-_LAZY: dict[str, str] = {
-    "FinetuneConfig": "slimkit.config.finetune",
-    **{n: "slimkit.config.prune" for n in ("MagnitudePruneConfig", "WandaPruneConfig", "SparseGPTConfig")},
-    **{n: "slimkit.config.quantize" for n in ("Int", "LogQuant", "Binary", "PTQConfig", "MixedPrecision", "DynamicConfig", "WeightOnlyConfig", "QATConfig", "LogQuantConfig", "BinaryConfig", "PrecisionConfig", "FP16Config", "BF16Config")},
-    "DistillConfig": "slimkit.config.distill", "SVDConfig": "slimkit.config.lowrank",
-    "FeatureDistillConfig": "slimkit.config.distill", "MutualDistillConfig": "slimkit.config.distill",
-    "StructuredPruneConfig": "slimkit.config.structured", "NMSparsityConfig": "slimkit.config.structured",
-    "PostTrainPruneConfig": "slimkit.config.posttrain",
-    "OrtInt8Config": "slimkit.config.quantize_ort",
-}
+_API = ["Recipe", "SlimkitError", "apply_pass", "distill", "evaluate", "export", "finetune", "load_recipe",
+        "lowrank_", "parse_recipe", "prune_", "quantize_", "run_recipe", "search"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
+    # Config classes load when first named; their names are the registry's (slimkit.registry.public_configs),
+    # which also gives `_LAZY` (name -> module) and `__all__`.
+    if name in ("_LAZY", "__all__"):
+        from slimkit.registry import public_configs
+
+        return public_configs() if name == "_LAZY" else [*_API, *sorted(public_configs())]
     if name in ("models", "data", "evaluation", "exporters", "search"):  # search: callable, slimkit/search/runner.py
         return importlib.import_module(f"slimkit.{name}")
+    if not name.startswith("_"):
+        from slimkit.registry import public_configs
+
+        module = public_configs().get(name)
+        if module is not None:
+            return getattr(importlib.import_module(module), name)
     raise AttributeError(f"module 'slimkit' has no attribute {name!r}")
 
 
-__all__ = [
-    "Recipe", "SlimkitError", "apply_pass", "distill", "evaluate", "export", "finetune", "load_recipe",
-    "lowrank_", "parse_recipe", "prune_", "quantize_", "run_recipe", "search", *sorted(_LAZY),
-]
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__getattr__("__all__")))

@@ -1,5 +1,6 @@
-"""The verbs. Each takes a model and a frozen config, finds its handler in the registry, checks that
-what the handler needs was given, and mutates the model in place (returning it, so calls chain)."""
+"""The verbs. Each takes a model and a frozen config and runs it through :func:`slimkit.registry.apply_pass`
+(which finds the handler, checks that what it needs was given, and mutates the model in place, returning it
+so calls chain)."""
 
 from __future__ import annotations
 
@@ -8,40 +9,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from slimkit.config.base import PassConfig
-from slimkit.context import PassContext
+from slimkit.context import as_inputs
 from slimkit.errors import ConfigError
-from slimkit.registry import spec_for
+from slimkit.registry import apply_pass
 
 log = logging.getLogger(__name__)
-
-
-def _as_inputs(example_inputs: Any) -> tuple[torch.Tensor, ...] | None:
-    if example_inputs is None:
-        return None
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,)
-    return tuple(example_inputs)
-
-
-def apply_pass(model: nn.Module, config: PassConfig, ctx: PassContext | None = None, **kwargs: Any) -> nn.Module:
-    """Run any registered pass. Keyword arguments fill a :class:`PassContext`."""
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"expected a torch.nn.Module, got {type(model).__name__}.")
-    if not isinstance(config, PassConfig):
-        raise ConfigError(f"expected a slimkit config object, got {type(config).__name__}.",
-                          hint="Build one, e.g. slimkit.MagnitudePruneConfig(sparsity=0.8).")
-    spec = spec_for(config)
-    if ctx is None:
-        if "example_inputs" in kwargs:
-            kwargs["example_inputs"] = _as_inputs(kwargs["example_inputs"])
-        ctx = PassContext(**kwargs)
-    ctx.require(*sorted(spec.needs), pass_name=f"{spec.kind}(method={spec.method})")
-    out = spec.handler(model, config, ctx)
-    return model if out is None else out
 
 
 def _verb(kind: str, model: nn.Module, config: PassConfig, kwargs: dict[str, Any]) -> nn.Module:
@@ -87,14 +62,15 @@ def evaluate(model: nn.Module, loader: Iterable[Any] | None = None, *, example_i
     """Measure accuracy/F1, params, MACs, size on disk, sparsity and latency. See slimkit.evaluation."""
     from slimkit.evaluation import evaluate_model
 
-    return evaluate_model(model, loader, example_inputs=_as_inputs(example_inputs), **kwargs)
+    return evaluate_model(model, loader, example_inputs=as_inputs(example_inputs), **kwargs)
 
 
-def export(model: nn.Module, path: str | Path, *, example_inputs: Any, **kwargs: Any) -> Any:
-    """Export to ONNX (by suffix .onnx) or safetensors + manifest (a directory), with a parity check."""
+def export(model: nn.Module, path: str | Path, *, example_inputs: Any = None, **kwargs: Any) -> Any:
+    """Export to ONNX (by suffix .onnx; needs ``example_inputs``) or safetensors + manifest (a directory, which
+    does not), with a parity check."""
     from slimkit.exporters import export_model
 
-    return export_model(model, Path(path), example_inputs=_as_inputs(example_inputs), **kwargs)
+    return export_model(model, Path(path), example_inputs=as_inputs(example_inputs), **kwargs)
 
 
 def run_recipe(recipe: Any, out: str | Path | None = None, *, resume: bool = False) -> dict[str, Any]:

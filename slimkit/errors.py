@@ -15,7 +15,9 @@ class SlimkitError(Exception):
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         self.message = message
         self.hint = hint
-        super().__init__(message if not hint else f"{message} {hint}")
+        # a multi-line message (a list of problems) gets its hint on a line of its own
+        sep = "\n" if "\n" in message else " "
+        super().__init__(message if not hint else f"{message}{sep}{hint}")
 
 
 class RecipeError(SlimkitError):
@@ -60,6 +62,15 @@ class ConstraintError(SlimkitError):
 
 class RunError(SlimkitError):
     """A run directory is locked, incompatible with --resume, or otherwise unusable."""
+
+
+class DivergenceError(SlimkitError):
+    """Training diverged: the loss became NaN/inf or exploded. The runner stops that stage and delivers the
+    best earlier model (see ``Recipe.deliver``)."""
+
+
+class DiskFullError(RunError):
+    """A write failed because the disk (or quota) is full; the message names the path and the space needed."""
 
 
 class DependencyError(SlimkitError):

@@ -1,18 +1,28 @@
-"""One place that lists every pass: config type -> handler.
+"""The one place that knows every pass: config type -> handler, and :func:`apply_pass`, which runs one.
 
-A pass module registers its handler with :func:`register_pass`. Adding a technique is adding a
-config class and a handler, nothing else. Recipes find configs by ``kind`` (the stage key) and
-``method``; verbs find handlers by the config's type.
+Adding a technique is adding a config class and a handler, nothing else:
+
+- the config (a :class:`slimkit.config.base.PassConfig` in a module of ``slimkit/config/``, named in that
+  module's ``__all__``) says its recipe ``kind``, its ``method`` and ``handler_module``, the module that
+  registers its handler;
+- the handler module decorates ``def handler(model, cfg, ctx) -> nn.Module`` with :func:`register_pass`,
+  which also declares what the handler needs (``needs``), how a checkpoint of it is rebuilt (``rebuild``) and
+  what the pass leaves in a model that exporters must know about (``export``, an :class:`ExportForm`).
+
+The verbs, the recipe parser, the runner, the CLI's method lists and ``slimkit.<ConfigName>`` are all read
+from here. Config modules are found by walking ``slimkit.config`` (cheap: pydantic models only); handler
+modules are imported on the first use of the registry, not at ``import slimkit``.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+import pkgutil
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from slimkit.errors import RecipeError, did_you_mean
+from slimkit.errors import ConfigError, RecipeError, did_you_mean
 
 if TYPE_CHECKING:
     from torch import nn
@@ -20,17 +30,33 @@ if TYPE_CHECKING:
     from slimkit.config.base import PassConfig
     from slimkit.context import PassContext
 
-# Every module that registers passes. Imported on first use of the registry, not at `import slimkit`.
-_PASS_MODULES = (
-    "slimkit.passes.prune.unstructured",
-    "slimkit.passes.finetune.loop",
-    "slimkit.passes.quantize.ptq", "slimkit.passes.quantize.qat", "slimkit.passes.quantize.dynamic", "slimkit.passes.quantize.weight_only", "slimkit.passes.quantize.precision",
-    "slimkit.passes.lowrank.svd", "slimkit.passes.distill.trainer",
-    "slimkit.passes.prune.structured", "slimkit.passes.prune.nm", "slimkit.passes.prune.oneshot",
-    "slimkit.passes.prune.posttrain",
-)
-
 Handler = Callable[["nn.Module", "PassConfig", "PassContext"], "nn.Module"]
+Needs = Iterable[str] | Callable[["PassConfig"], Iterable[str]]
+
+
+@dataclass(frozen=True)
+class ExportForm:
+    """What a pass leaves in a model, as the exporters need to know it (``register_pass(..., export=...)``).
+
+    name: a short name (``fakequant``, ``packed``, ``half``, ...), reported as the export ``source``.
+    detect: ``detect(model) -> bool``, whether ``model`` holds this form.
+    to_float: ``to_float(model) -> None``, in place on a copy: replace the form by its float32 equivalent
+        (quantized weights dequantized, quantizers and casting hooks removed).
+    int8: ``"qdq"`` when the model carries its own scales, exported as QDQ ONNX with them; ``"requantize"``
+        when onnxruntime quantizes the float equivalent instead.
+    note: a sentence added to the export note when int8 ONNX of this form is made (e.g. what is lost).
+    float_note: the export note of fp32/fp16 ONNX of this form (``{precision}`` is filled in); empty for
+        the default (the float equivalent was exported, a quantized ONNX needs precision int8).
+    runtime_note: why the PyTorch latency of such a model is not its deployed latency (for the report).
+    """
+
+    name: str
+    detect: Callable[[nn.Module], bool]
+    to_float: Callable[[nn.Module], None]
+    int8: str = "requantize"
+    note: str = ""
+    float_note: str = ""
+    runtime_note: str = ""
 
 
 @dataclass(frozen=True)
@@ -39,23 +65,35 @@ class PassSpec:
     method: str
     config_cls: type[PassConfig]
     handler: Handler
-    needs: frozenset[str] = field(default_factory=frozenset)
-    """Context items the handler cannot run without: example_inputs, calibration, train_loader."""
+    needs: Needs = field(default_factory=frozenset)
+    """Context items the handler cannot run without (example_inputs, calibration, train_loader, teacher), or
+    ``needs(cfg) -> names`` when they depend on the config. See :meth:`required`."""
     default: bool = False
     """Whether this method is used when a recipe stage gives no ``method``."""
     rebuild: Callable[..., Any] | None = None
     """For passes that change the module structure: ``rebuild(model, cfg, manifest) -> model`` redoes the
     structural change without data or compute, so a saved checkpoint of this stage can be loaded on resume."""
+    export: tuple[ExportForm, ...] = ()
+    """What this pass leaves in a model, for the exporters (see :class:`ExportForm`)."""
+
+    def required(self, cfg: PassConfig) -> list[str]:
+        """What the handler needs for ``cfg``: its ``needs``, plus ``train_loader`` whenever ``cfg`` has a
+        ``finetune`` section (the same rule for every pass)."""
+        names = set(self.needs(cfg) if callable(self.needs) else self.needs)
+        if getattr(cfg, "finetune", None) is not None:
+            names.add("train_loader")
+        return sorted(names)
 
 
 _BY_CONFIG: dict[type, PassSpec] = {}
 _BY_KIND: dict[str, dict[str, PassSpec]] = {}
+_FORMS: dict[str, ExportForm] = {}
 _loaded = False
 
 
 def register_pass(
-    config_cls: type[PassConfig], *, needs: tuple[str, ...] = (), default: bool = False,
-    rebuild: Callable[..., Any] | None = None,
+    config_cls: type[PassConfig], *, needs: Needs = (), default: bool = False,
+    rebuild: Callable[..., Any] | None = None, export: ExportForm | Iterable[ExportForm] = (),
 ) -> Callable[[Handler], Handler]:
     """Decorator: ``@register_pass(MagnitudePruneConfig, default=True)`` on ``def handler(model, cfg, ctx)``."""
 
@@ -65,12 +103,44 @@ def register_pass(
         method = method_field.default
         if not kind or not isinstance(method, str):
             raise TypeError(f"{config_cls.__name__} needs a ClassVar kind and a default method")
-        spec = PassSpec(kind, method, config_cls, fn, frozenset(needs), default, rebuild)
+        forms = (export,) if isinstance(export, ExportForm) else tuple(export)
+        spec = PassSpec(kind, method, config_cls, fn, needs if callable(needs) else frozenset(needs), default,
+                        rebuild, forms)
         _BY_CONFIG[config_cls] = spec
         _BY_KIND.setdefault(kind, {})[method] = spec
+        for form in forms:
+            _FORMS.setdefault(form.name, form)
         return fn
 
     return wrap
+
+
+def unregister_pass(config_cls: type[PassConfig]) -> None:
+    """Remove the pass registered for ``config_cls`` (e.g. one a test or a plugin registered for a while)."""
+    spec = _BY_CONFIG.pop(config_cls, None)
+    if spec is not None and _BY_KIND.get(spec.kind, {}).get(spec.method) is spec:
+        del _BY_KIND[spec.kind][spec.method]
+        if not _BY_KIND[spec.kind]:
+            del _BY_KIND[spec.kind]
+
+
+def config_modules() -> list[Any]:
+    """The modules of ``slimkit.config`` that hold technique configs: those defining a class that names a
+    ``handler_module`` (a pass) or an ``exporter_module`` (an export quantizer)."""
+    import slimkit.config as package
+
+    out = []
+    for info in pkgutil.iter_modules(package.__path__):
+        mod = importlib.import_module(f"{package.__name__}.{info.name}")
+        classes = [v for v in vars(mod).values() if isinstance(v, type) and v.__module__ == mod.__name__]
+        if any(getattr(c, "handler_module", "") or getattr(c, "exporter_module", "") for c in classes):
+            out.append(mod)
+    return out
+
+
+def public_configs() -> dict[str, str]:
+    """Public config name -> module, for ``slimkit.<Name>``: the ``__all__`` of every technique config module."""
+    return {name: mod.__name__ for mod in config_modules() for name in getattr(mod, "__all__", ())}
 
 
 def _ensure_loaded() -> None:
@@ -78,7 +148,9 @@ def _ensure_loaded() -> None:
     if _loaded:
         return
     _loaded = True
-    for name in _PASS_MODULES:
+    handlers = {getattr(cls, "handler_module", "") for mod in config_modules() for cls in vars(mod).values()
+                if isinstance(cls, type)}
+    for name in sorted(handlers - {""}):
         importlib.import_module(name)
 
 
@@ -95,9 +167,48 @@ def kinds() -> dict[str, dict[str, PassSpec]]:
     return _BY_KIND
 
 
+def methods(kind: str) -> list[str]:
+    """The registered method names of one ``kind`` (e.g. every ``quantize`` method), sorted."""
+    return sorted(kinds().get(kind, {}))
+
+
 def all_specs() -> list[PassSpec]:
     _ensure_loaded()
     return list(_BY_CONFIG.values())
+
+
+def export_forms() -> list[ExportForm]:
+    """Every registered :class:`ExportForm`, in registration order."""
+    _ensure_loaded()
+    return list(_FORMS.values())
+
+
+def apply_pass(model: nn.Module, config: PassConfig, ctx: PassContext | None = None, **kwargs: Any) -> nn.Module:
+    """Run any registered pass. Keyword arguments fill a :class:`PassContext`. What the pass needs
+    (:meth:`PassSpec.required`) is checked before the handler touches the model."""
+    from torch import nn
+
+    from slimkit.config.base import PassConfig
+    from slimkit.context import PassContext, as_inputs
+
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"expected a torch.nn.Module, got {type(model).__name__}.")
+    if not isinstance(config, PassConfig):
+        raise ConfigError(f"expected a slimkit config object, got {type(config).__name__}.",
+                          hint="Build one, e.g. slimkit.MagnitudePruneConfig(sparsity=0.8).")
+    spec = spec_for(config)
+    if ctx is None:
+        if "example_inputs" in kwargs:
+            kwargs["example_inputs"] = as_inputs(kwargs["example_inputs"])
+        ctx = PassContext(**kwargs)
+    name = f"{spec.kind}(method={spec.method})"
+    if getattr(config, "finetune", None) is not None and ctx.train_loader is None:
+        raise ConfigError(f"{name} has a finetune section but no train loader was given (train_loader=None).",
+                          hint="Pass train_loader=... to the verb, give the recipe a data section, or remove "
+                               "finetune from the config.")
+    ctx.require(*spec.required(config), pass_name=name)
+    out = spec.handler(model, config, ctx)
+    return model if out is None else out
 
 
 def parse_stage(stage: Any, index: int) -> tuple[PassConfig | None, list[tuple[str, str]]]:
@@ -116,16 +227,19 @@ def parse_stage(stage: Any, index: int) -> tuple[PassConfig | None, list[tuple[s
     body = {} if body is None else body
     if not isinstance(body, dict):
         return None, [(f"{where}.{kind}", f"must be a mapping of settings, got {body!r}")]
-    methods = _BY_KIND[kind]
+    methods_ = _BY_KIND[kind]
     method = body.get("method")
     if method is None:
-        defaults = [s for s in methods.values() if s.default] or list(methods.values())[:1]
+        defaults = [s for s in methods_.values() if s.default] or list(methods_.values())[:1]
         spec = defaults[0]
-    elif method not in methods:
-        return None, [(f"{where}.{kind}.method", f"unknown method '{method}'.{did_you_mean(str(method), methods)} "
-                                                 f"Known methods: {', '.join(sorted(methods))}.")]
+    elif not isinstance(method, str):
+        return None, [(f"{where}.{kind}.method", f"must be a method name (one of {', '.join(sorted(methods_))}), "
+                                                 f"got {type(method).__name__}")]
+    elif method not in methods_:
+        return None, [(f"{where}.{kind}.method", f"unknown method '{method}'.{did_you_mean(str(method), methods_)} "
+                                                 f"Known methods: {', '.join(sorted(methods_))}.")]
     else:
-        spec = methods[method]
+        spec = methods_[method]
     try:
         return build(spec.config_cls, body, prefix=f"{where}.{kind}"), []
     except RecipeError as exc:

@@ -22,7 +22,8 @@ from slimkit.exporters.onnx_int8 import (
     ort_predict,
     quantize_onnx,
 )
-from slimkit.passes.quantize.ort import _compacted_copy, export_int8_onnx
+from slimkit.exporters.ort_int8 import compacted_copy as _compacted_copy
+from slimkit.exporters.ort_int8 import export_int8_onnx
 
 
 @pytest.fixture(scope="module")

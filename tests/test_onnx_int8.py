@@ -24,7 +24,7 @@ from slimkit.exporters.onnx_int8 import (
     ort_predict,
     quantize_onnx,
 )
-from slimkit.passes.quantize.ort import export_int8_onnx
+from slimkit.exporters.ort_int8 import export_int8_onnx
 
 
 def structured_data(n: int, shape: tuple[int, ...], classes: int = 10, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

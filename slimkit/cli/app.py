@@ -9,15 +9,15 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from slimkit.cli.progress import cli_reporter, console, err_console, print_report
+from slimkit.cli.style import SlimkitGroup
 from slimkit.errors import SlimkitError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(cls=SlimkitGroup, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="slimkit: make trained PyTorch models smaller and faster, with measured numbers.")
-console = Console()
-err_console = Console(stderr=True)
 _state: dict[str, Any] = {"verbose": False}
 
 
@@ -27,36 +27,6 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show lo
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not verbose:  # torch's exporter logs optional-dependency notes (e.g. torchvision) at warning level
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-
-
-def _reporter() -> Any:
-    from slimkit.cli.progress import make_reporter
-    from slimkit.progress import use_reporter
-
-    return use_reporter(make_reporter(err_console))
-
-
-def _print_report(report: dict[str, Any], run_dir: Path) -> None:
-    from slimkit.pipeline.report.render import fmt, rows, seconds
-
-    cols = [("accuracy", "acc"), ("size_bytes", "bytes"), ("sparsity", "sparsity"), ("macs", "MACs"),
-            ("latency_median", "ms")]
-    from rich import box
-
-    table = Table(title=f"slimkit: {report['name']}", box=box.SIMPLE_HEAD)
-    table.add_column("model", no_wrap=True)
-    for _, label in cols:
-        table.add_column(label, justify="right", no_wrap=True)
-    table.add_column("s", justify="right", no_wrap=True)
-    for (label, m), sec in zip(rows(report), seconds(report), strict=True):
-        table.add_row(label, *[fmt(k, m) for k, _ in cols], sec)
-    console.print(table)
-    for c in report.get("constraints", []):
-        mark = {True: "[green]met[/]", False: "[red]NOT met[/]", None: "[yellow]not measured[/]"}[c["met"]]
-        value = "n/a" if c["value"] is None else f"{c['value']:.4g}"
-        console.print(f"  {c['name']}: limit {c['limit']}, value {value} -> {mark}")
-    console.print(f"\n[bold]Verdict:[/] {report['verdict']}")
-    console.print(f"Report: {(run_dir / 'report.html').resolve()}")
 
 
 @app.command()
@@ -70,9 +40,10 @@ def run(
 
     r = coerce_recipe(recipe)
     run_dir = out or Path("runs") / r.name
-    with _reporter():
+    _state["resume"] = f"slimkit run {recipe} --out {run_dir} --resume"
+    with cli_reporter():
         report = run_recipe(r, out=run_dir, resume=resume)
-    _print_report(report, run_dir)
+    print_report(report, run_dir)
 
 
 @app.command()
@@ -84,22 +55,21 @@ def demo(
     from slimkit.pipeline.runner import run_recipe
     from slimkit.recipes import demo_recipe_path
 
-    if (out / "state.json").exists() and not resume:
-        import shutil
-
-        console.print(f"[dim]removing previous demo run in {out}[/]")
-        shutil.rmtree(out)
-    with _reporter():
-        report = run_recipe(demo_recipe_path(), out=out, resume=resume)
-    _print_report(report, out)
+    _state["resume"] = f"slimkit demo --out {out} --resume"
+    with cli_reporter():  # a previous demo run in `out` is replaced, under the run directory's lock
+        report = run_recipe(demo_recipe_path(), out=out, resume=resume, replace=not resume)
+    print_report(report, out)
 
 
 @app.command()
 def validate(recipe: Annotated[Path, typer.Argument(help="YAML recipe")]) -> None:
-    """Check a recipe without computing anything; list every problem."""
-    from slimkit.config.recipe import load_recipe
+    """Check a recipe, and that its model, weights and data fit, without training or evaluating; list every
+    problem."""
+    from slimkit.pipeline.fit import check_fit
+    from slimkit.pipeline.runner import coerce_recipe
 
-    r = load_recipe(recipe)
+    r = coerce_recipe(recipe)
+    check_fit(r, source=str(recipe))
     console.print(f"[green]ok[/]: {recipe} ({len(r.stages)} stage(s): "
                   + ", ".join(f"{s.kind}:{s.method}" for s in r.stages) + ")")
 
@@ -112,21 +82,43 @@ def eval_(
     """Re-evaluate a saved model of a run from its artifact on disk."""
     from slimkit.pipeline.artifacts import evaluate_saved
 
-    with _reporter():
+    with cli_reporter():
         metrics = evaluate_saved(run_dir, stage)
-    table = Table(title=f"{run_dir} [{stage}]")
+    table = Table(title=f"{run_dir} (stage {stage})")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for k, v in metrics.items():
-        table.add_row(k, str(v))
+    for k in metrics:
+        table.add_row(k, metric_text(k, metrics))
     console.print(table)
+
+
+def metric_text(key: str, m: dict[str, Any]) -> str:
+    """One metric of a METRICS dict for a person: rounded, units named, 'not measured' for None."""
+    from slimkit.pipeline.report.render import fmt
+
+    v = m.get(key)
+    if v is None:
+        return "not measured"
+    if key == "latency_ms":
+        return (f"{v['median']:.3g} ms median, {v['p90']:.3g} ms p90 (batch {v.get('batch', 1)}"
+                + (f", {v['runtime']}" if v.get("runtime") else "") + ")")
+    if key == "fidelity":
+        parts = [f"cosine {v['cosine']:.4f}" if v.get("cosine") is not None else None,
+                 f"min cosine {v['cosine_min']:.4f}" if v.get("cosine_min") is not None else None,
+                 f"top-1 agreement {100 * v['top1_agreement']:.2f}%" if v.get("top1_agreement") is not None else None]
+        return ", ".join(p for p in parts if p) or "not measured"
+    if key == "size_bytes":
+        return f"{fmt(key, m)} ({v:,} bytes)"
+    if key == "throughput":
+        return f"{v:,.0f} samples/s"
+    return fmt(key, m)
 
 
 @app.command()
 def inspect(
     model: Annotated[str, typer.Argument(help="a built-in arch name, or a run directory")],
     input_shape: Annotated[str, typer.Option("--input", help="C,H,W for a built-in arch")] = "1,8,8",
-    num_classes: Annotated[int, typer.Option("--classes")] = 10,
+    num_classes: Annotated[int, typer.Option("--classes", min=1, max=1_000_000)] = 10,
 ) -> None:
     """Layers, parameters and MACs of a model."""
     import torch
@@ -143,7 +135,9 @@ def inspect(
         try:
             shape = tuple(int(s) for s in input_shape.split(","))
         except ValueError:
-            raise SlimkitError(f"--input must be C,H,W integers, got {input_shape!r}") from None
+            shape = ()
+        if not shape or min(shape) < 1:
+            raise SlimkitError(f"--input must be C,H,W positive integers, got {input_shape!r}")
         net = build_model(ModelConfig(arch=model), input_shape=shape, num_classes=num_classes)
         example = (torch.randn(1, *shape),)
     table = Table(title=f"{model}")
@@ -164,18 +158,42 @@ from slimkit.cli.search import register as _register_search  # noqa: E402  (slim
 _register_search(app)
 
 
+def _interrupted() -> None:
+    resume = _state.get("resume")
+    msg = "[bold yellow]interrupted[/]"
+    if resume:
+        msg += f": finished stages are saved. Continue with: {escape(resume)}"
+    err_console.print(msg, highlight=False, soft_wrap=True)  # one line: the command can be copied
+    sys.exit(130)
+
+
+def _os_error(exc: OSError) -> str | None:
+    """One paragraph for a file-system error the user can fix (full disk, permissions, a file where a
+    directory is needed), or None for anything else."""
+    import errno
+
+    fixable = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+               errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+               errno.EROFS: "the file system is read-only", errno.ENOTDIR: "a path component is not a directory",
+               errno.EISDIR: "it is a directory", errno.EEXIST: "it already exists", errno.ENOENT: "it does not exist"}
+    if exc.errno not in fixable:
+        return None
+    where = exc.filename if exc.filename is not None else "a file"
+    return f"cannot use {where}: {fixable[exc.errno]} ({exc.strerror})."
+
+
 def main() -> None:
-    """Console entry point: typer app with typed errors turned into exit codes."""
+    """Console entry point: typer app with typed errors turned into exit codes. Never exits 0 after a
+    failure or an interruption (Ctrl-C: 130 and how to resume)."""
     try:
-        app(standalone_mode=False)
+        rv = app(standalone_mode=False)
     except SlimkitError as exc:
         if _state["verbose"]:
             traceback.print_exc()
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        err_console.print("interrupted; finished stages are saved: run again with --resume to continue")
-        sys.exit(130)
+        _interrupted()
     except SystemExit:
         raise
     except Exception as exc:  # noqa: BLE001 - the one place that catches everything
@@ -187,10 +205,24 @@ def main() -> None:
             sys.exit(1)
         if _state["verbose"]:
             traceback.print_exc()
-        err_console.print(f"[bold red]internal error[/] ({type(exc).__name__}): {exc}\n"
+        fs = _os_error(exc) if isinstance(exc, OSError) else None
+        if fs is not None:
+            err_console.print(f"[bold red]error:[/] {escape(fs)}", highlight=False)
+            sys.exit(2)
+        if isinstance(exc, (RecursionError, MemoryError)):
+            err_console.print(f"[bold red]error:[/] the input is too large or too deeply nested "
+                              f"({type(exc).__name__}).", highlight=False)
+            sys.exit(2)
+        err_console.print(f"[bold red]internal error[/] ({type(exc).__name__}): {escape(str(exc))}\n"
                           "This is a bug in slimkit; run with --verbose for the traceback and report it.",
                           highlight=False)
         sys.exit(1)
+    # under standalone_mode=False typer *returns* exit codes: 130 for a KeyboardInterrupt inside a
+    # command, N for typer.Exit(N); never let them turn into 0
+    if rv == 130:
+        _interrupted()
+    if isinstance(rv, int) and rv != 0:
+        sys.exit(rv)
 
 
 from slimkit.cli.quantize import register as _register_quantize  # noqa: E402  (quantize, export commands)

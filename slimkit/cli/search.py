@@ -59,12 +59,10 @@ def register(app: typer.Typer) -> None:
         check: Annotated[bool, typer.Option("--check", help="validate and show the first proposals; compute nothing")] = False,
     ) -> None:
         """Search recipe settings: run trials through the runner, keep the best that meets the constraints."""
-        from slimkit.cli.progress import make_reporter
+        from slimkit.cli.progress import cli_reporter, console
         from slimkit.config.search import load_search
-        from slimkit.progress import use_reporter
         from slimkit.search.runner import search
 
-        console, err_console = Console(), Console(stderr=True)
         plan = load_search(config)  # every problem, before any compute
         directory = out or Path("runs") / plan.config.name
         if check:
@@ -76,7 +74,7 @@ def register(app: typer.Typer) -> None:
             for i, params in enumerate(propose(plan, min(3, cfg.trials))):
                 console.print(f"  trial {i}: " + ", ".join(f"{k}={_value(v)}" for k, v in params.items()))
             return
-        with use_reporter(make_reporter(err_console)):
+        with cli_reporter():
             result = search(plan, out=directory, resume=resume)
         _print_search(console, result, directory)
 

@@ -83,7 +83,7 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         from slimkit._io import atomic_write_bytes, atomic_write_json
-        from slimkit.cli.app import _print_report, _reporter, console
+        from slimkit.cli.progress import cli_reporter, console, print_report
         from slimkit.pipeline.report.render import sensitivity_png
         from slimkit.pipeline.runner import coerce_recipe, run_recipe
 
@@ -93,7 +93,7 @@ def register(app: typer.Typer) -> None:
         if recipe.stages[0].mixed.layers:  # type: ignore[attr-defined]
             check_layers_first(recipe)
         run_dir = out or Path("runs") / recipe.name
-        with _reporter():
+        with cli_reporter():
             report = run_recipe(recipe, out=run_dir)
         stage = report["stages"][0]
         res = stage.get("sensitivity")
@@ -101,7 +101,7 @@ def register(app: typer.Typer) -> None:
             raise ConfigError("the quantize stage recorded no sensitivity result.")
         atomic_write_json(run_dir / "sensitivity.json", res)
         atomic_write_bytes(run_dir / "sensitivity.png", base64.b64decode(sensitivity_png(stage)))
-        _print_report(report, run_dir)
+        print_report(report, run_dir)
         kept = set(res["keep"])
         table = Table(title=f"per-layer sensitivity ({res['metric']}, {res['bits']}-bit PTQ alone)",
                       box=box.SIMPLE_HEAD)

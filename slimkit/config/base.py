@@ -2,19 +2,41 @@
 
 from __future__ import annotations
 
+import logging
 import types
 import typing
 from typing import Any, ClassVar, Union
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator, model_validator
 
-from slimkit.errors import RecipeError, did_you_mean
+from slimkit.errors import ConfigError, RecipeError, did_you_mean
+
+log = logging.getLogger(__name__)
 
 
 class StrictModel(BaseModel):
-    """A frozen pydantic model that rejects unknown keys."""
+    """A frozen pydantic model that rejects unknown keys, and ``true``/``false`` where a number is meant
+    (pydantic alone would read ``lr: true`` as 1.0)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_number(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and info.field_name is not None:
+            field = cls.model_fields.get(info.field_name)
+            if field is not None and _wants_number(field.annotation):
+                raise ValueError("must be a number, not a boolean")
+        return value
+
+
+def _wants_number(annotation: Any) -> bool:
+    """Whether ``annotation`` takes an int or a float directly but not a bool (``float``, ``int | None``)."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _wants_number(typing.get_args(annotation)[0])
+    inner = typing.get_args(annotation) if origin in (Union, types.UnionType) else (annotation,)
+    return bool not in inner and any(i in (int, float) for i in inner)
 
 
 class PassConfig(StrictModel):
@@ -22,11 +44,50 @@ class PassConfig(StrictModel):
     ``lowrank``, ``distill``, ``finetune``); ``method`` tells the configs of one kind apart."""
 
     kind: ClassVar[str] = ""
+    handler_module: ClassVar[str] = ""
+    """The module whose import registers this config's handler (``slimkit.registry.register_pass``); the
+    registry imports it on first use. Empty for a config registered by code the caller imports itself."""
+    flag_notes: ClassVar[dict[str, str]] = {}
+    """Why a shorthand flag (see :meth:`shorthand`) does not apply to this method, by flag name."""
+    renamed: ClassVar[dict[str, str]] = {}
+    """Deprecated field names still accepted, old -> new (``{"exclude": "skip"}``); a warning is logged."""
     method: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_fields(cls, data: Any) -> Any:
+        old = [k for k in cls.renamed if isinstance(data, dict) and k in data]
+        if not old:
+            return data
+        data = dict(data)
+        for key in old:
+            new = cls.renamed[key]
+            if new in data:
+                raise ValueError(f"give '{new}' only: '{key}' is its deprecated name")
+            log.warning("%s: '%s' is deprecated; write '%s' (same meaning)", cls.__name__, key, new)
+            data[new] = data.pop(key)
+        return data
 
     def stage_dict(self) -> dict[str, Any]:
         """The recipe form of this config: ``{kind: {method: ..., field: value, ...}}``."""
         return {self.kind: self.model_dump(mode="json")}
+
+    @classmethod
+    def shorthand(cls, **flags: Any) -> dict[str, Any]:
+        """The recipe body ``{"method": ..., ...}`` for shorthand settings such as the CLI's ``--bits`` and
+        ``--group-size``: each flag that is not None sets the field of the same name. Configs whose fields
+        are shaped differently override this. A flag without such a field raises ConfigError (validation of
+        the values is left to the recipe parser, which reports them with their recipe path)."""
+        method = cls.model_fields["method"].default
+        body: dict[str, Any] = {"method": method}
+        for name, value in flags.items():
+            if value is None:
+                continue
+            if name not in cls.model_fields:
+                reason = cls.flag_notes.get(name, f"{cls.__name__} has no {name} setting")
+                raise ConfigError(f"--{name.replace('_', '-')} {value} does not apply to --method {method}: {reason}.")
+            body[name] = value
+        return body
 
 
 def _unwrap(annotation: Any) -> list[Any]:

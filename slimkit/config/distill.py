@@ -7,6 +7,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, model_validator
 
 from slimkit.config.base import PassConfig, StrictModel
+from slimkit.config.finetune import FinetuneConfig
 
 
 class FeaturePair(StrictModel):
@@ -34,6 +35,7 @@ class DistillConfig(PassConfig):
     """
 
     kind: ClassVar[str] = "distill"
+    handler_module: ClassVar[str] = "slimkit.passes.distill.trainer"
     method: Literal["logits", "feature", "mutual"] = "logits"
     temperature: float = Field(4.0, gt=0, le=100)
     alpha: float = Field(0.5, ge=0, le=1, description="weight of the hard-label cross-entropy")
@@ -77,3 +79,13 @@ class MutualDistillConfig(DistillConfig):
     """``DistillConfig`` with ``method='mutual'`` (see :class:`FeatureDistillConfig`)."""
 
     method: Literal["mutual"] = "mutual"
+
+
+def finetune_config(cfg: DistillConfig) -> FinetuneConfig:
+    """The training settings of a distill config as a :class:`FinetuneConfig`."""
+    return FinetuneConfig(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, optimizer=cfg.optimizer,
+                          max_steps_per_epoch=cfg.max_steps_per_epoch, keep_sparsity=cfg.keep_sparsity,
+                          keep_best=cfg.keep_best, patience=None)
+
+
+__all__ = ["DistillConfig", "FeatureDistillConfig", "MutualDistillConfig"]

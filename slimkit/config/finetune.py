@@ -19,6 +19,7 @@ class FinetuneConfig(PassConfig):
     """
 
     kind: ClassVar[str] = "finetune"
+    handler_module: ClassVar[str] = "slimkit.passes.finetune.loop"
     method: Literal["supervised"] = "supervised"
     epochs: int = Field(3, ge=0, le=10_000)
     lr: float = Field(1e-3, gt=0, le=10)
@@ -32,3 +33,6 @@ class FinetuneConfig(PassConfig):
     max_steps_per_epoch: int | None = Field(None, ge=1)
     grad_clip: float | None = Field(None, gt=0)
     keep_sparsity: bool = True
+
+
+__all__ = ["FinetuneConfig"]

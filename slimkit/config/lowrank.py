@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 
 from slimkit.config.base import PassConfig
 from slimkit.config.finetune import FinetuneConfig
+from slimkit.config.layers import LayerFilterFn, filter_fn_field, skip_field
 
 
 class SVDConfig(PassConfig):
@@ -33,12 +34,14 @@ class SVDConfig(PassConfig):
     """
 
     kind: ClassVar[str] = "lowrank"
+    handler_module: ClassVar[str] = "slimkit.passes.lowrank.svd"
     method: Literal["svd"] = "svd"
     rank_ratio: float | None = Field(None, gt=0, le=1)
     energy: float | None = Field(None, gt=0, le=1)
     param_budget: float | None = Field(None, gt=0, lt=1)
     min_rank: int = Field(1, ge=1)
-    skip: list[str] = Field(default_factory=list, description="module-name globs left as they are")
+    skip: list[str] = skip_field()
+    filter_fn: LayerFilterFn | None = filter_fn_field()
     include: list[Literal["Linear", "Conv2d"]] = Field(default_factory=lambda: ["Linear", "Conv2d"], min_length=1)
     finetune: FinetuneConfig | None = None
     whiten: bool = Field(False, description="factorize against the calibration inputs (needs calibration)")
@@ -53,3 +56,6 @@ class SVDConfig(PassConfig):
             got = f"got {', '.join(given)}" if given else "got none"
             raise ValueError(f"give exactly one of rank_ratio, energy, param_budget ({got})")
         return self
+
+
+__all__ = ["SVDConfig"]

@@ -7,6 +7,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, model_validator
 
 from slimkit.config.base import PassConfig
+from slimkit.config.layers import LayerFilterFn, filter_fn_field, skip_field
 
 
 class PostTrainPruneConfig(PassConfig):
@@ -36,6 +37,7 @@ class PostTrainPruneConfig(PassConfig):
 
     kind: ClassVar[str] = "prune"
     handler_module: ClassVar[str] = "slimkit.passes.prune.posttrain"
+    renamed: ClassVar[dict[str, str]] = {"protected": "skip"}
     method: Literal["posttrain"] = "posttrain"
     target_macs: float | None = Field(None, gt=0, le=1, description="fraction of the original MACs to keep")
     ratio: float | None = Field(None, ge=0, lt=1,
@@ -44,7 +46,8 @@ class PostTrainPruneConfig(PassConfig):
     loss: Literal["mse", "kl"] = "mse"
     round_to: int = Field(1, ge=1, le=1024, description="kept channel counts are multiples of this")
     max_group_ratio: float = Field(0.9, gt=0, lt=1)
-    protected: list[str] = Field(default_factory=list, description="module-name globs that keep their width")
+    skip: list[str] = skip_field("that keep their width")
+    filter_fn: LayerFilterFn | None = filter_fn_field()
     calibration_batches: int | None = Field(None, ge=1, description="use at most this many calibration batches")
     sensitivity_batches: int = Field(1, ge=1, le=64)
     sensitivity_points: int = Field(2, ge=1, le=16)

@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 
 from slimkit.config.base import PassConfig
 from slimkit.config.finetune import FinetuneConfig
+from slimkit.config.layers import LayerFilterFn, filter_fn_field, skip_field
 
 
 class MagnitudePruneConfig(PassConfig):
@@ -18,6 +19,8 @@ class MagnitudePruneConfig(PassConfig):
     """
 
     kind: ClassVar[str] = "prune"
+    handler_module: ClassVar[str] = "slimkit.passes.prune.unstructured"
+    renamed: ClassVar[dict[str, str]] = {"exclude": "skip"}
     method: Literal["magnitude"] = "magnitude"
     sparsity: float = Field(gt=0, lt=1)
     scope: Literal["layer", "global"] = "global"
@@ -26,7 +29,8 @@ class MagnitudePruneConfig(PassConfig):
     schedule: Literal["cubic", "linear"] = "cubic"
     finetune: FinetuneConfig | None = None
     include: list[str] = Field(default_factory=lambda: ["Linear", "Conv1d", "Conv2d", "Conv3d"])
-    exclude: list[str] = Field(default_factory=list, description="module names (glob) left dense")
+    skip: list[str] = skip_field("left dense")
+    filter_fn: LayerFilterFn | None = filter_fn_field()
     min_numel: int = Field(0, ge=0, description="leave layers with fewer weights than this dense")
 
 
@@ -34,6 +38,7 @@ class _OneShotConfig(PassConfig):
     """Fields shared by the calibration-based one-shot sparsity methods (``wanda``, ``sparsegpt``)."""
 
     kind: ClassVar[str] = "prune"
+    handler_module: ClassVar[str] = "slimkit.passes.prune.oneshot"
     sparsity: float | None = Field(None, gt=0, lt=1, description="unstructured: fraction of each layer's weights")
     n: int | None = Field(None, ge=1, description="N:M: keep n of every m consecutive input weights")
     m: int | None = Field(None, ge=2, le=64)
@@ -74,3 +79,6 @@ class SparseGPTConfig(_OneShotConfig):
     method: Literal["sparsegpt"] = "sparsegpt"
     dampening: float = Field(0.01, gt=0, le=1, description="fraction of mean(diag H) added to the diagonal")
     block_size: int = Field(128, ge=1, description="columns processed together (mask chosen per block)")
+
+
+__all__ = ["MagnitudePruneConfig", "SparseGPTConfig", "WandaPruneConfig"]

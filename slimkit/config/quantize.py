@@ -16,6 +16,7 @@ from pydantic import Discriminator, Field, Tag, model_validator
 
 from slimkit.config.base import PassConfig, StrictModel
 from slimkit.config.finetune import FinetuneConfig
+from slimkit.config.layers import LayerFilterFn, filter_fn_field, skip_field
 
 ObserverName = Literal["minmax", "ema", "percentile", "entropy", "mse"]
 
@@ -138,15 +139,25 @@ class PTQConfig(PassConfig):
     """
 
     kind: ClassVar[str] = "quantize"
+    handler_module: ClassVar[str] = "slimkit.passes.quantize.ptq"
     method: Literal["ptq"] = "ptq"
     weights: WeightSpec = Field(default_factory=lambda: Int(8, per_channel=True))
     activations: Int | None = Field(default_factory=lambda: Int(8, symmetric=False, unsigned=True))
     calibration_batches: int = Field(32, ge=1, le=100_000)
-    skip: list[str] = Field(default_factory=list)
+    skip: list[str] = skip_field("kept in float")
+    filter_fn: LayerFilterFn | None = filter_fn_field()
     overrides: dict[str, WeightSpec] = Field(default_factory=dict)
     fold_bn: bool = True
     include: list[Literal["Linear", "Conv1d", "Conv2d"]] = Field(default_factory=lambda: ["Linear", "Conv2d"])
     mixed: MixedPrecision | None = None
+
+    @classmethod
+    def shorthand(cls, *, bits: int | None = None, group_size: int | None = None, **flags: Any) -> dict[str, Any]:
+        """``bits``/``group_size`` set the per-channel weight quantizer (8 bits when not given)."""
+        body = super().shorthand(**flags)
+        body["weights"] = {"bits": 8 if bits is None else bits, "per_channel": True,
+                           **({"group_size": group_size} if group_size is not None else {})}
+        return body
 
     @model_validator(mode="after")
     def _check(self) -> PTQConfig:
@@ -166,9 +177,11 @@ class DynamicConfig(PassConfig):
     Uses torchao's ``Int8DynamicActivationInt8WeightConfig`` on CPU."""
 
     kind: ClassVar[str] = "quantize"
+    handler_module: ClassVar[str] = "slimkit.passes.quantize.dynamic"
     method: Literal["dynamic"] = "dynamic"
     bits: Literal[8] = 8
-    skip: list[str] = Field(default_factory=list)
+    skip: list[str] = skip_field("kept in float")
+    filter_fn: LayerFilterFn | None = filter_fn_field()
 
 
 class WeightOnlyConfig(PassConfig):
@@ -176,11 +189,13 @@ class WeightOnlyConfig(PassConfig):
     one scale per ``group_size`` inputs. Weights are stored packed; the forward dequantizes."""
 
     kind: ClassVar[str] = "quantize"
+    handler_module: ClassVar[str] = "slimkit.passes.quantize.weight_only"
     method: Literal["weight-only"] = "weight-only"
     bits: Literal[2, 4, 8] = 8
     group_size: Literal[32, 64, 128] | None = None
     backend: Literal["auto", "torchao", "slimkit"] = "auto"
-    skip: list[str] = Field(default_factory=list)
+    skip: list[str] = skip_field("kept in float")
+    filter_fn: LayerFilterFn | None = filter_fn_field()
 
 
 class QATConfig(PassConfig):
@@ -194,6 +209,7 @@ class QATConfig(PassConfig):
     """
 
     kind: ClassVar[str] = "quantize"
+    handler_module: ClassVar[str] = "slimkit.passes.quantize.qat"
     method: Literal["qat"] = "qat"
     bits: int = Field(8, ge=2, le=8)
     per_channel: bool = True
@@ -202,7 +218,13 @@ class QATConfig(PassConfig):
     finetune: FinetuneConfig = Field(default_factory=lambda: FinetuneConfig(epochs=3, lr=1e-4))
     freeze_observers_epoch: int | None = Field(None, ge=0)
     fold_bn_epoch: int | None = Field(None, ge=0)
-    skip: list[str] = Field(default_factory=list)
+    skip: list[str] = skip_field("kept in float")
+    filter_fn: LayerFilterFn | None = filter_fn_field()
+
+    @classmethod
+    def shorthand(cls, **flags: Any) -> dict[str, Any]:
+        """As the base, plus a short fine-tuning (3 epochs at lr 1e-3) so a one-line QAT run learns something."""
+        return {**super().shorthand(**flags), "finetune": {"epochs": 3, "lr": 0.001}}
 
 
 class LogQuantConfig(PassConfig):
@@ -210,10 +232,12 @@ class LogQuantConfig(PassConfig):
     sign+exponent codes."""
 
     kind: ClassVar[str] = "quantize"
+    handler_module: ClassVar[str] = "slimkit.passes.quantize.ptq"
     method: Literal["log"] = "log"
     bits: int = Field(4, ge=2, le=8)
     per_channel: bool = True
-    skip: list[str] = Field(default_factory=list)
+    skip: list[str] = skip_field("kept in float")
+    filter_fn: LayerFilterFn | None = filter_fn_field()
 
 
 class BinaryConfig(PassConfig):
@@ -222,9 +246,12 @@ class BinaryConfig(PassConfig):
     float (``skip``)."""
 
     kind: ClassVar[str] = "quantize"
+    handler_module: ClassVar[str] = "slimkit.passes.quantize.ptq"
+    flag_notes: ClassVar[dict[str, str]] = {"bits": "binary weights are 1 bit"}
     method: Literal["binary"] = "binary"
     activations: bool = False
-    skip: list[str] = Field(default_factory=list)
+    skip: list[str] = skip_field("kept in float")
+    filter_fn: LayerFilterFn | None = filter_fn_field()
 
 
 class PrecisionConfig(PassConfig):
@@ -232,6 +259,8 @@ class PrecisionConfig(PassConfig):
     back to float32; normalization layers stay float32 when ``keep_norms_fp32``."""
 
     kind: ClassVar[str] = "quantize"
+    handler_module: ClassVar[str] = "slimkit.passes.quantize.precision"
+    flag_notes: ClassVar[dict[str, str]] = {"bits": "half precision has no bit width"}
     method: Literal["fp16", "bf16"] = "fp16"
     keep_norms_fp32: bool = True
 
@@ -246,3 +275,9 @@ class FP16Config(PrecisionConfig):
     """:class:`PrecisionConfig` with ``method="fp16"``."""
 
     method: Literal["fp16"] = "fp16"  # type: ignore[assignment]
+
+
+__all__ = [
+    "BF16Config", "Binary", "BinaryConfig", "DynamicConfig", "FP16Config", "Int", "LogQuant", "LogQuantConfig",
+    "MixedPrecision", "PTQConfig", "PrecisionConfig", "QATConfig", "WeightOnlyConfig"
+]

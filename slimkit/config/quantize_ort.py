@@ -1,12 +1,13 @@
 """Config of the deployable int8 ONNX artifact made by onnxruntime.quantization.
 
 Not a model pass (it works on the exported ONNX file, not on the ``nn.Module``): it is given to
-``slimkit.export(model, "m.onnx", example_inputs=x, quantize=OrtInt8Config(), calibration=loader)``.
+``slimkit.export(model, "m.onnx", example_inputs=x, quantize=OrtInt8Config(), calibration=loader)``, whose
+quantizer for it is registered by ``exporter_module`` (:mod:`slimkit.exporters.ort_int8`).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -39,6 +40,7 @@ class OrtInt8Config(StrictModel):
         on the calibration inputs, else ExportError.
     """
 
+    exporter_module: ClassVar[str] = "slimkit.exporters.ort_int8"
     mode: Literal["static", "dynamic"] = "static"
     per_channel: bool = True
     reduce_range: bool = True

@@ -6,11 +6,14 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, field_validator, model_validator
 
+from slimkit._io import MAX_YAML_DEPTH, read_yaml
 from slimkit.config.base import PassConfig, StrictModel, build, format_loc, validation_problems
 from slimkit.errors import RecipeError
+
+MAX_SEED = 2**32 - 1
+"""Seeds go to torch, numpy and Python generators; numpy takes at most 32 bits."""
 
 
 class TrainBaselineConfig(StrictModel):
@@ -31,6 +34,8 @@ class ModelConfig(StrictModel):
     kwargs: dict[str, Any] = Field(default_factory=dict)
     weights: Path | None = None
     train: TrainBaselineConfig | None = None
+    sentence_encoder: bool = Field(False, description="hf only: mean-pool (and normalise as the model folder says) "
+                                                      "into sentence embeddings (slimkit.models.sentence)")
 
     @field_validator("entry_point")
     @classmethod
@@ -44,25 +49,47 @@ class ModelConfig(StrictModel):
         given = [k for k in ("arch", "entry_point", "hf") if getattr(self, k)]
         if len(given) != 1:
             raise ValueError(f"give exactly one of arch, entry_point, hf (got {given or 'none'})")
+        if self.sentence_encoder and not self.hf:
+            raise ValueError("sentence_encoder applies to hf models only")
         return self
 
 
 class DataConfig(StrictModel):
-    name: Literal["digits", "fashion-mnist", "image-folder", "tensors"] = "digits"
+    """``digits``/``fashion-mnist``/``image-folder``/``tensors`` are labelled; ``sample-images`` (ImageNet-style
+    photo crops) and ``sentences`` (offline English sentences, tokenized with ``tokenizer``) are unlabelled
+    inputs: a run on them measures fidelity to the baseline model instead of accuracy."""
+
+    name: Literal["digits", "fashion-mnist", "image-folder", "tensors", "sample-images", "sentences"] = "digits"
     path: Path | None = None
     batch_size: int = Field(64, ge=1, le=65536)
     val_fraction: float = Field(0.1, ge=0, lt=1)
     test_fraction: float = Field(0.25, gt=0, lt=1)
     calibration_samples: int = Field(256, ge=1, le=1_000_000)
     limit: int | None = Field(None, ge=10, description="use at most this many training samples (small runs)")
+    test_limit: int | None = Field(None, ge=1, description="evaluate on at most this many test samples (small runs)")
     image_size: int | None = Field(None, ge=4, le=4096)
-    seed: int = Field(0, ge=0)
+    channels: Literal[1, 3] | None = Field(None, description="fashion-mnist: 3 copies the grey channel (ImageNet models)")
+    normalize: Literal["dataset", "imagenet"] = Field(
+        "dataset", description="fashion-mnist: the dataset's mean/std, or ImageNet's (pretrained ImageNet models)")
+    tokenizer: str | None = Field(None, description="sentences: the Hugging Face tokenizer (default: model.hf)")
+    max_length: int = Field(128, ge=8, le=4096, description="sentences: tokens per sentence at most")
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
     @model_validator(mode="after")
     def _path_needed(self) -> DataConfig:
         if self.name in ("image-folder", "tensors") and self.path is None:
             raise ValueError(f"data '{self.name}' needs a path")
+        if self.name == "sentences" and self.tokenizer is None:
+            raise ValueError("data 'sentences' needs a tokenizer (it defaults to model.hf; set data.tokenizer "
+                             "for other models)")
+        if self.name != "fashion-mnist" and (self.channels is not None or self.normalize != "dataset"):
+            raise ValueError("data.channels and data.normalize apply to fashion-mnist only")
         return self
+
+    @property
+    def labelled(self) -> bool:
+        """False for input-only data (sample-images, sentences): runs measure fidelity, not accuracy."""
+        return self.name not in ("sample-images", "sentences")
 
 
 class LatencyConfig(StrictModel):
@@ -85,6 +112,8 @@ class ConstraintsConfig(StrictModel):
     min_accuracy: float | None = Field(None, ge=0, le=1)
     max_size_bytes: int | None = Field(None, ge=1)
     max_size_ratio: float | None = Field(None, gt=0, description="final bytes / baseline bytes")
+    min_cosine: float | None = Field(None, ge=-1, le=1, description="mean cosine of final vs baseline outputs")
+    min_top1_agreement: float | None = Field(None, ge=0, le=1, description="final vs baseline argmax agreement")
     min_speedup: float | None = Field(None, gt=0, description="baseline latency / final latency")
     min_sparsity: float | None = Field(None, ge=0, le=1)
 
@@ -92,7 +121,7 @@ class ConstraintsConfig(StrictModel):
 class OnnxConfig(StrictModel):
     opset: int = Field(18, ge=13, le=23)
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
-    parity_atol: float = Field(1e-3, gt=0)
+    parity_atol: float | None = Field(None, gt=0, description="None: 1e-3 for fp32, 1e-2 for fp16 (atol and rtol)")
 
 
 class ExportConfig(StrictModel):
@@ -102,13 +131,26 @@ class ExportConfig(StrictModel):
 
 class Recipe(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     model: ModelConfig
     data: DataConfig = Field(default_factory=DataConfig)
     stages: list[Any] = Field(default_factory=list)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     constraints: ConstraintsConfig = Field(default_factory=ConstraintsConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    deliver: Literal["best", "last"] = Field(
+        "best", description="best: the last stage that met every constraint (the last stage when none did); "
+                            "last: always the last finished stage")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tokenizer_from_model(cls, data: Any) -> Any:
+        """``data: {name: sentences}`` tokenizes with the recipe's own Hugging Face model by default."""
+        if isinstance(data, dict) and isinstance(data.get("data"), dict) and isinstance(data.get("model"), dict):
+            d, m = data["data"], data["model"]
+            if d.get("name") == "sentences" and d.get("tokenizer") is None and isinstance(m.get("hf"), str):
+                data = {**data, "data": {**d, "tokenizer": m["hf"]}}
+        return data
 
     @property
     def passes(self) -> list[PassConfig]:
@@ -123,12 +165,37 @@ class Recipe(StrictModel):
 
 def parse_recipe(data: Any, *, source: str | None = None, base_dir: Path | None = None) -> Recipe:
     """Validate a recipe mapping. Every problem is collected and raised at once as RecipeError."""
-    from slimkit.registry import parse_stage
-
     if not isinstance(data, dict):
         raise RecipeError([("", f"a recipe is a mapping, got {type(data).__name__}")], source=source)
+    if _too_deep(data, MAX_YAML_DEPTH):
+        raise RecipeError([("", f"nested deeper than {MAX_YAML_DEPTH} levels")], source=source)
+    try:
+        return _parse_recipe(data, source=source, base_dir=base_dir)
+    except RecursionError:
+        raise RecipeError([("", f"nested too deeply (more than {MAX_YAML_DEPTH} levels)")], source=source) from None
+
+
+def _too_deep(data: Any, limit: int) -> bool:
+    """Whether nested dicts/lists go deeper than ``limit`` (iterative: safe on any depth)."""
+    stack = [(data, 1)]
+    while stack:
+        obj, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(obj, dict):
+            stack.extend((v, depth + 1) for v in obj.values())
+        elif isinstance(obj, (list, tuple)):
+            stack.extend((v, depth + 1) for v in obj)
+    return False
+
+
+def _parse_recipe(data: dict[str, Any], *, source: str | None, base_dir: Path | None) -> Recipe:
+    from slimkit.registry import parse_stage
+
     problems: list[tuple[str, str]] = []
-    raw_stages = data.get("stages", []) or []
+    raw_stages = data.get("stages")
+    if raw_stages is None:  # `stages:` with no value; `stages: 0` or `stages: ""` is an error below
+        raw_stages = []
     if not isinstance(raw_stages, list):
         problems.append(("stages", f"must be a list of stages, got {type(raw_stages).__name__}"))
         raw_stages = []
@@ -162,8 +229,8 @@ def _check_paths(recipe: Recipe, base_dir: Path) -> list[tuple[str, str]]:
     problems = []
     if recipe.model.weights is not None and str(recipe.model.weights).startswith("pkg:"):
         # ``pkg:<package>/<file>``: resolved inside the installed package, not against base_dir
+        from slimkit._io import resolve_weights
         from slimkit.errors import ModelLoadError
-        from slimkit.models.pretrained import resolve_weights
 
         try:
             resolve_weights(recipe.model.weights)
@@ -194,14 +261,7 @@ def _resolve_paths(recipe: Recipe, base_dir: Path) -> Recipe:
 def load_recipe(path: str | Path) -> Recipe:
     """Read and validate a YAML recipe file. Paths inside are relative to the current directory."""
     path = Path(path)
-    if not path.exists():
-        raise RecipeError([("", f"recipe file not found: {path}")])
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
-        raise RecipeError([("", f"not valid YAML ({where}): {getattr(exc, 'problem', exc)}")], source=str(path)) from None
+    data = read_yaml(path, what="recipe file")
     return parse_recipe(data, source=str(path), base_dir=Path.cwd())
 
 

@@ -17,13 +17,18 @@ trials: 20
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from slimkit._io import read_yaml
+from slimkit.config import search_space as sp
 from slimkit.config.base import StrictModel, validation_problems
 from slimkit.errors import RecipeError
 
@@ -150,23 +155,181 @@ class SearchConfig(StrictModel):
         return self.startup_trials or max(2, min(10, self.trials // 4))
 
 
-def read_yaml(path: Path) -> Any:
-    if not path.exists():
-        raise RecipeError([("", f"file not found: {path}")])
+_NOT_SEARCHABLE = {"name": "the run name is not a setting to search",
+                   "constraints": "constraints are the limits every trial must meet, not a setting to search"}
+
+
+@dataclass
+class SearchPlan:
+    """A validated search: the config, the base recipe (resolved, paths absolute) and the parameters."""
+
+    config: SearchConfig
+    base: dict[str, Any]
+    params: list[sp.Param]
+    source: str | None = None
+    base_dir: Path = field(default_factory=Path.cwd)
+
+    @property
+    def share_baseline(self) -> bool:
+        return self.config.share_baseline and not any(p.tokens[0] in BASELINE_KEYS for p in self.params)
+
+    @property
+    def metric(self) -> str:
+        return self.config.objective.metric
+
+    @property
+    def direction(self) -> str:
+        return self.config.objective.resolved_direction
+
+    def fingerprint(self) -> str:
+        """Changes when anything that changes the trials changes (resume refuses a different search)."""
+        cfg = self.config.model_dump(mode="json", exclude={"trials", "timeout_s", "workers", "address", "backend"})
+        cfg.pop("base", None)
+        blob = json.dumps({"cfg": cfg, "base": self.base}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------- validation
+def search_error(problems: list[tuple[str, str]], source: str | None) -> RecipeError:
+    """A RecipeError listing ``problems`` (duplicates dropped) with the search's own hint."""
+    err = RecipeError(list(dict.fromkeys(problems)), source=source)
+    err.hint = "Fix them and check again with `slimkit search CONFIG --check`."
+    err.args = ("\n".join(err.message.splitlines()) + " " + err.hint,)
+    return err
+
+
+def check_search(base_value: Any, space: dict[str, Any], metric: str | None, *, base_dir: Path,
+                 source: str | None = None) -> tuple[list[tuple[str, str]], dict[str, Any] | None, list[sp.Param]]:
+    """Every problem of the base recipe and of the space (each bound and choice written into the base recipe
+    and validated as a recipe). Returns (problems, resolved base or None, parameters). Computes nothing."""
+    from slimkit.config.recipe import parse_recipe
+
+    problems: list[tuple[str, str]] = []
+    base_data: Any = base_value
+    if isinstance(base_value, Path):
+        file = base_value if base_value.is_absolute() else base_dir / base_value
+        try:
+            base_data = read_yaml(file)
+        except RecipeError as exc:
+            return [("base", m) for _, m in exc.problems], None, []
     try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
-        raise RecipeError([("", f"not valid YAML ({where}): {getattr(exc, 'problem', exc)}")], source=str(path)) from None
+        recipe = parse_recipe(base_data, source=source, base_dir=base_dir)
+    except RecipeError as exc:
+        return [(_join("base", path), msg) for path, msg in exc.problems], None, []
+    base = recipe.resolved()
+
+    params: list[sp.Param] = []
+    for path, spec in space.items():
+        where = f"space.{path}"
+        try:
+            tokens = sp.parse_path(path)
+        except sp.PathError as exc:
+            problems.append((where, str(exc)))
+            continue
+        if isinstance(tokens[0], str) and tokens[0] in _NOT_SEARCHABLE:
+            problems.append((where, _NOT_SEARCHABLE[tokens[0]]))
+            continue
+        if spec.kind == "categorical":
+            values = list(spec.choices or [])
+            if tokens == ["stages"]:
+                for i, choice in enumerate(values):
+                    values[i], why = sp.expand_stage_choice(choice, base["stages"])
+                    if why:
+                        problems.append((f"{where}.choices[{i}]", why))
+            labels = [sp.choice_label(v, i) for i, v in enumerate(values)]
+            if len({json.dumps(lb, sort_keys=True) for lb in labels}) != len(labels):
+                labels = [f"choice{i}" if not sp.is_primitive(v) else v for i, v in enumerate(values)]
+                if len({json.dumps(lb, sort_keys=True) for lb in labels}) != len(labels):
+                    problems.append((f"{where}.choices", "the choices must be different from each other"))
+            params.append(sp.Param(path, tokens, "categorical", labels=labels, values=values))
+        else:
+            params.append(sp.Param(path, tokens, spec.kind, low=spec.low, high=spec.high, log=spec.log,
+                                   step=spec.step))
+    broken = {path.removeprefix("space.").split(".choices")[0] for path, _ in problems}
+    for p in params:
+        if p.path in broken:
+            continue
+        contexts = _contexts(p, params, base)
+        if not contexts:
+            parents = [q.path for q in params if q is not p and q.kind == "categorical" and _prefix(q, p)]
+            also = f" nor in any choice of {', '.join(parents)}" if parents else ""
+            problems.append((f"space.{p.path}", f"addresses nothing in the base recipe{also}. "
+                                                "Check the path against the recipe (e.g. stages[0].prune.sparsity)."))
+            continue
+        found: dict[str, list[str]] = {}  # problem -> the candidates that show it
+        for where, value in p.candidates():
+            data = copy.deepcopy(contexts[0])
+            sp.set_path(data, p.tokens, value)
+            try:
+                parse_recipe(data, base_dir=base_dir)
+            except RecipeError as exc:
+                for path, msg in exc.problems:
+                    found.setdefault(f"{path}: {msg}" if path else msg, []).append(where)
+        n = len(p.candidates())
+        for msg, wheres in found.items():
+            # a problem every candidate shows (an unknown key) is the path's, said once
+            if len(wheres) == n and n > 1:
+                problems.append((f"space.{p.path}", msg))
+            else:
+                problems.extend((f"space.{p.path}.{w}", msg) for w in wheres)
+    if metric in ("latency", "speedup", "throughput") and not base["evaluate"].get("latency"):
+        problems.append(("objective.metric", f"{metric} needs latency measured: set evaluate.latency in the base recipe"))
+    if base["constraints"].get("min_speedup") is not None and not base["evaluate"].get("latency"):
+        problems.append(("base.constraints.min_speedup", "needs latency measured: set evaluate.latency"))
+    return problems, base, params
+
+
+def build_plan(cfg: SearchConfig, *, source: str | None, base_dir: Path) -> SearchPlan:
+    """Validate the base recipe and every bound and choice of the space against it (no compute)."""
+    problems, base, params = check_search(cfg.base, cfg.space, cfg.objective.metric, base_dir=base_dir,
+                                          source=source)
+    if problems:
+        raise search_error(problems, source)
+    assert base is not None
+    return SearchPlan(cfg, base, params, source=source, base_dir=base_dir)
+
+
+def _join(prefix: str, path: str) -> str:
+    return prefix if not path else f"{prefix}.{path}"
+
+
+def _prefix(q: sp.Param, p: sp.Param) -> bool:
+    return len(q.tokens) < len(p.tokens) and p.tokens[:1] == q.tokens[:1] and (
+        q.tokens == p.tokens[:len(q.tokens)] or q.tokens == ["stages"])
+
+
+def _contexts(p: sp.Param, params: list[sp.Param], base: dict[str, Any]) -> list[dict[str, Any]]:
+    """Recipes in which ``p`` is active: the base, or the base with a choice of a parent parameter."""
+    out = [base] if sp.is_active(base, p.tokens) else []
+    for q in params:
+        if q is p or q.kind != "categorical" or not _prefix(q, p):
+            continue
+        for v in q.values:
+            d = copy.deepcopy(base)
+            if sp.set_path(d, q.tokens, v) and sp.is_active(d, p.tokens):
+                out.append(d)
+    return out
+
+
+def coerce_plan(config: Any) -> SearchPlan:
+    """A SearchPlan, a SearchConfig, a mapping or a path to a YAML file -> a validated SearchPlan."""
+    if isinstance(config, SearchPlan):
+        return config
+    if isinstance(config, SearchConfig):
+        return build_plan(config, source=None, base_dir=Path.cwd())
+    if isinstance(config, dict):
+        return parse_search(config, source="<dict>", base_dir=Path.cwd())
+    if isinstance(config, str | Path):
+        return load_search(config)
+    raise search_error([("", f"expected a search config path, mapping or SearchConfig, got {type(config).__name__}")],
+                       None)
+
 
 
 def parse_search(data: Any, *, source: str | None = None, base_dir: Path | None = None) -> Any:
     """Validate a search config mapping, its base recipe and its space (every bound and choice applied
     to the base recipe and validated as a recipe). Returns a :class:`slimkit.search.runner.SearchPlan`;
     raises :class:`RecipeError` listing every problem with its path. Computes nothing."""
-    from slimkit.search.runner import build_plan, check_search, search_error  # light: no optuna, no torch
-
     base_dir = base_dir or Path.cwd()
     if not isinstance(data, dict):
         raise search_error([("", f"a search config is a mapping, got {type(data).__name__}")], source)
@@ -202,4 +365,5 @@ def load_search(path: str | Path) -> Any:
     return parse_search(read_yaml(path), source=str(path), base_dir=Path.cwd())
 
 
-__all__ = ["OBJECTIVE_METRICS", "ObjectiveConfig", "ParamSpec", "SearchConfig", "load_search", "parse_search"]
+__all__ = ["OBJECTIVE_METRICS", "ObjectiveConfig", "ParamSpec", "SearchConfig", "SearchPlan", "build_plan", "check_search",
+           "coerce_plan", "load_search", "parse_search", "search_error"]

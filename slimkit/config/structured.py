@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 
 from slimkit.config.base import PassConfig
 from slimkit.config.finetune import FinetuneConfig
+from slimkit.config.layers import LayerFilterFn, filter_fn_field, skip_field
 from slimkit.config.recipe import LatencyConfig
 
 
@@ -21,12 +22,14 @@ class StructuredPruneConfig(PassConfig):
     by bisection on the ratio, each candidate timed against the current model back to back, landing within
     ``latency_tolerance`` or reporting what it reached). ``importance`` scores units:
     ``l1``/``l2`` weight magnitude, ``bn_scale`` (|gamma|), ``taylor`` (|w * grad| on calibration batches),
-    ``entropy`` (of channel activations on calibration batches). ``protected`` module-name globs keep their
+    ``entropy`` (of channel activations on calibration batches). Skipped layers (``skip``, ``filter_fn``) keep their
     output width; model outputs (the classifier) always keep theirs. ``steps`` > 1 prunes iteratively, with
     ``finetune`` between steps when a train loader is given.
     """
 
     kind: ClassVar[str] = "prune"
+    handler_module: ClassVar[str] = "slimkit.passes.prune.structured"
+    renamed: ClassVar[dict[str, str]] = {"protected": "skip"}
     method: Literal["structured"] = "structured"
     ratio: float | None = Field(None, ge=0, lt=1)
     target_macs: float | None = Field(None, gt=0, le=1, description="fraction of the original MACs to keep")
@@ -36,7 +39,8 @@ class StructuredPruneConfig(PassConfig):
     aggregate: Literal["mean", "sum"] = "mean"
     scope: Literal["layer", "global"] = "layer"
     round_to: int = Field(1, ge=1, le=1024)
-    protected: list[str] = Field(default_factory=list, description="module-name globs that keep their width")
+    skip: list[str] = skip_field("that keep their width")
+    filter_fn: LayerFilterFn | None = filter_fn_field()
     max_group_ratio: float = Field(0.9, gt=0, lt=1, description="never remove more of one group than this")
     steps: int = Field(1, ge=1, le=100)
     finetune: FinetuneConfig | None = None
@@ -61,14 +65,20 @@ class NMSparsityConfig(PassConfig):
     keep the ``n`` largest. 2:4 runs on NVIDIA sparse tensor cores (Ampere and newer)."""
 
     kind: ClassVar[str] = "prune"
+    handler_module: ClassVar[str] = "slimkit.passes.prune.nm"
+    renamed: ClassVar[dict[str, str]] = {"exclude": "skip"}
     method: Literal["nm"] = "nm"
     n: int = Field(2, ge=1)
     m: int = Field(4, ge=2, le=64)
     include: list[str] = Field(default_factory=lambda: ["Linear"], description="layer types to sparsify")
-    exclude: list[str] = Field(default_factory=list, description="module-name globs left dense")
+    skip: list[str] = skip_field("left dense")
+    filter_fn: LayerFilterFn | None = filter_fn_field()
 
     @model_validator(mode="after")
     def _n_below_m(self) -> NMSparsityConfig:
         if self.n >= self.m:
             raise ValueError(f"n must be smaller than m, got n={self.n}, m={self.m}")
         return self
+
+
+__all__ = ["NMSparsityConfig", "StructuredPruneConfig"]

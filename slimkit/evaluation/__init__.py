@@ -49,7 +49,7 @@ def _inputs_from_loader(loader: Iterable[Any] | None) -> tuple[Any, ...] | None:
     """First sample of the first batch, as batch-1 example inputs (for MACs and latency)."""
     if loader is None:
         return None
-    from slimkit.evaluation.metrics import split_batch
+    from slimkit.data.batch import split_batch
 
     for batch in loader:
         x, _ = split_batch(batch)

@@ -53,11 +53,12 @@ def count_macs(model: nn.Module, example_inputs: Any) -> int:
     restored and no hook stays on the model. MACs = FLOPs // 2."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from slimkit.evaluation.metrics import _device_of, call_model, eval_mode
+    from slimkit.context import eval_mode, model_device
+    from slimkit.data.batch import call_model
 
     counter = FlopCounterMode(display=False)
     with eval_mode(model), torch.no_grad(), counter:
-        call_model(model, example_inputs, _device_of(model))
+        call_model(model, example_inputs, model_device(model))
     return int(counter.get_total_flops()) // 2
 
 
@@ -83,7 +84,7 @@ def sparsity(model: nn.Module) -> float | None:
     return zeros / total if total else None
 
 
-def _onnx_external_files(path: Path) -> set[Path]:
+def onnx_external_files(path: Path) -> set[Path]:
     """External-data files an ONNX model references (read without loading the data)."""
     files: set[Path] = set()
     default = path.with_name(path.name + ".data")
@@ -121,5 +122,5 @@ def file_size(path: str | os.PathLike[str]) -> int:
         raise ConfigError(f"artifact not found: {path}", hint="Export or save the model before measuring its size.")
     size = path.stat().st_size
     if path.suffix == ".onnx":
-        size += sum(p.stat().st_size for p in _onnx_external_files(path) if p.resolve() != path.resolve())
+        size += sum(p.stat().st_size for p in onnx_external_files(path) if p.resolve() != path.resolve())
     return size

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from slimkit.errors import DataError
+from slimkit.evaluation.agreement import row_cosine
 
 __all__ = ["cosine_stats", "embedding_fidelity", "neighbours", "retrieval_agreement", "top1_agreement"]
 
@@ -44,7 +45,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
 def cosine_stats(emb: Any, ref: Any) -> dict[str, float]:
     """``{"cosine": mean, "cosine_min": min}`` of the per-row cosine similarity."""
     a, b = _pair(emb, ref)
-    cos = (_unit(a) * _unit(b)).sum(1)
+    cos = row_cosine(a, b)
     return {"cosine": float(cos.mean()), "cosine_min": float(cos.min())}
 
 

@@ -20,7 +20,7 @@ from slimkit.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["batched", "measure_latency", "ort_latency", "throughput", "torch_latency"]
+__all__ = ["batched", "cpu_flags", "cpu_has_vnni", "measure_latency", "ort_latency", "paired_latency", "throughput", "torch_latency"]
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
@@ -85,13 +85,56 @@ def batched(inputs: Any, batch: int) -> tuple[torch.Tensor, ...]:
     return tuple(out)
 
 
+def cpu_flags() -> set[str] | None:
+    """The CPU feature flags of this machine (``/proc/cpuinfo``, the first ``flags`` line); None if unknown."""
+    from pathlib import Path
+
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    return next((set(line.split(":", 1)[1].split()) for line in text.splitlines() if line.startswith("flags")), None)
+
+
+def cpu_has_vnni() -> bool | None:
+    """Whether this CPU advertises VNNI int8 dot products (x86 ``avx512_vnni`` / ``avx_vnni``); None if unknown."""
+    flags = cpu_flags()
+    return None if flags is None else bool({"avx512_vnni", "avx_vnni"} & flags)
+
+
+def paired_latency(measure_a: Callable[[], dict[str, Any]], measure_b: Callable[[], dict[str, Any]], *,
+                   rounds: int = 3) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Compare two things in the same process: ``rounds`` rounds of ``measure_a()`` and ``measure_b()``
+    (latency records as :func:`measure_latency` returns), the order flipped every other round (A B, B A, A B,
+    ...) so drift on a shared machine hits both alike. Returns one record for each: the round whose median is
+    the middle one, with ``median`` set to the median of the rounds' medians (for two rounds, A B B A, their
+    mean)."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    ra: list[dict[str, Any]] = []
+    rb: list[dict[str, Any]] = []
+    for i in range(rounds):
+        if i % 2:
+            rb.append(measure_b())
+            ra.append(measure_a())
+        else:
+            ra.append(measure_a())
+            rb.append(measure_b())
+
+    def mid(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        ordered = sorted(rows, key=lambda r: r["median"])
+        return {**ordered[(len(rows) - 1) // 2], "median": statistics.median(r["median"] for r in rows)}
+
+    return mid(ra), mid(rb)
+
+
 def torch_latency(model: nn.Module, example_inputs: Any, cfg: LatencyConfig | None = None) -> dict[str, Any]:
     """Latency of ``model`` in PyTorch on ``example_inputs`` repeated to ``cfg.batch``, in eval mode under
     ``no_grad`` (training flags restored). Runtime is ``torch`` on CPU, ``torch-<device>`` elsewhere."""
-    from slimkit.evaluation.metrics import _device_of, eval_mode
+    from slimkit.context import eval_mode, model_device
 
     cfg = cfg or LatencyConfig()
-    device = _device_of(model)
+    device = model_device(model)
     xs = tuple(t.to(device) for t in batched(example_inputs, cfg.batch))
     sync = torch.cuda.synchronize if device.type == "cuda" else None
 
@@ -109,18 +152,28 @@ _ORT_NUMPY = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(
               "tensor(uint8)": "uint8", "tensor(int8)": "int8"}
 
 
-def ort_session(onnx_path: str | os.PathLike[str], threads: int | None = None) -> Any:
-    """An onnxruntime CPU InferenceSession: sequential execution, ``intra_op_num_threads=threads``
-    (0, ORT's default, when None), all graph optimizations."""
+def ort_session(onnx_model: str | os.PathLike[str] | bytes, threads: int | None = None, *, optimize: bool = True,
+                optimized_path: str | os.PathLike[str] | None = None, spinning: bool = True) -> Any:
+    """The one way slimkit opens an onnxruntime CPU InferenceSession (a path or serialized model bytes):
+    sequential execution, ``intra_op_num_threads=threads`` (0, ORT's default, when None), one inter-op
+    thread, all graph optimizations (none with ``optimize=False``), warnings silenced.
+    ``optimized_path`` writes the graph onnxruntime runs after its optimizations there; ``spinning=False``
+    stops idle intra-op threads from spinning (so interleaved sessions do not steal each other's cores)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads or 0
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                     else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     opts.log_severity_level = 3
-    return ort.InferenceSession(str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
+    if optimized_path is not None:
+        opts.optimized_model_filepath = str(optimized_path)
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    model = onnx_model if isinstance(onnx_model, bytes) else str(onnx_model)
+    return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 def ort_feed(session: Any, inputs: Any) -> dict[str, Any]:

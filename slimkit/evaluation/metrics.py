@@ -7,16 +7,17 @@ output* is ``last_hidden_state`` when present (embedding models) or ``logits``, 
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
-from torch import nn
 
-from slimkit.context import model_device
+from slimkit.context import eval_mode, model_device
+from slimkit.data.batch import call_model, split_batch
 from slimkit.errors import DataError
+from slimkit.evaluation.agreement import argmax_agreement, row_cosine
 
 log = logging.getLogger(__name__)
 
@@ -24,21 +25,6 @@ __all__ = [
     "call_model", "classification_metrics", "eval_mode", "fidelity", "flatten_outputs", "primary_output",
     "split_batch",
 ]
-
-
-@contextlib.contextmanager
-def eval_mode(model: Any) -> Iterator[None]:
-    """Put ``model`` in eval mode for the block and restore each module's own training flag after."""
-    if not isinstance(model, nn.Module):
-        yield
-        return
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
 
 
 def flatten_outputs(out: Any) -> list[torch.Tensor]:
@@ -72,41 +58,6 @@ def primary_output(out: Any) -> torch.Tensor:
     return tensors[0]
 
 
-def _device_of(model: Any) -> torch.device:
-    """The device of a module's first parameter or buffer; CPU for any other callable."""
-    return model_device(model) if isinstance(model, nn.Module) else torch.device("cpu")
-
-
-def call_model(model: Any, inputs: Any, device: torch.device | None = None) -> Any:
-    """Call ``model`` on ``inputs`` (a tensor, or a tuple/list of tensors passed positionally, or a dict
-    passed as keywords), moving tensors to ``device`` first."""
-    def move(t: Any) -> Any:
-        return t.to(device) if device is not None and isinstance(t, torch.Tensor) else t
-
-    if isinstance(inputs, Mapping):
-        return model(**{k: move(v) for k, v in inputs.items()})
-    if isinstance(inputs, (tuple, list)):
-        return model(*[move(t) for t in inputs])
-    return model(move(inputs))
-
-
-def split_batch(batch: Any) -> tuple[Any, Any]:
-    """``(x, y)`` from a batch given as ``(x, y)``, ``[x, y]`` or a mapping with ``labels``/``label``/``y``."""
-    if isinstance(batch, Mapping):
-        data = dict(batch)
-        for key in ("labels", "label", "y"):
-            if key in data:
-                y = data.pop(key)
-                return (data["x"] if set(data) == {"x"} else data), y
-        raise DataError(f"a batch mapping has keys {sorted(data)}, none of which is a label.",
-                        hint="Yield (x, y) tuples or a dict with a 'labels' key.")
-    if isinstance(batch, (tuple, list)) and len(batch) == 2:
-        return batch[0], batch[1]
-    raise DataError(f"expected a labelled batch (x, y), got {type(batch).__name__}"
-                    f"{f' of length {len(batch)}' if isinstance(batch, (tuple, list)) else ''}.",
-                    hint="Classification metrics need a loader yielding (inputs, labels).")
-
-
 def _loader_len(loader: Any) -> int | None:
     try:
         return len(loader)
@@ -121,12 +72,12 @@ def classification_metrics(model: Any, loader: Iterable[Any]) -> dict[str, float
 
     from slimkit.progress import track
 
-    device = _device_of(model)
+    device = model_device(model)
     preds: list[torch.Tensor] = []
     labels: list[torch.Tensor] = []
     with eval_mode(model), torch.no_grad(), track("evaluate", total=_loader_len(loader)) as task:
         for batch in loader:
-            x, y = split_batch(batch)
+            x, y = split_batch(batch, labelled=True)
             logits = primary_output(call_model(model, x, device))
             preds.append(logits.argmax(dim=-1).reshape(-1).cpu())
             labels.append(torch.as_tensor(y).reshape(-1).cpu())
@@ -171,7 +122,7 @@ def fidelity(model: Any, reference: Any, loader_or_inputs: Any) -> dict[str, flo
     two flattened primary outputs (logits or embeddings); ``top1_agreement`` is the fraction of samples
     whose argmax agrees, computed only for 2-D ``[N, classes]`` outputs (else None).
     """
-    device_m, device_r = _device_of(model), _device_of(reference)
+    device_m, device_r = model_device(model), model_device(reference)
     cosines: list[torch.Tensor] = []
     agree: list[torch.Tensor] = []
     two_d = True
@@ -182,15 +133,12 @@ def fidelity(model: Any, reference: Any, loader_or_inputs: Any) -> dict[str, flo
             if a.shape != b.shape:
                 raise DataError(f"model output {tuple(a.shape)} and reference output {tuple(b.shape)} differ.",
                                 hint="Fidelity compares outputs of the same shape.")
-            a64, b64 = a.reshape(a.shape[0], -1).double(), b.reshape(b.shape[0], -1).double()
-            cos = torch.nn.functional.cosine_similarity(a64, b64, dim=1, eps=1e-12)
-            both_zero = (a64.norm(dim=1) == 0) & (b64.norm(dim=1) == 0)
-            cosines.append(torch.where(both_zero, torch.ones_like(cos), cos))
+            cosines.append(row_cosine(a, b))
             two_d = two_d and a.dim() == 2 and a.shape[1] > 1
             if two_d:
-                agree.append(a.argmax(dim=1) == b.argmax(dim=1))
+                agree.append((argmax_agreement(a, b), len(a)))
     if not cosines:
         raise DataError("fidelity got no inputs.", hint="Give a loader or example inputs.")
-    cos_all = torch.cat(cosines)
-    return {"cosine": float(cos_all.mean()), "cosine_min": float(cos_all.min()),
-            "top1_agreement": float(torch.cat(agree).float().mean()) if two_d and agree else None}
+    cos_all = np.concatenate(cosines)
+    top1 = sum(f * n for f, n in agree) / sum(n for _, n in agree) if two_d and agree else None
+    return {"cosine": float(cos_all.mean()), "cosine_min": float(cos_all.min()), "top1_agreement": top1}

@@ -114,8 +114,9 @@ def static_reshapes(proto: Any, *, probes: tuple[tuple[int, int], ...] = ((2, 7)
     tensors (token ids, masks). A Reshape whose target cannot be written that way is left alone.
     Returns how many Reshapes were rewritten."""
     import onnx
-    import onnxruntime as ort
     from onnx import helper, numpy_helper
+
+    from slimkit.evaluation.latency import ort_session
 
     inits = {t.name for t in proto.graph.initializer}
     reshapes = [n for n in proto.graph.node if n.op_type == "Reshape" and n.domain in ("", "ai.onnx")
@@ -133,10 +134,7 @@ def static_reshapes(proto: Any, *, probes: tuple[tuple[int, int], ...] = ((2, 7)
     outs = list(dict.fromkeys(outs))
     for o in outs:
         probe.graph.output.append(helper.make_tensor_value_info(o, onnx.TensorProto.INT64, None))
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    sess = ort_session(probe.SerializeToString(), threads=1, optimize=False)
     runs = [dict(zip(outs, sess.run(outs, _probe_feeds(proto, b, s)), strict=True)) for b, s in probes]
     count = 0
     for i, n in enumerate(reshapes):

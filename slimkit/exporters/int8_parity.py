@@ -4,7 +4,7 @@ top-1 agreement; raises ExportError when asked floors are not met."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -12,24 +12,29 @@ import numpy as np
 import torch
 from torch import nn
 
+from slimkit.context import eval_mode, model_device
+from slimkit.data.batch import call_model, split_batch
 from slimkit.errors import ExportError
+from slimkit.evaluation.agreement import argmax_agreement, row_cosine
+from slimkit.evaluation.latency import ort_session
 
 
-def _as_arrays(batch: Any) -> list[np.ndarray]:
-    from slimkit.exporters.onnx_int8 import _as_arrays as as_arrays
+def batch_arrays(batch: Any) -> list[np.ndarray]:
+    """The model inputs of one batch (``x``, ``(x, y)``, ``(x,)`` or a mapping; see slimkit.data.batch) as
+    numpy arrays in input order, for onnxruntime feeds."""
+    inputs, _ = split_batch(batch)
+    if isinstance(inputs, Mapping):
+        return [_np(v) for v in inputs.values()]
+    if isinstance(inputs, (tuple, list)):
+        return [_np(t) for t in inputs]
+    return [_np(inputs)]
 
-    return as_arrays(batch)
 
-
-def ort_session(path: str | Path, *, threads: int = 1) -> Any:
-    """An onnxruntime CPU session with ``threads`` intra-op threads (1 inter-op thread, sequential)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+def _np(t: Any) -> np.ndarray:
+    if isinstance(t, torch.Tensor):
+        t = t.detach().cpu()
+        return t.float().numpy() if t.is_floating_point() else t.numpy()
+    return np.asarray(t)
 
 
 def ort_kernel_counts(path: str | Path) -> dict[str, int]:
@@ -39,38 +44,32 @@ def ort_kernel_counts(path: str | Path) -> dict[str, int]:
     from collections import Counter
 
     import onnx
-    import onnxruntime as ort
 
     with tempfile.TemporaryDirectory(prefix="slimkit-ortopt-") as td:
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.optimized_model_filepath = str(Path(td) / "optimized.onnx")
-        ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-        proto = onnx.load(opts.optimized_model_filepath, load_external_data=False)
+        optimized = Path(td) / "optimized.onnx"
+        ort_session(path, optimized_path=optimized)
+        proto = onnx.load(str(optimized), load_external_data=False)
     return dict(sorted(Counter(n.op_type for n in proto.graph.node).items()))
 
 
 def ort_predict(path_or_session: Any, batches: Iterable[Any]) -> np.ndarray:
     """Run an ONNX model (path or session) over batches (``x``, ``(x, y)`` or tuples of inputs) and return
     the concatenated first output."""
-    sess = path_or_session if hasattr(path_or_session, "run") else ort_session(path_or_session)
+    sess = path_or_session if hasattr(path_or_session, "run") else ort_session(path_or_session, threads=1)
     names = [i.name for i in sess.get_inputs()]
     outs = []
     for batch in batches:
-        arrays = _as_arrays(batch)
+        arrays = batch_arrays(batch)
         outs.append(sess.run(None, {n: a.astype(np.float32) if a.dtype == np.float64 else a
                                     for n, a in zip(names, arrays, strict=False)})[0])
     return np.concatenate(outs, axis=0)
 
 
 def _torch_predict(model: nn.Module, batches: Iterable[Any]) -> np.ndarray:
-    model = model.eval()
     outs = []
-    with torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         for batch in batches:
-            arrays = _as_arrays(batch)
-            outs.append(model(*[torch.from_numpy(a) for a in arrays]).float().numpy())
+            outs.append(call_model(model, split_batch(batch)[0], model_device(model)).float().cpu().numpy())
     return np.concatenate(outs, axis=0)
 
 
@@ -81,11 +80,9 @@ def compare_outputs(out: np.ndarray, ref: np.ndarray) -> dict[str, float]:
     if out.shape != ref.shape:
         raise ExportError(f"output shapes differ: ONNX {out.shape} vs reference {ref.shape}.")
     diff = np.abs(out - ref)
-    a, b = out.reshape(len(out), -1), ref.reshape(len(ref), -1)
-    per = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
-    cos = float((a * b).sum() / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
+    cos = float(row_cosine(out.reshape(1, -1), ref.reshape(1, -1))[0])  # over the whole set
     return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()), "cosine": cos,
-            "cosine_min": float(per.min()), "top1_agreement": float((out.argmax(-1) == ref.argmax(-1)).mean()),
+            "cosine_min": float(row_cosine(out, ref).min()), "top1_agreement": argmax_agreement(out, ref),
             "n": int(len(out))}
 
 

@@ -108,12 +108,6 @@ def _resized(module: nn.Module, shape: dict[str, Any]) -> nn.Module:
     return new
 
 
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)
-
-
 def resize_to_shapes(model: nn.Module, shapes: dict[str, dict[str, Any]]) -> list[str]:
     """Replace every layer whose recorded shape differs from ``model``'s with a resized instance of the
     same class. Returns the names of the replaced layers. Raises ModelLoadError when a recorded layer is
@@ -135,7 +129,7 @@ def resize_to_shapes(model: nn.Module, shapes: dict[str, dict[str, Any]]) -> lis
             raise ModelLoadError(f"layer '{name}' is a {got} in the rebuilt model but a {shape.get('class')} "
                                  "in the manifest.", hint="The spec builds another architecture than the one saved.")
         if current != shape:
-            _set_submodule(model, name, _resized(module, shape))
+            model.set_submodule(name, _resized(module, shape))
             changed.append(name)
     if changed:
         log.info("resized %d layer(s) from the manifest: %s", len(changed), ", ".join(changed))

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 # slimkit never needs those ops, so that note is noise for our users.
 logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 
-__all__ = ["export_onnx", "prepare_for_export"]
+__all__ = ["export_onnx", "prepare_for_export", "strip_debug_info"]
 
 _INLINE_LIMIT = int(1.8 * 2**30)  # protobuf's hard limit is 2 GB
 
@@ -91,16 +91,17 @@ def _summary(exc: BaseException) -> str:
 
 
 def _export_dynamo(model: nn.Module, inputs: tuple[Any, ...], path: Path, opset: int,
-                   dynamic_batch: bool, external: bool) -> None:
+                   dynamic_batch: bool, external: bool, **names: Any) -> None:
     dynamic_shapes = None
     if dynamic_batch:
         batch = torch.export.Dim("batch", min=1, max=1 << 16)
         dynamic_shapes = tuple({0: batch} if t.dim() > 0 else None for t in inputs)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(model, inputs, str(path), dynamo=True, opset_version=opset,
-                          dynamic_shapes=dynamic_shapes, external_data=external, verbose=False, optimize=True)
+                          dynamic_shapes=dynamic_shapes, external_data=external, verbose=False, optimize=True,
+                          **{k: v for k, v in names.items() if v is not None})
 
 
 def _export_torchscript(model: nn.Module, inputs: tuple[Any, ...], path: Path, opset: int,
@@ -133,9 +134,9 @@ def _flat(out: Any) -> list[torch.Tensor]:
 
 def _inline_external_data(path: Path) -> None:
     """Fold ``<name>.onnx.data`` (and other external files) into the .onnx file when small enough."""
-    from slimkit.evaluation.cost import _onnx_external_files
+    from slimkit.evaluation.cost import onnx_external_files
 
-    extra = _onnx_external_files(path)
+    extra = onnx_external_files(path)
     if not extra or path.stat().st_size + sum(p.stat().st_size for p in extra) >= _INLINE_LIMIT:
         return
     import onnx
@@ -146,26 +147,81 @@ def _inline_external_data(path: Path) -> None:
         p.unlink(missing_ok=True)
 
 
+def strip_debug_info(proto: Any) -> Any:
+    """Drop what only debugging needs, in place: per-node metadata (the dynamo exporter records stack traces
+    and module paths, about 2 KB per node), graph metadata (the dynamo exporter's ``ExportedProgram`` graph
+    signature, one line per parameter and buffer: 4 KB for a small ResNet), doc strings and intermediate
+    ``value_info``. Returns ``proto``."""
+
+    def strip_graph(graph: Any) -> None:
+        graph.doc_string = ""
+        del graph.value_info[:]
+        del graph.metadata_props[:]
+        for node in graph.node:
+            del node.metadata_props[:]
+            node.doc_string = ""
+            for attr in node.attribute:
+                if attr.g is not None and attr.g.node:
+                    strip_graph(attr.g)
+                for g in attr.graphs:
+                    strip_graph(g)
+
+    strip_graph(proto.graph)
+    proto.doc_string = ""
+    return proto
+
+
+def _tidy(path: Path, *, compact: bool) -> None:
+    import onnx
+
+    from slimkit.exporters.onnx_compact import compact_onnx
+
+    proto = strip_debug_info(onnx.load(str(path), load_external_data=True))
+    if compact:
+        compact_onnx(proto)
+    onnx.save_model(proto, str(path), save_as_external_data=False)
+
+
 def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: Any, *, opset: int = 18,
-                dynamic_batch: bool = True, precision: str = "fp32") -> Path:
+                dynamic_batch: bool = True, precision: str = "fp32", strip_debug: bool = False,
+                compact: bool = False, input_names: list[str] | None = None, output_names: list[str] | None = None,
+                custom_translation_table: dict[Any, Any] | None = None, trace_batch: int | None = None) -> Path:
     """Export ``model`` to ``path`` (an ``.onnx`` file; ``<path>.data`` too when weights exceed ~1.8 GB).
 
     Tries ``torch.onnx.export(dynamo=True)`` with a dynamic batch dimension, then the TorchScript
     exporter. When both fail, raises ExportError naming the failing op or source line. The files are
-    written in a temporary directory and moved into place, so ``path`` is never half-written."""
+    written in a temporary directory and moved into place, so ``path`` is never half-written.
+
+    ``strip_debug`` drops what only debugging needs (:func:`strip_debug_info`:
+    stack traces, doc strings), so that sizes of fp32 and int8 files compare like for like; ``compact``
+    also applies the lossless :func:`slimkit.exporters.onnx_compact.compact_onnx` (short names, ...), as an
+    int8 artifact gets by default. Neither is applied to a model whose weights are stored externally.
+
+    ``input_names``/``output_names`` name the graph's inputs and outputs (the exporter's own names when None).
+    ``custom_translation_table`` (op -> ONNX function, for the dynamo exporter) exports ops the TorchScript
+    exporter cannot, so it turns the fallback off. ``trace_batch`` traces a dynamic batch with inputs of that
+    batch size (fake-quant ops specialize a batch of 1 to a constant)."""
     path = Path(path)
     if path.suffix != ".onnx":
         raise ConfigError(f"ONNX export path must end in .onnx, got {path}.")
     clone, inputs = prepare_for_export(model, example_inputs, precision)
+    if dynamic_batch and trace_batch:
+        inputs = tuple(t.repeat(trace_batch, *([1] * (t.dim() - 1))) if t.dim() and t.shape[0] == 1 else t
+                       for t in inputs)
     external = _param_bytes(clone) >= _INLINE_LIMIT
     path.parent.mkdir(parents=True, exist_ok=True)
     tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.stem}.", dir=path.parent))
     tmp = tmpdir / path.name
     try:
         try:
-            _export_dynamo(clone, inputs, tmp, opset, dynamic_batch, external)
+            _export_dynamo(clone, inputs, tmp, opset, dynamic_batch, external, input_names=input_names,
+                           output_names=output_names, custom_translation_table=custom_translation_table)
             exporter = "dynamo"
         except Exception as first:
+            if custom_translation_table is not None:
+                raise ExportError(f"cannot export {type(model).__name__} to ONNX: {_summary(first)}.",
+                                  hint="Check that the model runs on example_inputs and that torch.export can "
+                                       "trace it (no data-dependent Python control flow).") from None
             log.info("dynamo ONNX export failed (%s); trying the TorchScript exporter", _summary(first))
             for p in tmpdir.iterdir():
                 p.unlink()
@@ -183,6 +239,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: 
                          "exported.") from second
         if not external:
             _inline_external_data(tmp)
+            if strip_debug or compact:
+                _tidy(tmp, compact=compact)
         for p in tmpdir.iterdir():
             os.replace(p, path.parent / p.name)
     finally:

@@ -18,7 +18,6 @@ Settings and why:
 
 from __future__ import annotations
 
-import copy
 import logging
 import tempfile
 import warnings
@@ -32,7 +31,18 @@ from torch import nn
 
 from slimkit._io import atomic_write
 from slimkit.errors import ConfigError, DataError, ExportError
+
+# parity lives in its own module; re-exported here so ``onnx_int8`` is the one import for int8 work
+from slimkit.exporters.int8_parity import (
+    batch_arrays,
+    compare_outputs,
+    int8_parity,
+    ort_kernel_counts,
+    ort_predict,
+    ort_session,
+)
 from slimkit.exporters.onnx_compact import rename_tensors
+from slimkit.exporters.onnx_export import export_onnx, strip_debug_info
 
 log = logging.getLogger(__name__)
 
@@ -73,30 +83,6 @@ def _all_initializers(graph: Any) -> Iterator[Any]:
                 yield from _all_initializers(attr.g)
 
 
-def strip_debug_info(proto: Any) -> Any:
-    """Drop what only debugging needs, in place: per-node metadata (the dynamo exporter records stack traces
-    and module paths, about 2 KB per node), graph metadata (the dynamo exporter's ``ExportedProgram`` graph
-    signature, one line per parameter and buffer: 4 KB for a small ResNet), doc strings and intermediate
-    ``value_info``. Returns ``proto``."""
-
-    def strip_graph(graph: Any) -> None:
-        graph.doc_string = ""
-        del graph.value_info[:]
-        del graph.metadata_props[:]
-        for node in graph.node:
-            del node.metadata_props[:]
-            node.doc_string = ""
-            for attr in node.attribute:
-                if attr.g is not None and attr.g.node:
-                    strip_graph(attr.g)
-                for g in attr.graphs:
-                    strip_graph(g)
-
-    strip_graph(proto.graph)
-    proto.doc_string = ""
-    return proto
-
-
 _SHORT_SUFFIXES = (("_DequantizeLinear_Output", "_dq"), ("_QuantizeLinear_Output", "_q"),
                    ("_DequantizeLinear", "_DQ"), ("_QuantizeLinear", "_Q"), ("_quantized", "_i"),
                    ("_zero_point", "_zp"), ("_scale", "_s"))
@@ -121,7 +107,7 @@ def shorten_qdq_names(proto: Any) -> Any:
     return proto
 
 
-def _save_single_file(proto: Any, path: Path) -> Path:
+def save_onnx_single_file(proto: Any, path: Path) -> Path:
     """Save ``proto`` with every tensor inside the .onnx file (our models are far below 2 GB), atomically."""
     import onnx
 
@@ -131,7 +117,7 @@ def _save_single_file(proto: Any, path: Path) -> Path:
     return atomic_write(path, lambda tmp: onnx.save_model(proto, str(tmp), save_as_external_data=False))
 
 
-def _load(path: str | Path) -> Any:
+def load_onnx(path: str | Path) -> Any:
     import onnx
 
     path = Path(path)
@@ -143,11 +129,11 @@ def _load(path: str | Path) -> Any:
         raise ExportError(f"cannot read {path} as ONNX: {exc}", hint="Export the model again.") from None
 
 
-def _check_runs(path: Path) -> None:
-    import onnxruntime as ort
+def check_ort_loads(path: Path) -> None:
+    from slimkit.evaluation.latency import ort_session
 
     try:
-        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        ort_session(path, threads=1)
     except Exception as exc:
         raise ExportError(f"onnxruntime cannot load the quantized model {path}: {str(exc).splitlines()[0]}",
                           hint="Try fewer op_types (e.g. ['Conv', 'Gemm', 'MatMul']) or mode='dynamic'.") from None
@@ -159,69 +145,24 @@ def export_fp32_onnx(model: nn.Module, path: str | Path, example_inputs: Sequenc
                      opset: int = 18, dynamic_batch: bool = True,
                      input_names: Sequence[str] | None = None, strip_debug: bool = True,
                      custom_translation_table: dict[Any, Any] | None = None) -> Path:
-    """Export ``model`` to one self-contained ONNX file with the dynamo exporter (a deep copy is exported,
-    so the caller's model is never mutated). The batch dimension is dynamic unless told otherwise.
-
-    ``strip_debug`` drops per-node debug metadata (:func:`strip_debug_info`), a third of a small model's file.
-    Uses :func:`slimkit.exporters.export_onnx` contract-compatible arguments; kept here because the QDQ
-    export of fake-quant models needs control over the exporter."""
-    path = Path(path)
+    """:func:`slimkit.exporters.onnx_export.export_onnx` as the int8 tools use it: one self-contained file with
+    debug metadata stripped (``strip_debug``, a third of a small model's file), inputs named ``input`` (or
+    ``input_<i>``) and the output ``output``, a dynamic batch traced with a batch of 2."""
     inputs = tuple(example_inputs)
     names = list(input_names) if input_names else (["input"] if len(inputs) == 1 else
                                                    [f"input_{i}" for i in range(len(inputs))])
-    dyn = None
-    if dynamic_batch:
-        from torch.export import Dim
-
-        batch = Dim("batch")
-        dyn = tuple({0: batch} for _ in inputs)
-        # some ops (fake_quantize_*) specialize a batch of 1 to a constant; trace with a batch of 2
-        inputs = tuple(t.repeat(2, *([1] * (t.dim() - 1))) if t.dim() and t.shape[0] == 1 else t for t in inputs)
-    m = copy.deepcopy(model).eval()
-    with tempfile.TemporaryDirectory() as td:
-        tmp = Path(td) / "model.onnx"
-        try:
-            with warnings.catch_warnings(), torch.no_grad():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(m, inputs, str(tmp), dynamo=True, opset_version=opset, input_names=names,
-                                  output_names=["output"], dynamic_shapes=dyn, verbose=False,
-                                  custom_translation_table=custom_translation_table)
-        except Exception as exc:
-            raise ExportError(f"torch.onnx.export failed for {type(model).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
-                              hint="Check that the model runs on example_inputs and that torch.export can "
-                                   "trace it (no data-dependent Python control flow).") from None
-        proto = _load(tmp)
-    if strip_debug:
-        strip_debug_info(proto)
-    return _save_single_file(proto, path)
+    return export_onnx(model, path, inputs, opset=opset, dynamic_batch=dynamic_batch, strip_debug=strip_debug,
+                       input_names=names, output_names=["output"],
+                       custom_translation_table=custom_translation_table, trace_batch=2)
 
 
 # ----------------------------------------------------------------------------------------- calibration
 
 def _input_specs(onnx_path: Path) -> list[tuple[str, list[int | str | None]]]:
-    import onnxruntime as ort
+    from slimkit.evaluation.latency import ort_session
 
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    sess = ort_session(onnx_path, threads=1)
     return [(i.name, list(i.shape)) for i in sess.get_inputs()]
-
-
-def _as_arrays(batch: Any) -> list[np.ndarray]:
-    """Model inputs of one batch: ``x``, ``(x, y)``, ``[x]``, ``{"name": x}`` -> list of float arrays."""
-    if isinstance(batch, dict):
-        return [np.asarray(_np(v)) for v in batch.values()]
-    if isinstance(batch, (tuple, list)):
-        if len(batch) == 2 and isinstance(batch[1], torch.Tensor) and not batch[1].is_floating_point():
-            return [_np(batch[0])]  # (x, y) with integer labels
-        return [_np(b) for b in batch]
-    return [_np(batch)]
-
-
-def _np(t: Any) -> np.ndarray:
-    if isinstance(t, torch.Tensor):
-        t = t.detach().cpu()
-        return t.float().numpy() if t.is_floating_point() else t.numpy()
-    return np.asarray(t)
 
 
 class _CalibrationReader:
@@ -236,7 +177,7 @@ class _CalibrationReader:
         self.count = 0
 
     def _convert(self, batch: Any) -> list[dict[str, np.ndarray]]:
-        arrays = _as_arrays(batch)
+        arrays = batch_arrays(batch)
         if len(arrays) != len(self.specs):
             raise DataError(f"calibration batches hold {len(arrays)} input(s) but the model takes "
                             f"{len(self.specs)} ({', '.join(n for n, _ in self.specs)}).",
@@ -385,12 +326,12 @@ def quantize_onnx(
     if mode == "dynamic" and op_types and "Conv" in op_types:
         log.warning("dynamic int8 on Conv becomes ConvInteger, which is much slower than fp32 on CPU; "
                     "prefer mode='static' for convolutional models")
-    _load(src)  # clear error when missing or unreadable
+    load_onnx(src)  # clear error when missing or unreadable
 
     with tempfile.TemporaryDirectory(prefix="slimkit-int8-") as td:
         work = Path(td)
         single = work / "fp32.onnx"
-        _save_single_file(_load(src), single)
+        save_onnx_single_file(load_onnx(src), single)
         model_in = _preprocess(single, work / "pre.onnx") if preprocess else single
         tmp_out = work / "int8.onnx"
         try:
@@ -430,16 +371,16 @@ def quantize_onnx(
             raise ExportError(f"onnxruntime {mode} quantization of {src} failed: "
                               f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
                               hint="Try preprocess=False, fewer op_types, or calibrate_method='minmax'.") from None
-        _check_runs(tmp_out)
-        proto = strip_debug_info(_load(tmp_out))
+        check_ort_loads(tmp_out)
+        proto = strip_debug_info(load_onnx(tmp_out))
         if compact:
             from slimkit.exporters.onnx_compact import compact_onnx
 
             compact_onnx(proto)
         else:
             shorten_qdq_names(proto)
-        result = _save_single_file(proto, out)
-        _check_runs(result)
+        result = save_onnx_single_file(proto, out)
+        check_ort_loads(result)
     log.info("int8 (%s) ONNX written to %s: %d bytes", mode, result, onnx_size_bytes(result))
     return result
 
@@ -455,7 +396,7 @@ def quantize_onnx_ort_defaults(fp32_onnx: str | Path, out_path: str | Path, *, m
     with tempfile.TemporaryDirectory(prefix="slimkit-int8-") as td:
         tmp_out = Path(td) / "int8.onnx"
         single = Path(td) / "fp32.onnx"
-        _save_single_file(_load(src), single)
+        save_onnx_single_file(load_onnx(src), single)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if mode == "static":
@@ -465,8 +406,8 @@ def quantize_onnx_ort_defaults(fp32_onnx: str | Path, out_path: str | Path, *, m
                                 _make_reader(calibration, _input_specs(single), calibration_batches))
             else:
                 quantize_dynamic(str(single), str(tmp_out))
-        _check_runs(tmp_out)
-        return _save_single_file(strip_debug_info(_load(tmp_out)), out)
+        check_ort_loads(tmp_out)
+        return save_onnx_single_file(strip_debug_info(load_onnx(tmp_out)), out)
 
 
 # ------------------------------------------------------------------------------------------------ fp16
@@ -482,21 +423,13 @@ def convert_fp16(fp32_onnx: str | Path, out_path: str | Path, *, keep_io_types: 
         raise DependencyError(f"onnxruntime.transformers is not available: {exc}") from None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        proto = convert_float_to_float16(_load(fp32_onnx), keep_io_types=keep_io_types)
-    out = _save_single_file(strip_debug_info(proto), Path(out_path))
-    _check_runs(out)
+        proto = convert_float_to_float16(load_onnx(fp32_onnx), keep_io_types=keep_io_types)
+    out = save_onnx_single_file(strip_debug_info(proto), Path(out_path))
+    check_ort_loads(out)
     return out
 
 
-# parity lives in its own module; re-exported here so ``onnx_int8`` is the one import for int8 work
-from slimkit.exporters.int8_parity import (  # noqa: E402
-    compare_outputs,
-    int8_parity,
-    ort_kernel_counts,
-    ort_predict,
-    ort_session,
-)
-
-__all__ = ["compare_outputs", "convert_fp16", "export_fp32_onnx", "int8_parity", "onnx_size_bytes",
+__all__ = ["check_ort_loads", "compare_outputs", "convert_fp16", "export_fp32_onnx", "int8_parity", "load_onnx",
+           "onnx_size_bytes", "save_onnx_single_file",
            "ort_kernel_counts", "ort_predict", "ort_session", "quantize_onnx", "quantize_onnx_ort_defaults",
            "shorten_qdq_names", "strip_debug_info"]

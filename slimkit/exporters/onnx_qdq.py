@@ -192,7 +192,12 @@ def export_qdq_from_fakequant(model: nn.Module, path: str | Path, example_inputs
     Raises ConfigError when the model holds no linear fake-quantizer (quantize it first) or holds log/binary
     quantizers (no QDQ form), ExportError when export fails or onnxruntime cannot load the result."""
     from slimkit.exporters._qdq_op import onnx_translation
-    from slimkit.exporters.onnx_int8 import _check_runs, _load, _save_single_file, export_fp32_onnx
+    from slimkit.exporters.onnx_int8 import (
+        check_ort_loads,
+        export_fp32_onnx,
+        load_onnx,
+        save_onnx_single_file,
+    )
 
     m = copy.deepcopy(model).eval()
     swapped = _swap_quantizers(m)
@@ -206,13 +211,13 @@ def export_qdq_from_fakequant(model: nn.Module, path: str | Path, example_inputs
             warnings.simplefilter("ignore")
             export_fp32_onnx(m, tmp, example_inputs, opset=opset, dynamic_batch=dynamic_batch,
                              custom_translation_table=onnx_translation())
-        proto = _load(tmp)
+        proto = load_onnx(tmp)
         n_q = sum(n.op_type == "QuantizeLinear" for n in proto.graph.node)
         if n_q == 0:
             raise ExportError("the exported graph holds no QuantizeLinear nodes although the model has "
                               f"{swapped} fake-quantizers.", hint="Report this as a bug with the model.")
         folded = fold_weight_quantize(proto) if fold_weights else 0
-        out = _save_single_file(proto, Path(path))
-    _check_runs(out)
+        out = save_onnx_single_file(proto, Path(path))
+    check_ort_loads(out)
     log.info("QDQ ONNX %s: %d quantizers, %d weights stored as int8", out, swapped, folded)
     return out

@@ -6,7 +6,7 @@ Sparse floating tensors are stored compactly when that is smaller than dense: ``
 share storage (tied weights) are stored once and recorded as aliases.
 
 Codecs (the hook for formats the exporter does not know, e.g. quantized weights): a package registers a
-:class:`Codec` with :func:`register_codec`. At save, for every module that is an instance of one of the
+:class:`Codec` with :func:`slimkit.codecs.register_codec`. At save, for every module that is an instance of one of the
 codec's ``module_types``, ``codec.encode(module, prefix)`` may claim some of that module's state entries
 (full state names) and return for each the tensors to store (``name::<part>``) plus a JSON-able ``info``;
 unclaimed entries are stored as usual. At load, ``codec.decode(parts, info, state)`` returns the tensor
@@ -32,7 +32,6 @@ import logging
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ import torch
 from torch import nn
 
 from slimkit._io import atomic_write, atomic_write_json
+from slimkit.codecs import Codec, get_codec, register_codec, registered_codecs
 from slimkit.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -53,60 +53,14 @@ MANIFEST = "manifest.json"
 _INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
-Encoded = dict[str, tuple[dict[str, torch.Tensor], dict[str, Any]]]
-
-
-@dataclass(frozen=True)
-class Codec:
-    """A compact stored form for some state entries of some modules (see the module docstring).
-
-    ``encode(module, prefix) -> {state name: (parts, info)}`` (empty: nothing claimed); ``parts`` maps a
-    non-empty suffix to a CPU tensor, ``info`` is JSON-able. ``decode(parts, info, state) -> tensor``.
-    The decoded value may differ from the in-memory tensor (a quantized weight decodes to its quantized
-    value); :func:`encoded_state` tells what a model's state will load back as.
-    """
-
-    name: str
-    module_types: tuple[type, ...]
-    encode: Callable[[nn.Module, str], Encoded]
-    decode: Callable[[dict[str, torch.Tensor], dict[str, Any], dict[str, torch.Tensor]], torch.Tensor]
-    module: str = ""
-
-
-_CODECS: dict[str, Codec] = {}
-
-
-def register_codec(name: str, module_types: tuple[type, ...], encode: Callable[[nn.Module, str], Encoded],
-                   decode: Callable[..., torch.Tensor], *, module: str) -> Codec:
-    """Register a :class:`Codec`. ``module`` is the importable module that registers it (recorded in the
-    manifest and imported on load if the codec is not registered yet; it must start with ``slimkit.``)."""
-    codec = Codec(name, tuple(module_types), encode, decode, module)
-    _CODECS[name] = codec
-    return codec
-
-
-def _codec(name: str, module: str | None) -> Codec:
-    if name not in _CODECS and isinstance(module, str) and module.startswith("slimkit."):
-        import importlib
-
-        try:
-            importlib.import_module(module)
-        except ImportError as exc:
-            raise ModelLoadError(f"tensor codec '{name}' needs {module}, which cannot be imported: {exc}") from None
-    codec = _CODECS.get(name)
-    if codec is None:
-        raise ModelLoadError(f"the checkpoint uses tensor codec '{name}', which no slimkit module registers.",
-                             hint="Load it with the slimkit version that saved it.")
-    return codec
-
-
 def _encode_modules(model: nn.Module) -> dict[str, tuple[Codec, dict[str, torch.Tensor], dict[str, Any]]]:
     """Entries claimed by codecs: state name -> (codec, parts, info)."""
     out: dict[str, tuple[Codec, dict[str, torch.Tensor], dict[str, Any]]] = {}
-    if not _CODECS:
+    codecs = registered_codecs()
+    if not codecs:
         return out
     for prefix, module in model.named_modules():
-        for codec in _CODECS.values():
+        for codec in codecs:
             if isinstance(module, codec.module_types):
                 for key, (parts, info) in codec.encode(module, prefix).items():
                     if key not in out:
@@ -246,13 +200,29 @@ def load_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
     return manifest
 
 
+_MAX_NUMEL = 1 << 40
+
+
+def _entry_shape_dtype(name: str, entry: Any) -> tuple[tuple[int, ...], torch.dtype]:
+    """The manifest entry's shape and dtype, checked (a list of non-negative ints with a sane element count, a
+    torch dtype name); ModelLoadError for anything else, so a hostile manifest never reaches torch or numpy."""
+    if not isinstance(entry, dict):
+        raise ModelLoadError(f"tensor '{name}' has a malformed manifest entry ({type(entry).__name__}).")
+    shape = entry.get("shape")
+    if not isinstance(shape, list) or len(shape) > 16 \
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape) \
+            or math.prod(shape) > _MAX_NUMEL:
+        raise ModelLoadError(f"tensor '{name}' has an impossible shape {str(shape)[:80]} in the manifest.")
+    dtype = getattr(torch, entry["dtype"], None) if isinstance(entry.get("dtype"), str) else None
+    if not isinstance(dtype, torch.dtype):
+        raise ModelLoadError(f"tensor '{name}' has unknown dtype {str(entry.get('dtype'))[:40]!r} in the manifest.")
+    return tuple(shape), dtype
+
+
 def _decode(name: str, entry: dict[str, Any], stored: dict[str, torch.Tensor]) -> torch.Tensor:
     import numpy as np
 
-    shape = tuple(entry.get("shape", ()))
-    dtype = getattr(torch, str(entry.get("dtype")), None)
-    if not isinstance(dtype, torch.dtype):
-        raise ModelLoadError(f"tensor '{name}' has unknown dtype {entry.get('dtype')!r} in the manifest.")
+    shape, dtype = _entry_shape_dtype(name, entry)
     numel = math.prod(shape)
     encoding = entry.get("encoding")
     if encoding == "dense":
@@ -277,7 +247,7 @@ def _decode(name: str, entry: dict[str, Any], stored: dict[str, torch.Tensor]) -
 
 def _decode_codec(name: str, entry: dict[str, Any], stored: dict[str, torch.Tensor],
                   plain: dict[str, torch.Tensor]) -> torch.Tensor:
-    codec = _codec(str(entry.get("codec")), entry.get("codec_module"))
+    codec = get_codec(str(entry.get("codec")), entry.get("codec_module"))
     parts = {}
     for suffix in entry.get("parts") or []:
         part = stored.get(f"{name}::{suffix}")
@@ -317,6 +287,7 @@ def load_state(directory: str | os.PathLike[str], *, verify: bool = True) -> dic
     aliases = {}
     coded = {}
     for name, entry in manifest["tensors"].items():
+        _entry_shape_dtype(name, entry)
         if entry.get("encoding") == "alias":
             aliases[name] = entry.get("alias_of")
         elif entry.get("encoding") == "codec":
@@ -327,9 +298,16 @@ def load_state(directory: str | os.PathLike[str], *, verify: bool = True) -> dic
     for name, entry in coded.items():
         state[name] = _decode_codec(name, entry, stored, plain)
     for name, target in aliases.items():
-        if target not in state:
-            raise ModelLoadError(f"tensor '{name}' aliases '{target}', which is not stored.")
+        if not isinstance(target, str) or target not in state or target in aliases:
+            raise ModelLoadError(f"tensor '{name}' aliases {str(target)[:80]!r}, which is not stored.")
+        shape, dtype = _entry_shape_dtype(name, manifest["tensors"][name])
+        if tuple(state[target].shape) != shape or state[target].dtype != dtype:
+            raise ModelLoadError(f"tensor '{name}' aliases '{target}', whose shape or dtype differs from its entry.")
         state[name] = state[target]
+    used = {k.split("::", 1)[0] for k in stored}
+    if used - set(state):
+        raise ModelLoadError(f"{path} stores tensors its manifest does not list: {sorted(used - set(state))[:5]}",
+                             hint="The manifest is truncated or modified; save the model again.")
     return state
 
 

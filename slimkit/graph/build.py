@@ -2,37 +2,20 @@
 
 from __future__ import annotations
 
-import fnmatch
 import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from slimkit.config.layers import LayerFilterFn, is_skipped
+from slimkit.context import eval_mode
 from slimkit.errors import GraphError
 from slimkit.graph.core import FIXED, DependencyGraph, Member, SlotTable, build_groups
 from slimkit.graph.labels import varying_dims
 
 log = logging.getLogger(__name__)
-
-
-@contextmanager
-def frozen(model: nn.Module) -> Iterator[None]:
-    """Eval mode and no grad for analysis; restores every module's training flag afterwards."""
-    flags = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        for m, flag in flags.items():
-            m.training = flag
-
-
-def match_any(name: str, patterns: Sequence[str]) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(name, p + ".*") for p in patterns)
 
 
 def _param_members(slots: SlotTable, params: dict[str, torch.Tensor], producer_roots: set[int],
@@ -72,20 +55,22 @@ def _shared_params(model: nn.Module) -> dict[str, list[str]]:
 
 
 def build_dependency_graph(model: nn.Module, example_inputs: tuple[Any, ...], *,
-                           protected: Sequence[str] = (), unreached: str = "error") -> DependencyGraph:
+                           skip: Sequence[str] = (), filter_fn: LayerFilterFn | None = None,
+                           unreached: str = "error") -> DependencyGraph:
     """Analyse ``model`` (never changes it). Raises :class:`GraphError` naming the op or module it cannot
-    handle. ``protected`` (module-name globs) keep their output channels/heads."""
+    handle. Skipped modules (``skip`` globs or class names, ``filter_fn``: slimkit.config.layers) keep
+    their output channels/heads."""
     from slimkit.graph import hf
 
     if not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
-    with frozen(model):
+    with eval_mode(model), torch.no_grad():
         if hf.is_bert_like(model):
-            return hf.build_bert_graph(model, example_inputs, protected=protected)
-        return _build_fx(model, example_inputs, protected, unreached)
+            return hf.build_bert_graph(model, example_inputs, skip=skip, filter_fn=filter_fn)
+        return _build_fx(model, example_inputs, skip, filter_fn, unreached)
 
 
-def _build_fx(model: nn.Module, example_inputs: tuple[Any, ...], protected: Sequence[str],
+def _build_fx(model: nn.Module, example_inputs: tuple[Any, ...], skip: Sequence[str], filter_fn: LayerFilterFn | None,
               unreached: str) -> DependencyGraph:
     from slimkit.graph.trace import Propagator, trace_progressive
 
@@ -131,7 +116,7 @@ def _build_fx(model: nn.Module, example_inputs: tuple[Any, ...], protected: Sequ
             hint="Call them in forward, delete them, or pass unreached='ignore' if they never see pruned tensors.")
 
     # tied weights: surgery would untie them, so their modules keep their channels
-    pinned_modules = {n for n in names if n and match_any(n, protected)}
+    pinned_modules = {n for n, m in names.items() if n and is_skipped(n, m, skip, filter_fn)}
     for names_ in _shared_params(model).values():
         for m in members:
             if m.module in names_:

@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import nn
 
+from slimkit.config.layers import LayerFilterFn, is_skipped
 from slimkit.errors import GraphError
 from slimkit.graph.core import DependencyGraph, Member, SlotTable, build_groups
 
@@ -46,8 +47,7 @@ def is_bert_like(model: nn.Module) -> bool:
 
 
 def build_bert_graph(model: nn.Module, example_inputs: tuple[Any, ...], *,
-                     protected: Sequence[str] = ()) -> DependencyGraph:
-    from slimkit.graph.build import match_any
+                     skip: Sequence[str] = (), filter_fn: LayerFilterFn | None = None) -> DependencyGraph:
 
     attns, ffns = _self_attentions(model), _ffns(model)
     if any(getattr(a, "is_decoder", False) or type(a).__name__.endswith("CrossAttention") for _, a, _ in attns):
@@ -85,7 +85,7 @@ def build_bert_graph(model: nn.Module, example_inputs: tuple[Any, ...], *,
         width = slots.new(inter, "out", model.get_submodule(inter).out_features)
         members.append(Member(inter, "linear.out", width, producer=True))
         members.append(Member(out, "linear.in", width))
-    pinned_modules = {n for n, _ in model.named_modules() if n and match_any(n, protected)}
+    pinned_modules = {n for n, m in model.named_modules() if n and is_skipped(n, m, skip, filter_fn)}
     groups, pinned = build_groups(slots, members, pinned_modules)
     return DependencyGraph(slots, members, groups, pinned, tracer="hf-bert")
 

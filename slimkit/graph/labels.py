@@ -4,7 +4,9 @@ broadcasting and the size rules of view/reshape/chunk. Every function here raise
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -33,6 +35,12 @@ def varying_dims(roots: torch.Tensor) -> list[int]:
     return out
 
 
+def owners(slots: SlotTable, labels: torch.Tensor) -> list[str]:
+    """'conv1' (out) for every layer output whose channels appear in ``labels`` (for error messages)."""
+    spaces = sorted({slots.space_of[s] for s in torch.unique(labels).tolist() if s > FIXED and not slots.is_soft(s)})
+    return [f"'{slots.spaces[sp].owner}' ({slots.spaces[sp].role})" for sp in spaces]
+
+
 def column_sets(labels: torch.Tensor, dim: int) -> list[list[int]]:
     """For every index along ``dim``: the distinct labels found at that index (NONE dropped)."""
     size = labels.shape[dim]
@@ -57,8 +65,9 @@ def column_sets(labels: torch.Tensor, dim: int) -> list[list[int]]:
     return sets
 
 
-def check_not_mixed(slots: SlotTable, labs: list[int], what: str) -> None:
-    """Two different channels of one producer at one position means an op mixed channels."""
+def check_not_mixed(slots: SlotTable, labs: list[int], what: str, cause: str | None = None) -> None:
+    """Two different channels of one producer at one position means an op mixed channels. ``cause`` names the
+    op that mixed them (default: an op before ``what``, such as a view/reshape/transpose)."""
     seen: dict[int, int] = {}
     for lab in labs:
         if lab <= FIXED or slots.is_soft(lab):
@@ -66,10 +75,10 @@ def check_not_mixed(slots: SlotTable, labs: list[int], what: str) -> None:
         sp, ix = slots.space_of[lab], slots.index_of[lab]
         if sp in seen and seen[sp] != ix:
             space = slots.spaces[sp]
+            cause = cause or "an operation before it (a view/reshape/transpose) mixes channels"
             raise GraphError(
                 f"{what} receives channels {seen[sp]} and {ix} of '{space.owner}' ({space.role}) at the same "
-                "position: an operation before it (a view/reshape/transpose) mixes channels, so removing a "
-                "channel would corrupt the others. Nothing was changed.",
+                f"position: {cause}, so removing a channel would corrupt the others. Nothing was changed.",
                 hint="Rewrite the op so channels stay whole, or protect the producing layer.")
         seen[sp] = ix
 
@@ -125,12 +134,73 @@ def reduce_dims(slots: SlotTable, labels: torch.Tensor, dims: list[int], keepdim
     return result.reshape(out_shape)
 
 
-def spatial(slots: SlotTable, labels: torch.Tensor, out_shape: torch.Size, what: str) -> torch.Tensor:
-    """Pooling, upsampling, padding: dims 0 and 1 (N, C) are kept, the rest are mixed within each channel."""
-    if labels.dim() < 2 or len(out_shape) != labels.dim():
-        raise GraphError(f"{what} expects an (N, C, ...) tensor, got shape {tuple(labels.shape)}.")
-    per = consume(slots, labels, 1, what)
-    return along(per, out_shape, 1)
+def identity_dims(run: Callable[[torch.Tensor], Any], x: torch.Tensor, dims: list[int]) -> list[int]:
+    """The dims among ``dims`` along which ``run`` (a pooling, upsampling or padding op applied to a tensor
+    shaped like ``x``) maps index j to index j alone, so a channel axis there passes through whole.
+
+    Probed on random data from a fixed seed: the output keeps the size of the dim, changing the input at one
+    index (first, middle, last) changes the output at that index only, and permuting the dim permutes the
+    output the same way. A window of more than one position along the dim fails the first two checks."""
+    if not dims:
+        return []
+    gen = torch.Generator().manual_seed(0)
+    probe = torch.randn(x.shape, generator=gen).to(dtype=x.dtype if x.is_floating_point() else torch.float32,
+                                                  device=x.device)
+    with torch.no_grad():
+        base = _first(run(probe))
+        kept = []
+        for d in dims:
+            n = x.shape[d]
+            if base.dim() != x.dim() or base.shape[d] != n:
+                continue
+            ok = True
+            for j in sorted({0, n // 2, n - 1}):
+                bumped = probe.clone()
+                bumped.select(d, j).add_(1.0 + torch.rand(bumped.select(d, j).shape, generator=gen).to(bumped))
+                diff = (_first(run(bumped)) != base).movedim(d, 0)
+                if bool(diff[:j].any()) or bool(diff[j + 1:].any()):
+                    ok = False
+                    break
+            if ok:
+                perm = torch.randperm(n, generator=gen).to(x.device)
+                got = _first(run(probe.index_select(d, perm)))
+                ok = torch.allclose(got, base.index_select(d, perm), rtol=1e-5, atol=1e-6)
+            if ok:
+                kept.append(d)
+    return kept
+
+
+def _first(out: Any) -> torch.Tensor:
+    return out[0] if isinstance(out, tuple) else out
+
+
+def spatial(slots: SlotTable, labels: torch.Tensor, x: torch.Tensor, run: Callable[[torch.Tensor], Any],
+            out_shape: torch.Size, what: str) -> torch.Tensor:
+    """Pooling, upsampling, padding. Each axis that carries channels (N, C in the usual layout; any axis after
+    a permute, e.g. the C of an (N, W, C, H) map pooled over H only) is probed with :func:`identity_dims`:
+    along an axis the op maps index to index, channels pass through whole. Every other axis is read as a
+    window, which may combine positions of one channel but never two channels of one producer (refused)."""
+    nd = labels.dim()
+    if nd < 1 or len(out_shape) != nd:
+        raise GraphError(f"{what} expects an output of the input's rank, got {tuple(labels.shape)} -> "
+                         f"{tuple(out_shape)}.")
+    vary = varying_dims(slots.roots(labels))
+    kept = identity_dims(run, x, vary)
+    mixed = [d for d in range(nd) if d not in kept]
+    cause = f"it combines positions along axis {[d for d in vary if d not in kept]}, which carries channels"
+    kshape = [labels.shape[d] for d in kept]
+    flat = labels.permute(*kept, *mixed).reshape(max(1, math.prod(kshape)), -1)
+    result = flat[:, 0].clone()
+    cache: dict[tuple[int, ...], int] = {}
+    for r in (~(flat == flat[:, :1]).all(1)).nonzero().flatten().tolist():
+        key = tuple(sorted(set(flat[r].tolist())))
+        if key not in cache:
+            labs = [v for v in key if v >= 0]
+            check_not_mixed(slots, labs, what, cause)
+            cache[key] = slots.union_all(torch.tensor(labs, dtype=torch.long)) if labs else NONE
+        result[r] = cache[key]
+    view = [labels.shape[d] if d in kept else 1 for d in range(nd)]
+    return result.reshape(view).expand(out_shape).clone()
 
 
 def broadcast_union(slots: SlotTable, labs: list[torch.Tensor], out_shape: torch.Size) -> torch.Tensor:

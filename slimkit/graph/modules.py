@@ -14,7 +14,7 @@ from torch import nn
 
 from slimkit.errors import GraphError
 from slimkit.graph.core import FIXED, Member
-from slimkit.graph.labels import along, consume, spatial
+from slimkit.graph.labels import along, consume, owners, spatial, varying_dims
 
 if TYPE_CHECKING:
     from slimkit.graph.trace import Propagator
@@ -76,7 +76,16 @@ def _norm(P: Propagator, name: str, mod: Any, args: list[Any], labs: list[Any], 
     x = args[0]
     unbatched = not isinstance(mod, nn.modules.batchnorm._BatchNorm) and x.dim() == mod_ndim(mod) - 1
     cdim = 0 if unbatched or x.dim() == 1 else 1
-    per = consume(P.slots, labs[0], cdim, f"'{name}' ({type(mod).__name__})")
+    what = f"'{name}' ({type(mod).__name__})"
+    vary = varying_dims(P.slots.roots(labs[0]))
+    if vary and cdim not in vary:  # channels on an axis the statistics run over (after a permute)
+        raise GraphError(
+            f"{what} normalizes per index of axis {cdim}, but the prunable channels of its input "
+            f"({', '.join(owners(P.slots, labs[0]))}) lie along axis {vary}: its statistics are taken across those channels, so removing one would change the "
+            "others. Nothing was changed.",
+            hint="Move the channels to axis 1 before the norm (permute), normalize with LayerNorm over another "
+                 "axis, or protect the producing layer.")
+    per = consume(P.slots, labs[0], cdim, what)
     if getattr(mod, "weight", None) is not None or getattr(mod, "running_mean", None) is not None:
         P.members.append(Member(name, "norm", per))
     return along(per, out.shape, cdim)
@@ -87,6 +96,10 @@ def mod_ndim(mod: Any) -> int:
 
 
 def _layernorm(P: Propagator, name: str, mod: Any, args: list[Any], labs: list[Any], out: torch.Tensor) -> torch.Tensor:
+    vary = varying_dims(P.slots.roots(labs[0]))
+    normed = set(range(labs[0].dim() - len(mod.normalized_shape), labs[0].dim()))
+    if vary and not normed & set(vary):  # normalizes over other axes: each channel stays whole, weight unsliced
+        return labs[0].clone()
     if len(mod.normalized_shape) != 1:
         P.slots.pin(labs[0])
         return labs[0].clone()
@@ -109,7 +122,8 @@ def _embedding(P: Propagator, name: str, mod: Any, args: list[Any], labs: list[A
 
 
 def _prelu(P: Propagator, name: str, mod: Any, args: list[Any], labs: list[Any], out: torch.Tensor) -> torch.Tensor:
-    if mod.num_parameters == 1:
+    vary = varying_dims(P.slots.roots(labs[0]))
+    if mod.num_parameters == 1 or (vary and 1 not in vary):  # slopes along a non-channel axis: elementwise
         return labs[0].clone()
     per = consume(P.slots, labs[0], 1, f"'{name}' (PReLU)")
     P.members.append(Member(name, "prelu", per))
@@ -188,7 +202,7 @@ def module_rule(mod: nn.Module) -> Any:
     if isinstance(mod, ELEMENTWISE_MODULES):
         return lambda P, name, mod, args, labs, out: labs[0].clone()
     if isinstance(mod, SPATIAL_MODULES):
-        return lambda P, name, mod, args, labs, out: spatial(P.slots, labs[0], out.shape,
+        return lambda P, name, mod, args, labs, out: spatial(P.slots, labs[0], args[0], mod, out.shape,
                                                              f"'{name}' ({type(mod).__name__})")
     return None
 

@@ -82,11 +82,6 @@ def structure_from_shapes(model: nn.Module, shapes: dict[str, list[int]]) -> dic
     return {"modules": mods, "params": params}
 
 
-def _set(model: nn.Module, name: str, value: Any) -> None:
-    parent, _, leaf = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, leaf, value)
-
-
 def apply_structure(model: nn.Module, structure: dict[str, Any] | None) -> nn.Module:
     """Reshape ``model`` (freshly built, weights to be loaded afterwards) to ``structure``. Returns it."""
     if not structure:
@@ -97,7 +92,7 @@ def apply_structure(model: nn.Module, structure: dict[str, Any] | None) -> nn.Mo
             w = mod.in_proj_weight
             new = PrunedMultiheadAttention(spec["embed_dim"], spec["num_heads"], spec["head_dim"], mod.dropout,
                                            mod.in_proj_bias is not None, mod.batch_first, w.device, w.dtype)
-            _set(model, name, new)
+            model.set_submodule(name, new)
         elif spec["kind"] == "rnn":
             mod.input_size, mod.hidden_size = spec["input_size"], spec["hidden_size"]
         elif spec["kind"] == "hf_attention":

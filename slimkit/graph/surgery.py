@@ -15,9 +15,9 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
+from slimkit.context import eval_mode
 from slimkit.errors import GraphError
 from slimkit.graph.attention import PrunedMultiheadAttention
-from slimkit.graph.build import frozen
 from slimkit.graph.core import DependencyGraph
 from slimkit.graph.modules import GATES
 
@@ -130,11 +130,6 @@ _RULES = [
 ]
 
 
-def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
-    parent, _, leaf = name.rpartition(".")
-    return (model.get_submodule(parent) if parent else model), leaf
-
-
 def pruned_copy(model: nn.Module, graph: DependencyGraph, removed: set[int]) -> tuple[nn.Module, set[str], list]:
     """A deep copy of ``model`` with ``removed`` units sliced out. Returns (copy, changed module names,
     changed direct parameters as (owner, name))."""
@@ -153,8 +148,7 @@ def pruned_copy(model: nn.Module, graph: DependencyGraph, removed: set[int]) -> 
         mod = new.get_submodule(name)
         if isinstance(mod, nn.MultiheadAttention):
             repl = PrunedMultiheadAttention.from_pruned(mod, roles.get("mha.embed"), roles.get("mha.heads"))
-            parent, leaf = _parent(new, name)
-            setattr(parent, leaf, repl)
+            new.set_submodule(name, repl)
             continue
         if "hf.heads" in roles:
             k = roles["hf.heads"]
@@ -198,10 +192,10 @@ def apply_removal(model: nn.Module, graph: DependencyGraph, removed: set[int],
         raise
     except Exception as exc:
         raise GraphError(f"slicing failed: {type(exc).__name__}: {exc}. Nothing was changed.") from exc
-    with frozen(model):
+    with eval_mode(model), torch.no_grad():
         want = _shapes(_call(model, example_inputs))
     try:
-        with frozen(new):
+        with eval_mode(new), torch.no_grad():
             got = _shapes(_call(new, example_inputs))
     except Exception as exc:
         raise GraphError(
@@ -213,13 +207,11 @@ def apply_removal(model: nn.Module, graph: DependencyGraph, removed: set[int],
     if graph.export_ops is not None:
         _check_same_path(new, graph.export_ops, example_inputs)
     for name in sorted(changed, key=len):
-        parent, leaf = _parent(model, name)
-        src_parent, _ = _parent(new, name)
         if name in {n for n in changed if _is_attr_only(graph, n)}:
             mod, src = model.get_submodule(name), new.get_submodule(name)
             mod.num_attention_heads, mod.all_head_size = src.num_attention_heads, src.all_head_size
             continue
-        setattr(parent, leaf, getattr(src_parent, leaf))
+        model.set_submodule(name, new.get_submodule(name))
     for owner, pname in params:
         holder = model.get_submodule(owner) if owner else model
         src = new.get_submodule(owner) if owner else new
@@ -233,7 +225,7 @@ def _check_same_path(new: nn.Module, ops: tuple[str, ...], example_inputs: tuple
     from slimkit.graph.export_trace import op_signature
 
     try:
-        with frozen(new):
+        with eval_mode(new), torch.no_grad():
             got = op_signature(new, example_inputs)
     except Exception as exc:
         raise GraphError(f"the pruned model cannot be re-exported to check its control flow ({type(exc).__name__}: "
@@ -245,7 +237,7 @@ def _check_same_path(new: nn.Module, ops: tuple[str, ...], example_inputs: tuple
             f"{ops[diff] if diff < len(ops) else 'end'} -> {got[diff] if diff < len(got) else 'end'}): the forward "
             "branches on a channel count, so the torch.export trace does not describe the pruned model. "
             "Nothing was changed.",
-            hint="Protect the layers whose width the forward tests (protected=[...]), or make that branch a "
+            hint="Protect the layers whose width the forward tests (skip=[...]), or make that branch a "
                  "submodule.")
 
 

@@ -230,7 +230,7 @@ class Propagator:
                 raise GraphError(
                     f"Layer '{node.target}' ({type(mod).__name__}) is not supported by structured pruning and "
                     "its input carries prunable channels. Nothing was changed.",
-                    hint="Protect the layers that feed it (protected=[...]) or open an issue with the model.")
+                    hint="Protect the layers that feed it (skip=[...]) or open an issue with the model.")
             return tree_map(_zeros, out)
         return rule(self, str(node.target), mod, args, labs, out)
 
@@ -257,7 +257,7 @@ class Propagator:
                 return labs[0].expand(out.shape).clone() if isinstance(out, torch.Tensor) else None
             return broadcast_union(self.slots, labs, out.shape)
         if t in _SPATIAL_FN:
-            return spatial(self.slots, la[0], out.shape, what)
+            return spatial(self.slots, la[0], a[0], lambda x: t(x, *a[1:], **kw), out.shape, what)
         if t in _MATMUL or name in _MATMUL:
             return self._matmul(la, lkw, out)
         if t is operator.getitem:
@@ -306,7 +306,7 @@ class Propagator:
         raise GraphError(
             f"Unsupported {what} touches prunable channels; slimkit cannot tell how it maps channels. "
             "Nothing was changed.",
-            hint="Protect the layers that produce its input (protected=[...]), or rewrite it with supported ops.")
+            hint="Protect the layers that produce its input (skip=[...]), or rewrite it with supported ops.")
 
     def _view(self, node: fx.Node, lab: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         raw = list(node.args[1:])

@@ -54,6 +54,68 @@ def _call_factory(factory: Callable[..., Any], what: str, kwargs: dict[str, Any]
                           hint=f"Accepted kwargs: {', '.join(n for n in names if n not in ('input_shape', 'num_classes'))}.") from None
 
 
+def memory_bytes() -> int | None:
+    """Physical memory of this machine in bytes (None where the OS does not say)."""
+    import os
+
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _gb(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB"
+
+
+def _check_fits(factory: Callable[..., Any], what: str, kwargs: dict[str, Any], input_shape: Sequence[int] | None,
+                num_classes: int | None) -> None:
+    """Build ``factory`` on the meta device (no memory) and refuse, before anything is allocated, a model
+    whose parameters, or whose input and largest activation at batch 1, do not fit in this machine's memory."""
+    import math
+
+    limit = memory_bytes()
+    if limit is None or input_shape is None:
+        return
+    in_bytes = math.prod(int(d) for d in input_shape) * 4
+    if in_bytes > limit // 2:
+        raise ConfigError(f"{what}: one input of shape {tuple(input_shape)} needs {_gb(in_bytes)}; this machine has "
+                          f"{_gb(limit)} of memory.", hint="Use a smaller input size.")
+    try:
+        with torch.device("meta"):
+            meta = _call_factory(factory, what, kwargs, input_shape=input_shape, num_classes=num_classes,
+                                 strict_shape=True)
+    except Exception as exc:  # noqa: BLE001 - the real build below raises the real error, if any
+        log.debug("%s: no meta-device size estimate (%s)", what, exc)
+        return
+    if not isinstance(meta, nn.Module):
+        return
+    weights = sum(t.numel() * t.element_size() for t in (*meta.parameters(), *meta.buffers()))
+    if weights > limit // 2:
+        raise ConfigError(f"{what} with model.kwargs {kwargs} has {sum(p.numel() for p in meta.parameters()):,} "
+                          f"parameters ({_gb(weights)}); this machine has {_gb(limit)} of memory.",
+                          hint="Use smaller widths or depth.")
+    largest = [0]
+
+    def hook(_m: nn.Module, _i: Any, out: Any) -> None:
+        if isinstance(out, torch.Tensor):
+            largest[0] = max(largest[0], out.numel() * out.element_size())
+
+    handles = [m.register_forward_hook(hook) for m in meta.modules()]
+    try:
+        with torch.no_grad():
+            meta(torch.empty((1, *input_shape), device="meta"))
+    except Exception as exc:  # noqa: BLE001 - an op without a meta kernel: the estimate is only a pre-check
+        log.debug("%s: no meta-device activation estimate (%s)", what, exc)
+    finally:
+        for h in handles:
+            h.remove()
+    if weights + in_bytes + largest[0] > limit:
+        raise ConfigError(f"{what} with model.kwargs {kwargs} and input {tuple(input_shape)} needs at least "
+                          f"{_gb(weights + in_bytes + largest[0])} (weights and the largest activation at batch 1); "
+                          f"this machine has {_gb(limit)} of memory.", hint="Use smaller widths or input size.")
+
+
 def _from_entry_point(spec: str) -> Callable[..., Any]:
     module_name, _, attr = spec.partition(":")
     try:
@@ -91,12 +153,18 @@ def build_model(cfg: Any, *, input_shape: Sequence[int] | None = None, num_class
         if cfg.arch is not None:
             if input_shape is None or num_classes is None:
                 raise ConfigError(f"arch '{cfg.arch}' needs input_shape and num_classes (they come from the data).")
-            model = _call_factory(get_arch(cfg.arch), f"arch '{cfg.arch}'", dict(cfg.kwargs),
+            what = f"arch '{cfg.arch}'"
+            _check_fits(get_arch(cfg.arch), what, dict(cfg.kwargs), input_shape, num_classes)
+            model = _call_factory(get_arch(cfg.arch), what, dict(cfg.kwargs),
                                   input_shape=input_shape, num_classes=num_classes, strict_shape=True)
         elif cfg.entry_point is not None:
             factory = _from_entry_point(cfg.entry_point)
             model = _call_factory(factory, f"entry_point '{cfg.entry_point}'", dict(cfg.kwargs),
                                   input_shape=input_shape, num_classes=num_classes, strict_shape=False)
+        elif cfg.sentence_encoder:
+            from slimkit.models.sentence import load_sentence_encoder
+
+            model = load_sentence_encoder(cfg.hf, **dict(cfg.kwargs))
         else:
             from slimkit.models.hf import load_hf_model
 
@@ -121,6 +189,25 @@ def _strip_prefix(state: dict[str, torch.Tensor], expected: set[str]) -> dict[st
 def _listing(keys: list[str]) -> str:
     shown = ", ".join(keys[:_SHOW])
     return shown + (f", ... ({len(keys)} in all)" if len(keys) > _SHOW else "")
+
+
+def _kwargs_hint(path: str | Path) -> str:
+    """How to build the model the weights were trained as: the kwargs recorded in a slimkit checkpoint's
+    manifest.json beside the weights, when there is one."""
+    import json
+
+    base = ("Build the model with the same arch and keyword arguments it was trained with (recipe: "
+            "model.kwargs; slimkit quantize: --arch-kwargs).")
+    manifest = Path(str(path)).parent / "manifest.json"
+    try:
+        model = json.loads(manifest.read_text())["spec"]["model"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return base
+    if not isinstance(model, dict) or not model.get("arch"):
+        return base
+    kwargs = json.dumps(model.get("kwargs") or {}, separators=(", ", ": "))
+    return (f"{manifest} says these weights are arch {model['arch']!r} with kwargs {kwargs}: in a recipe set "
+            f"model.kwargs to that; with slimkit quantize pass --arch-kwargs '{kwargs}'.")
 
 
 def load_weights(model: nn.Module, path: str | Path, *, strict: bool = True) -> nn.Module:
@@ -149,7 +236,7 @@ def load_weights(model: nn.Module, path: str | Path, *, strict: bool = True) -> 
         problems.append(f"shape mismatch {len(mismatched)}: {_listing(mismatched)}")
     if problems:
         raise ModelLoadError(f"weights in {path} do not fit {type(model).__name__}: " + "; ".join(problems) + ".",
-                             hint="Build the model with the same arch and kwargs it was trained with.")
+                             hint=_kwargs_hint(path))
     if missing or unexpected:
         log.warning("loading %s: missing %s, unexpected %s", path, _listing(missing) or "none",
                     _listing(unexpected) or "none")

@@ -7,6 +7,7 @@ import contextlib
 import importlib.util
 import logging
 import os
+import pickle
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,11 @@ def load_hf_model(name: str, *, auto_class: str = "AutoModel", **kwargs: Any) ->
                                      f"(not a local directory, an installed package, or cached).", hint=hint) from None
             raise ModelLoadError(f"cannot load Hugging Face model from {local}: {str(exc).splitlines()[0]}",
                                  hint="Check that the directory holds config.json and the weights.") from None
+        except pickle.UnpicklingError as exc:
+            raise ModelLoadError(f"refused to load Hugging Face model from {source}: its weights file holds Python "
+                                 f"objects beyond tensors ({str(exc).splitlines()[0][:120]}).",
+                                 hint="slimkit never unpickles untrusted code. Re-save the model with safetensors: "
+                                      "model.save_pretrained(dir, safe_serialization=True).") from None
         except TypeError as exc:
             from slimkit.errors import ConfigError
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimkit.context import eval_mode
 from slimkit.errors import ConfigError, ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -77,16 +78,12 @@ class SentenceEncoder(nn.Module):
     @torch.no_grad()
     def encode(self, sentences: Sequence[str], *, batch_size: int = 32) -> torch.Tensor:
         """Embeddings ``[len(sentences), dim]`` (float32, on CPU) in eval mode."""
-        was_training = self.training
-        self.eval()
         device = next(self.parameters()).device
-        try:
-            outs = []
+        outs = []
+        with eval_mode(self):
             for i in range(0, len(sentences), batch_size):
                 enc = self.tokenize(sentences[i:i + batch_size])
                 outs.append(self(enc["input_ids"].to(device), enc["attention_mask"].to(device)).float().cpu())
-        finally:
-            self.train(was_training)
         return torch.cat(outs) if outs else torch.empty(0, self.dim)
 
 

@@ -37,6 +37,9 @@ def check_constraints(cfg: ConstraintsConfig, baseline: dict[str, Any], final: d
         lambda v, lim: v <= lim)
     add("min_speedup", cfg.min_speedup, speedup(baseline, final), lambda v, lim: v >= lim)
     add("min_sparsity", cfg.min_sparsity, final.get("sparsity"), lambda v, lim: v >= lim)
+    fid = final.get("fidelity") or {}
+    add("min_cosine", cfg.min_cosine, fid.get("cosine"), lambda v, lim: v >= lim)
+    add("min_top1_agreement", cfg.min_top1_agreement, fid.get("top1_agreement"), lambda v, lim: v >= lim)
     return rows
 
 
@@ -53,6 +56,11 @@ def verdict(baseline: dict[str, Any], final: dict[str, Any], rows: list[dict[str
     acc_b, acc_f = baseline.get("accuracy"), final.get("accuracy")
     if acc_b is not None and acc_f is not None:
         parts.append(f"Accuracy {_fmt_pct(acc_b)} -> {_fmt_pct(acc_f)} ({100 * (acc_f - acc_b):+.2f} points).")
+    fid = final.get("fidelity") or {}
+    if acc_f is None and fid.get("cosine") is not None:
+        parts.append(f"Outputs vs the baseline: mean cosine {fid['cosine']:.4f} (min {fid['cosine_min']:.4f})"
+                     + (f", top-1 agreement {_fmt_pct(fid['top1_agreement'])}" if fid.get("top1_agreement") is not None
+                        else "") + ".")
     if size_r is not None:
         parts.append(f"On-disk size {size_r:.3f}x of the baseline ({1 / size_r:.2f}x smaller)." if size_r > 0 else "")
     if sp is not None:
@@ -85,3 +93,36 @@ def _num(v: float | None) -> str:
     if v is None:
         return "n/a"
     return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def choose_delivery(cfg: ConstraintsConfig, baseline: dict[str, Any], stages: list[dict[str, Any]],
+                    deliver: str) -> tuple[int, str]:
+    """Which finished stage the run delivers as ``final``, and why, in plain words.
+
+    ``stages`` are the finished stage records in order (``{"index", "pass", "metrics", ...}``, at least one).
+    ``deliver="last"`` takes the last one. ``deliver="best"`` takes the last one when it meets every
+    constraint (or when no stage does, or none are set); otherwise the latest earlier stage that meets every
+    constraint, so ``final`` is never silently worse than an earlier stage that met them all. A constraint
+    that could not be measured (``met`` None) does not count against a stage.
+    """
+    last = stages[-1]
+    rows = {st["index"]: check_constraints(cfg, baseline, st["metrics"]) for st in stages}
+    if not rows[last["index"]]:
+        return last["index"], "the last stage (no constraints were set)"
+    meets = [st for st in stages if all(r["met"] is not False for r in rows[st["index"]])]
+    if deliver == "last":
+        earlier = [st for st in meets if st is not last]
+        why = "the last stage (deliver: last)"
+        if last not in meets and earlier:
+            why += (f"; stage {earlier[-1]['index']} ({earlier[-1]['pass']}) met every constraint and is not "
+                    "delivered because the recipe asks for the last stage")
+        return last["index"], why
+    if last in meets:
+        return last["index"], "the last stage, which meets every constraint"
+    if not meets:
+        return last["index"], "the last stage; no stage met every constraint"
+    best = meets[-1]
+    unmet = [r["name"] for r in rows[last["index"]] if r["met"] is False]
+    return best["index"], (f"stage {best['index']} ({best['pass']}), the last stage that met every constraint: "
+                           f"stage {last['index']} ({last['pass']}) did not meet {', '.join(unmet)} "
+                           "(set deliver: last to deliver it anyway)")

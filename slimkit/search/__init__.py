@@ -1,17 +1,8 @@
-"""Search: per-layer sensitivity and mixed-precision assignment (more strategies to come)."""
+"""Search over recipe settings (`slimkit.search(config, out=...)`); re-exports per-layer sensitivity from
+slimkit.analysis for existing callers."""
 
-from slimkit.search.sensitivity import (
-    MixedAssignment,
-    UnitSensitivity,
-    layer_sensitivity,
-    mixed_assignment,
-    one_at_a_time,
-    sensitivity_plot,
-    sensitivity_table,
-)
-
-__all__ = ["MixedAssignment", "UnitSensitivity", "layer_sensitivity", "mixed_assignment", "one_at_a_time",
-           "sensitivity_plot", "sensitivity_table"]
+from slimkit.analysis import *  # noqa: F403  (layer_sensitivity, mixed_assignment, ... as before)
+from slimkit.analysis import __all__  # noqa: F401
 
 # --- constraint search (slimkit/search/runner.py): `slimkit.search(config, out=...)`; Optuna/Ray load on use
 from slimkit.search.runner import make_callable as _make_callable  # noqa: E402

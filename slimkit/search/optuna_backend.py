@@ -20,7 +20,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from slimkit.search import space as sp
+from slimkit.config import search_space as sp
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 
 def _run_trial_task(*args: Any, **kwargs: Any) -> dict[str, Any]:
-    from slimkit.search.runner import run_trial
+    from slimkit.search.trial import run_trial
 
     return run_trial(*args, **kwargs)
 

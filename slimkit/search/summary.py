@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 from pathlib import Path
 from typing import Any
 
@@ -60,33 +59,26 @@ def plot(data: dict[str, Any]) -> str | None:
            and (r.get("metrics") or {}).get("accuracy") is not None]
     if not pts:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from slimkit.analysis.figures import figure, png_bytes
 
     best = (data.get("best") or {}).get("number")
-    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=110)
-    for feasible, color, label in ((True, "#2ca02c", "meets the constraints"), (False, "#d62728", "does not")):
-        sel = [p for p in pts if p[3] is feasible]
-        if sel:
-            ax.scatter([p[1] for p in sel], [p[2] for p in sel], c=color, label=label, zorder=2,
-                       marker="o" if feasible else "x")
-    for n, x, y, _ in pts:
-        ax.annotate(str(n) + (" best" if n == best else ""), (x, y), textcoords="offset points", xytext=(4, 4),
-                    fontsize=7)
-    if data.get("baseline") and data["baseline"].get("accuracy") is not None:
-        ax.axhline(100 * data["baseline"]["accuracy"], color="#999", ls="--", lw=1, label="baseline accuracy")
-    o = data["objective"]
-    ax.set_xlabel(f"{o['metric']} ({o['direction']})")
-    ax.set_ylabel("accuracy (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+    with figure((5.5, 3.6), dpi=110) as (fig, ax):
+        for feasible, color, label in ((True, "#2ca02c", "meets the constraints"), (False, "#d62728", "does not")):
+            sel = [p for p in pts if p[3] is feasible]
+            if sel:
+                ax.scatter([p[1] for p in sel], [p[2] for p in sel], c=color, label=label, zorder=2,
+                           marker="o" if feasible else "x")
+        for n, x, y, _ in pts:
+            ax.annotate(str(n) + (" best" if n == best else ""), (x, y), textcoords="offset points", xytext=(4, 4),
+                        fontsize=7)
+        if data.get("baseline") and data["baseline"].get("accuracy") is not None:
+            ax.axhline(100 * data["baseline"]["accuracy"], color="#999", ls="--", lw=1, label="baseline accuracy")
+        o = data["objective"]
+        ax.set_xlabel(f"{o['metric']} ({o['direction']})")
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        return base64.b64encode(png_bytes(fig)).decode()
 
 
 def render_html(data: dict[str, Any]) -> str:

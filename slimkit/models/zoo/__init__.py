@@ -1,5 +1,5 @@
 """Architectures for structured pruning: ResNet/ResNeXt and MobileNetV2 (torchvision keys), DenseNet-style,
-U-Net, ShuffleNetV2-style, CRNN (conv + bidirectional LSTM), ViT (nn.MultiheadAttention), and the offline
+U-Net, ShuffleNetV2-style, CRNN (conv + bidirectional LSTM; flattened or pooled-height head), ViT (nn.MultiheadAttention), and the offline
 MiniLM sentence encoder. ``ZOO`` maps a name to ``(factory, example input shape)``; :func:`register` adds
 them to :mod:`slimkit.models`' registry."""
 
@@ -28,6 +28,7 @@ ZOO: dict[str, tuple[Callable[..., nn.Module], tuple[int, ...]]] = {
     "shufflenet_v2-small": (lambda num_classes=10, in_channels=3: ShuffleNetV2Small(num_classes, in_channels),
                             (3, 16, 16)),
     "crnn": (lambda num_classes=11, in_channels=1: CRNN(num_classes, in_channels), (1, 16, 16)),
+    "crnn-pool": (lambda num_classes=11, in_channels=1: CRNN(num_classes, in_channels, head="pool"), (1, 16, 32)),
     "vit-small": (lambda num_classes=10, in_channels=3: ViTSmall(num_classes, in_channels), (3, 32, 32)),
 }
 

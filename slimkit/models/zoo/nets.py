@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from slimkit.errors import ConfigError
+
 
 def _cbr(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout),
@@ -128,22 +130,35 @@ class ShuffleNetV2Small(nn.Module):
 
 class CRNN(nn.Module):
     """Convolutions over a text-line image, columns as time steps, a bidirectional multi-layer LSTM and a
-    per-step classifier (CTC-style logits of shape (T, N, classes))."""
+    per-step classifier (CTC-style logits of shape (T, N, classes)).
+
+    ``head="flatten"`` feeds the LSTM the (C * H) features of each column; ``head="pool"`` is the other common
+    recognizer head: the (N, C, H, W) map is permuted to (N, W, C, H), pooled over H with
+    ``AdaptiveAvgPool2d((None, 1))``, squeezed to (N, W, C) and read by a batch-first LSTM."""
 
     def __init__(self, num_classes: int = 11, in_channels: int = 1, height: int = 16, width: int = 16,
-                 hidden: int = 32, layers: int = 2) -> None:
+                 hidden: int = 32, layers: int = 2, head: str = "flatten") -> None:
         super().__init__()
+        if head not in ("flatten", "pool"):
+            raise ConfigError(f"CRNN head must be 'flatten' or 'pool', got {head!r}.",
+                              hint="head='flatten' (C*H features per column) or head='pool' (pool over H).")
+        self.head = head
         self.cnn = nn.Sequential(_cbr(in_channels, width), nn.MaxPool2d(2), _cbr(width, 2 * width),
                                  nn.MaxPool2d((2, 1)))
-        feat = 2 * width * (height // 4)
-        self.rnn = nn.LSTM(feat, hidden, num_layers=layers, bidirectional=True)
+        feat = 2 * width * (height // 4) if head == "flatten" else 2 * width
+        self.pool = nn.AdaptiveAvgPool2d((None, 1)) if head == "pool" else None
+        self.rnn = nn.LSTM(feat, hidden, num_layers=layers, bidirectional=True, batch_first=head == "pool")
         self.fc = nn.Linear(2 * hidden, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.cnn(x)                       # N, C, H, W
-        f = f.permute(3, 0, 1, 2).flatten(2)  # W, N, C*H
+        f = self.cnn(x)                           # N, C, H, W
+        if self.pool is None:
+            f = f.permute(3, 0, 1, 2).flatten(2)  # W, N, C*H
+            seq, _ = self.rnn(f)
+            return self.fc(seq)
+        f = self.pool(f.permute(0, 3, 1, 2)).squeeze(3)  # N, W, C, H -> N, W, C, 1 -> N, W, C
         seq, _ = self.rnn(f)
-        return self.fc(seq)
+        return self.fc(seq).transpose(0, 1)              # W, N, classes
 
 
 class EncoderBlock(nn.Module):

@@ -29,7 +29,8 @@ class PeerPair(nn.Module):
 
 def mutual_loss_fn(cfg: DistillConfig) -> Any:
     """A ``loss_fn(pair, x, y)`` for :func:`slimkit.passes.finetune.loop.train_model` on a :class:`PeerPair`."""
-    from slimkit.passes.finetune.loop import call_model, logits_of
+    from slimkit.data.batch import call_model
+    from slimkit.passes.finetune.loop import logits_of
 
     def loss_fn(pair: nn.Module, x: Any, y: torch.Tensor) -> torch.Tensor:
         la = logits_of(call_model(pair.a, x))
@@ -45,7 +46,7 @@ def mutual_learning(a: nn.Module, b: nn.Module, train_loader: Iterable[Any], cfg
     """Train peers ``a`` and ``b`` together in place with ``cfg`` (temperature, alpha, epochs, lr, ...)
     and return them. With a ``val_loader`` and ``keep_best``, the epoch with the best accuracy of ``a`` is
     kept (for both peers)."""
-    from slimkit.passes.distill.trainer import finetune_config
+    from slimkit.config.distill import finetune_config
     from slimkit.passes.finetune.loop import train_model
 
     pair = PeerPair(a, b)

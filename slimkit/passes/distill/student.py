@@ -79,9 +79,7 @@ def layer_student(teacher: nn.Module, *, every: int = 2, layers: Sequence[int] |
     if not idx or any(not 0 <= i < n for i in idx) or len(set(idx)) != len(idx):
         raise ConfigError(f"layers must be distinct indices in [0, {n}), got {idx}.")
     new = nn.ModuleList(layer_list[i] for i in idx)
-    parent_name, _, attr = name.rpartition(".")
-    parent = student.get_submodule(parent_name) if parent_name else student
-    setattr(parent, attr, new)
+    student.set_submodule(name, new)
     for i, layer in enumerate(new):  # attention modules of newer transformers carry their layer index
         for m in layer.modules():
             if hasattr(m, "layer_idx") and isinstance(m.layer_idx, int):

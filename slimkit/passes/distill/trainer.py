@@ -13,14 +13,14 @@ import hashlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from slimkit.config.distill import DistillConfig, FeatureDistillConfig, MutualDistillConfig
-from slimkit.config.finetune import FinetuneConfig
-from slimkit.context import PassContext, model_device
+from slimkit.config.distill import DistillConfig, FeatureDistillConfig, MutualDistillConfig, finetune_config
+from slimkit.context import PassContext, PassRecord, eval_mode, model_device
+from slimkit.data.batch import call_model, split_batch
 from slimkit.errors import ConfigError
 from slimkit.passes.distill.feature import FeatureTap, build_adapters, features_loss
 from slimkit.passes.distill.losses import kd_loss
@@ -28,13 +28,6 @@ from slimkit.passes.distill.mutual import PeerPair, mutual_loss_fn
 from slimkit.registry import register_pass
 
 log = logging.getLogger(__name__)
-
-
-def finetune_config(cfg: DistillConfig) -> FinetuneConfig:
-    """The training settings of a distill config as a :class:`FinetuneConfig`."""
-    return FinetuneConfig(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, optimizer=cfg.optimizer,
-                          max_steps_per_epoch=cfg.max_steps_per_epoch, keep_sparsity=cfg.keep_sparsity,
-                          keep_best=cfg.keep_best, patience=None)
 
 
 def _move(x: Any, device: torch.device) -> Any:
@@ -69,7 +62,7 @@ class TeacherRunner:
 
     @torch.no_grad()
     def __call__(self, x: Any, device: torch.device) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        from slimkit.passes.finetune.loop import call_model, logits_of
+        from slimkit.passes.finetune.loop import logits_of
 
         key = _fingerprint(x) if self.cache else None
         if key is not None and key in self._store:
@@ -99,7 +92,7 @@ class StudentWithAdapters(nn.Module):
 
 def _first_x(loader: Iterable[Any]) -> Any:
     for batch in loader:
-        return batch[0] if isinstance(batch, (tuple, list)) else batch
+        return split_batch(batch)[0]
     raise ConfigError("the training loader yielded no batches.")
 
 
@@ -114,7 +107,7 @@ def distill_model(student: nn.Module, teacher: nn.Module, train_loader: Iterable
                   val_loader: Iterable[Any] | None = None, seed: int = 0) -> dict[str, Any]:
     """Train ``student`` in place against ``teacher`` with ``cfg``; return what happened (``train``: the
     :class:`TrainResult`, ``peer``: the trained mutual peer, ``adapters``, cache ``hits``/``misses``)."""
-    from slimkit.passes.finetune.loop import call_model, logits_of, train_model
+    from slimkit.passes.finetune.loop import logits_of, train_model
 
     if student is teacher:
         raise ConfigError("the student and the teacher are the same module object.",
@@ -130,62 +123,67 @@ def distill_model(student: nn.Module, teacher: nn.Module, train_loader: Iterable
         info["peer"] = peer
         return info
 
-    was_training = teacher.training
-    teacher.eval()
     s_tap = t_tap = None
-    try:
-        if cfg.method == "feature":
-            s_tap = FeatureTap(student, [p.student for p in cfg.features], "student").attach()
-            t_tap = FeatureTap(teacher, [p.teacher for p in cfg.features], "teacher").attach()
-        runner = TeacherRunner(teacher, t_tap, cache=cfg.cache_teacher, max_entries=cfg.cache_max_batches)
-        # probe one batch: checks logits and gives the feature shapes for the adapters
-        x0 = _move(_first_x(train_loader), device)
-        s_was = student.training
-        student.eval()
-        with torch.no_grad():
-            s0 = logits_of(call_model(student, x0))
-            t0 = logits_of(call_model(teacher, _move(x0, model_device(teacher))))
-        student.train(s_was)
-        if cfg.alpha < 1.0:
-            _check_logits(s0, t0)
-        model: nn.Module = student
-        adapters = None
-        if s_tap is not None and t_tap is not None:
-            adapters = build_adapters(s_tap.take(), t_tap.take(), always=cfg.adapter == "always")
-            model = StudentWithAdapters(student, adapters)
+    with eval_mode(teacher):
+        try:
+            if cfg.method == "feature":
+                s_tap = FeatureTap(student, [p.student for p in cfg.features], "student").attach()
+                t_tap = FeatureTap(teacher, [p.teacher for p in cfg.features], "teacher").attach()
+            runner = TeacherRunner(teacher, t_tap, cache=cfg.cache_teacher, max_entries=cfg.cache_max_batches)
+            # probe one batch: checks logits and gives the feature shapes for the adapters
+            x0 = _move(_first_x(train_loader), device)
+            with eval_mode(student), torch.no_grad():
+                s0 = logits_of(call_model(student, x0))
+                t0 = logits_of(call_model(teacher, _move(x0, model_device(teacher))))
+            if cfg.alpha < 1.0:
+                _check_logits(s0, t0)
+            model: nn.Module = student
+            adapters = None
+            if s_tap is not None and t_tap is not None:
+                adapters = build_adapters(s_tap.take(), t_tap.take(), always=cfg.adapter == "always")
+                model = StudentWithAdapters(student, adapters)
 
-        def loss_fn(m: nn.Module, x: Any, y: torch.Tensor) -> torch.Tensor:
-            s_logits = logits_of(call_model(m, x))
-            t_logits, t_feats = runner(x, s_logits.device)
-            loss = kd_loss(s_logits, t_logits, y, cfg.temperature, cfg.alpha)
-            if adapters is not None and s_tap is not None:
-                loss = loss + cfg.beta * features_loss(adapters, s_tap.take(), t_feats, cfg.feature_loss)
-            return loss
+            def loss_fn(m: nn.Module, x: Any, y: torch.Tensor) -> torch.Tensor:
+                s_logits = logits_of(call_model(m, x))
+                t_logits, t_feats = runner(x, s_logits.device)
+                loss = kd_loss(s_logits, t_logits, y, cfg.temperature, cfg.alpha)
+                if adapters is not None and s_tap is not None:
+                    loss = loss + cfg.beta * features_loss(adapters, s_tap.take(), t_feats, cfg.feature_loss)
+                return loss
 
-        info["train"] = train_model(model, train_loader, tcfg, val_loader=val_loader, loss_fn=loss_fn, seed=seed,
-                                    description=f"distill ({cfg.method})")
-        info["adapters"] = adapters
-        info["hits"], info["misses"] = runner.hits, runner.misses
-        if cfg.cache_teacher:
-            log.info("teacher cache: %d hit(s), %d miss(es)", runner.hits, runner.misses)
-            if runner.hits == 0 and cfg.epochs > 1:
-                log.warning("cache_teacher is on but no batch repeated: the loader shuffles or augments, so "
-                            "caching only costs memory here.")
-    finally:
-        for tap in (s_tap, t_tap):
-            if tap is not None:
-                tap.detach()
-        teacher.train(was_training)
+            info["train"] = train_model(model, train_loader, tcfg, val_loader=val_loader, loss_fn=loss_fn, seed=seed,
+                                        description=f"distill ({cfg.method})")
+            info["adapters"] = adapters
+            info["hits"], info["misses"] = runner.hits, runner.misses
+            if cfg.cache_teacher:
+                log.info("teacher cache: %d hit(s), %d miss(es)", runner.hits, runner.misses)
+                if runner.hits == 0 and cfg.epochs > 1:
+                    log.warning("cache_teacher is on but no batch repeated: the loader shuffles or augments, so "
+                                "caching only costs memory here.")
+        finally:
+            for tap in (s_tap, t_tap):
+                if tap is not None:
+                    tap.detach()
     return info
 
 
+@dataclass
+class DistillRecord(PassRecord):
+    """What a distillation stage did: its training (a TrainResult), the trained ``peer`` of mutual learning,
+    the feature ``adapters`` and the teacher-output cache ``hits``/``misses`` (modules stay out of the report)."""
+
+    key: ClassVar[str] = "distill"
+    train: Any = None
+    peer: nn.Module | None = None
+    adapters: Any = None
+    hits: int | None = None
+    misses: int | None = None
+
+
 def _handler(model: nn.Module, cfg: DistillConfig, ctx: PassContext) -> nn.Module:
-    ctx.require("train_loader", "teacher", pass_name=f"distill(method={cfg.method})")
-    assert ctx.teacher is not None and ctx.train_loader is not None
+    assert ctx.teacher is not None and ctx.train_loader is not None  # the registry checked ``needs``
     info = distill_model(model, ctx.teacher, ctx.train_loader, cfg, val_loader=ctx.val_loader, seed=ctx.seed)
-    ctx.extras["distill"] = info
-    if "train" in info:
-        ctx.extras["train_result"] = info["train"]
+    ctx.add(DistillRecord(**info))
     return model
 
 

@@ -12,15 +12,16 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from slimkit.config.finetune import FinetuneConfig
-from slimkit.context import PassContext, model_device
-from slimkit.errors import ConfigError, DataError
+from slimkit.context import PassContext, PassRecord, eval_mode, model_device
+from slimkit.data.batch import call_model, split_batch
+from slimkit.errors import ConfigError, DataError, DivergenceError
 from slimkit.passes.prune.masks import apply_masks_, eligible_layers, masks_from_zeros, prepare_masks
 from slimkit.progress import track
 from slimkit.registry import register_pass
@@ -33,9 +34,11 @@ tensors passed to the model as positional arguments), already on the model's dev
 
 
 @dataclass
-class TrainResult:
-    """What :func:`train_model` did. ``history`` holds ``{"epoch", "train_loss", "val_accuracy"}`` per epoch
-    (``val_accuracy`` is ``None`` without a val loader); epochs count from 1."""
+class TrainResult(PassRecord):
+    """What :func:`train_model` did (the finetune pass's record). ``history`` holds ``{"epoch", "train_loss",
+    "val_accuracy"}`` per epoch (``val_accuracy`` is ``None`` without a val loader); epochs count from 1."""
+
+    key: ClassVar[str] = "train_result"
 
     epochs_run: int = 0
     best_epoch: int | None = None
@@ -95,15 +98,9 @@ def _to_device(x: Any, device: torch.device, dtype: torch.dtype | None) -> Any:
         return x
     if isinstance(x, (tuple, list)):
         return type(x)(_to_device(v, device, dtype) for v in x)
+    if isinstance(x, Mapping):
+        return {k: _to_device(v, device, dtype) for k, v in x.items()}
     return x
-
-
-def _split(batch: Any) -> tuple[Any, torch.Tensor]:
-    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-        raise DataError(f"training batches must be (x, y) pairs, got {type(batch).__name__}"
-                        f"{f' of length {len(batch)}' if isinstance(batch, (tuple, list)) else ''}.",
-                        hint="Wrap the dataset so each item is (input, label).")
-    return batch[0], batch[1]
 
 
 def logits_of(output: Any) -> torch.Tensor:
@@ -117,11 +114,6 @@ def logits_of(output: Any) -> torch.Tensor:
     raise DataError(f"cannot find logits in a model output of type {type(output).__name__}.")
 
 
-def call_model(model: nn.Module, x: Any) -> Any:
-    """``model(*x)`` for a tuple/list input, else ``model(x)``."""
-    return model(*x) if isinstance(x, (tuple, list)) else model(x)
-
-
 def cross_entropy_loss(model: nn.Module, x: Any, y: torch.Tensor) -> torch.Tensor:
     """The default ``loss_fn``: cross-entropy of the model's logits against integer labels."""
     return F.cross_entropy(logits_of(call_model(model, x)).float(), y)
@@ -133,19 +125,15 @@ def accuracy(model: nn.Module, loader: Iterable[Any], *, amp: AmpPlan | None = N
     The model's train/eval mode is restored afterwards."""
     device = model_device(model)
     dtype = _input_dtype(model, amp)
-    was_training = model.training
-    model.eval()
     correct = total = 0
-    try:
+    with eval_mode(model):
         for batch in loader:
-            x, y = _split(batch)
+            x, y = split_batch(batch, labelled=True)
             x, y = _to_device(x, device, dtype), y.to(device)
             with amp.autocast() if amp is not None else contextlib.nullcontext():
                 pred = logits_of(call_model(model, x)).argmax(dim=-1)
             correct += int((pred == y).sum().item())
             total += int(y.numel())
-    finally:
-        model.train(was_training)
     return correct / total if total else 0.0
 
 
@@ -246,6 +234,7 @@ def train_model(
     if masks:
         apply_masks_(model, masks)
 
+    first_loss: float | None = None
     with track(description, total=cfg.epochs * steps if per_step else None) as task:
         try:
             for epoch in range(1, cfg.epochs + 1):
@@ -255,7 +244,7 @@ def train_model(
                 for batch in train_loader:
                     if cfg.max_steps_per_epoch is not None and n_steps >= cfg.max_steps_per_epoch:
                         break
-                    x, y = _split(batch)
+                    x, y = split_batch(batch, labelled=True)
                     x, y = _to_device(x, device, in_dtype), _to_device(y, device, None)
                     optimizer.zero_grad(set_to_none=True)
                     with amp.autocast():
@@ -272,6 +261,9 @@ def train_model(
                         if cfg.grad_clip is not None:
                             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                         optimizer.step()
+                    if scaler is None:  # with a GradScaler an inf step is skipped by design
+                        first_loss = _check_loss(float(loss.detach()), first_loss, x, cfg, description,
+                                                 epoch, n_steps + 1)
                     if masks:
                         apply_masks_(model, masks)
                     if per_step:
@@ -286,9 +278,6 @@ def train_model(
                                     hint="Check the dataset is not empty and the batch size is not too large "
                                          "with drop_last=True.")
                 train_loss = float(loss_sum.item()) / n_steps
-                if not math.isfinite(train_loss) and scaler is None:
-                    raise ConfigError(f"{description}: the training loss became {train_loss} in epoch {epoch}.",
-                                      hint="Lower lr, set grad_clip, or use amp='off'.")
                 val_acc = accuracy(model, val_loader, amp=amp) if val_loader is not None else None
                 result.history.append({"epoch": epoch, "train_loss": train_loss, "val_accuracy": val_acc})
                 result.epochs_run = epoch
@@ -322,11 +311,36 @@ def train_model(
     return result
 
 
+EXPLODE_FACTOR = 100.0
+"""A step loss above this many times the first step's loss (at least 0.1) counts as divergence."""
+
+
+def _check_loss(value: float, first: float | None, x: Any, cfg: FinetuneConfig, description: str,
+                epoch: int, step: int) -> float:
+    """Raise when a step's loss is NaN/inf or exploded; return the reference (the first step's) loss.
+    A non-finite loss on non-finite inputs is the data's fault, and is said so."""
+    if not math.isfinite(value):
+        tensors = x if isinstance(x, (tuple, list)) else (x,)
+        if any(isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all())
+               for t in tensors):
+            raise DataError(f"{description}: the training data holds NaN or infinite values "
+                            f"(a batch of epoch {epoch}, step {step}); the loss became {value}.",
+                            hint="Clean or impute the dataset (e.g. torch.nan_to_num) before compressing.")
+        raise DivergenceError(f"{description}: the loss became {value} at step {step} of epoch {epoch}; "
+                              "training diverged and this stage was stopped.",
+                              hint=f"Lower lr (now {cfg.lr:g}), set grad_clip, or use amp='off'.")
+    if first is None:
+        return value
+    if value > EXPLODE_FACTOR * max(first, 0.1):
+        raise DivergenceError(f"{description}: the loss exploded to {value:.4g} at step {step} of epoch {epoch} "
+                              f"(it started at {first:.4g}); training diverged and this stage was stopped.",
+                              hint=f"Lower lr (now {cfg.lr:g}) or set grad_clip.")
+    return first
+
+
 @register_pass(FinetuneConfig, needs=("train_loader",), default=True)
 def finetune_pass(model: nn.Module, cfg: FinetuneConfig, ctx: PassContext) -> nn.Module:
     """The ``finetune`` pass: :func:`train_model` on ``ctx.train_loader``/``ctx.val_loader`` with
-    ``ctx.seed``; the :class:`TrainResult` goes to ``ctx.extras["train_result"]``."""
-    ctx.require("train_loader", pass_name="finetune")
-    result = train_model(model, ctx.train_loader, cfg, val_loader=ctx.val_loader, seed=ctx.seed)
-    ctx.extras["train_result"] = result
+    ``ctx.seed``; its record is the :class:`TrainResult` (``ctx.extras["train_result"]``)."""
+    ctx.add(train_model(model, ctx.train_loader, cfg, val_loader=ctx.val_loader, seed=ctx.seed))
     return model

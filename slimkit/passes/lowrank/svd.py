@@ -15,19 +15,19 @@ output error on the calibration inputs, and the singular values of ``W S`` give 
 
 from __future__ import annotations
 
-import fnmatch
 import itertools
 import logging
 import math
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from slimkit.analysis.calibration import block_of, collect_input_stats, reiterable
+from slimkit.config.layers import is_skipped
 from slimkit.config.lowrank import SVDConfig
-from slimkit.context import PassContext
+from slimkit.context import PassContext, PassRecord
 from slimkit.errors import ConfigError, ModelLoadError
 from slimkit.registry import register_pass
 
@@ -204,8 +204,8 @@ def _candidates(model: nn.Module, cfg: SVDConfig) -> tuple[list[tuple[str, nn.Mo
         seen.add(id(module))
         mat = weight_matrix(module)
         plan = LayerPlan(name, type(module).__name__, mat.shape[0], mat.shape[1], None)
-        if any(fnmatch.fnmatchcase(name, g) for g in cfg.skip):
-            plan.reason = "matches a skip glob"
+        if is_skipped(name, module, cfg.skip, cfg.filter_fn):
+            plan.reason = "skipped (skip or filter_fn)"
         elif isinstance(module, nn.Conv2d) and module.groups != 1:
             plan.reason = f"grouped conv (groups={module.groups})"
         elif id(module.weight) in shared:
@@ -326,7 +326,7 @@ def apply_plan(model: nn.Module, plans: list[LayerPlan], whiteners: dict[str, Wh
             by_module[id(layer)] = new
         for other_name, other in list(model.named_modules(remove_duplicate=False)):
             if other is layer:
-                _set_module(model, other_name, new)
+                model.set_submodule(other_name, new)
     return model
 
 
@@ -407,15 +407,29 @@ def _rebuild(model: nn.Module, cfg: SVDConfig, manifest: dict[str, Any]) -> nn.M
     return apply_plan(model, plans)
 
 
+@dataclass
+class LowrankRecord(PassRecord):
+    """The plan of a low-rank stage: one :class:`LayerPlan` per candidate layer (``rank`` None: left alone)."""
+
+    key: ClassVar[str] = "lowrank"
+    layers: list[LayerPlan] = field(default_factory=list)
+
+    def notes(self, stage: int) -> list[str]:
+        done = [p for p in self.layers if p.rank is not None]
+        before = sum(p.dense_params for p in self.layers)
+        after = sum(p.params for p in self.layers)
+        if not self.layers:
+            return []
+        return [f"Low-rank (stage {stage}): {len(done)} of {len(self.layers)} layers factorized; their weights "
+                f"went from {before} to {after} parameters."]
+
+
 @register_pass(SVDConfig, default=True, rebuild=_rebuild)
 def svd_handler(model: nn.Module, cfg: SVDConfig, ctx: PassContext) -> nn.Module:
-    """Registered handler: factorize, then fine-tune when ``cfg.finetune`` is set."""
-    if cfg.finetune is not None and ctx.train_loader is None:
-        raise ConfigError("lowrank(method=svd) has finetune set but no train loader was given.",
-                          hint="Pass train_loader=... to lowrank_ or give the recipe a data section, "
-                               "or drop finetune.")
+    """Registered handler: factorize, then fine-tune when ``cfg.finetune`` is set (the registry has checked
+    that a train loader was given). Its record is a :class:`LowrankRecord` (``ctx.extras["lowrank"]``)."""
     plans = lowrank_model(model, cfg, ctx.calibration)
-    ctx.extras["lowrank"] = [p.__dict__ for p in plans]
+    ctx.add(LowrankRecord(plans))
     ctx.extras["layers"] = [{"layer": p.name, "method": "svd-whiten" if cfg.whiten else "svd", "rank": p.rank,
                              "params_before": p.dense_params, "params_after": p.params, "rel_error": p.rel_error,
                              **({"skipped": p.reason} if p.rank is None else {})} for p in plans]

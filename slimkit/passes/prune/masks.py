@@ -7,13 +7,14 @@ model with zeros in its weights: no ``torch.nn.utils.prune`` reparametrization, 
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 from collections.abc import Iterable, Mapping
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
+
+from slimkit.config.layers import LayerFilterFn, is_skipped
 
 log = logging.getLogger(__name__)
 
@@ -29,34 +30,31 @@ def _is_norm(module: nn.Module) -> bool:
     return any("Norm" in name for name in _class_names(module))
 
 
-def _matches(name: str, patterns: Iterable[str]) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
-
-
 def eligible_layers(
     model: nn.Module,
     include: Iterable[str] = DEFAULT_INCLUDE,
-    exclude: Iterable[str] = (),
+    skip: Iterable[str] = (),
     min_numel: int = 0,
+    filter_fn: LayerFilterFn | None = None,
 ) -> dict[str, nn.Module]:
     """The modules whose ``weight`` may be pruned, by qualified name, in module order.
 
     A module is eligible when its class name, or the name of a class it derives from, is in ``include``
-    (so a ``Conv2d`` subclass that does its own padding counts as ``Conv2d``), its qualified name matches
-    no glob in ``exclude``, and its ``weight`` is a floating-point ``nn.Parameter`` with at least
+    (so a ``Conv2d`` subclass that does its own padding counts as ``Conv2d``), it is not skipped (``skip``,
+    ``filter_fn``: :mod:`slimkit.config.layers`), and its ``weight`` is a floating-point ``nn.Parameter`` with at least
     ``min_numel`` elements. Norm layers are never eligible, and biases are never part of a mask. A weight
     shared by several modules is listed once, under the first name. Weights that are not plain parameters
     (``torch.nn.utils.prune`` or ``parametrize`` reparametrizations) are skipped; see
     :func:`reparametrized_layers`.
     """
     include = set(include)
-    exclude = list(exclude)
+    skip = list(skip)
     out: dict[str, nn.Module] = {}
     seen: set[int] = set()
     for name, module in model.named_modules():
         if not name or not include.intersection(_class_names(module)) or _is_norm(module):
             continue
-        if _matches(name, exclude):
+        if is_skipped(name, module, skip, filter_fn):
             continue
         weight = getattr(module, "weight", None)
         if not isinstance(weight, nn.Parameter) or isinstance(weight, nn.parameter.UninitializedParameter):
@@ -71,15 +69,15 @@ def eligible_layers(
     return out
 
 
-def reparametrized_layers(model: nn.Module, include: Iterable[str] = DEFAULT_INCLUDE,
-                          exclude: Iterable[str] = ()) -> list[str]:
+def reparametrized_layers(model: nn.Module, include: Iterable[str] = DEFAULT_INCLUDE, skip: Iterable[str] = (),
+                          filter_fn: LayerFilterFn | None = None) -> list[str]:
     """Names of included modules whose weight is computed (``weight_orig`` from ``torch.nn.utils.prune``,
     or ``torch.nn.utils.parametrize``): writing zeros into such a weight would not last."""
     include = set(include)
-    exclude = list(exclude)
+    skip = list(skip)
     names = []
     for name, module in model.named_modules():
-        if not name or not include.intersection(_class_names(module)) or _matches(name, exclude):
+        if not name or not include.intersection(_class_names(module)) or is_skipped(name, module, skip, filter_fn):
             continue
         if hasattr(module, "weight_orig") or parametrize.is_parametrized(module, "weight"):
             names.append(name)

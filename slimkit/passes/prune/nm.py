@@ -8,7 +8,6 @@ speed-up with ``torch.sparse.to_sparse_semi_structured`` on a CUDA GPU, and says
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import time
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimkit.config.layers import is_skipped
 from slimkit.config.structured import NMSparsityConfig
 from slimkit.context import PassContext
 from slimkit.errors import ConfigError
@@ -47,7 +47,7 @@ def _eligible(model: nn.Module, cfg: NMSparsityConfig) -> list[tuple[str, nn.Mod
         if type(mod).__name__ not in cfg.include and not any(
                 isinstance(mod, getattr(nn, t, ())) for t in cfg.include if hasattr(nn, t)):
             continue
-        if any(fnmatch.fnmatchcase(name, p) for p in cfg.exclude):
+        if is_skipped(name, mod, cfg.skip, cfg.filter_fn):
             continue
         w = getattr(mod, "weight", None)
         if isinstance(w, torch.Tensor) and w.dim() >= 2:

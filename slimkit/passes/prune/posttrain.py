@@ -269,7 +269,7 @@ def posttrain_prune(model: nn.Module, cfg: PostTrainPruneConfig, ctx: PassContex
     calib = ctx.calibration
     assert calib is not None
     inputs = _example(ctx, calib)
-    graph = build_dependency_graph(model, inputs, protected=cfg.protected)
+    graph = build_dependency_graph(model, inputs, skip=cfg.skip, filter_fn=cfg.filter_fn)
     targets, skipped = find_targets(model, graph)
     info: dict[str, Any] = {"trace": graph.tracer, "kept_groups": skipped, "groups": []}
     ctx.extras["posttrain"] = info

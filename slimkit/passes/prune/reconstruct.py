@@ -99,9 +99,9 @@ def find_intercepts(model: nn.Module, targets: list[Target], example_inputs: tup
             handles.append(bn.register_forward_pre_hook(bn_hook))
     try:
         if names:
-            from slimkit.graph.build import frozen
+            from slimkit.context import eval_mode
 
-            with frozen(model):
+            with eval_mode(model), torch.no_grad():
                 model(*example_inputs)
     finally:
         for h in handles:

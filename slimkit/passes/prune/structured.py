@@ -9,68 +9,21 @@ touched; ``ratio=0`` changes nothing.
 from __future__ import annotations
 
 import logging
-import math
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from torch import nn
 
 from slimkit.config.structured import StructuredPruneConfig
-from slimkit.context import PassContext
+from slimkit.context import PassContext, PassRecord
 from slimkit.errors import ConstraintError, ModelLoadError
+from slimkit.evaluation.cost import count_macs
 from slimkit.graph import DependencyGraph, apply_removal, build_dependency_graph, pruned_copy
 from slimkit.passes.prune.structured_importance import unit_scores
+from slimkit.passes.prune.structured_plan import plan_removal
 from slimkit.registry import register_pass
 
 log = logging.getLogger(__name__)
-
-
-def count_macs(model: nn.Module, example_inputs: tuple[Any, ...]) -> int:
-    """MACs of one forward (torch.utils.flop_counter; MACs = FLOPs / 2)."""
-    try:
-        from slimkit.evaluation.cost import count_macs as _count
-    except ImportError:  # pragma: no cover - evaluation package not present
-        _count = None
-    if _count is not None:
-        return int(_count(model, example_inputs))
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        model(*example_inputs)
-    return int(counter.get_total_flops()) // 2
-
-
-def plan_removal(graph: DependencyGraph, scores: dict[int, float], ratio: float, *, scope: str = "layer",
-                 round_to: int = 1, max_group_ratio: float = 0.9) -> set[int]:
-    """The units to remove for ``ratio`` (lowest scores first), per group or globally."""
-    if ratio <= 0:
-        return set()
-    removed: set[int] = set()
-    caps = {g.index: int(math.floor(len(g) * max_group_ratio)) for g in graph.groups}
-    if scope == "global":
-        ranked = sorted((scores.get(u, 0.0), g.index, u) for g in graph.groups for u in g.units)
-        budget = int(round(ratio * len(ranked)))
-        taken: dict[int, list[int]] = {g.index: [] for g in graph.groups}
-        for _, gi, u in ranked:
-            if budget <= 0:
-                break
-            if len(taken[gi]) < caps[gi]:
-                taken[gi].append(u)
-                budget -= 1
-    else:
-        taken = {}
-        for g in graph.groups:
-            n = min(int(math.floor(ratio * len(g) + 1e-9)), caps[g.index])
-            taken[g.index] = sorted(g.units, key=lambda u: scores.get(u, 0.0))[:n]
-    for g in graph.groups:
-        drop = taken[g.index]
-        if round_to > 1 and g.kind == "channels" and g.width == 1 and drop:
-            kept = len(g) - len(drop)
-            kept = min(len(g), int(math.ceil(kept / round_to)) * round_to)
-            drop = sorted(drop, key=lambda u: scores.get(u, 0.0))[: len(g) - kept]
-        removed.update(drop)
-    return removed
 
 
 def _refinement_moves(graph: DependencyGraph, scores: dict[int, float], removed: set[int], extra: set[int],
@@ -115,7 +68,7 @@ def _solve_macs(model: nn.Module, graph: DependencyGraph, scores: dict[int, floa
         raise ConstraintError(
             f"target_macs={cfg.target_macs} cannot be reached: removing {cfg.max_group_ratio:.0%} of every "
             f"prunable group still leaves {m_hi / base:.1%} of the original MACs. Nothing was changed.",
-            hint="Lower protection (protected=[...]), raise max_group_ratio, or ask for a milder target.")
+            hint="Lower protection (skip=[...]), raise max_group_ratio, or ask for a milder target.")
     rem_lo: set[int] = set()
     best = (abs(m_hi / target - 1), rem_hi, m_hi)
     for _ in range(16):
@@ -150,7 +103,7 @@ def _solve_macs(model: nn.Module, graph: DependencyGraph, scores: dict[int, floa
 
 
 def _finetune(model: nn.Module, cfg: StructuredPruneConfig, ctx: PassContext) -> None:
-    if cfg.finetune is None or ctx.train_loader is None:
+    if cfg.finetune is None:  # with finetune the registry has checked that a train loader was given
         return
     from slimkit.passes.finetune.loop import train_model
 
@@ -181,26 +134,42 @@ def rebuild_structure(model: nn.Module, cfg: Any, manifest: dict[str, Any]) -> n
     return apply_structure(model, structure)
 
 
+@dataclass
+class StructuredRecord(PassRecord):
+    """How a structured pruning stage saw the model: ``trace`` (``fx``, ``fx+opaque``, ``hf-bert``, ``export``),
+    ``opaque`` (submodules torch.fx could not trace, kept unpruned, with why) and, for a latency target, each
+    step's measured solution (``latency``)."""
+
+    key: ClassVar[str] = "structured"
+    trace: str | None = None
+    opaque: dict[str, Any] = field(default_factory=dict)
+    latency: list[dict[str, Any]] = field(default_factory=list)
+
+    def notes(self, stage: int) -> list[str]:
+        if not self.opaque:
+            return []
+        return [f"Structured pruning (stage {stage}, traced with {self.trace}) kept {len(self.opaque)} "
+                f"submodule(s) it could not trace unpruned: {', '.join(sorted(self.opaque))}."]
+
+
 @register_pass(StructuredPruneConfig, needs=("example_inputs",), rebuild=rebuild_structure)
 def structured_prune(model: nn.Module, cfg: StructuredPruneConfig, ctx: PassContext) -> nn.Module:
     """Prune ``model`` in place to ``cfg.ratio``, ``cfg.target_macs`` or ``cfg.target_latency``.
-    ``ctx.extras["structured"]`` records how the model was traced (``trace``: ``fx``, ``fx+opaque``,
-    ``hf-bert``; ``opaque``: submodules torch.fx could not trace, kept unpruned) and, for a latency target,
-    each step's measured solution."""
+    Its record, a :class:`StructuredRecord` (``ctx.extras["structured"]``), says how the model was traced.
+    A ``finetune`` section needs a train loader (checked by the registry before anything changes)."""
     inputs = tuple(ctx.example_inputs or ())
-    info: dict[str, Any] = {"trace": None, "opaque": {}, "latency": []}
-    ctx.extras["structured"] = info
+    info = ctx.add(StructuredRecord())
     if cfg.ratio == 0:
-        graph = build_dependency_graph(model, inputs, protected=cfg.protected, unreached=cfg.unreached)
-        info.update(trace=graph.tracer, opaque=dict(graph.opaque))
+        graph = build_dependency_graph(model, inputs, skip=cfg.skip, filter_fn=cfg.filter_fn, unreached=cfg.unreached)
+        info.trace, info.opaque = graph.tracer, dict(graph.opaque)
         return model
     base = count_macs(model, inputs) if cfg.target_macs is not None else 0
     done = 0.0
     lat_done = 1.0  # latency of the current model over the original's (product of the measured steps)
     for step in range(1, cfg.steps + 1):
         frac = step / cfg.steps
-        graph = build_dependency_graph(model, inputs, protected=cfg.protected, unreached=cfg.unreached)
-        info.update(trace=graph.tracer, opaque=dict(graph.opaque))
+        graph = build_dependency_graph(model, inputs, skip=cfg.skip, filter_fn=cfg.filter_fn, unreached=cfg.unreached)
+        info.trace, info.opaque = graph.tracer, dict(graph.opaque)
         scores = unit_scores(model, graph, cfg.importance, calibration=ctx.calibration, example_inputs=inputs,
                              batches=cfg.calibration_batches, aggregate=cfg.aggregate)
         if cfg.target_macs is not None:
@@ -212,7 +181,7 @@ def structured_prune(model: nn.Module, cfg: StructuredPruneConfig, ctx: PassCont
             want = 1 - (1 - cfg.target_latency) * frac
             sol = solve_latency(model, graph, scores, cfg, inputs, min(1.0, want / lat_done))
             lat_done *= sol.relative
-            info["latency"].append(sol.as_dict())
+            info.latency.append(sol.as_dict())
             removed = sol.removed
         else:
             assert cfg.ratio is not None

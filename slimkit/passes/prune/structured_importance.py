@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slimkit.context import eval_mode
+from slimkit.data.batch import call_model, split_batch
 from slimkit.errors import ConfigError
-from slimkit.graph.build import frozen
 from slimkit.graph.core import DependencyGraph, Member
 from slimkit.graph.modules import GATES
 
@@ -98,15 +99,9 @@ def _batches(calibration: Iterable[Any] | None, n: int, example_inputs: tuple[An
         return [(example_inputs, None)]
     out = []
     for batch in itertools.islice(calibration, n):
-        if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[1], torch.Tensor) \
-                and not batch[1].is_floating_point():
-            out.append(((batch[0],), batch[1]))
-        elif isinstance(batch, (tuple, list)):
-            out.append((tuple(batch), None))
-        elif isinstance(batch, dict):
-            out.append((tuple(batch.values()), None))
-        else:
-            out.append(((batch,), None))
+        x, y = split_batch(batch)
+        # a target is used (cross-entropy) only when it is integer class labels
+        out.append((x, y if isinstance(y, torch.Tensor) and not y.is_floating_point() else None))
     return out
 
 
@@ -127,7 +122,7 @@ def _taylor(model: nn.Module, graph: DependencyGraph, batches: list[Any]) -> dic
         prm.requires_grad_(True)
         prm.grad = None
     for inputs, y in batches:
-        out = _primary(work(*inputs)).float()
+        out = _primary(call_model(work, inputs)).float()
         if y is not None and out.dim() == 2 and out.shape[0] == y.shape[0]:
             loss = F.cross_entropy(out, y)
         else:
@@ -152,9 +147,9 @@ def _entropy(model: nn.Module, graph: DependencyGraph, batches: list[Any], bins:
                 acts[name].append(out.detach().float().movedim(d, 0).reshape(out.shape[d], -1))
         handles.append(model.get_submodule(name).register_forward_hook(hook))
     try:
-        with frozen(model):
+        with eval_mode(model), torch.no_grad():
             for inputs, _ in batches:
-                model(*inputs)
+                call_model(model, inputs)
     finally:
         for h in handles:
             h.remove()

@@ -19,8 +19,9 @@ from torch import nn
 
 from slimkit.config.structured import StructuredPruneConfig
 from slimkit.errors import ConstraintError
+from slimkit.evaluation.cost import count_macs
 from slimkit.graph import DependencyGraph, pruned_copy
-from slimkit.passes.prune.structured import count_macs, plan_removal
+from slimkit.passes.prune.structured_plan import plan_removal
 
 log = logging.getLogger(__name__)
 
@@ -52,17 +53,15 @@ class LatencySolution:
 
 def paired_latency(model: nn.Module, candidate: nn.Module, inputs: tuple[Any, ...],
                    cfg: StructuredPruneConfig) -> tuple[float, float]:
-    """Median latency (ms) of ``model`` and ``candidate``, measured model, candidate, candidate, model with
-    ``cfg.latency`` (threads pinned to torch's current count when not set)."""
-    from slimkit.evaluation.latency import torch_latency
+    """Median latency (ms) of ``model`` and ``candidate`` with ``cfg.latency`` (threads pinned to torch's current
+    count when not set), measured model, candidate, candidate, model (evaluation.latency.paired_latency)."""
+    from slimkit.evaluation.latency import paired_latency, torch_latency
 
     lat = cfg.latency if cfg.latency.threads is not None else \
         cfg.latency.model_copy(update={"threads": torch.get_num_threads()})
-    a1 = torch_latency(model, inputs, lat)["median"]
-    b1 = torch_latency(candidate, inputs, lat)["median"]
-    b2 = torch_latency(candidate, inputs, lat)["median"]
-    a2 = torch_latency(model, inputs, lat)["median"]
-    return (a1 + a2) / 2, (b1 + b2) / 2
+    a, b = paired_latency(lambda: torch_latency(model, inputs, lat), lambda: torch_latency(candidate, inputs, lat),
+                          rounds=2)  # A B B A: the mean of each side's two medians
+    return a["median"], b["median"]
 
 
 def solve_latency(model: nn.Module, graph: DependencyGraph, scores: dict[int, float], cfg: StructuredPruneConfig,
@@ -100,7 +99,7 @@ def solve_latency(model: nn.Module, graph: DependencyGraph, scores: dict[int, fl
             f"group still measures {rel:.1%} of the latency ({c_ms:.3f} vs {b_ms:.3f} ms, batch "
             f"{cfg.latency.batch}) on this machine. Nothing was changed.",
             hint="Per-call overhead and unprunable layers set a floor: ask for a milder target, a larger "
-                 "latency batch, fewer protected layers, or a higher max_group_ratio.")
+                 "latency batch, fewer skipped layers, or a higher max_group_ratio.")
     best = (hi, rel, removed, b_ms, c_ms, macs)
     for _ in range(max_iter):
         if abs(best[1] / target - 1) <= tol:

@@ -13,13 +13,15 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable, Mapping
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
+from slimkit.config.layers import LayerFilterFn
 from slimkit.config.prune import MagnitudePruneConfig
-from slimkit.context import PassContext
+from slimkit.context import PassContext, PassRecord
 from slimkit.errors import ConfigError
 from slimkit.passes.prune.importance import Norm, magnitude_scores
 from slimkit.passes.prune.masks import (
@@ -91,24 +93,25 @@ def magnitude_prune_(
     *,
     norm: Norm = "l1",
     include: Iterable[str] = DEFAULT_INCLUDE,
-    exclude: Iterable[str] = (),
+    skip: Iterable[str] = (),
     min_numel: int = 0,
+    filter_fn: LayerFilterFn | None = None,
     layers: Mapping[str, nn.Module] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Zero the smallest-magnitude weights of the eligible layers in place; return the keep-masks.
 
-    ``layers`` (``{qualified name: module}``) overrides the selection by ``include``/``exclude``/
-    ``min_numel`` (see :func:`slimkit.passes.prune.masks.eligible_layers`). The returned masks
+    ``layers`` (``{qualified name: module}``) overrides the selection by ``include``/``skip``/
+    ``min_numel``/``filter_fn`` (see :func:`slimkit.passes.prune.masks.eligible_layers`). The returned masks
     (``{name: bool tensor}``, ``True`` = nonzero) can be passed to
     :func:`slimkit.passes.finetune.loop.train_model` to keep the zeros while training.
     Raises :class:`~slimkit.errors.ConfigError` when no layer is eligible or ``sparsity`` is outside [0, 1).
     """
     if not 0 <= sparsity < 1:
         raise ConfigError(f"sparsity must be in [0, 1), got {sparsity}.")
-    include, exclude = list(include), list(exclude)
+    include, skip = list(include), list(skip)
     if layers is None:
-        _check_prunable(model, include, exclude)
-        layers = _select(model, include, exclude, min_numel)
+        _check_prunable(model, include, skip, filter_fn)
+        layers = _select(model, include, skip, min_numel, filter_fn)
     if not layers:
         return {}
     masks = _layer_masks(layers, sparsity, scope, norm)
@@ -116,29 +119,30 @@ def magnitude_prune_(
     return masks
 
 
-def _check_prunable(model: nn.Module, include: list[str], exclude: list[str]) -> None:
-    reparam = reparametrized_layers(model, include, exclude)
+def _check_prunable(model: nn.Module, include: list[str], skip: list[str], filter_fn: LayerFilterFn | None) -> None:
+    reparam = reparametrized_layers(model, include, skip, filter_fn)
     if reparam:
         raise ConfigError(
             f"layer(s) {', '.join(reparam[:5])} have a reparametrized weight (torch.nn.utils.prune or "
             f"parametrize); zeros written into it would not last.",
             hint="Call torch.nn.utils.prune.remove(module, 'weight') (or remove_parametrizations) first, "
-                 "or exclude those layers.")
+                 "or skip those layers.")
 
 
-def _select(model: nn.Module, include: list[str], exclude: list[str], min_numel: int) -> dict[str, nn.Module]:
-    layers = eligible_layers(model, include, exclude, min_numel)
+def _select(model: nn.Module, include: list[str], skip: list[str], min_numel: int,
+            filter_fn: LayerFilterFn | None) -> dict[str, nn.Module]:
+    layers = eligible_layers(model, include, skip, min_numel, filter_fn)
     if not layers:
         raise ConfigError(
-            f"no layer of {type(model).__name__} can be pruned with include={include}, exclude={exclude}, "
-            f"min_numel={min_numel}.",
-            hint="include lists module class names (e.g. Linear, Conv2d); exclude lists glob patterns of "
-                 "qualified module names (e.g. 'fc', 'features.0*'). Widen include or narrow exclude.")
+            f"no layer of {type(model).__name__} can be pruned with include={include}, skip={skip} (exclude= in "
+            f"older recipes){', a filter_fn' if filter_fn is not None else ''}, min_numel={min_numel}.",
+            hint="include lists module class names (e.g. Linear, Conv2d); skip lists glob patterns of "
+                 "qualified module names or class names (e.g. 'fc', 'features.0*'). Widen include or narrow skip.")
     return layers
 
 
 def _cfg_layers(model: nn.Module, cfg: MagnitudePruneConfig) -> dict[str, nn.Module]:
-    return _select(model, list(cfg.include), list(cfg.exclude), cfg.min_numel)
+    return _select(model, list(cfg.include), list(cfg.skip), cfg.min_numel, cfg.filter_fn)
 
 
 def sparsity_report(model: nn.Module, cfg: MagnitudePruneConfig | None = None) -> dict[str, float]:
@@ -147,7 +151,7 @@ def sparsity_report(model: nn.Module, cfg: MagnitudePruneConfig | None = None) -
     if cfg is None:
         layers = eligible_layers(model)
     else:
-        layers = eligible_layers(model, cfg.include, cfg.exclude, cfg.min_numel)
+        layers = eligible_layers(model, cfg.include, cfg.skip, cfg.min_numel, cfg.filter_fn)
     return {name: layer_sparsity(m) for name, m in layers.items()}
 
 
@@ -155,44 +159,64 @@ def eligible_sparsity(model: nn.Module, cfg: MagnitudePruneConfig | None = None)
     """Fraction of zero weights over all eligible weights together (what ``scope='global'`` targets)."""
     if cfg is None:
         return overall_sparsity(eligible_layers(model))
-    return overall_sparsity(eligible_layers(model, cfg.include, cfg.exclude, cfg.min_numel))
+    return overall_sparsity(eligible_layers(model, cfg.include, cfg.skip, cfg.min_numel, cfg.filter_fn))
+
+
+@dataclass
+class PruneStep(PassRecord):
+    """One pruning step: the ``target`` sparsity of the schedule, the eligible ``sparsity`` reached, and the
+    fine-tuning after it (a TrainResult) when the config has ``finetune``."""
+
+    key: ClassVar[str] = "prune_step"
+    step: int
+    target: float
+    sparsity: float
+    train_result: Any = None
+
+
+@dataclass
+class PruneStepsRecord(PassRecord):
+    """The steps of a magnitude pruning stage, in order; it reads as the list of its steps."""
+
+    key: ClassVar[str] = "prune_steps"
+    steps: list[PruneStep] = field(default_factory=list)
+
+    def __iter__(self):  # noqa: ANN204
+        return iter(self.steps)
+
+    def __len__(self) -> int:
+        return len(self.steps)
 
 
 @register_pass(MagnitudePruneConfig, default=True)
 def magnitude_prune_pass(model: nn.Module, cfg: MagnitudePruneConfig, ctx: PassContext) -> nn.Module:
     """The ``prune`` pass (method ``magnitude``): prune in ``cfg.steps`` steps on ``cfg.schedule``; when
     ``cfg.finetune`` is given, fine-tune on ``ctx.train_loader`` after each step with the zeros held fixed.
-    Per-step records go to ``ctx.extras["prune_steps"]``."""
+    Its record is a :class:`PruneStepsRecord` (``ctx.extras["prune_steps"]``). A ``finetune`` section needs a
+    train loader (checked by the registry before anything changes)."""
     from slimkit.passes.finetune.loop import resolve_amp, train_model
 
     # every check before the model is touched
-    _check_prunable(model, list(cfg.include), list(cfg.exclude))
+    _check_prunable(model, list(cfg.include), list(cfg.skip), cfg.filter_fn)
     layers = _cfg_layers(model, cfg)
     if cfg.finetune is not None:
-        if ctx.train_loader is None:
-            raise ConfigError(
-                "prune(method=magnitude) has a finetune section but no train_loader was given.",
-                hint="Pass train_loader=... to slimkit.prune_, give the recipe a data section, "
-                     "or remove finetune from the prune config.")
         resolve_amp(model, cfg.finetune.amp)
 
     targets = sparsity_schedule(cfg.sparsity, cfg.steps, cfg.schedule)
-    records = []
+    record = ctx.add(PruneStepsRecord())
     with track("prune", total=len(targets)) as task:
         for step, target in enumerate(targets, start=1):
             masks = magnitude_prune_(model, target, cfg.scope, norm=cfg.norm, layers=layers)
             reached = overall_sparsity(layers)
-            record = {"step": step, "target": target, "sparsity": reached}
+            entry = PruneStep(step=step, target=target, sparsity=reached)
             log.info("prune step %d/%d: target %.4f, eligible sparsity %.4f", step, len(targets), target, reached)
             if cfg.finetune is not None:
                 # the masks hold every zero of the eligible layers, including ones zero before pruning
                 result = train_model(model, ctx.train_loader, cfg.finetune, val_loader=ctx.val_loader,
                                      seed=ctx.seed + step - 1, masks=masks,
                                      description=f"fine-tune (prune step {step}/{len(targets)})")
-                record["train_result"] = result
-                ctx.extras["train_result"] = result
-            records.append(record)
+                entry.train_result = result
+            record.steps.append(entry)
             task.advance()
             task.update(sparsity=reached)
-    ctx.extras["prune_steps"] = records
     return model

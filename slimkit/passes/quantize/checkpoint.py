@@ -1,6 +1,6 @@
 """Checkpoints of quantized models: codecs for ``slimkit.exporters.save_model`` and ``rebuild`` hooks.
 
-Codecs (registered with :func:`slimkit.exporters.safetensors_io.register_codec` when this package is
+Codecs (registered with :func:`slimkit.codecs.register_codec` when this package is
 imported), so a quantized model's ``model.safetensors`` holds its weights in their quantized form and its
 size on disk is real:
 
@@ -30,8 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimkit.codecs import register_codec
 from slimkit.errors import ModelLoadError
-from slimkit.exporters.safetensors_io import register_codec
 from slimkit.passes.quantize.modules import QuantWrapper
 from slimkit.passes.quantize.packing import decode_weight, encode_weight, is_packable
 

@@ -47,7 +47,7 @@ class STEFakeQuant(torch.autograd.Function):
 def ste_fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int,
                       axis: int | None = None) -> torch.Tensor:
     """Fake quantization with the clipped STE; ``axis`` broadcasts per-channel parameters."""
-    return STEFakeQuant.apply(x, qs._bcast(scale, x, axis), qs._bcast(zero_point, x, axis), qmin, qmax)
+    return STEFakeQuant.apply(x, qs.broadcast_param(scale, x, axis), qs.broadcast_param(zero_point, x, axis), qmin, qmax)
 
 
 def _grad_scale(p: torch.Tensor, g: float) -> torch.Tensor:
@@ -64,8 +64,8 @@ def lsq_fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Te
                       grad_factor: float, axis: int | None = None) -> torch.Tensor:
     """LSQ/LSQ+: differentiable in ``x`` (clipped STE), ``scale`` and ``zero_point``. ``grad_factor`` is
     ``1 / sqrt(numel_per_scale * qmax)``."""
-    s = qs._bcast(_grad_scale(scale, grad_factor), x, axis)
-    z = qs._bcast(_round_pass(_grad_scale(zero_point, grad_factor)), x, axis)
+    s = qs.broadcast_param(_grad_scale(scale, grad_factor), x, axis)
+    z = qs.broadcast_param(_round_pass(_grad_scale(zero_point, grad_factor)), x, axis)
     q = torch.clamp(_round_pass(x / s) + z, qmin, qmax)
     return (q - z) * s
 

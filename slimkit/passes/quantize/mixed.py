@@ -26,10 +26,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimkit.config.layers import match_layer
 from slimkit.config.quantize import Int, MixedPrecision, PTQConfig
-from slimkit.context import PassContext, model_device
+from slimkit.context import PassContext, eval_mode, model_device
+from slimkit.data.batch import call_model, split_batch
 from slimkit.errors import ConfigError, DataError, did_you_mean
-from slimkit.passes.quantize.modules import matches, quant_wrappers, quantizable_layers
+from slimkit.evaluation.agreement import argmax_agreement, row_cosine
+from slimkit.passes.quantize.modules import quant_wrappers, quantizable_layers
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +65,6 @@ def resolved_config(cfg: PTQConfig, keep: list[str], keep_as: str) -> PTQConfig:
 
 
 # ------------------------------------------------------------------------------------------------ scoring
-def _labelled(batch: Any) -> tuple[Any, Any]:
-    if isinstance(batch, list | tuple) and len(batch) >= 2:
-        return batch[0], batch[1]
-    from slimkit.passes.quantize.ptq import batch_inputs
-
-    return batch_inputs(batch), None
-
-
 def _score_batches(mixed: MixedPrecision, ctx: PassContext) -> tuple[list[tuple[Any, Any]], str]:
     use_val = mixed.data == "val" and ctx.val_loader is not None
     source = ctx.val_loader if use_val else ctx.calibration
@@ -77,7 +72,7 @@ def _score_batches(mixed: MixedPrecision, ctx: PassContext) -> tuple[list[tuple[
     if source is None:
         raise ConfigError("mixed precision needs data to score layers on, but there is no validation or "
                           "calibration data.", hint="Give the recipe a data section, or pass calibration=loader.")
-    batches = [_labelled(b) for b in itertools.islice(iter(source), mixed.batches)]
+    batches = [split_batch(b) for b in itertools.islice(iter(source), mixed.batches)]
     if not batches:
         raise ConfigError(f"the {where} data is empty; mixed precision has nothing to score layers on.")
     if mixed.metric == "accuracy" and any(y is None for _, y in batches):
@@ -89,12 +84,10 @@ def _score_batches(mixed: MixedPrecision, ctx: PassContext) -> tuple[list[tuple[
 @torch.no_grad()
 def _outputs(model: nn.Module, batches: list[tuple[Any, Any]]) -> list[torch.Tensor]:
     device = model_device(model)
-    was = model.training
-    model.eval()
-    try:
-        outs = []
+    outs = []
+    with eval_mode(model):
         for x, _ in batches:
-            out = model(x.to(device) if isinstance(x, torch.Tensor) else x)
+            out = call_model(model, x, device)
             if not isinstance(out, torch.Tensor):
                 logits = getattr(out, "logits", None)
                 if not isinstance(logits, torch.Tensor):
@@ -102,9 +95,7 @@ def _outputs(model: nn.Module, batches: list[tuple[Any, Any]]) -> list[torch.Ten
                                     f"returns {type(out).__name__}.")
                 out = logits
             outs.append(out.detach().float().cpu())
-        return outs
-    finally:
-        model.train(was)
+    return outs
 
 
 def _scorer(metric: str, ref: list[torch.Tensor], labels: list[Any]) -> tuple[Callable[[list[torch.Tensor]], float],
@@ -112,15 +103,13 @@ def _scorer(metric: str, ref: list[torch.Tensor], labels: list[Any]) -> tuple[Ca
     """``score(outputs) -> fidelity`` (1.0 for the input model) and the input model's raw accuracy (or None)."""
     if metric == "cosine":
         def cosine(outs: list[torch.Tensor]) -> float:
-            cos = [torch.nn.functional.cosine_similarity(o.flatten(1), r.flatten(1), dim=1, eps=1e-12)
-                   for o, r in zip(outs, ref, strict=True)]
-            return float(torch.cat(cos).mean())
+            return float(row_cosine(torch.cat(outs), torch.cat(ref)).mean())
         return cosine, None
     if metric == "top1_agreement":
-        ref_top = torch.cat([r.flatten(1).argmax(1) for r in ref])
+        ref_all = torch.cat([r.flatten(1) for r in ref])
 
         def agreement(outs: list[torch.Tensor]) -> float:
-            return float((torch.cat([o.flatten(1).argmax(1) for o in outs]) == ref_top).double().mean())
+            return argmax_agreement(torch.cat([o.flatten(1) for o in outs]), ref_all)
         return agreement, None
     y = torch.cat([torch.as_tensor(t).reshape(-1).cpu() for t in labels])
 
@@ -140,7 +129,7 @@ def candidate_layers(model: nn.Module, cfg: PTQConfig) -> list[str]:
     assert cfg.mixed is not None
     layers: list[tuple[str, nn.Module]] = []
     seen: set[int] = set()
-    for name, mod in quantizable_layers(model, list(cfg.include), cfg.skip):
+    for name, mod in quantizable_layers(model, list(cfg.include), cfg.skip, cfg.filter_fn):
         if id(mod) not in seen:
             seen.add(id(mod))
             layers.append((name, mod))
@@ -148,12 +137,12 @@ def candidate_layers(model: nn.Module, cfg: PTQConfig) -> list[str]:
         raise ConfigError(f"no layer to quantize: the model has no {'/'.join(cfg.include)} layer outside skip.")
     names = [n for n, _ in layers]
     for pat in cfg.mixed.layers:
-        if not any(matches(n, m, [pat]) for n, m in layers):
+        if not any(match_layer(n, m, [pat]) for n, m in layers):
             raise ConfigError(f"mixed.layers: '{pat}' matches no quantized layer.{did_you_mean(pat, names)}",
                               hint=f"Quantized layers: {', '.join(names[:12])}"
                                    + (f" (and {len(names) - 12} more)." if len(names) > 12 else "."))
     if cfg.mixed.layers:
-        return [n for n, m in layers if matches(n, m, cfg.mixed.layers)]
+        return [n for n, m in layers if match_layer(n, m, cfg.mixed.layers)]
     return names
 
 
@@ -174,7 +163,7 @@ def plan_mixed_ptq(model: nn.Module, cfg: PTQConfig, ctx: PassContext,
     ``quantize(model, cfg, ctx)`` is the PTQ handler (run on copies only). Returns the resolved config (no
     ``mixed``; kept layers in ``skip`` or ``overrides``), the JSON-ready result and the calibration batches
     the plan was measured with (apply the resolved config with those). ``model`` is not changed."""
-    from slimkit.search.sensitivity import layer_sensitivity, mixed_assignment, sensitivity_table
+    from slimkit.analysis.sensitivity import layer_sensitivity, mixed_assignment, sensitivity_table
 
     mixed = cfg.mixed
     if mixed is None:
@@ -257,7 +246,7 @@ def mixed_from_manifest(model: nn.Module, cfg: PTQConfig, manifest: dict[str, An
     weight is saved unwrapped (``<layer>.weight``) was kept in float; one whose packed codes are 8-bit while
     the stage is lower-bit was kept at 8 bits. Used by the rebuild hook (resume, ``slimkit eval``)."""
     tensors = manifest.get("tensors") or {}
-    layers = [n for n, _ in quantizable_layers(model, list(cfg.include), cfg.skip)]
+    layers = [n for n, _ in quantizable_layers(model, list(cfg.include), cfg.skip, cfg.filter_fn)]
     keep_float = [n for n in layers if f"{n}.weight" in tensors and f"{n}.module.weight" not in tensors]
     bits = _bits(cfg)
     keep_8 = [n for n in layers if bits < 8

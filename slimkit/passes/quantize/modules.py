@@ -15,13 +15,13 @@ Names the exporters read (stable): ``QuantLinear`` / ``QuantConv1d`` / ``QuantCo
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
+from slimkit.config.layers import LayerFilterFn, is_skipped
 from slimkit.passes.quantize.fake_quant import BinaryFakeQuantize, FakeQuantize, LogFakeQuantize
 
 QUANTIZABLE: dict[str, type[nn.Module]] = {"Linear": nn.Linear, "Conv1d": nn.Conv1d, "Conv2d": nn.Conv2d}
@@ -89,18 +89,10 @@ def wrapper_class(module: nn.Module) -> type[QuantWrapper]:
     raise TypeError(f"{type(module).__name__} is not a quantizable layer")
 
 
-def matches(name: str, module: nn.Module, patterns: list[str] | dict[str, object]) -> str | None:
-    """The first pattern that matches a module by name glob (``features.*``) or class name (``Linear``)."""
-    for pat in patterns:
-        if fnmatch.fnmatchcase(name, pat) or type(module).__name__ == pat:
-            return pat
-    return None
-
-
-def quantizable_layers(model: nn.Module, include: list[str] | None = None,
-                       skip: list[str] | None = None) -> Iterator[tuple[str, nn.Module]]:
-    """``(name, module)`` of layers to quantize: instances of ``include`` types, not matched by ``skip``, not
-    already wrapped."""
+def quantizable_layers(model: nn.Module, include: list[str] | None = None, skip: list[str] | None = None,
+                       filter_fn: LayerFilterFn | None = None) -> Iterator[tuple[str, nn.Module]]:
+    """``(name, module)`` of layers to quantize: instances of ``include`` types, not skipped (``skip``,
+    ``filter_fn``: slimkit.config.layers), not already wrapped."""
     types = tuple(QUANTIZABLE[t] for t in (include or list(QUANTIZABLE)))
     wrapped: set[int] = set()
     for name, mod in model.named_modules():
@@ -109,16 +101,9 @@ def quantizable_layers(model: nn.Module, include: list[str] | None = None,
             continue
         if id(mod) in wrapped or not isinstance(mod, types) or name == "":
             continue
-        if skip and matches(name, mod, skip):
+        if is_skipped(name, mod, skip or (), filter_fn):
             continue
         yield name, mod
-
-
-def set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    """Replace the submodule at dotted ``name``."""
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
 
 
 def wrap_layers(model: nn.Module, layers: list[tuple[str, nn.Module]],
@@ -131,7 +116,7 @@ def wrap_layers(model: nn.Module, layers: list[tuple[str, nn.Module]],
         if id(layer) not in done:
             wfq, ifq = make(name, layer)
             done[id(layer)] = wrapper_class(layer)(layer, wfq, ifq)
-        set_submodule(model, name, done[id(layer)])
+        model.set_submodule(name, done[id(layer)])
         out[name] = done[id(layer)]
     return out
 
@@ -164,5 +149,5 @@ def unwrap(model: nn.Module, *, bake: bool = True) -> nn.Module:
         if bake and w.weight_fake_quant is not None:
             with torch.no_grad():
                 w.module.weight.copy_(w.quantized_weight())
-        set_submodule(model, name, w.module)
+        model.set_submodule(name, w.module)
     return model

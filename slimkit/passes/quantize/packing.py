@@ -86,7 +86,7 @@ def _codes(fq: nn.Module, w: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]
         g = qs.to_groups(w.detach(), fq.group_size)
         q = torch.clamp(torch.round(g * (1.0 / s[..., None])) + z[..., None], fq.qmin, fq.qmax)
     else:
-        b = qs._bcast
+        b = qs.broadcast_param
         q = torch.clamp(torch.round(w.detach() * (1.0 / b(s, w, fq.axis))) + b(z, w, fq.axis), fq.qmin, fq.qmax)
     codes = (q - fq.qmin).to(torch.uint8)
     return codes, {"scheme": "int", "bits": fq.bits, "axis": fq.axis, "qmin": fq.qmin,

@@ -18,7 +18,7 @@ from torch import nn
 
 from slimkit.config.quantize import BF16Config, FP16Config, PrecisionConfig
 from slimkit.context import PassContext
-from slimkit.registry import register_pass
+from slimkit.registry import ExportForm, register_pass
 
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
 
@@ -64,7 +64,19 @@ def remove_precision_hooks(model: nn.Module) -> nn.Module:
     return model
 
 
-@register_pass(PrecisionConfig, rebuild=lambda model, cfg, manifest: _rebuild(model, cfg, manifest))
+def _is_half(model: nn.Module) -> bool:
+    return bool(getattr(model, "_slimkit_precision", None)) or any(
+        p.dtype in (torch.float16, torch.bfloat16) for p in model.parameters())
+
+
+HALF = ExportForm(
+    "half", _is_half, remove_precision_hooks,
+    float_note="exported as ONNX {precision} from the float32 copy of the half-precision model (its input/output "
+               "casting hooks do not export).")
+"""fp16/bf16 weights with the input/output casting hooks of this pass (declared to the registry)."""
+
+
+@register_pass(PrecisionConfig, rebuild=lambda model, cfg, manifest: _rebuild(model, cfg, manifest), export=HALF)
 def precision(model: nn.Module, cfg: PrecisionConfig, ctx: PassContext) -> nn.Module:
     """fp16 or bf16 by ``cfg.method``."""
     return to_precision(model, torch.float16 if cfg.method == "fp16" else torch.bfloat16, cfg.keep_norms_fp32)
@@ -75,5 +87,5 @@ def _rebuild(model: nn.Module, cfg: PrecisionConfig, manifest: dict[str, Any]) -
     return precision(model, cfg, PassContext())
 
 
-register_pass(FP16Config, rebuild=_rebuild)(precision)
-register_pass(BF16Config, rebuild=_rebuild)(precision)
+register_pass(FP16Config, rebuild=_rebuild, export=HALF)(precision)
+register_pass(BF16Config, rebuild=_rebuild, export=HALF)(precision)

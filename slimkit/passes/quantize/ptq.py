@@ -16,8 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimkit.config.layers import match_layer
 from slimkit.config.quantize import Binary, BinaryConfig, Int, LogQuant, LogQuantConfig, PTQConfig
-from slimkit.context import PassContext, model_device
+from slimkit.context import PassContext, eval_mode, model_device
+from slimkit.data.batch import call_model, split_batch
 from slimkit.errors import ConfigError, DataError, did_you_mean
 from slimkit.passes.quantize.fake_quant import (
     BinaryFakeQuantize,
@@ -25,15 +27,15 @@ from slimkit.passes.quantize.fake_quant import (
     LogFakeQuantize,
     SignActivation,
 )
+from slimkit.passes.quantize.forms import FAKEQUANT, FAKEQUANT_NONLINEAR
 from slimkit.passes.quantize.modules import (
     QUANTIZABLE,
     QuantWrapper,
     freeze_all,
-    matches,
     quantizable_layers,
-    set_submodule,
     wrap_layers,
 )
+from slimkit.passes.quantize.records import SensitivityRecord
 from slimkit.progress import track
 from slimkit.registry import register_pass
 
@@ -125,30 +127,19 @@ def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
 
 def fold_bn(model: nn.Module) -> list[tuple[str, str]]:
     """Fold every foldable BatchNorm into its convolution (running statistics) and replace it by
-    ``nn.Identity``. Returns the folded ``(conv, bn)`` names."""
-    pairs = conv_bn_pairs(model)
-    for conv_name, bn_name in pairs:
-        fold_conv_bn_(model.get_submodule(conv_name), model.get_submodule(bn_name))
-        set_submodule(model, bn_name, nn.Identity())
+    ``nn.Identity``, in eval mode (training flags restored). Returns the folded ``(conv, bn)`` names. The one
+    folding step of PTQ (``fold_bn``) and QAT (``fold_bn_epoch``)."""
+    with eval_mode(model):
+        pairs = conv_bn_pairs(model)
+        for conv_name, bn_name in pairs:
+            fold_conv_bn_(model.get_submodule(conv_name), model.get_submodule(bn_name))
+            model.set_submodule(bn_name, nn.Identity())
     if pairs:
         log.info("folded %d BatchNorm layer(s) into convolutions", len(pairs))
     return pairs
 
 
 # -------------------------------------------------------------------------------------------- calibration
-def batch_inputs(batch: Any) -> Any:
-    """The model input of a batch: ``x`` of ``(x, y)``, or the batch itself."""
-    if isinstance(batch, list | tuple) and len(batch) >= 1:
-        return batch[0]
-    if isinstance(batch, dict):
-        return batch.get("x", batch.get("input", batch))
-    return batch
-
-
-def _to(x: Any, device: torch.device) -> Any:
-    return x.to(device) if isinstance(x, torch.Tensor) else x
-
-
 def _expected_shape(model: nn.Module, ctx: PassContext) -> str:
     if ctx.example_inputs:
         return f"(N, {', '.join(str(d) for d in ctx.example_inputs[0].shape[1:])})"
@@ -171,23 +162,19 @@ def check_calibration(model: nn.Module, calibration: Iterable[Any] | None, ctx: 
     first = next(it, None)
     if first is None:
         raise ConfigError("the calibration data is empty.", hint="Give at least one batch of representative inputs.")
-    x = batch_inputs(first)
+    x = split_batch(first)[0]
     device = model_device(model)
     shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
-            model(_to(x, device))
+        with eval_mode(model), torch.no_grad():
+            call_model(model, x, device)
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
         raise DataError(
             f"calibration batches of shape {shape} do not fit the model: expected input shape "
             f"{_expected_shape(model, ctx)}. ({str(exc).splitlines()[0][:160]})",
             hint="Use calibration data from the same dataset and transforms as the model's inputs.",
         ) from None
-    finally:
-        model.train(was_training)
-    return (batch_inputs(b) for b in itertools.islice(itertools.chain([first], it), limit))
+    return (split_batch(b)[0] for b in itertools.islice(itertools.chain([first], it), limit))
 
 
 @torch.no_grad()
@@ -203,15 +190,12 @@ def calibrate(model: nn.Module, inputs: Iterable[Any], total: int | None = None)
     """Run ``inputs`` through ``model`` in eval mode (a "calibrate" progress task, ``total`` batches when
     known); returns the number of batches."""
     device = model_device(model)
-    was_training = model.training
-    model.eval()
     n = 0
-    with torch.no_grad(), track("calibrate", total=total) as task:
+    with eval_mode(model), torch.no_grad(), track("calibrate", total=total) as task:
         for x in inputs:
-            model(_to(x, device))
+            call_model(model, x, device)
             n += 1
             task.advance()
-    model.train(was_training)
     return n
 
 
@@ -239,7 +223,7 @@ def check_layers(model: nn.Module, layers: list[tuple[str, nn.Module]], skip: li
     names = dict(layers)
     all_mods = dict(model.named_modules())
     for pat, spec in overrides.items():
-        hit = [n for n, m in all_mods.items() if n and matches(n, m, [pat])]
+        hit = [n for n, m in all_mods.items() if n and match_layer(n, m, [pat])]
         if not hit:
             raise ConfigError(f"override '{pat}' matches no layer.{did_you_mean(pat, names)}",
                               hint=f"Quantizable layers: {', '.join(list(names)[:12])}.")
@@ -254,7 +238,7 @@ def check_layers(model: nn.Module, layers: list[tuple[str, nn.Module]], skip: li
                 hint=f"Quantizable layer types: {', '.join(QUANTIZABLE)}. Point the override at one of them.")
     specs = {}
     for name, mod in layers:
-        pat = matches(name, mod, overrides)
+        pat = match_layer(name, mod, overrides)
         spec = overrides[pat] if pat is not None else default
         gs = getattr(spec, "group_size", None)
         inner = mod.weight.reshape(mod.weight.shape[0], -1).shape[1]
@@ -279,13 +263,6 @@ def _ptq_make(cfg: PTQConfig, specs: dict[str, Any]) -> Any:
     return make
 
 
-def _fold_eval(model: nn.Module) -> None:
-    was_training = model.training
-    model.eval()
-    fold_bn(model)
-    model.train(was_training)
-
-
 def _rebuild_ptq(model: nn.Module, cfg: PTQConfig, manifest: dict[str, Any]) -> nn.Module:
     """Redo PTQ's structure without data (fold BatchNorm, wrap the same layers with the same quantizers,
     frozen); the checkpoint then loads the scales and weights. A mixed-precision stage reads which layers it
@@ -295,41 +272,42 @@ def _rebuild_ptq(model: nn.Module, cfg: PTQConfig, manifest: dict[str, Any]) -> 
 
         cfg = mixed_from_manifest(model, cfg, manifest)
     if cfg.fold_bn:
-        _fold_eval(model)
-    layers = list(quantizable_layers(model, list(cfg.include), cfg.skip))
+        fold_bn(model)
+    layers = list(quantizable_layers(model, list(cfg.include), cfg.skip, cfg.filter_fn))
     specs = check_layers(model, layers, cfg.skip, cfg.overrides, cfg.weights)
     wrap_layers(model, layers, _ptq_make(cfg, specs))
     freeze_all(model)
     return model
 
 
-@register_pass(PTQConfig, needs=("calibration",), default=True, rebuild=_rebuild_ptq)
+@register_pass(PTQConfig, needs=("calibration",), default=True, rebuild=_rebuild_ptq,
+               export=(FAKEQUANT, FAKEQUANT_NONLINEAR))
 def ptq(model: nn.Module, cfg: PTQConfig, ctx: PassContext) -> nn.Module:
     """Static PTQ (see module docstring). With ``cfg.mixed``, the layers to keep at higher precision are chosen
-    first by measured sensitivity on copies (:mod:`slimkit.passes.quantize.mixed`); the result goes to
-    ``ctx.extras["sensitivity"]``."""
+    first by measured sensitivity on copies (:mod:`slimkit.passes.quantize.mixed`); the result is the stage's
+    :class:`~slimkit.passes.quantize.records.SensitivityRecord` (``ctx.extras["sensitivity"]``)."""
     if cfg.mixed is not None:
         import copy
 
         from slimkit.passes.quantize.mixed import plan_mixed_ptq
 
         cfg, result, calib = plan_mixed_ptq(model, cfg, ctx, ptq)
-        ctx.extras["sensitivity"] = result
+        ctx.add(SensitivityRecord.from_result(result))
         ctx = copy.copy(ctx)
         ctx.calibration = calib
-        if not any(True for _ in quantizable_layers(model, list(cfg.include), cfg.skip)):
+        if not any(True for _ in quantizable_layers(model, list(cfg.include), cfg.skip, cfg.filter_fn)):
             log.warning("mixed precision kept every layer in float; nothing is quantized")
             if cfg.fold_bn:
-                _fold_eval(model)  # as the plan measured it, and as the rebuild hook redoes it
+                fold_bn(model)  # as the plan measured it, and as the rebuild hook redoes it
             return model
-    layers = list(quantizable_layers(model, list(cfg.include), cfg.skip))
+    layers = list(quantizable_layers(model, list(cfg.include), cfg.skip, cfg.filter_fn))
     if not layers:
         raise ConfigError(f"no layer to quantize: the model has no {'/'.join(cfg.include)} layer outside skip.")
     check_layers(model, layers, cfg.skip, cfg.overrides, cfg.weights)
     inputs = check_calibration(model, ctx.calibration, ctx, cfg.calibration_batches)
     if cfg.fold_bn:
-        _fold_eval(model)
-    layers = list(quantizable_layers(model, list(cfg.include), cfg.skip))
+        fold_bn(model)
+    layers = list(quantizable_layers(model, list(cfg.include), cfg.skip, cfg.filter_fn))
     specs = check_layers(model, layers, cfg.skip, cfg.overrides, cfg.weights)
     wrap_layers(model, layers, _ptq_make(cfg, specs))
     n = calibrate(model, inputs, total=_n_batches(ctx.calibration, cfg.calibration_batches))
@@ -339,8 +317,8 @@ def ptq(model: nn.Module, cfg: PTQConfig, ctx: PassContext) -> nn.Module:
 
 
 # ----------------------------------------------------------------------------------- data-free weight passes
-def _weight_pass(model: nn.Module, skip: list[str], make_wfq: Any, make_ifq: Any = None) -> nn.Module:
-    layers = list(quantizable_layers(model, ["Linear", "Conv1d", "Conv2d"], skip))
+def _weight_pass(model: nn.Module, cfg: Any, make_wfq: Any, make_ifq: Any = None) -> nn.Module:
+    layers = list(quantizable_layers(model, ["Linear", "Conv1d", "Conv2d"], cfg.skip, cfg.filter_fn))
     if not layers:
         raise ConfigError("no Linear/Conv layer to quantize outside skip.")
     wrappers = wrap_layers(model, layers, lambda n, m: (make_wfq(), make_ifq() if make_ifq else None))
@@ -358,14 +336,14 @@ def _rebuild_data_free(model: nn.Module, cfg: Any, manifest: dict[str, Any]) -> 
     return spec_for(cfg).handler(model, cfg, PassContext())
 
 
-@register_pass(LogQuantConfig, rebuild=_rebuild_data_free)
+@register_pass(LogQuantConfig, rebuild=_rebuild_data_free, export=FAKEQUANT_NONLINEAR)
 def log_quant(model: nn.Module, cfg: LogQuantConfig, ctx: PassContext) -> nn.Module:
     """Power-of-two weights (per output channel scale = largest magnitude); activations stay float."""
-    return _weight_pass(model, cfg.skip, lambda: LogFakeQuantize(cfg.bits, cfg.per_channel))
+    return _weight_pass(model, cfg, lambda: LogFakeQuantize(cfg.bits, cfg.per_channel))
 
 
-@register_pass(BinaryConfig, rebuild=_rebuild_data_free)
+@register_pass(BinaryConfig, rebuild=_rebuild_data_free, export=FAKEQUANT_NONLINEAR)
 def binary(model: nn.Module, cfg: BinaryConfig, ctx: PassContext) -> nn.Module:
     """Binary weights ``sign(w) * mean|w|`` per output channel; optionally binary (sign) inputs."""
-    return _weight_pass(model, cfg.skip, lambda: BinaryFakeQuantize(True),
+    return _weight_pass(model, cfg, lambda: BinaryFakeQuantize(True),
                         SignActivation if cfg.activations else None)

@@ -12,17 +12,20 @@ schedule and the optimizer state).
 from __future__ import annotations
 
 import logging
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from slimkit.config.quantize import QATConfig
-from slimkit.context import PassContext, model_device
+from slimkit.context import PassContext, PassRecord, eval_mode, model_device
+from slimkit.data.batch import call_model, split_batch
 from slimkit.errors import ConfigError
 from slimkit.passes.quantize.fake_quant import FakeQuantize
+from slimkit.passes.quantize.forms import FAKEQUANT
 from slimkit.passes.quantize.modules import fake_quantizers, freeze_all, quantizable_layers, wrap_layers
-from slimkit.passes.quantize.ptq import batch_inputs, fold_bn
+from slimkit.passes.quantize.ptq import fold_bn
 from slimkit.registry import register_pass
 
 log = logging.getLogger(__name__)
@@ -34,7 +37,7 @@ def prepare_qat(model: nn.Module, cfg: QATConfig) -> nn.Module:
     Weights: symmetric, per-channel when ``cfg.per_channel``; LSQ learnable scales initialized from an MSE
     search, or observer-driven (min-max) scales. Inputs (``cfg.activations`` bits): asymmetric unsigned,
     per tensor; LSQ scale and zero point initialized from min-max, or a moving-average observer."""
-    layers = list(quantizable_layers(model, ["Linear", "Conv1d", "Conv2d"], cfg.skip))
+    layers = list(quantizable_layers(model, ["Linear", "Conv1d", "Conv2d"], cfg.skip, cfg.filter_fn))
     if not layers:
         raise ConfigError("QAT found no Linear/Conv layer to quantize outside skip.")
     lsq = cfg.learnable_scale
@@ -53,12 +56,10 @@ def prepare_qat(model: nn.Module, cfg: QATConfig) -> nn.Module:
 
 
 @torch.no_grad()
-def init_quantizers(model: nn.Module, x: torch.Tensor) -> None:
+def init_quantizers(model: nn.Module, x: Any) -> None:
     """One forward pass (eval mode) so every quantizer gets its first scale (LSQ initialization)."""
-    was_training = model.training
-    model.eval()
-    model(x.to(model_device(model)) if isinstance(x, torch.Tensor) else x)
-    model.train(was_training)
+    with eval_mode(model):
+        call_model(model, x, model_device(model))
 
 
 def freeze_observers(model: nn.Module) -> None:
@@ -68,26 +69,30 @@ def freeze_observers(model: nn.Module) -> None:
             fq.enable_observer(False)
 
 
-def _fold(model: nn.Module) -> None:
-    was_training = model.training
-    model.eval()
-    fold_bn(model)
-    model.train(was_training)
-
-
 def _rebuild_qat(model: nn.Module, cfg: QATConfig, manifest: dict[str, Any]) -> nn.Module:
     """QAT's final structure without data or training: BatchNorm folded (QAT always folds by its end), the
     same LSQ/observer fake quantizers, frozen; the checkpoint then loads the learned scales."""
-    _fold(model)
+    fold_bn(model)
     prepare_qat(model, cfg)
     freeze_all(model)
     return model
 
 
-@register_pass(QATConfig, needs=("train_loader",), rebuild=_rebuild_qat)
+@dataclass
+class QATRecord(PassRecord):
+    """What a QAT stage did: its weight/activation bits and the training history of each segment (observers
+    frozen and BatchNorm folded between segments)."""
+
+    key: ClassVar[str] = "qat"
+    bits: int
+    activations: int | None
+    segments: list[Any] = field(default_factory=list)
+
+
+@register_pass(QATConfig, needs=("train_loader",), rebuild=_rebuild_qat, export=FAKEQUANT)
 def qat(model: nn.Module, cfg: QATConfig, ctx: PassContext) -> nn.Module:
-    """Quantization-aware training (see module docstring). The training history goes to
-    ``ctx.extras["train_result"]`` (a list, one entry per segment)."""
+    """Quantization-aware training (see module docstring). Its record (:class:`QATRecord`,
+    ``ctx.extras["qat"]``) holds the training history, one entry per segment."""
     from slimkit.passes.finetune.loop import train_model
 
     first = next(iter(ctx.train_loader), None)
@@ -96,9 +101,9 @@ def qat(model: nn.Module, cfg: QATConfig, ctx: PassContext) -> nn.Module:
     epochs = cfg.finetune.epochs
     fold_at = 0 if cfg.fold_bn_epoch is None else cfg.fold_bn_epoch
     if fold_at == 0:
-        _fold(model)
+        fold_bn(model)
     prepare_qat(model, cfg)
-    init_quantizers(model, batch_inputs(first))
+    init_quantizers(model, split_batch(first)[0])
     if cfg.freeze_observers_epoch == 0:
         freeze_observers(model)
 
@@ -110,14 +115,14 @@ def qat(model: nn.Module, cfg: QATConfig, ctx: PassContext) -> nn.Module:
             freeze_observers(model)
             log.info("QAT: observers frozen at epoch %d", a)
         if a == fold_at and a > 0:
-            _fold(model)
+            fold_bn(model)
             log.info("QAT: BatchNorm folded at epoch %d", a)
         if b > a:
             seg = cfg.finetune.model_copy(update={"epochs": b - a})
             results.append(train_model(model, ctx.train_loader, seg, val_loader=ctx.val_loader,
                                        seed=ctx.seed + a, description=f"QAT epochs {a + 1}-{b}"))
     if fold_at >= epochs > 0 or (fold_at > 0 and epochs == 0):
-        _fold(model)
+        fold_bn(model)
     freeze_all(model)
-    ctx.extras.setdefault("train_result", []).extend(results)
+    ctx.add(QATRecord(bits=cfg.bits, activations=cfg.activations, segments=results))
     return model

@@ -57,7 +57,7 @@ def compute_qparams(
     return scale, zp
 
 
-def _bcast(p: torch.Tensor, x: torch.Tensor, axis: int | None) -> torch.Tensor:
+def broadcast_param(p: torch.Tensor, x: torch.Tensor, axis: int | None) -> torch.Tensor:
     """Reshape a per-channel parameter so it broadcasts against ``x`` along ``axis``."""
     if axis is None or p.dim() == 0:
         return p
@@ -69,7 +69,7 @@ def _bcast(p: torch.Tensor, x: torch.Tensor, axis: int | None) -> torch.Tensor:
 def quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int,
              axis: int | None = None) -> torch.Tensor:
     """Integer codes of ``x`` (uint8 when ``qmin >= 0`` and ``qmax < 256``, int8 when it fits, else int32)."""
-    s, z = _bcast(scale, x, axis), _bcast(zero_point, x, axis)
+    s, z = broadcast_param(scale, x, axis), broadcast_param(zero_point, x, axis)
     q = torch.clamp(torch.round(x * (1.0 / s)) + z, qmin, qmax)
     if qmin >= 0 and qmax <= 255:
         return q.to(torch.uint8)
@@ -81,14 +81,14 @@ def quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmi
 def dequantize(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
                axis: int | None = None) -> torch.Tensor:
     """Float values of integer codes ``q``."""
-    s, z = _bcast(scale, q, axis), _bcast(zero_point, q, axis)
+    s, z = broadcast_param(scale, q, axis), broadcast_param(zero_point, q, axis)
     return (q.to(torch.float32) - z) * s
 
 
 def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int,
                   axis: int | None = None) -> torch.Tensor:
     """``dequantize(quantize(x))`` in float, without gradients (see fake_quant.py for STE/LSQ versions)."""
-    s, z = _bcast(scale, x, axis), _bcast(zero_point, x, axis)
+    s, z = broadcast_param(scale, x, axis), broadcast_param(zero_point, x, axis)
     return (torch.clamp(torch.round(x * (1.0 / s)) + z, qmin, qmax) - z) * s
 
 
@@ -134,7 +134,7 @@ def log_quantize(w: torch.Tensor, scale: torch.Tensor, bits: int, axis: int | No
     """Log codes (uint8): ``sign << (bits-1) | e`` with ``e = 0`` for zero, else ``e = k + 1`` for the magnitude
     ``scale * 2^-k`` (``k`` in ``0..levels-1``). Rounding picks the nearest level in linear distance."""
     n = log_levels(bits)
-    s = _bcast(scale, w, axis)
+    s = broadcast_param(scale, w, axis)
     r = (w.abs() / s).clamp_max(1.0)
     e = torch.floor(torch.log2(r.clamp_min(1e-30)))
     e = torch.where(r / torch.exp2(e) >= 1.5, e + 1, e)  # nearest of 2^e and 2^(e+1)
@@ -150,7 +150,7 @@ def log_dequantize(codes: torch.Tensor, scale: torch.Tensor, bits: int, axis: in
     mag_code = (codes & (2 ** (bits - 1) - 1)).to(torch.float32)
     sign = 1.0 - 2.0 * ((codes >> (bits - 1)) & 1).to(torch.float32)
     mag = torch.where(mag_code > 0, torch.exp2(-(mag_code - 1)), torch.zeros_like(mag_code))
-    return sign * mag * _bcast(scale, codes, axis)
+    return sign * mag * broadcast_param(scale, codes, axis)
 
 
 def log_scale(w: torch.Tensor, per_channel: bool = True) -> torch.Tensor:
@@ -175,7 +175,7 @@ def binary_scale(w: torch.Tensor, per_channel: bool = True) -> torch.Tensor:
 def binarize(w: torch.Tensor, scale: torch.Tensor, axis: int | None = 0) -> torch.Tensor:
     """``sign(w) * scale`` with ``sign(0) = +1``, so every value is exactly ``+scale`` or ``-scale``."""
     sign = torch.where(w < 0, -torch.ones_like(w), torch.ones_like(w))
-    return sign * _bcast(scale, w, axis).to(w.dtype)
+    return sign * broadcast_param(scale, w, axis).to(w.dtype)
 
 
 # ----------------------------------------------------------------------------------------------- metrics

@@ -24,9 +24,11 @@ from slimkit.config.quantize import WeightOnlyConfig
 from slimkit.context import PassContext
 from slimkit.errors import ConfigError
 from slimkit.passes.quantize import qscheme as qs
-from slimkit.passes.quantize.modules import matches, quantizable_layers, set_submodule
+from slimkit.passes.quantize.forms import TORCHAO
+from slimkit.passes.quantize.modules import quantizable_layers
 from slimkit.passes.quantize.packing import pack_bits, unpack_bits
-from slimkit.registry import register_pass
+from slimkit.passes.quantize.records import record_backend
+from slimkit.registry import ExportForm, register_pass
 
 log = logging.getLogger(__name__)
 
@@ -73,14 +75,34 @@ class PackedWeightLayer(nn.Module):
         return f"bits={self.bits}, group_size={self.group_size}, weight_shape={self.weight_shape}"
 
 
-def _torchao_int8(model: nn.Module, skip: list[str]) -> bool:
+def _has_packed(model: nn.Module) -> bool:
+    return any(isinstance(m, PackedWeightLayer) for m in model.modules())
+
+
+def _unpack(model: nn.Module) -> None:
+    for name, mod in list(model.named_modules()):
+        if isinstance(mod, PackedWeightLayer):
+            inner = mod.module
+            inner.weight = nn.Parameter(mod.dequantized_weight().detach().float())
+            model.set_submodule(name, inner)
+
+
+PACKED = ExportForm(
+    "packed", _has_packed, _unpack,
+    runtime_note="The PyTorch latency above unpacks low-bit weights on every call; the saving is in bytes, not "
+                 "time, unless a runtime with low-bit kernels is used.")
+"""slimkit's packed weight-only layers (declared to the registry, read by the exporters)."""
+
+
+def _torchao_int8(model: nn.Module, names: set[str]) -> bool:
+    """torchao int8 weight-only on exactly the layers in ``names``; False when torchao is unavailable."""
     try:
         from torchao.quantization import Int8WeightOnlyConfig, quantize_
     except Exception as exc:  # noqa: BLE001 - torchao missing or broken: fall back
         log.info("torchao unavailable (%s); using slimkit packed int8", exc)
         return False
     quantize_(model, Int8WeightOnlyConfig(),
-              filter_fn=lambda m, fqn: isinstance(m, nn.Linear) and not (skip and matches(fqn, m, skip)))
+              filter_fn=lambda m, fqn: fqn in names)
     return True
 
 
@@ -93,11 +115,11 @@ def _rebuild(model: nn.Module, cfg: WeightOnlyConfig, manifest: dict[str, Any]) 
     return weight_only(model, cfg, PassContext())
 
 
-@register_pass(WeightOnlyConfig, rebuild=_rebuild)
+@register_pass(WeightOnlyConfig, rebuild=_rebuild, export=(PACKED, TORCHAO))
 def weight_only(model: nn.Module, cfg: WeightOnlyConfig, ctx: PassContext) -> nn.Module:
-    """Weight-only quantization (see module docstring). ``ctx.extras["quantize_backend"]`` records the backend."""
+    """Weight-only quantization (see module docstring). Its record says which backend ran."""
     include = ["Linear"] if cfg.bits == 8 else ["Linear", "Conv1d", "Conv2d"]
-    layers = list(quantizable_layers(model, include, cfg.skip))
+    layers = list(quantizable_layers(model, include, cfg.skip, cfg.filter_fn))
     if not layers:
         raise ConfigError(f"weight-only quantization found no {'/'.join(include)} layer outside skip.")
     for name, m in layers:
@@ -107,8 +129,8 @@ def weight_only(model: nn.Module, cfg: WeightOnlyConfig, ctx: PassContext) -> nn
                               f"do not divide into groups of {cfg.group_size}.",
                               hint="Pick another group_size, or add the layer to skip.")
     if cfg.bits == 8 and cfg.group_size is None and cfg.backend in ("auto", "torchao"):
-        if _torchao_int8(model, cfg.skip):
-            ctx.extras["quantize_backend"] = "torchao.Int8WeightOnlyConfig"
+        if _torchao_int8(model, {n for n, _ in layers}):
+            record_backend(ctx, cfg.method, "torchao.Int8WeightOnlyConfig")
             return model
         if cfg.backend == "torchao":
             from slimkit.errors import DependencyError
@@ -122,6 +144,6 @@ def weight_only(model: nn.Module, cfg: WeightOnlyConfig, ctx: PassContext) -> nn
     for name, m in layers:
         if id(m) not in done:
             done[id(m)] = PackedWeightLayer(m, cfg.bits, cfg.group_size)
-        set_submodule(model, name, done[id(m)])
-    ctx.extras["quantize_backend"] = "slimkit.PackedWeightLayer"
+        model.set_submodule(name, done[id(m)])
+    record_backend(ctx, cfg.method, "slimkit.PackedWeightLayer")
     return model

@@ -13,10 +13,10 @@ def write_report(run_dir: Path, report: dict[str, Any]) -> dict[str, Path]:
     """Write the three report files atomically and return their paths."""
     run_dir = Path(run_dir)
     paths = {
-        "json": atomic_write_json(run_dir / "report.json", report),
         "md": atomic_write_text(run_dir / "report.md", render_markdown(report)),
         "html": atomic_write_text(run_dir / "report.html", render_html(report)),
     }
+    paths["json"] = atomic_write_json(run_dir / "report.json", report)  # last: it exists only for a finished run
     return paths
 
 

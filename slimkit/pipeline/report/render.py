@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 from typing import Any
 
 COLUMNS = [
@@ -13,8 +12,22 @@ COLUMNS = [
 ]
 
 
+FIDELITY_COLUMNS = [("fidelity_cosine", "cosine"), ("fidelity_top1", "top-1 agr.")]
+
+
+def columns(report: dict[str, Any], base: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``base`` plus the fidelity columns when a row measured fidelity (unlabelled data, evaluate.fidelity)."""
+    fid = [m.get("fidelity") or {} for _, m in rows(report)]
+    extra = [c for c, key in zip(FIDELITY_COLUMNS, ("cosine", "top1_agreement"), strict=True)
+             if any(f.get(key) is not None for f in fid)]
+    return [*base, *extra]
+
+
 def fmt(key: str, m: dict[str, Any]) -> str:
     """Format one metric of a METRICS dict for a table; 'n/a' for what was not measured."""
+    if key in ("fidelity_cosine", "fidelity_top1"):
+        v = (m.get("fidelity") or {}).get("cosine" if key == "fidelity_cosine" else "top1_agreement")
+        return "n/a" if v is None else (f"{v:.4f}" if key == "fidelity_cosine" else f"{100 * v:.2f}%")
     if key == "latency_median":
         lat = m.get("latency_ms")
         return f"{lat['median']:.3f}" if lat else "n/a"
@@ -69,10 +82,11 @@ def seconds(report: dict[str, Any]) -> list[str]:
 
 def render_markdown(report: dict[str, Any]) -> str:
     lines = [f"# slimkit report: {report['name']}", "", f"**Verdict.** {report['verdict']}", ""]
-    lines.append("| model | " + " | ".join(label for _, label in COLUMNS) + " | seconds |")
-    lines.append("|---" * (len(COLUMNS) + 2) + "|")
+    cols = columns(report, COLUMNS)
+    lines.append("| model | " + " | ".join(label for _, label in cols) + " | seconds |")
+    lines.append("|---" * (len(cols) + 2) + "|")
     for (label, m), sec in zip(rows(report), seconds(report), strict=True):
-        lines.append(f"| {label} | " + " | ".join(fmt(k, m) for k, _ in COLUMNS) + f" | {sec} |")
+        lines.append(f"| {label} | " + " | ".join(fmt(k, m) for k, _ in cols) + f" | {sec} |")
     if report.get("constraints"):
         lines += ["", "## Constraints", "", "| constraint | limit | value | met |", "|---|---|---|---|"]
         for c in report["constraints"]:
@@ -82,8 +96,14 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report.get("exports"):
         lines += ["", "## Exports", ""]
         for e in report["exports"]:
-            lines.append(f"- {e.get('format')}: `{e.get('artifact')}` ({_bytes(e.get('size_bytes') or 0)})"
-                         + (f", parity max |diff| {e['parity'].get('max_abs_diff'):.2e}" if e.get("parity") else ""))
+            diff = (e.get("parity") or {}).get("max_abs_diff")
+            fp32 = e.get("fp32") or {}
+            lines.append(f"- {e.get('format')} {e.get('precision') or ''}".rstrip()
+                         + f": `{e.get('artifact')}` ({_bytes(e.get('size_bytes') or 0)})"
+                         + (f", parity max |diff| {diff:.2e}" if diff is not None else "")
+                         + (", exact round trip" if (e.get("parity") or {}).get("round_trip_exact") else "")
+                         + (f"; fp32 ONNX for comparison: `{fp32['artifact']}` ({_bytes(fp32.get('size_bytes') or 0)})"
+                            if fp32.get("artifact") else ""))
     for s in sensitivity_stages(report):
         lines += ["", *sensitivity_markdown(s)]
     for s in report.get("stages") or []:
@@ -147,7 +167,7 @@ def sensitivity_markdown(stage: dict[str, Any]) -> list[str]:
 
 def sensitivity_png(stage: dict[str, Any]) -> str:
     """Base64 PNG of one stage's sensitivity bar plot (kept layers in red)."""
-    from slimkit.search.sensitivity import UnitSensitivity, sensitivity_plot
+    from slimkit.analysis.sensitivity import UnitSensitivity, sensitivity_plot
 
     r = stage["sensitivity"]
     units = [UnitSensitivity(row["unit"], row["score"], row["loss"], row.get("cost")) for row in r["table"]]
@@ -157,42 +177,41 @@ def sensitivity_png(stage: dict[str, Any]) -> str:
 
 
 def _plot(report: dict[str, Any], x_key: str, x_label: str) -> str | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     pts = []
-    points = rows(report)
-    if report["stages"]:  # the final model is the last stage's model: one point, not two on top of each other
-        points = points[:-1]
-    for label, m in points:
+    for label, m in rows(report):
         x = m.get("size_bytes") if x_key == "size" else (m.get("latency_ms") or {}).get("median")
         y = m.get("accuracy")
         if x is not None and y is not None:
             pts.append((label, x, 100 * y))
     if not pts:
         return None
-    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=110)
-    xs = [p[1] for p in pts]
-    ys = [p[2] for p in pts]
-    ax.plot(xs, ys, "-", color="#bbb", zorder=1)
-    ax.scatter(xs, ys, c=["#1f77b4"] + ["#ff7f0e"] * (len(pts) - 1), zorder=2)
-    for label, x, y in pts:
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _bytes(int(v)) if x_key == "size" else f"{v:.3g}"))
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.4g}"))
-    ax.set_xlabel(x_label)
-    ax.set_ylabel("accuracy (%)")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+    from slimkit.analysis.figures import figure, png_bytes
+
+    with figure((6.4, 4.0), dpi=110) as (fig, ax):
+        path = pts[:-1] if len(pts) > 1 else pts  # baseline and stages, joined in order
+        ax.plot([p[1] for p in path], [p[2] for p in path], "-", color="#bbb", zorder=1)
+        ax.scatter([p[1] for p in path], [p[2] for p in path], c=["#1f77b4"] + ["#ff7f0e"] * (len(path) - 1), s=36,
+                   zorder=2)
+        final = pts[-1]  # often on top of the last stage: a star around it, labelled below
+        ax.scatter([final[1]], [final[2]], marker="*", s=180, facecolors="none", edgecolors="#2ca02c",
+                   linewidths=1.5, zorder=3)
+        ax.margins(x=0.18, y=0.22)  # room for the labels inside the axes
+        xs = [p[1] for p in pts]
+        mid = (min(xs) + max(xs)) / 2
+        for i, (label, x, y) in enumerate(pts):
+            right_half = x > mid and max(xs) > min(xs)
+            below = i == len(pts) - 1
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(-6 if right_half else 6, -12 if below else 6),
+                        ha="right" if right_half else "left", fontsize=9, annotation_clip=False)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _bytes(int(v)) if x_key == "size" else f"{v:.3g}"))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.4g}"))
+        ax.set_xlabel(x_label)
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+        return base64.b64encode(png_bytes(fig)).decode()
 
 
 def render_html(report: dict[str, Any]) -> str:
@@ -205,14 +224,15 @@ def render_html(report: dict[str, Any]) -> str:
         ("Accuracy against size on disk", _plot(report, "size", "bytes on disk")),
         ("Accuracy against latency", _plot(report, "latency", "latency (ms, median)")),
     ) if p[1]]
-    table = [(label, [*(fmt(k, m) for k, _ in COLUMNS), sec])
+    cols = columns(report, COLUMNS)
+    table = [(label, [*(fmt(k, m) for k, _ in cols), sec])
              for (label, m), sec in zip(rows(report), seconds(report), strict=True)]
     import yaml
 
     sensitivity = [{"title": f"Stage {st['index']} {st['pass']}", "summary": _sens_summary(st).replace("`", ""),
                     "png": sensitivity_png(st), "r": st["sensitivity"]} for st in sensitivity_stages(report)]
     recipe_yaml = yaml.safe_dump(report.get("recipe") or {}, sort_keys=False, default_flow_style=False)
-    return tmpl.render(r=report, recipe_yaml=recipe_yaml, columns=[*(c for _, c in COLUMNS), "seconds"], table=table, plots=plots,
+    return tmpl.render(r=report, recipe_yaml=recipe_yaml, columns=[*(c for _, c in cols), "seconds"], table=table, plots=plots,
                        sensitivity=sensitivity,
                        constraints=report.get("constraints") or [], exports=report.get("exports") or [],
                        env=report.get("environment") or {}, esc=html.escape)

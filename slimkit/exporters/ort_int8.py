@@ -1,12 +1,14 @@
 """int8 ONNX through onnxruntime.quantization, driven by :class:`slimkit.config.quantize_ort.OrtInt8Config`.
 
-This is the ``quantize=`` hook of ``slimkit.export``: the model is exported to fp32 ONNX, quantized by
-onnxruntime (static QDQ or dynamic), checked against the PyTorch model, and written atomically::
+The ONNX quantizer registered for ``OrtInt8Config`` (``slimkit.export(model, "m.onnx", example_inputs=x,
+quantize=OrtInt8Config(), calibration=loader)``; the config names this module as its ``exporter_module``):
+the model is exported to fp32 ONNX, quantized by onnxruntime (static QDQ or dynamic), checked against the
+PyTorch model, and written atomically::
 
     art = export_int8_onnx(model, "m.int8.onnx", example_inputs=x, config=OrtInt8Config(), calibration=loader)
     art["size_bytes"], art["parity"]["top1_agreement"]
 
-It works on files, not on the ``nn.Module``, so it is not a registered model pass.
+It works on files, not on the ``nn.Module``, so it is not a model pass.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from torch import nn
 
 from slimkit.config.quantize_ort import OrtInt8Config
 from slimkit.errors import ConfigError
+from slimkit.exporters.onnx_checked import register_onnx_quantizer
+from slimkit.exporters.onnx_export import export_onnx
 
 log = logging.getLogger(__name__)
 
@@ -47,28 +51,8 @@ def quantize_exported(fp32_onnx: str | Path, out_path: str | Path, config: OrtIn
     )
 
 
-def _export_fp32(model: nn.Module, path: Path, example_inputs: tuple[torch.Tensor, ...], opset: int, *,
-                 compact: bool = False) -> Path:
-    """fp32 ONNX through the exporters package (dynamo, TorchScript fallback), debug metadata stripped so
-    the fp32 and int8 sizes compare like for like. ``compact`` also applies
-    :func:`slimkit.exporters.onnx_compact.compact_onnx` (short names, ...), as the int8 artifact gets by
-    default: use it for the fp32 file whose bytes are compared, not for the quantizer's input, whose node
-    names ``nodes_to_exclude`` refers to."""
-    import onnx
-
-    from slimkit.exporters.onnx_compact import compact_onnx
-    from slimkit.exporters.onnx_export import export_onnx
-    from slimkit.exporters.onnx_int8 import strip_debug_info
-
-    out = Path(export_onnx(model, path, example_inputs, opset=opset, dynamic_batch=True))
-    proto = strip_debug_info(onnx.load(str(out), load_external_data=True))
-    if compact:
-        compact_onnx(proto)
-    onnx.save_model(proto, str(out), save_as_external_data=False)
-    return out
-
-
-def _compacted_copy(src: Path, dst: Path) -> Path:
+def compacted_copy(src: Path, dst: Path) -> Path:
+    """``src`` compacted losslessly (:func:`slimkit.exporters.onnx_compact.compact_onnx`) into ``dst``."""
     import onnx
 
     from slimkit.exporters.onnx_compact import compact_onnx
@@ -78,6 +62,7 @@ def _compacted_copy(src: Path, dst: Path) -> Path:
     return dst
 
 
+@register_onnx_quantizer(OrtInt8Config)
 def export_int8_onnx(model: nn.Module, path: str | Path, *, example_inputs: Sequence[torch.Tensor],
                      config: OrtInt8Config | None = None, calibration: Iterable[Any] | None = None,
                      opset: int = 18) -> dict[str, Any]:
@@ -97,10 +82,11 @@ def export_int8_onnx(model: nn.Module, path: str | Path, *, example_inputs: Sequ
     batches = list(itertools.islice(iter(calibration), cfg.calibration_batches)) if calibration is not None else []
     path = Path(path)
     with tempfile.TemporaryDirectory(prefix="slimkit-int8-") as td:
-        fp32 = _export_fp32(model, Path(td) / "fp32.onnx", inputs, opset)
+        # the quantizer's input keeps the exporter's node names (nodes_to_exclude refers to them): no compaction
+        fp32 = export_onnx(model, Path(td) / "fp32.onnx", inputs, opset=opset, strip_debug=True)
         quantize_exported(fp32, path, cfg, calibration=batches)
         # the fp32 size the ratio is taken against gets the same lossless compaction as the int8 file
-        fp32_bytes = onnx_size_bytes(_compacted_copy(fp32, Path(td) / "fp32-compact.onnx") if cfg.compact else fp32)
+        fp32_bytes = onnx_size_bytes(compacted_copy(fp32, Path(td) / "fp32-compact.onnx") if cfg.compact else fp32)
     parity_inputs = batches[:_PARITY_BATCHES] or [inputs]
     parity = int8_parity(path, model, parity_inputs, min_top1=cfg.parity_min_top1, min_cosine=cfg.parity_min_cosine)
     size = onnx_size_bytes(path)
@@ -110,4 +96,4 @@ def export_int8_onnx(model: nn.Module, path: str | Path, *, example_inputs: Sequ
             "config": cfg.model_dump(mode="json")}
 
 
-__all__ = ["export_int8_onnx", "quantize_exported"]
+__all__ = ["compacted_copy", "export_int8_onnx", "quantize_exported"]

@@ -1,0 +1,85 @@
+"""The one-per-job helpers of docs/architecture.md: paired latency order and summary, output agreement, eval
+mode restore, YAML errors, figures as PNG, CPU flags."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from slimkit._io import read_yaml
+from slimkit.analysis.figures import figure, png_bytes
+from slimkit.context import eval_mode
+from slimkit.errors import DataError, RecipeError
+from slimkit.evaluation.agreement import argmax_agreement, row_cosine
+from slimkit.evaluation.latency import cpu_flags, cpu_has_vnni, paired_latency
+
+
+def test_paired_latency_alternates_and_takes_the_median_round() -> None:
+    calls: list[str] = []
+    a_ms, b_ms = iter([3.0, 1.0, 2.0]), iter([10.0, 30.0, 20.0])
+
+    def a() -> dict:
+        calls.append("a")
+        return {"median": next(a_ms), "p90": 0.0, "batch": 1}
+
+    def b() -> dict:
+        calls.append("b")
+        return {"median": next(b_ms), "p90": 0.0, "batch": 1}
+
+    ra, rb = paired_latency(a, b, rounds=3)
+    assert calls == ["a", "b", "b", "a", "a", "b"]
+    assert ra["median"] == 2.0 and rb["median"] == 20.0
+    a_ms, b_ms = iter([3.0, 1.0]), iter([10.0, 30.0])
+    ra, rb = paired_latency(a, b, rounds=2)  # A B B A: the mean of the two
+    assert ra["median"] == 2.0 and rb["median"] == 20.0
+    with pytest.raises(ValueError):
+        paired_latency(a, b, rounds=0)
+
+
+def test_agreement() -> None:
+    a = torch.tensor([[1.0, 0.0], [0.0, 2.0], [0.0, 0.0]])
+    b = torch.tensor([[2.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
+    np.testing.assert_allclose(row_cosine(a, b), [1.0, 2 ** -0.5, 1.0])  # two zero rows are identical
+    assert argmax_agreement(a, b) == pytest.approx(2 / 3)  # row 2: argmax 1 vs 0 (first of the tie)
+    assert row_cosine(np.ones((2, 3, 4)), np.ones((2, 3, 4))).shape == (2,)
+    with pytest.raises(DataError):
+        row_cosine(a, b[:2])
+
+
+def test_eval_mode_restores_each_flag_even_on_error() -> None:
+    m = nn.Sequential(nn.Linear(2, 2), nn.Dropout(), nn.BatchNorm1d(2))
+    m.train()
+    m[2].eval()
+    with pytest.raises(RuntimeError), eval_mode(m):
+        assert not any(x.training for x in m.modules())
+        raise RuntimeError("boom")
+    assert [x.training for x in m.modules()] == [True, True, True, False]
+
+
+def test_read_yaml_names_the_problem(tmp_path) -> None:
+    with pytest.raises(RecipeError, match="recipe file not found"):
+        read_yaml(tmp_path / "none.yaml", what="recipe file")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1, 2\nb: 3\n")
+    with pytest.raises(RecipeError, match="not valid YAML \\(line"):
+        read_yaml(bad)
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("a: 1\n")
+    assert read_yaml(ok) == {"a": 1}
+
+
+def test_figure_png() -> None:
+    with figure((2, 2), dpi=50) as (fig, ax):
+        ax.plot([0, 1], [1, 0])
+        data = png_bytes(fig)
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 100
+
+
+def test_cpu_flags_and_vnni_agree() -> None:
+    flags = cpu_flags()
+    vnni = cpu_has_vnni()
+    assert (flags is None) == (vnni is None)
+    if flags is not None:
+        assert vnni == bool({"avx512_vnni", "avx_vnni"} & flags)

@@ -1,0 +1,123 @@
+"""Issue 14 item 1 (short form): hypothesis-generated recipe files, valid and hostile, through the one YAML
+reader, validation and the CLI entry point: only typed errors (exit 2, one paragraph), never a traceback."""
+
+from __future__ import annotations
+
+import io
+import math
+import sys
+from pathlib import Path
+
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from slimkit.config.recipe import load_recipe
+from slimkit.errors import SlimkitError
+
+GOOD = {"name": "fz", "model": {"arch": "mlp"}, "data": {"name": "digits"},
+        "stages": [{"prune": {"sparsity": 0.5}}, {"finetune": {"epochs": 1, "lr": 0.001}}]}
+
+_keys = st.one_of(st.sampled_from(["name", "model", "arch", "kwargs", "stages", "prune", "finetune", "quantize",
+                                   "method", "sparsity", "lr", "epochs", "seed", "data", "bits", "constraints"]),
+                  st.text(min_size=1, max_size=6))
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True, allow_infinity=True),
+                     st.text(max_size=8), st.sampled_from(["mlp", "magnitude", "\u00e9\u4e2d\U0001f600", "\x00"]))
+_values = st.recursive(_scalars, lambda c: st.one_of(st.lists(c, max_size=3), st.dictionaries(_keys, c, max_size=3)),
+                       max_leaves=10)
+
+
+def _mutate_good(draw: st.DrawFn) -> str:
+    """A valid recipe with one value replaced (wrong type, out of range, NaN/inf, unknown key, unicode)."""
+    import copy
+
+    data = copy.deepcopy(GOOD)
+    where = draw(st.sampled_from(["top", "model", "stage0", "stage1", "data"]))
+    target = {"top": data, "model": data["model"], "data": data["data"],
+              "stage0": data["stages"][0]["prune"], "stage1": data["stages"][1]["finetune"]}[where]
+    target[draw(_keys)] = draw(_values)
+    return yaml.safe_dump(data, allow_unicode=True)
+
+
+_HOSTILE = [
+    "",  # empty file
+    "---\n...\n",
+    "name: x\nmodel: !!python/object/apply:os.system [\"true\"]\n",
+    "name: x\nmodel: !!python/name:os.system\n",
+    "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
+        f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n" for p, c in zip("abcdefg", "bcdefgh", strict=True)),
+    "x: " + "[" * 5000 + "]" * 5000,
+    "x: " + "{a: " * 300 + "1" + "}" * 300,
+    "name: x\nname: y\nmodel: {arch: mlp}\n",
+    "name: x\nmodel: {arch: mlp}\nstages: 0\n",
+    "name: x\nmodel: {arch: mlp}\nseed: 1e400\n",
+    "name: x\nmodel: {arch: mlp}\nstages: [{finetune: {lr: .nan}}]\n",
+    "name: x\nmodel: {arch: mlp}\nstages: [{finetune: {lr: .inf, epochs: true}}]\n",
+    "\t\tname: x",
+    "name: [unclosed",
+    "name: x\nmodel: {arch: mlp}\ndate: 2001-13-45\n",
+]
+
+
+@st.composite
+def _recipe_text(draw: st.DrawFn) -> bytes:
+    kind = draw(st.sampled_from(["mutated", "random", "hostile", "binary", "truncated"]))
+    if kind == "mutated":
+        return _mutate_good(draw).encode()
+    if kind == "random":
+        return yaml.safe_dump(draw(_values), allow_unicode=True).encode()
+    if kind == "hostile":
+        return draw(st.sampled_from(_HOSTILE)).encode()
+    if kind == "binary":
+        return draw(st.binary(max_size=64))
+    text = yaml.safe_dump(GOOD).encode()
+    return text[: draw(st.integers(0, len(text)))]
+
+
+def _check_message(exc: SlimkitError) -> None:
+    text = str(exc)
+    assert text and "Traceback" not in text
+    assert len(text) < 4000  # a paragraph, not a dump
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(_recipe_text())
+def test_recipe_files_give_only_typed_errors(tmp_path_factory, raw):
+    path = tmp_path_factory.mktemp("fz", numbered=True) / "r.yaml"
+    path.write_bytes(raw)
+    try:
+        recipe = load_recipe(path)
+    except SlimkitError as exc:
+        _check_message(exc)
+        return
+    # accepted: every number in it is finite and every stage is a known pass
+    for st_ in recipe.stages:
+        for v in st_.model_dump().values():
+            assert not (isinstance(v, float) and not math.isfinite(v)), (st_, raw)
+
+
+def test_cli_exits_2_with_one_paragraph_on_hostile_files(tmp_path):
+    import contextlib
+
+    from rich.console import Console
+
+    import slimkit.cli.app as app_mod
+
+    for i, text in enumerate([*_HOSTILE, b"\x00\xff\xfe binary"]):
+        p = tmp_path / f"h{i}.yaml"
+        p.write_bytes(text if isinstance(text, bytes) else text.encode())
+        buf = io.StringIO()
+        old = sys.argv, app_mod.err_console
+        sys.argv, app_mod.err_console = ["slimkit", "validate", str(p)], Console(file=buf, width=200)
+        try:
+            with contextlib.redirect_stderr(buf):
+                app_mod.main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code
+        finally:
+            sys.argv, app_mod.err_console = old
+        out = buf.getvalue()
+        assert code == 2, (text[:80], out)
+        assert "Traceback" not in out and "This is a bug" not in out and out.count("error:") == 1, out
+        assert not Path(tmp_path / "runs").exists()
