@@ -1,4 +1,5 @@
-"""Read-only measurements that passes, search and auto share: per-layer sensitivity and mixed assignment.
+"""Read-only measurements that passes, search and auto share: per-layer sensitivity and mixed assignment,
+streamed calibration statistics (``slimkit.analysis.calibration``).
 
 This package sits below ``slimkit.passes`` and ``slimkit.search`` (see docs/architecture.md): it imports only
 ``slimkit.errors`` and ``slimkit.config`` and never changes a model.

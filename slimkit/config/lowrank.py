@@ -23,6 +23,14 @@ class SVDConfig(PassConfig):
     A layer is left alone (and logged) when its factorization would not save parameters
     (``r * (in + out) >= in * out``), when its name matches a ``skip`` glob, or when it is a grouped conv.
     ``finetune`` fine-tunes afterwards when the context has a train loader.
+
+    ``whiten`` (activation-aware, SVD-LLM style; needs calibration data): factorize ``W S`` where
+    ``S S^T = X^T X + dampening * mean(diag) I`` is the Cholesky factor of the layer's calibration input
+    Gram matrix, then unwhiten the right factor (``V^T S^-1``). Truncating ``W S`` at rank r minimizes the
+    layer's output error on the calibration inputs, and its singular values measure that error, so
+    ``energy`` and ``param_budget`` then allocate ranks by output error instead of weight error. With
+    ``sequential`` each block (module path up to its first number) is factorized with statistics from
+    the already factorized blocks before it (ranks are planned once, from the original model).
     """
 
     kind: ClassVar[str] = "lowrank"
@@ -36,6 +44,10 @@ class SVDConfig(PassConfig):
     filter_fn: LayerFilterFn | None = filter_fn_field()
     include: list[Literal["Linear", "Conv2d"]] = Field(default_factory=lambda: ["Linear", "Conv2d"], min_length=1)
     finetune: FinetuneConfig | None = None
+    whiten: bool = Field(False, description="factorize against the calibration inputs (needs calibration)")
+    dampening: float = Field(0.01, gt=0, le=1, description="whiten: fraction of mean(diag X^T X) added to the diagonal")
+    sequential: bool = Field(True, description="whiten: refresh the statistics block by block")
+    calibration_batches: int | None = Field(None, ge=1, description="whiten: use at most this many batches")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> SVDConfig:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from slimkit.config.base import PassConfig
 from slimkit.config.finetune import FinetuneConfig
@@ -34,4 +34,51 @@ class MagnitudePruneConfig(PassConfig):
     min_numel: int = Field(0, ge=0, description="leave layers with fewer weights than this dense")
 
 
-__all__ = ["MagnitudePruneConfig"]
+class _OneShotConfig(PassConfig):
+    """Fields shared by the calibration-based one-shot sparsity methods (``wanda``, ``sparsegpt``)."""
+
+    kind: ClassVar[str] = "prune"
+    handler_module: ClassVar[str] = "slimkit.passes.prune.oneshot"
+    sparsity: float | None = Field(None, gt=0, lt=1, description="unstructured: fraction of each layer's weights")
+    n: int | None = Field(None, ge=1, description="N:M: keep n of every m consecutive input weights")
+    m: int | None = Field(None, ge=2, le=64)
+    include: list[Literal["Linear", "Conv2d"]] = Field(default_factory=lambda: ["Linear", "Conv2d"], min_length=1)
+    exclude: list[str] = Field(default_factory=list, description="module names (glob) left dense")
+    min_numel: int = Field(0, ge=0, description="leave layers with fewer weights than this dense")
+    calibration_batches: int | None = Field(None, ge=1, description="use at most this many calibration batches")
+    sequential: bool = Field(True, description="calibrate each block on the inputs of the already pruned blocks "
+                                               "before it (one calibration pass per block) instead of all at once")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> _OneShotConfig:
+        nm = (self.n, self.m)
+        if (self.n is None) != (self.m is None):
+            raise ValueError(f"give n and m together (got n={self.n}, m={self.m})")
+        if (self.sparsity is None) == (self.n is None):
+            raise ValueError("give exactly one of sparsity (unstructured) or n and m (N:M), "
+                             f"got sparsity={self.sparsity}, n:m={nm[0]}:{nm[1]}")
+        if self.n is not None and self.m is not None and self.n >= self.m:
+            raise ValueError(f"n must be smaller than m, got n={self.n}, m={self.m}")
+        return self
+
+
+class WandaPruneConfig(_OneShotConfig):
+    """One-shot sparsity by Wanda (Sun et al. 2023): remove the weights with the smallest ``|W_ij| * ||x_j||``
+    (``||x_j||``: the L2 norm of input column j over the calibration data), per output row (unstructured) or
+    per group of ``m`` inputs (N:M). No weight update. Needs calibration data."""
+
+    method: Literal["wanda"] = "wanda"
+
+
+class SparseGPTConfig(_OneShotConfig):
+    """One-shot sparsity by SparseGPT (Frantar & Alistarh 2023): choose and remove weights column block by
+    column block with the OBS criterion ``w^2 / [H^-1]_jj`` and update the remaining weights of each row to
+    compensate, with ``H = X^T X`` from the calibration inputs (dampened by ``dampening * mean(diag H)``).
+    Needs calibration data."""
+
+    method: Literal["sparsegpt"] = "sparsegpt"
+    dampening: float = Field(0.01, gt=0, le=1, description="fraction of mean(diag H) added to the diagonal")
+    block_size: int = Field(128, ge=1, description="columns processed together (mask chosen per block)")
+
+
+__all__ = ["MagnitudePruneConfig", "SparseGPTConfig", "WandaPruneConfig"]

@@ -317,6 +317,8 @@ def _run_locked(r: Recipe, run_dir: Path, *, resume: bool, need: dict[str, int])
             notes += rec.notes(i)
         if notes:
             record["notes"] = notes
+        if ctx.extras.get("layers") and "layers" not in record:  # per-layer rows: what was removed, output error
+            record["layers"] = ctx.extras["layers"]
         atomic_write_json(sdir / "stage.json", record)
         state.finish_stage(i, record)
         early = _stop_early(r, baseline_metrics, record, i + 1)

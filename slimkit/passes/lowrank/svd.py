@@ -6,10 +6,16 @@ weight (out, in, kh, kw) is reshaped to (out, in*kh*kw) and decomposed the same 
 ``r`` output channels (same stride, padding, dilation and padding mode) followed by a 1x1 conv with the bias.
 Factorizing saves parameters only when ``r * (in + out) < in * out`` (``in`` = in*kh*kw for convs); other
 layers are left alone. At full rank the factorized layer reproduces the original up to rounding.
+
+Activation-aware (``whiten=True``, SVD-LLM style): with ``S`` the lower Cholesky factor of the layer's
+calibration Gram matrix ``X^T X`` (dampened), ``W S = U Σ V^T`` is truncated and the right factor unwhitened
+(``Σ^{1/2} V^T S^{-1}``). Since ``||(W - W') X^T||_F = ||W S - (W' S)||_F``, the truncation minimizes the
+output error on the calibration inputs, and the singular values of ``W S`` give that error per rank.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from dataclasses import dataclass, field
@@ -18,6 +24,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from slimkit.analysis.calibration import block_of, collect_input_stats, reiterable
 from slimkit.config.layers import is_skipped
 from slimkit.config.lowrank import SVDConfig
 from slimkit.context import PassContext, PassRecord
@@ -41,6 +48,8 @@ class LayerPlan:
     rank: int | None
     energy: float | None = None
     reason: str = ""
+    rel_error: float | None = None
+    """Relative output error on the calibration inputs (``whiten`` only; None when not measured)."""
 
     @property
     def dense_params(self) -> int:
@@ -65,9 +74,34 @@ def saves_params(out_features: int, in_features: int, rank: int) -> bool:
     return rank * (out_features + in_features) < out_features * in_features
 
 
-def singular_values(layer: nn.Module) -> torch.Tensor:
-    """Singular values of the layer's weight matrix (float64, descending)."""
-    return torch.linalg.svdvals(weight_matrix(layer).detach().to("cpu", torch.float64))
+Whitener = torch.Tensor
+"""Lower-triangular ``S`` with ``S S^T`` = the layer's (dampened) calibration input Gram matrix."""
+
+
+def whitener(xtx: torch.Tensor, dampening: float) -> Whitener:
+    """Lower Cholesky factor of ``xtx + dampening * mean(diag) I`` (float64); the dampening grows tenfold
+    (up to 4 times) until the matrix is positive definite in floating point."""
+    h = xtx.detach().to("cpu", torch.float64)
+    scale = max(float(torch.diag(h).mean()), 1e-12)
+    eye = torch.eye(h.shape[0], dtype=torch.float64)
+    damp = dampening
+    for _ in range(5):
+        chol, info = torch.linalg.cholesky_ex(h + damp * scale * eye)
+        if int(info) == 0:
+            return chol
+        damp *= 10.0
+    raise ConfigError(f"the calibration Gram matrix is not positive definite even with dampening {damp / 10:g}.",
+                      hint="Use more calibration data or a larger dampening.")
+
+
+def _matrix(layer: nn.Module, white: Whitener | None) -> torch.Tensor:
+    mat = weight_matrix(layer).detach().to("cpu", torch.float64)
+    return mat if white is None else mat @ white
+
+
+def singular_values(layer: nn.Module, white: Whitener | None = None) -> torch.Tensor:
+    """Singular values of the layer's weight matrix, or of ``W S`` with a whitener (float64, descending)."""
+    return torch.linalg.svdvals(_matrix(layer, white))
 
 
 def energy_rank(s: torch.Tensor, energy: float) -> int:
@@ -94,13 +128,17 @@ def _split(u: torch.Tensor, s: torch.Tensor, vh: torch.Tensor, rank: int) -> tup
     return u[:, :rank] * root, root[:, None] * vh[:rank]
 
 
-def _svd(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return torch.linalg.svd(weight_matrix(layer).detach().to("cpu", torch.float64), full_matrices=False)
+def _svd(layer: nn.Module, white: Whitener | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``U, s, Vh`` with ``W = U diag(s) Vh`` (with a whitener: SVD of ``W S``, and ``Vh S^-1`` returned)."""
+    u, s, vh = torch.linalg.svd(_matrix(layer, white), full_matrices=False)
+    if white is not None:
+        vh = torch.linalg.solve_triangular(white, vh, upper=False, left=False)
+    return u, s, vh
 
 
-def factorize_linear(layer: nn.Linear, rank: int) -> nn.Sequential:
+def factorize_linear(layer: nn.Linear, rank: int, white: Whitener | None = None) -> nn.Sequential:
     """``Sequential(Linear(in, rank, bias=False), Linear(rank, out))`` approximating ``layer``."""
-    u, s, vh = _svd(layer)
+    u, s, vh = _svd(layer, white)
     rank = max(1, min(rank, s.numel()))
     a, b = _split(u, s, vh, rank)
     w = layer.weight
@@ -116,11 +154,11 @@ def factorize_linear(layer: nn.Linear, rank: int) -> nn.Sequential:
     return nn.Sequential(first, second)
 
 
-def factorize_conv2d(conv: nn.Conv2d, rank: int) -> nn.Sequential:
+def factorize_conv2d(conv: nn.Conv2d, rank: int, white: Whitener | None = None) -> nn.Sequential:
     """A kh x kw conv to ``rank`` channels (same geometry) followed by a 1x1 conv with the bias."""
     if conv.groups != 1:
         raise ConfigError(f"factorize_conv2d needs groups=1, got groups={conv.groups}.")
-    u, s, vh = _svd(conv)
+    u, s, vh = _svd(conv, white)
     rank = max(1, min(rank, s.numel()))
     a, b = _split(u, s, vh, rank)
     w = conv.weight
@@ -136,12 +174,12 @@ def factorize_conv2d(conv: nn.Conv2d, rank: int) -> nn.Sequential:
     return nn.Sequential(first, second)
 
 
-def factorize(layer: nn.Module, rank: int) -> nn.Sequential:
-    """Factorize a Linear or a Conv2d at ``rank``."""
+def factorize(layer: nn.Module, rank: int, white: Whitener | None = None) -> nn.Sequential:
+    """Factorize a Linear or a Conv2d at ``rank`` (against the calibration inputs with a whitener)."""
     if type(layer) is nn.Linear:
-        return factorize_linear(layer, rank)
+        return factorize_linear(layer, rank, white)
     if type(layer) is nn.Conv2d:
-        return factorize_conv2d(layer, rank)
+        return factorize_conv2d(layer, rank, white)
     raise ConfigError(f"cannot factorize a {type(layer).__name__}; only nn.Linear and nn.Conv2d are supported.")
 
 
@@ -251,10 +289,12 @@ def _budget_ranks(layers: list[Layer], cfg: SVDConfig) -> list[int | None]:
     return best
 
 
-def plan_lowrank(model: nn.Module, cfg: SVDConfig) -> list[LayerPlan]:
-    """Decide a rank (or to leave it alone) for every Linear / Conv2d in ``model``, without changing it."""
+def plan_lowrank(model: nn.Module, cfg: SVDConfig, whiteners: dict[str, Whitener] | None = None) -> list[LayerPlan]:
+    """Decide a rank (or to leave it alone) for every Linear / Conv2d in ``model``, without changing it.
+    With ``whiteners`` (``{layer name: S}``) ranks follow the spectra of ``W S`` (output error)."""
     layers, skipped = _candidates(model, cfg)
-    with_s = [(n, m, singular_values(m)) for n, m in layers]
+    whiteners = whiteners or {}
+    with_s = [(n, m, singular_values(m, whiteners.get(n))) for n, m in layers]
     if cfg.param_budget is not None:
         ranks = _budget_ranks(with_s, cfg)
     else:
@@ -264,17 +304,24 @@ def plan_lowrank(model: nn.Module, cfg: SVDConfig) -> list[LayerPlan]:
     return sorted(plans, key=lambda p: order.get(p.name, 0))
 
 
-def apply_plan(model: nn.Module, plans: list[LayerPlan]) -> nn.Module:
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, attr, new)
+
+
+def apply_plan(model: nn.Module, plans: list[LayerPlan], whiteners: dict[str, Whitener] | None = None) -> nn.Module:
     """Replace every planned layer by its factorization (a module registered under several names is
-    replaced by the same new module everywhere)."""
+    replaced by the same new module everywhere); layers with a whitener are factorized against it."""
     by_module: dict[int, nn.Sequential] = {}
+    whiteners = whiteners or {}
     for plan in plans:
         if plan.rank is None:
             continue
         layer = model.get_submodule(plan.name)
         new = by_module.get(id(layer))
         if new is None:
-            new = factorize(layer, plan.rank)
+            new = factorize(layer, plan.rank, whiteners.get(plan.name))
             new.train(layer.training)
             by_module[id(layer)] = new
         for other_name, other in list(model.named_modules(remove_duplicate=False)):
@@ -283,11 +330,49 @@ def apply_plan(model: nn.Module, plans: list[LayerPlan]) -> nn.Module:
     return model
 
 
-def lowrank_model(model: nn.Module, cfg: SVDConfig) -> list[LayerPlan]:
-    """Plan and apply ``cfg`` to ``model`` in place; return the per-layer plan."""
+def _whiteners(model: nn.Module, names: list[str], cfg: SVDConfig, calibration: Any) -> dict[str, Any]:
+    """``{name: (InputStats, S)}`` of the named layers from one calibration pass."""
+    stats = collect_input_stats(model, calibration, names, max_batches=cfg.calibration_batches)
+    return {n: (st, whitener(st.xtx[0], cfg.dampening)) for n, st in stats.items()  # type: ignore[index]
+            if st.count > 0}
+
+
+def _apply_whitened(model: nn.Module, plans: list[LayerPlan], cfg: SVDConfig, calibration: Any,
+                    dense: dict[str, Any]) -> None:
+    """Factorize the planned layers against their inputs, block by block with ``sequential`` (statistics
+    refreshed on the partly factorized model) or all at once; record each layer's calibration output error."""
+    todo = [p for p in plans if p.rank is not None]
+    blocks = [list(g) for _, g in itertools.groupby(todo, key=lambda p: block_of(p.name))] if cfg.sequential \
+        else [todo]
+    for block in blocks:
+        names = [p.name for p in block if p.name in dense]
+        current = _whiteners(model, names, cfg, calibration) if cfg.sequential else dense
+        for p in block:
+            if p.name not in current:
+                continue
+            stats, white = current[p.name]
+            layer = model.get_submodule(p.name)
+            apply_plan(model, [p], {p.name: white})
+            new = model.get_submodule(p.name)
+            approx = (new[1].weight.reshape(new[1].weight.shape[0], -1) @ new[0].weight.reshape(p.rank, -1))
+            p.rel_error = stats.output_error(weight_matrix(layer), approx, layer.bias)
+
+
+def lowrank_model(model: nn.Module, cfg: SVDConfig, calibration: Any = None) -> list[LayerPlan]:
+    """Plan and apply ``cfg`` to ``model`` in place; return the per-layer plan. ``cfg.whiten`` needs
+    ``calibration`` (batches as the project's loaders yield them)."""
     if model is None or not isinstance(model, nn.Module):
         raise ConfigError(f"expected a torch.nn.Module, got {type(model).__name__}.")
-    plans = plan_lowrank(model, cfg)
+    if cfg.whiten:
+        if calibration is None:
+            raise ConfigError("lowrank(method=svd, whiten=true) needs calibration data but none was given.",
+                              hint="Pass calibration=loader, give the recipe a data section, or set whiten=false.")
+        calibration = reiterable(calibration, cfg.calibration_batches)
+        layers, _ = _candidates(model, cfg)
+        dense = _whiteners(model, [n for n, _ in layers], cfg, calibration)
+        plans = plan_lowrank(model, cfg, {n: w for n, (_, w) in dense.items()})
+    else:
+        plans = plan_lowrank(model, cfg)
     for p in plans:
         if p.rank is None:
             log.info("lowrank: leaving %s (%s %dx%d) alone: %s", p.name, p.kind, p.out_features, p.in_features,
@@ -295,7 +380,10 @@ def lowrank_model(model: nn.Module, cfg: SVDConfig) -> list[LayerPlan]:
         else:
             log.info("lowrank: %s (%s %dx%d) -> rank %d, energy %.4f, weights %d -> %d", p.name, p.kind,
                      p.out_features, p.in_features, p.rank, p.energy or 0.0, p.dense_params, p.params)
-    apply_plan(model, plans)
+    if cfg.whiten:
+        _apply_whitened(model, plans, cfg, calibration, dense)
+    else:
+        apply_plan(model, plans)
     return plans
 
 
@@ -340,7 +428,11 @@ class LowrankRecord(PassRecord):
 def svd_handler(model: nn.Module, cfg: SVDConfig, ctx: PassContext) -> nn.Module:
     """Registered handler: factorize, then fine-tune when ``cfg.finetune`` is set (the registry has checked
     that a train loader was given). Its record is a :class:`LowrankRecord` (``ctx.extras["lowrank"]``)."""
-    ctx.add(LowrankRecord(lowrank_model(model, cfg)))
+    plans = lowrank_model(model, cfg, ctx.calibration)
+    ctx.add(LowrankRecord(plans))
+    ctx.extras["layers"] = [{"layer": p.name, "method": "svd-whiten" if cfg.whiten else "svd", "rank": p.rank,
+                             "params_before": p.dense_params, "params_after": p.params, "rel_error": p.rel_error,
+                             **({"skipped": p.reason} if p.rank is None else {})} for p in plans]
     if cfg.finetune is not None and cfg.finetune.epochs > 0:
         from slimkit.passes.finetune.loop import train_model
 

@@ -112,12 +112,38 @@ def render_markdown(report: dict[str, Any], layers: dict[str, list[dict[str, Any
         from slimkit.pipeline.report.layers import layers_markdown
 
         lines += ["", *layers_markdown(layers)]
+    for s in report.get("stages") or []:
+        if isinstance(s.get("layers"), list) and s["layers"]:
+            lines += ["", *stage_layers_markdown(s)]
     env = report.get("environment") or {}
     if env:
         lines += ["", f"Measured on {env.get('cpu')} with torch {env.get('torch')}, {env.get('threads')} threads."]
     lines += ["", "Latency is the median of repeated runs after warm-up, baseline and final measured alternately in "
               "the same process. Sizes are bytes on disk of each stage's artifact.", ""]
     return "\n".join(lines)
+
+
+def _change(row: dict[str, Any]) -> str:
+    if row.get("skipped"):
+        return f"left as it was: {row['skipped']}"
+    if row.get("change"):
+        return str(row["change"])
+    if row.get("rank") is not None:
+        return f"rank {row['rank']}, weights {row['params_before']} -> {row['params_after']}"
+    if "removed" in row:
+        return f"{row['removed']}/{row['numel']} zero ({row['removed'] / max(row['numel'], 1):.1%}, {row['pattern']})"
+    return ""
+
+
+def stage_layers_markdown(stage: dict[str, Any]) -> list[str]:
+    """Markdown lines for one stage's per-layer rows (``stage["layers"]``: one-shot pruning, low-rank)."""
+    lines = [f"## Per-layer changes: stage {stage['index']} {stage['pass']}", "",
+             "Relative output error: ||(W - W') x||^2 / ||W x + b||^2 summed over the calibration inputs the "
+             "layer saw (blank: not measured).", "", "| layer | change | relative output error |", "|---|---|---|"]
+    for row in stage["layers"]:
+        err = row.get("rel_error")
+        lines.append(f"| {row.get('layer')} | {_change(row)} | {'' if err is None else f'{err:.3g}'} |")
+    return lines
 
 
 def sensitivity_stages(report: dict[str, Any]) -> list[dict[str, Any]]:
