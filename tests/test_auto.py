@@ -62,6 +62,23 @@ def test_candidates_are_registered_passes():
         assert c.kind == "export" or c.method in kinds()[c.kind], c.name
 
 
+def test_without_training_the_space_prunes_post_training():
+    """No labels (or no recovery epochs): the prune candidate is post-training pruning with reconstruction,
+    and the generated config validates as an ordinary search (no compute)."""
+    from slimkit.auto.plan import base_recipe, build_space
+    from slimkit.config.search import parse_search
+
+    base, cfg = base_recipe(tiny_recipe(), {**SETTINGS, "finetune_epochs": 0})
+    profile = {"cost": {"layers": [{"unit": "features.0.0", "share": 0.5}]},
+               "sensitivity": {"layers": [{"unit": "features.0.0", "prune_loss": 0.1, "prunable_alone": True}]}}
+    config = build_space(base, cfg, profile, labelled=True, name="t")
+    assert config["base"]["stages"][0] == {"prune": {"method": "posttrain", "target_macs": 0.6}}
+    assert "stages[prune].target_macs" in config["space"] and "stages[prune].ratio" not in config["space"]
+    assert config["space"]["stages[prune].skip"] == {"choices": [[], ["features.0.0"]]}
+    plan = parse_search(config)
+    assert {p.path for p in plan.params} >= {"stages", "stages[prune].target_macs", "export.onnx.precision"}
+
+
 def test_front_is_non_dominated(finished):
     _, result = finished
     pts, front = result["points"], result["front"]

@@ -64,6 +64,23 @@ def _prune_space(c: Context) -> dict[str, dict[str, Any]]:
     return space
 
 
+def _posttrain_stage(c: Context) -> dict[str, Any]:
+    return {"prune": {"method": "posttrain", "target_macs": 0.6}}
+
+
+def _posttrain_space(c: Context) -> dict[str, dict[str, Any]]:
+    space: dict[str, dict[str, Any]] = {"stages[prune].target_macs": {"low": 0.3, "high": 0.9}}
+    shield = sensitive_units(c.profile)
+    if shield:
+        space["stages[prune].skip"] = {"choices": [[], shield]}
+    return space
+
+
+def _trains(c: Context) -> bool:
+    """Recovery by fine-tuning is possible: labels, and epochs allowed."""
+    return c.labelled and c.cfg.finetune_epochs > 0
+
+
 def _lowrank_stage(c: Context) -> dict[str, Any]:
     return {"lowrank": {"method": "svd", "energy": 0.95}}
 
@@ -73,7 +90,10 @@ def _lowrank_space(c: Context) -> dict[str, dict[str, Any]]:
 
 
 CANDIDATES: list[Candidate] = [
-    Candidate("structured-prune", "prune", "structured", STRUCTURAL, lambda c: True, _prune_stage, _prune_space),
+    Candidate("structured-prune", "prune", "structured", STRUCTURAL, _trains, _prune_stage, _prune_space),
+    # without labels or training time: post-training pruning that refits from calibration data instead
+    Candidate("posttrain-prune", "prune", "posttrain", STRUCTURAL, lambda c: not _trains(c), _posttrain_stage,
+              _posttrain_space),
     Candidate("svd", "lowrank", "svd", STRUCTURAL, lambda c: True, _lowrank_stage, _lowrank_space),
     Candidate("int8-onnx", "export", "int8", EXPORT, lambda c: c.cfg.runtime == "onnxruntime",
               lambda c: None, lambda c: {"export.onnx.precision": {"choices": ["fp32", "int8"]}}),
