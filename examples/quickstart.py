@@ -1,7 +1,9 @@
 """Quick start with the Python API: train a CNN on digits, prune it iteratively, evaluate, export to ONNX.
 
-    python examples/quickstart.py            # about half a minute on 2 cores
-    python examples/quickstart.py --quick    # a few seconds (used by the tests)
+    python examples/quickstart.py            # about 10 s of CPU time on one core, most of it imports and export
+    python examples/quickstart.py --quick    # 2 training epochs instead of 20 (used by the tests); about as long
+
+(measured with `time` on a shared 2-core machine: 10.2 s user time for either form)
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """slimkit: make trained PyTorch models smaller and faster, with numbers you can trust.
 
-Public API: the verbs (prune_, quantize_, lowrank_, distill, finetune, evaluate, export, run_recipe, search)
+Public API: the verbs (prune_, quantize_, lowrank_, distill, finetune, evaluate, export, run_recipe, search, auto)
 and the config classes. Heavy dependencies (onnxruntime, transformers, ray, optuna) load on use.
 """
 
@@ -25,7 +25,7 @@ from slimkit.api import (
 from slimkit.config.recipe import Recipe, load_recipe, parse_recipe
 from slimkit.errors import SlimkitError
 
-_API = ["Recipe", "SlimkitError", "apply_pass", "distill", "evaluate", "export", "finetune", "load_recipe",
+_API = ["Recipe", "SlimkitError", "apply_pass", "auto", "distill", "evaluate", "export", "finetune", "load_recipe",
         "lowrank_", "parse_recipe", "prune_", "quantize_", "run_recipe", "search"]
 
 
@@ -36,7 +36,7 @@ def __getattr__(name: str) -> Any:
         from slimkit.registry import public_configs
 
         return public_configs() if name == "_LAZY" else [*_API, *sorted(public_configs())]
-    if name in ("models", "data", "evaluation", "exporters", "search"):  # search: callable, slimkit/search/runner.py
+    if name in ("models", "data", "evaluation", "exporters", "search", "auto"):  # search, auto: callable packages
         return importlib.import_module(f"slimkit.{name}")
     if not name.startswith("_"):
         from slimkit.registry import public_configs

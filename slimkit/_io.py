@@ -21,6 +21,15 @@ from yaml.nodes import MappingNode, Node, SequenceNode
 from slimkit.errors import ModelLoadError, RecipeError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)`` then rename onto ``path``, so readers never see a half-written file."""
     path = Path(path)
@@ -30,6 +39,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     tmp_path = Path(tmp)
     try:
         write(tmp_path)
+        os.chmod(tmp_path, _FILE_MODE)  # mkstemp creates 0600; artifacts get the mode a plain open() gives
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -213,6 +223,9 @@ def read_yaml(path: str | Path, *, what: str = "file") -> Any:
     line and column where YAML gives one."""
     path = Path(path)
     if not path.exists():
+        if path.is_symlink():
+            raise RecipeError([("", f"{what} {path} is a symbolic link to {path.readlink()}, which does not exist "
+                                    "(a relative link breaks when the file is copied elsewhere)")])
         raise RecipeError([("", f"{what} not found: {path}")])
     if path.is_dir():
         raise RecipeError([("", f"{path} is a directory; expected a YAML {what}")])

@@ -65,8 +65,9 @@ def evaluate(model: nn.Module, loader: Iterable[Any] | None = None, *, example_i
     return evaluate_model(model, loader, example_inputs=as_inputs(example_inputs), **kwargs)
 
 
-def export(model: nn.Module, path: str | Path, *, example_inputs: Any, **kwargs: Any) -> Any:
-    """Export to ONNX (by suffix .onnx) or safetensors + manifest (a directory), with a parity check."""
+def export(model: nn.Module, path: str | Path, *, example_inputs: Any = None, **kwargs: Any) -> Any:
+    """Export to ONNX (by suffix .onnx; needs ``example_inputs``) or safetensors + manifest (a directory, which
+    does not), with a parity check."""
     from slimkit.exporters import export_model
 
     return export_model(model, Path(path), example_inputs=as_inputs(example_inputs), **kwargs)

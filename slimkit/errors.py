@@ -15,7 +15,9 @@ class SlimkitError(Exception):
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         self.message = message
         self.hint = hint
-        super().__init__(message if not hint else f"{message} {hint}")
+        # a multi-line message (a list of problems) gets its hint on a line of its own
+        sep = "\n" if "\n" in message else " "
+        super().__init__(message if not hint else f"{message}{sep}{hint}")
 
 
 class RecipeError(SlimkitError):
@@ -60,6 +62,10 @@ class ConstraintError(SlimkitError):
 
 class RunError(SlimkitError):
     """A run directory is locked, incompatible with --resume, or otherwise unusable."""
+
+
+class ReportError(SlimkitError):
+    """A report, summary or comparison cannot be rendered or checked (missing run files, a browser failure)."""
 
 
 class DivergenceError(SlimkitError):

@@ -86,7 +86,7 @@ def test_cli_quantize_then_export_int8(tmp_path, capsys):
     import sys
 
     argv = sys.argv
-    sys.argv = ["slimkit", "export", str(out), "--format", "onnx", "--precision", "int8", "--out", str(onnx)]
+    sys.argv = ["slimkit", "export", str(out), "--format", "onnx", "--precision", "int8", "--out", str(onnx), "--json"]
     try:
         from slimkit.cli import app as cli
 

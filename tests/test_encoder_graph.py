@@ -121,3 +121,33 @@ def test_per_tensor_nodes_mixes_weight_scales(tiny_onnx, tmp_path) -> None:
     query = [k for k in scales if "self/query" in k]
     assert query and all(scales[k] == 1 for k in query)
     assert any(v > 1 for k, v in scales.items() if "self/query" not in k)
+
+
+def test_fused_graph_smoothing_and_outliers_exact_then_int8(tiny_onnx, tmp_path) -> None:
+    """On the fused graph (Attention, BiasGelu), smoothing of the packed Q/K/V weight and the FFN input and
+    the outlier side paths leave the fp32 outputs unchanged; int8 of it keeps a cosine floor and runs
+    QAttention."""
+    from slimkit.evaluation.embedding_fidelity import cosine_stats
+    from slimkit.exporters.onnx_transformer import (
+        EncoderInt8Config,
+        ort_embed,
+        prepare_encoder_int8,
+        quantize_encoder_int8,
+    )
+
+    calib = [dict(zip(("input_ids", "attention_mask"), _feeds(8, 24, seed=s), strict=True)) for s in range(3)]
+    cfg = EncoderInt8Config(weight_only=(), outlier_channels=4, fuse_attention_heads=4)
+    proto, info = prepare_encoder_int8(tiny_onnx, calib, cfg, tmp_path)
+    assert sorted(n for n in info["smoothed"] if n.startswith("Attention_")) == ["Attention_0", "Attention_1"]
+    assert len(info["smoothed"]) == 4 and len(info["outlier_side_nodes"]) == 4  # 2 layers: up + down each
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("Attention") == 2 and ops.count("BiasGelu") == 4  # 2 fused + 2 on the side paths
+    onnx.save_model(proto, str(tmp_path / "prepared.onnx"))
+    ids, mask = _feeds(6, 30, seed=7)
+    np.testing.assert_allclose(ort_embed(tmp_path / "prepared.onnx", ids, mask), ort_embed(tiny_onnx, ids, mask),
+                               rtol=1e-4, atol=1e-5)
+    res = quantize_encoder_int8(tiny_onnx, tmp_path / "int8.onnx", calibration=calib, config=cfg)
+    q_ops = [n.op_type for n in onnx.load(str(res["artifact"])).graph.node]
+    assert q_ops.count("QAttention") == 2 and "QEmbedLayerNormalization" in q_ops
+    fid = cosine_stats(ort_embed(res["artifact"], ids, mask), ort_embed(tiny_onnx, ids, mask))
+    assert fid["cosine"] >= 0.99 and fid["cosine_min"] >= 0.98, fid

@@ -283,6 +283,9 @@ def test_pickled_hf_weights_refused_exit_2(tmp_path):
     (hf / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 8, "num_hidden_layers": 1,
                                                 "num_attention_heads": 2, "intermediate_size": 16,
                                                 "vocab_size": 30}))
+    # a 30-token vocabulary, so the text model gets text data (`validate`'s fit check passes) and the run
+    # reaches the weights
+    (hf / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"abcdefghijklmnopqrstuvwxy"]))
     marker = tmp_path / "pwned"
 
     class Evil:
@@ -291,7 +294,8 @@ def test_pickled_hf_weights_refused_exit_2(tmp_path):
 
     with open(hf / "pytorch_model.bin", "wb") as f:
         pickle.dump({"w": Evil()}, f)
-    code, text = cli("run", str(write(tmp_path, {**BASE, "model": {"hf": str(hf)}})), "--out", str(tmp_path / "o"))
+    rec = {**BASE, "model": {"hf": str(hf)}, "data": {"name": "sentences"}}
+    code, text = cli("run", str(write(tmp_path, rec)), "--out", str(tmp_path / "o"))
     user_error(code, text, "refused")
     assert not marker.exists()
 

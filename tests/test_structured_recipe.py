@@ -102,7 +102,7 @@ def test_rebuild_hook_reads_tensor_shapes(name: str, tmp_path: Path) -> None:
     import slimkit as sk
     from slimkit.exporters import load_model, save_model
     from slimkit.models.zoo import build
-    from slimkit.passes.prune.structured import _rebuild
+    from slimkit.passes.prune.structured import rebuild_structure as _rebuild
 
     model, x = build(name)
     model.eval()

@@ -1,8 +1,8 @@
 """Read-only measurements that passes, search and auto share: per-layer sensitivity and mixed assignment,
-and streaming calibration input statistics (:mod:`slimkit.analysis.calibration`).
+streamed calibration statistics (``slimkit.analysis.calibration``).
 
 This package sits below ``slimkit.passes`` and ``slimkit.search`` (see docs/architecture.md): it imports only
-``slimkit.errors``, ``slimkit.config``, ``slimkit.context`` and ``slimkit.data.batch``, and never changes a model.
+``slimkit.errors`` and ``slimkit.config`` and never changes a model.
 """
 
 from slimkit.analysis.sensitivity import (

@@ -27,8 +27,9 @@ def figure(figsize: tuple[float, float], dpi: int = 100) -> Iterator[tuple[Any, 
 
 
 def png_bytes(fig: Any) -> bytes:
-    """The figure laid out tightly and rendered as PNG bytes."""
+    """The figure laid out tightly and rendered as PNG bytes (cropped to everything drawn, so labels placed near
+    an edge are never cut)."""
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", bbox_inches="tight", pad_inches=0.1)
     return buf.getvalue()

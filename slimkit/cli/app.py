@@ -13,9 +13,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from slimkit.cli.progress import cli_reporter, console, err_console, print_report
+from slimkit.cli.style import SlimkitGroup
 from slimkit.errors import SlimkitError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+app = typer.Typer(cls=SlimkitGroup, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="slimkit: make trained PyTorch models smaller and faster, with measured numbers.")
 _state: dict[str, Any] = {"verbose": False}
 
@@ -30,12 +31,15 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show lo
 
 @app.command()
 def run(
-    recipe: Annotated[Path, typer.Argument(help="YAML recipe")],
+    recipe: Annotated[Path, typer.Argument(help="YAML recipe, or a shipped recipe's name (e.g. quantize-dynamic)")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="run directory (default runs/<name>)")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue after the last finished stage")] = False,
 ) -> None:
-    """Run a recipe: baseline, each stage, evaluation, constraints, report."""
+    """Run a recipe (a YAML file, or the name of a shipped recipe): baseline, stages, evaluation, report."""
     from slimkit.pipeline.runner import coerce_recipe, run_recipe
+    from slimkit.recipes import resolve_recipe
+
+    recipe = resolve_recipe(recipe)  # `slimkit run quantize-dynamic`: a recipe shipped inside the package
 
     r = coerce_recipe(recipe)
     run_dir = out or Path("runs") / r.name
@@ -61,11 +65,15 @@ def demo(
 
 
 @app.command()
-def validate(recipe: Annotated[Path, typer.Argument(help="YAML recipe")]) -> None:
-    """Check a recipe without computing anything; list every problem."""
+def validate(recipe: Annotated[Path, typer.Argument(help="YAML recipe, or a shipped recipe's name")]) -> None:
+    """Check a recipe, and that its model, weights and data fit, without training or evaluating; list every
+    problem."""
+    from slimkit.pipeline.fit import check_fit
     from slimkit.pipeline.runner import coerce_recipe
+    from slimkit.recipes import resolve_recipe
 
-    r = coerce_recipe(recipe)
+    r = coerce_recipe(resolve_recipe(recipe))
+    check_fit(r, source=str(recipe))
     console.print(f"[green]ok[/]: {recipe} ({len(r.stages)} stage(s): "
                   + ", ".join(f"{s.kind}:{s.method}" for s in r.stages) + ")")
 
@@ -80,12 +88,34 @@ def eval_(
 
     with cli_reporter():
         metrics = evaluate_saved(run_dir, stage)
-    table = Table(title=f"{run_dir} [{stage}]")
+    table = Table(title=f"{run_dir} (stage {stage})")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for k, v in metrics.items():
-        table.add_row(k, str(v))
+    for k in metrics:
+        table.add_row(k, metric_text(k, metrics))
     console.print(table)
+
+
+def metric_text(key: str, m: dict[str, Any]) -> str:
+    """One metric of a METRICS dict for a person: rounded, units named, 'not measured' for None."""
+    from slimkit.pipeline.report.render import fmt
+
+    v = m.get(key)
+    if v is None:
+        return "not measured"
+    if key == "latency_ms":
+        return (f"{v['median']:.3g} ms median, {v['p90']:.3g} ms p90 (batch {v.get('batch', 1)}"
+                + (f", {v['runtime']}" if v.get("runtime") else "") + ")")
+    if key == "fidelity":
+        parts = [f"cosine {v['cosine']:.4f}" if v.get("cosine") is not None else None,
+                 f"min cosine {v['cosine_min']:.4f}" if v.get("cosine_min") is not None else None,
+                 f"top-1 agreement {100 * v['top1_agreement']:.2f}%" if v.get("top1_agreement") is not None else None]
+        return ", ".join(p for p in parts if p) or "not measured"
+    if key == "size_bytes":
+        return f"{fmt(key, m)} ({v:,} bytes)"
+    if key == "throughput":
+        return f"{v:,.0f} samples/s"
+    return fmt(key, m)
 
 
 @app.command()
@@ -206,6 +236,16 @@ _register_quantize(app)
 from slimkit.cli.sensitivity import register as _register_sensitivity  # noqa: E402  (slimkit sensitivity)
 
 _register_sensitivity(app)
+
+from slimkit.cli.compare import register as _register_compare  # noqa: E402  (slimkit compare)
+from slimkit.cli.report import register as _register_report  # noqa: E402  (slimkit report)
+
+_register_compare(app)
+_register_report(app)
+
+from slimkit.cli.auto import register as _register_auto  # noqa: E402  (slimkit auto; slimkit/cli/auto.py)
+
+_register_auto(app)
 
 if __name__ == "__main__":
     main()

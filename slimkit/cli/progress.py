@@ -13,55 +13,81 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     SpinnerColumn,
+    Task,
     TextColumn,
     TimeElapsedColumn,
 )
+from rich.text import Text
 
-console = Console()
-err_console = Console(stderr=True)
+from slimkit.cli.style import make_console
+
+REFRESH_S = 0.25  # bars are redrawn from the working thread at least this often (see RichReporter)
+PLAIN_EVERY_S = 10.0  # in a pipe, a progress line at most this often
+
+console = make_console()  # wide in pipes and files: tables are not cut at 80 columns
+err_console = make_console(stderr=True)
 
 
 class _RichTask:
-    def __init__(self, progress: Progress, task_id: Any, description: str) -> None:
-        self.progress, self.id, self.description = progress, task_id, description
+    def __init__(self, progress: Progress, task_id: Any, description: str, reporter: RichReporter) -> None:
+        self.progress, self.id, self.description, self.reporter = progress, task_id, description, reporter
 
     def advance(self, n: int = 1) -> None:
         self.progress.advance(self.id, n)
+        self.reporter.maybe_refresh()
 
     def update(self, **info: object) -> None:
         extra = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in info.items())
         self.progress.update(self.id, description=f"{self.description} {extra}")
+        self.reporter.maybe_refresh()
 
 
 class _PlainTask:
-    def __init__(self, description: str, total: int | None) -> None:
+    def __init__(self, description: str, total: int | None, reporter: PlainReporter) -> None:
         self.description, self.total, self.done, self.t0 = description, total, 0, time.perf_counter()
-        self.info = ""
+        self.info, self.reporter = "", reporter
 
     def advance(self, n: int = 1) -> None:
         self.done += n
+        self.reporter.maybe_line(self)
 
     def update(self, **info: object) -> None:
         self.info = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in info.items())
+        self.reporter.maybe_line(self)
+
+    def line(self, prefix: str) -> str:
+        count = ""
+        if self.total:
+            count = f" {self.done}/{self.total} ({100 * self.done / self.total:.0f}%)"
+        elif self.done:
+            count = f" {self.done}"
+        info = f" {self.info}" if self.info else ""
+        return f"{prefix}{self.description}{count}{info}, {time.perf_counter() - self.t0:.1f} s"
 
 
 class PlainReporter:
-    """For logs and pipes (no terminal): one line per finished top-level task, no live bars."""
+    """For logs and pipes (no terminal): no live bars; a line for every running task at most every
+    ``every_s`` seconds (so a long training shows progress), and one line per finished top-level task."""
 
-    def __init__(self, console: Console) -> None:
-        self.console, self.depth = console, 0
+    def __init__(self, console: Console, every_s: float = PLAIN_EVERY_S) -> None:
+        self.console, self.depth, self.every_s = console, 0, every_s
+        self.last = time.perf_counter()
 
     def start(self, description: str, total: int | None) -> _PlainTask:
         self.depth += 1
-        return _PlainTask(description, total)
+        return _PlainTask(description, total, self)
+
+    def maybe_line(self, task: _PlainTask) -> None:
+        now = time.perf_counter()
+        if now - self.last >= self.every_s:
+            self.last = now
+            self.console.print(task.line("... "), highlight=False)
 
     def finish(self, task: Any) -> None:
         self.depth -= 1
         if self.depth == 0:
-            count = f" {task.done}/{task.total}" if task.total else ""
-            info = f" {task.info}" if task.info else ""
-            self.console.print(f"done: {task.description}{count}{info} in {time.perf_counter() - task.t0:.1f} s",
-                               highlight=False)
+            self.last = time.perf_counter()
+            self.console.print(task.line("done: "), highlight=False)
 
 
 def make_reporter(console: Console) -> RichReporter | PlainReporter:
@@ -69,19 +95,37 @@ def make_reporter(console: Console) -> RichReporter | PlainReporter:
     return RichReporter(console) if console.is_terminal else PlainReporter(console)
 
 
+class _CountColumn(MofNCompleteColumn):
+    """``12/380`` when the total is known, ``12`` when only steps are counted, nothing otherwise (not ``0/?``)."""
+
+    def render(self, task: Task) -> Text:
+        if task.total is None:
+            return Text(f"{int(task.completed)}" if task.completed else "", style="progress.download")
+        return super().render(task)
+
+
 class RichReporter:
-    """Shows one bar per running task; finished tasks disappear."""
+    """Shows one bar per running task; finished tasks disappear. Besides rich's refresh thread, the
+    working thread redraws at least every ``REFRESH_S`` as it advances: with torch busy on every core the
+    refresh thread can starve and leave a bar frozen long after the work moved on."""
 
     def __init__(self, console: Console) -> None:
         self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                                 MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True)
+                                 _CountColumn(), TimeElapsedColumn(), console=console, transient=True)
         self.depth = 0
+        self.last = time.perf_counter()
+
+    def maybe_refresh(self) -> None:
+        now = time.perf_counter()
+        if now - self.last >= REFRESH_S:
+            self.last = now
+            self.progress.refresh()
 
     def start(self, description: str, total: int | None) -> _RichTask:
         if self.depth == 0:
             self.progress.start()
         self.depth += 1
-        return _RichTask(self.progress, self.progress.add_task(description, total=total), description)
+        return _RichTask(self.progress, self.progress.add_task(description, total=total), description, self)
 
     def finish(self, task: Any) -> None:
         self.progress.remove_task(task.id)
@@ -99,10 +143,10 @@ def cli_reporter() -> Any:
 
 def print_report(report: dict[str, Any], run_dir: Path) -> None:
     """The report of a run as a table, its constraints and verdict, on stdout."""
-    from slimkit.pipeline.report.render import fmt, rows, seconds
+    from slimkit.pipeline.report.render import columns, fmt, rows, seconds
 
-    cols = [("accuracy", "acc"), ("size_bytes", "bytes"), ("sparsity", "sparsity"), ("macs", "MACs"),
-            ("latency_median", "ms")]
+    cols = columns(report, [("accuracy", "acc"), ("size_bytes", "bytes"), ("sparsity", "sparsity"), ("macs", "MACs"),
+                            ("latency_median", "ms")])
     from rich import box
     from rich.table import Table
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from slimkit.errors import ConfigError, RunError
+from slimkit.errors import ConfigError, RecipeError, RunError
 
 
 def stage_for(method: str, bits: int | None, group_size: int | None = None) -> dict[str, Any]:
@@ -25,9 +25,25 @@ def stage_for(method: str, bits: int | None, group_size: int | None = None) -> d
     return {"quantize": specs[method].config_cls.shorthand(bits=bits, group_size=group_size)}
 
 
+# recipe paths of a one-stage quantize recipe -> the CLI flag that set them (for errors about flags)
+_FLAGS = (("group_size", "--group-size"), ("bits", "--bits"), ("data.", "--data"), ("model.kwargs", "--arch-kwargs"),
+          ("model.weights", "--weights"), ("model.arch", "--arch / RECIPE_OR_MODEL"), ("model.train", "--train-epochs"),
+          ("name", "--name"), ("export.", "--onnx"))
+
+
+def flag_error(exc: RecipeError) -> ConfigError:
+    """A RecipeError about the recipe built from CLI flags, retold in terms of the flags."""
+    lines = []
+    for path, msg in exc.problems:
+        flag = next((f for key, f in _FLAGS if key in path.rsplit(".", 1)[-1] or path.startswith(key)), None)
+        lines.append(f"  - {flag}: {msg}" if flag else f"  - {path or 'recipe'}: {msg}")
+    return ConfigError("invalid option value(s):\n" + "\n".join(lines),
+                       hint="See `slimkit quantize --help` for the accepted values.")
+
+
 def build_recipe(source: str | None, *, method: str, bits: int | None, group_size: int | None, arch: str | None,
                  weights: Path | None, data: str | None, train_epochs: int | None, onnx: str | None,
-                 name: str | None) -> dict[str, Any]:
+                 name: str | None, arch_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
     """A one-stage quantize recipe: model/data/evaluation from an existing recipe (``source`` is a YAML file),
     or from ``--arch``/``--weights``/``--data`` (``source`` may be the arch name)."""
 
@@ -43,8 +59,9 @@ def build_recipe(source: str | None, *, method: str, bits: int | None, group_siz
         if not isinstance(base, dict):
             raise ConfigError(f"{source} does not hold a recipe mapping.")
         recipe = {k: v for k, v in base.items() if k in ("seed", "model", "data", "evaluate")}
-        if arch or weights:
-            raise ConfigError("--arch/--weights cannot be combined with a recipe; the recipe names the model.")
+        if arch or weights or arch_kwargs:
+            raise ConfigError("--arch/--weights/--arch-kwargs cannot be combined with a recipe; the recipe names "
+                              "the model.", hint="Edit model.kwargs in the recipe, or give an arch name instead.")
         if data:
             recipe["data"] = {**(recipe.get("data") or {}), "name": data}
         default_name = f"{base.get('name', path.stem)}-{method}"
@@ -54,6 +71,8 @@ def build_recipe(source: str | None, *, method: str, bits: int | None, group_siz
             raise ConfigError("give a recipe YAML or a model: slimkit quantize RECIPE.yaml --method ptq, or "
                               "slimkit quantize ARCH --weights W.safetensors --data digits --method ptq.")
         model: dict[str, Any] = {"arch": arch}
+        if arch_kwargs:
+            model["kwargs"] = arch_kwargs
         if weights is not None:
             if not weights.is_file():
                 raise ConfigError(f"weights file {weights} does not exist.")
@@ -76,6 +95,22 @@ def build_recipe(source: str | None, *, method: str, bits: int | None, group_siz
     return recipe
 
 
+def parse_arch_kwargs(text: str | None) -> dict[str, Any] | None:
+    """``--arch-kwargs '{widths: [32, 64]}'`` (a YAML or JSON mapping) -> the architecture's keyword arguments."""
+    if text is None:
+        return None
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--arch-kwargs {text!r} is not a YAML/JSON mapping: {str(exc).splitlines()[0]}",
+                          hint="Example: --arch-kwargs '{widths: [32, 64]}'.") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"--arch-kwargs {text!r} is not a mapping.", hint="Example: --arch-kwargs '{widths: [32, 64]}'.")
+    return value
+
+
 def register(app: typer.Typer) -> None:
     """Add ``quantize`` and ``export`` to the CLI ``app``."""
 
@@ -92,9 +127,11 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path | None, typer.Option("--out", "-o", help="run directory (default runs/<name>)")] = None,
         arch: Annotated[str | None, typer.Option("--arch", help="built-in architecture")] = None,
         weights: Annotated[Path | None, typer.Option("--weights", help="weights of --arch")] = None,
+        arch_kwargs: Annotated[str | None, typer.Option(
+            "--arch-kwargs", help="keyword arguments of the arch, YAML/JSON: '{widths: [32, 64]}'")] = None,
         data: Annotated[str | None, typer.Option("--data", help="dataset (digits, fashion-mnist)")] = None,
         train_epochs: Annotated[int | None, typer.Option("--train-epochs", help="train a baseline first")] = None,
-        onnx: Annotated[str | None, typer.Option("--onnx", help="also export ONNX: fp32|fp16|int8")] = None,
+        onnx: Annotated[str | None, typer.Option("--onnx", help="also export ONNX: fp32, fp16 or int8")] = None,
         name: Annotated[str | None, typer.Option("--name", help="run name")] = None,
     ) -> None:
         """Quantize a model with one method: a one-stage recipe run by the runner (report, checkpoints)."""
@@ -103,9 +140,16 @@ def register(app: typer.Typer) -> None:
 
         if onnx is not None and onnx not in ("fp32", "fp16", "int8"):
             raise ConfigError(f"--onnx {onnx!r}: expected fp32, fp16 or int8.")
-        recipe = coerce_recipe(build_recipe(source, method=method, bits=bits, group_size=group_size, arch=arch,
-                                            weights=weights, data=data, train_epochs=train_epochs, onnx=onnx,
-                                            name=name))
+        spec = build_recipe(source, method=method, bits=bits, group_size=group_size, arch=arch, weights=weights,
+                            data=data, train_epochs=train_epochs, onnx=onnx, name=name,
+                            arch_kwargs=parse_arch_kwargs(arch_kwargs))
+        from slimkit.pipeline.fit import check_fit
+
+        try:
+            recipe = coerce_recipe(spec)
+            check_fit(recipe)  # weights of other kwargs, channels, classes: told in terms of the flags
+        except RecipeError as exc:
+            raise flag_error(exc) from None
         run_dir = out or Path("runs") / recipe.name
         with cli_reporter():
             report = run_recipe(recipe, out=run_dir)
@@ -122,6 +166,9 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path | None, typer.Option("--out", "-o", help="output file (.onnx) or directory")] = None,
         stage: Annotated[str, typer.Option(help="'final', 'baseline' or a stage index")] = "final",
         opset: Annotated[int, typer.Option(help="ONNX opset")] = 18,
+        atol: Annotated[float | None, typer.Option(
+            "--atol", help="absolute parity tolerance; default 1e-3 for fp32, 1e-2 for fp16")] = None,
+        as_json: Annotated[bool, typer.Option("--json", help="print the export entry as JSON")] = False,
     ) -> None:
         """Export the saved model of a run: ONNX (fp32, fp16, int8 with parity and latency vs fp32) or
         safetensors + manifest."""
@@ -138,20 +185,59 @@ def register(app: typer.Typer) -> None:
         if not (run_dir / "recipe.yaml").is_file():
             raise RunError(f"{run_dir} is not a slimkit run directory (no recipe.yaml).",
                            hint="Give the directory that `slimkit run` or `slimkit quantize` wrote.")
+        if atol is not None and atol <= 0:
+            raise ConfigError(f"--atol {atol}: expected a positive tolerance, e.g. 0.01.")
         with cli_reporter():
-            entry = export_run(run_dir, fmt=fmt, precision=precision, out=out, stage=stage, opset=opset)
-        typer.echo(json.dumps(entry, indent=1, default=str))
+            entry = export_run(run_dir, fmt=fmt, precision=precision, out=out, stage=stage, opset=opset, atol=atol)
+        if as_json:
+            typer.echo(json.dumps(entry, indent=1, default=str))
+        else:
+            from slimkit.cli.progress import console
+
+            console.print(export_summary(entry), highlight=False)
+
+
+def export_summary(entry: dict[str, Any]) -> str:
+    """A few plain lines for a person: file, size, parity, and for int8 the fp32 comparison and latency."""
+    from slimkit.pipeline.report.render import fmt
+
+    lines = [f"exported {entry.get('format')} {entry.get('precision', '')}".rstrip()
+             + f": {entry.get('artifact')} ({fmt('size_bytes', entry)}, {entry.get('size_bytes'):,} bytes)"]
+    parity = entry.get("parity") or {}
+    if "max_abs_diff" in parity and parity["max_abs_diff"] is not None:
+        cos = parity.get("cosine")
+        lines.append(f"  parity vs PyTorch: max |diff| {parity['max_abs_diff']:.2g}"
+                     + (f", cosine {cos:.6f}" if cos is not None else "")
+                     + (" (ok)" if parity.get("ok") else " (outside the tolerance)"))
+    elif "round_trip_exact" in parity:
+        lines.append(f"  round trip: {'exact' if parity['round_trip_exact'] else 'NOT exact'}")
+    fp32 = entry.get("fp32")
+    if isinstance(fp32, dict):
+        ratio = entry.get("size_ratio")
+        lines.append(f"  fp32 comparison kept beside it: {fp32.get('artifact')} ({fmt('size_bytes', fp32)}"
+                     + (f"; int8 is {100 * ratio:.1f}% of it" if ratio else "") + ")")
+        lat, lat32 = entry.get("latency_ms"), fp32.get("latency_ms")
+        if lat and lat32:
+            lines.append(f"  onnxruntime latency: int8 {lat['median']:.3g} ms, fp32 {lat32['median']:.3g} ms "
+                         f"(batch {lat.get('batch', 1)}, median)")
+    if entry.get("note"):
+        lines.append(f"  note: {entry['note']}")
+    return "\n".join(lines)
 
 
 def export_run(run_dir: Path, *, fmt: str = "onnx", precision: str = "fp32", out: Path | None = None,
-               stage: str = "final", opset: int = 18) -> dict[str, Any]:
-    """Export the saved model of ``stage`` of a run (see ``slimkit export``); returns the export entry."""
+               stage: str = "final", opset: int = 18, atol: float | None = None) -> dict[str, Any]:
+    """Export the saved model of ``stage`` of a run (see ``slimkit export``); returns the export entry.
+    ``atol`` (None: the recipe's ``export.onnx.parity_atol`` when it was set for this precision, else the
+    precision's default) is the parity tolerance."""
     from slimkit.data import load_data
     from slimkit.exporters import export_model
     from slimkit.pipeline.artifacts import load_saved, locate_stage
     from slimkit.pipeline.runner import relative_artifacts
 
     recipe, _, _ = locate_stage(run_dir, stage)
+    if atol is None and recipe.export.onnx.precision == precision:  # a recipe's tolerance is for its precision
+        atol = recipe.export.onnx.parity_atol
     model, example = load_saved(run_dir, stage)
     if fmt == "safetensors":
         target = out or run_dir / "export"
@@ -164,7 +250,7 @@ def export_run(run_dir: Path, *, fmt: str = "onnx", precision: str = "fp32", out
     target.parent.mkdir(parents=True, exist_ok=True)
     calibration = load_data(recipe.data).calibration if precision == "int8" else None
     entry = export_model(model, target, example_inputs=example, precision=precision, opset=opset,
-                         atol=recipe.export.onnx.parity_atol, quantize="auto" if precision == "int8" else None,
+                         atol=atol, quantize="auto" if precision == "int8" else None,
                          calibration=calibration, latency=recipe.evaluate.latency)
     return {"format": "onnx", "precision": precision, **relative_artifacts(entry, target.parent),
             "artifact": str(target)}

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from slimkit._io import MAX_YAML_DEPTH, read_yaml
+from slimkit.config.auto import AutoConfig
 from slimkit.config.base import PassConfig, StrictModel, build, format_loc, validation_problems
 from slimkit.errors import RecipeError
 
@@ -34,6 +35,8 @@ class ModelConfig(StrictModel):
     kwargs: dict[str, Any] = Field(default_factory=dict)
     weights: Path | None = None
     train: TrainBaselineConfig | None = None
+    sentence_encoder: bool = Field(False, description="hf only: mean-pool (and normalise as the model folder says) "
+                                                      "into sentence embeddings (slimkit.models.sentence)")
 
     @field_validator("entry_point")
     @classmethod
@@ -47,25 +50,47 @@ class ModelConfig(StrictModel):
         given = [k for k in ("arch", "entry_point", "hf") if getattr(self, k)]
         if len(given) != 1:
             raise ValueError(f"give exactly one of arch, entry_point, hf (got {given or 'none'})")
+        if self.sentence_encoder and not self.hf:
+            raise ValueError("sentence_encoder applies to hf models only")
         return self
 
 
 class DataConfig(StrictModel):
-    name: Literal["digits", "fashion-mnist", "image-folder", "tensors"] = "digits"
+    """``digits``/``fashion-mnist``/``image-folder``/``tensors`` are labelled; ``sample-images`` (ImageNet-style
+    photo crops) and ``sentences`` (offline English sentences, tokenized with ``tokenizer``) are unlabelled
+    inputs: a run on them measures fidelity to the baseline model instead of accuracy."""
+
+    name: Literal["digits", "fashion-mnist", "image-folder", "tensors", "sample-images", "sentences"] = "digits"
     path: Path | None = None
     batch_size: int = Field(64, ge=1, le=65536)
     val_fraction: float = Field(0.1, ge=0, lt=1)
     test_fraction: float = Field(0.25, gt=0, lt=1)
     calibration_samples: int = Field(256, ge=1, le=1_000_000)
     limit: int | None = Field(None, ge=10, description="use at most this many training samples (small runs)")
+    test_limit: int | None = Field(None, ge=1, description="evaluate on at most this many test samples (small runs)")
     image_size: int | None = Field(None, ge=4, le=4096)
+    channels: Literal[1, 3] | None = Field(None, description="fashion-mnist: 3 copies the grey channel (ImageNet models)")
+    normalize: Literal["dataset", "imagenet"] = Field(
+        "dataset", description="fashion-mnist: the dataset's mean/std, or ImageNet's (pretrained ImageNet models)")
+    tokenizer: str | None = Field(None, description="sentences: the Hugging Face tokenizer (default: model.hf)")
+    max_length: int = Field(128, ge=8, le=4096, description="sentences: tokens per sentence at most")
     seed: int = Field(0, ge=0, le=MAX_SEED)
 
     @model_validator(mode="after")
     def _path_needed(self) -> DataConfig:
         if self.name in ("image-folder", "tensors") and self.path is None:
             raise ValueError(f"data '{self.name}' needs a path")
+        if self.name == "sentences" and self.tokenizer is None:
+            raise ValueError("data 'sentences' needs a tokenizer (it defaults to model.hf; set data.tokenizer "
+                             "for other models)")
+        if self.name != "fashion-mnist" and (self.channels is not None or self.normalize != "dataset"):
+            raise ValueError("data.channels and data.normalize apply to fashion-mnist only")
         return self
+
+    @property
+    def labelled(self) -> bool:
+        """False for input-only data (sample-images, sentences): runs measure fidelity, not accuracy."""
+        return self.name not in ("sample-images", "sentences")
 
 
 class LatencyConfig(StrictModel):
@@ -73,12 +98,17 @@ class LatencyConfig(StrictModel):
     warmup: int = Field(10, ge=0, le=10_000)
     repeats: int = Field(30, ge=1, le=100_000)
     threads: int | None = Field(None, ge=1, le=1024, description="None: all cores")
+    runtime: Literal["torch", "onnxruntime"] = Field(
+        "torch", description="where the run's final latency is measured: the PyTorch model, or the exported ONNX "
+                             "artifact in onnxruntime against the baseline's fp32 ONNX (needs export.formats: [onnx])")
 
 
 class EvaluateConfig(StrictModel):
     latency: LatencyConfig | None = Field(default_factory=LatencyConfig)
     split: Literal["test", "val"] = "test"
     fidelity: bool = False
+    stop_early: bool = Field(False, description="stop after a stage that misses a quality constraint when no later "
+                                                "stage trains (finetune, distill): the rest cannot win it back")
 
 
 class ConstraintsConfig(StrictModel):
@@ -88,6 +118,8 @@ class ConstraintsConfig(StrictModel):
     min_accuracy: float | None = Field(None, ge=0, le=1)
     max_size_bytes: int | None = Field(None, ge=1)
     max_size_ratio: float | None = Field(None, gt=0, description="final bytes / baseline bytes")
+    min_cosine: float | None = Field(None, ge=-1, le=1, description="mean cosine of final vs baseline outputs")
+    min_top1_agreement: float | None = Field(None, ge=0, le=1, description="final vs baseline argmax agreement")
     min_speedup: float | None = Field(None, gt=0, description="baseline latency / final latency")
     min_sparsity: float | None = Field(None, ge=0, le=1)
 
@@ -95,7 +127,7 @@ class ConstraintsConfig(StrictModel):
 class OnnxConfig(StrictModel):
     opset: int = Field(18, ge=13, le=23)
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
-    parity_atol: float = Field(1e-3, gt=0)
+    parity_atol: float | None = Field(None, gt=0, description="None: 1e-3 for fp32, 1e-2 for fp16 (atol and rtol)")
 
 
 class ExportConfig(StrictModel):
@@ -115,6 +147,24 @@ class Recipe(StrictModel):
     deliver: Literal["best", "last"] = Field(
         "best", description="best: the last stage that met every constraint (the last stage when none did); "
                             "last: always the last finished stage")
+    auto: AutoConfig | None = Field(None, description="settings of `slimkit auto`; `slimkit run` ignores them")
+
+    @model_validator(mode="after")
+    def _deployed_latency(self) -> Recipe:
+        lat = self.evaluate.latency
+        if lat is not None and lat.runtime == "onnxruntime" and "onnx" not in self.export.formats:
+            raise ValueError("evaluate.latency.runtime: onnxruntime times the exported ONNX: add onnx to export.formats")
+        return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tokenizer_from_model(cls, data: Any) -> Any:
+        """``data: {name: sentences}`` tokenizes with the recipe's own Hugging Face model by default."""
+        if isinstance(data, dict) and isinstance(data.get("data"), dict) and isinstance(data.get("model"), dict):
+            d, m = data["data"], data["model"]
+            if d.get("name") == "sentences" and d.get("tokenizer") is None and isinstance(m.get("hf"), str):
+                data = {**data, "data": {**d, "tokenizer": m["hf"]}}
+        return data
 
     @property
     def passes(self) -> list[PassConfig]:
@@ -123,6 +173,10 @@ class Recipe(StrictModel):
     def resolved(self) -> dict[str, Any]:
         """The recipe with every default filled in, as plain data (for recipe.yaml and report.json)."""
         data = self.model_dump(mode="json", exclude={"stages"})
+        if data.get("auto") is None:
+            data.pop("auto", None)  # absent unless given: the resolved recipe of ordinary runs is unchanged
+        if data["evaluate"].get("latency") and data["evaluate"]["latency"].get("runtime") == "torch":
+            data["evaluate"]["latency"].pop("runtime")  # the default; keeps the hashes of existing runs
         data["stages"] = [s.stage_dict() for s in self.stages]
         return data
 

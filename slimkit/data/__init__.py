@@ -2,7 +2,8 @@
 
 Built in: ``digits`` (scikit-learn, 1x8x8, the default), ``fashion-mnist`` (IDX files from Debian's
 ``dataset-fashion-mnist``), ``image-folder`` (class folders of PNG/JPEG) and ``tensors`` (a
-``.safetensors``/``.pt`` file with ``x`` and ``y``). Every loader yields ``(x: float32, y: int64)``;
+``.safetensors``/``.pt`` file with ``x`` and ``y``), which yield ``(x: float32, y: int64)``, and the unlabelled
+``sample-images`` and ``sentences`` (inputs only, see :mod:`slimkit.data.inputs_only`);
 splits and the training order are deterministic in ``DataConfig.seed``.
 """
 
@@ -27,6 +28,8 @@ _LOADERS: dict[str, str] = {
     "fashion-mnist": "slimkit.data.fashion_mnist:load_fashion_mnist_bundle",
     "image-folder": "slimkit.data.image_folder:load_image_folder_bundle",
     "tensors": "slimkit.data.tensors:load_tensors_bundle",
+    "sample-images": "slimkit.data.inputs_only:load_sample_images_bundle",
+    "sentences": "slimkit.data.inputs_only:load_sentences_bundle",
 }
 
 

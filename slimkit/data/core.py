@@ -40,6 +40,7 @@ class DataBundle:
     class_names: list[str]
     name: str
     info: dict[str, Any] = field(default_factory=dict)
+    labelled: bool = True  # False: batches are inputs only (sample-images, sentences); runs measure fidelity
 
 
 class TensorPairDataset(Dataset):
@@ -51,7 +52,8 @@ class TensorPairDataset(Dataset):
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, *, scale: float = 1.0,
-                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 channels: int | None = None, size: int | None = None) -> None:
         if len(x) != len(y):
             raise DataError(f"inputs and labels differ in length: {len(x)} inputs, {len(y)} labels.")
         self.x = x
@@ -60,6 +62,7 @@ class TensorPairDataset(Dataset):
         shape = (-1,) + (1,) * (x.dim() - 2) if x.dim() >= 2 else (-1,)
         self.mean = torch.tensor(mean, dtype=torch.float32).view(shape) if mean is not None else None
         self.std = torch.tensor(std, dtype=torch.float32).view(shape) if std is not None else None
+        self.channels, self.size = channels, size  # grey copied to ``channels``; images resized to ``size``
 
     def __len__(self) -> int:
         return len(self.y)
@@ -68,6 +71,13 @@ class TensorPairDataset(Dataset):
         x = x.to(torch.float32)
         if self.scale != 1.0:
             x = x * self.scale
+        if getattr(self, "size", None) and x.dim() >= 3 and tuple(x.shape[-2:]) != (self.size, self.size):
+            flat = x.reshape(-1, *x.shape[-3:])
+            flat = torch.nn.functional.interpolate(flat, size=(self.size, self.size), mode="bilinear",
+                                                   align_corners=False, antialias=True)
+            x = flat.reshape(*x.shape[:-2], self.size, self.size)
+        if getattr(self, "channels", None) and x.dim() >= 3 and x.shape[-3] == 1 and self.channels != 1:
+            x = x.expand(*x.shape[:-3], self.channels, *x.shape[-2:])
         if self.mean is not None:
             x = x - self.mean
         if self.std is not None:
@@ -86,6 +96,7 @@ class TensorPairDataset(Dataset):
         idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
         out = TensorPairDataset.__new__(TensorPairDataset)
         out.x, out.y, out.scale, out.mean, out.std = self.x[idx], self.y[idx], self.scale, self.mean, self.std
+        out.channels, out.size = self.channels, self.size
         return out
 
 
@@ -186,6 +197,10 @@ def make_bundle(
         pool = train.subset(pool_idx)
     else:
         pool = train
+    test_limit = getattr(cfg, "test_limit", None)
+    if test_limit is not None and len(test) > test_limit:
+        _, keep = stratified_split(test.y.numpy(), test_limit / len(test), seed + 3)
+        test = test.subset(keep)
     if cfg.limit is not None and len(pool) > cfg.limit:
         _, keep = stratified_split(pool.y.numpy(), cfg.limit / len(pool), seed + 1)
         pool = pool.subset(keep)

@@ -72,10 +72,21 @@ def fashion_mnist_arrays(directory: str | Path | None = None) -> dict[str, torch
 def load_fashion_mnist_bundle(cfg: Any) -> DataBundle:
     """Fashion-MNIST as 1x28x28 images: ``(x / 255 - 0.2860) / 0.3530``. The official 10k test split is the
     test set; validation is carved out of the 60k training images."""
+    from slimkit.data.sample_images import IMAGENET_MEAN, IMAGENET_STD
+
     arrays = fashion_mnist_arrays(cfg.path)
-    norm = {"scale": 1.0 / 255.0, "mean": [MEAN], "std": [STD]}
+    channels = cfg.channels or 1
+    mean, std = ((list(IMAGENET_MEAN), list(IMAGENET_STD)) if cfg.normalize == "imagenet" else ([MEAN], [STD]))
+    if channels == 1 and len(mean) == 3:
+        mean, std = [sum(mean) / 3], [sum(std) / 3]
+    elif channels == 3 and len(mean) == 1:
+        mean, std = mean * 3, std * 3
+    norm: dict[str, Any] = {"scale": 1.0 / 255.0, "mean": mean, "std": std, "channels": channels,
+                            "size": cfg.image_size}
     train = TensorPairDataset(arrays["train_x"], arrays["train_y"], **norm)
     test = TensorPairDataset(arrays["test_x"], arrays["test_y"], **norm)
+    size = cfg.image_size or 28
     return make_bundle(cfg, train=train, test=test, num_classes=10, class_names=CLASS_NAMES,
                        info={"source": str(cfg.path or DEFAULT_DIR),
-                             "preprocess": f"(x / 255 - {MEAN}) / {STD}"})
+                             "preprocess": f"{channels}x{size}x{size}: (x / 255 - mean) / std, mean {mean}, std {std}"
+                                           + (" (ImageNet's)" if cfg.normalize == "imagenet" else "")})

@@ -199,3 +199,4 @@ def ort_latency(onnx_path: str | os.PathLike[str], inputs: Any, cfg: LatencyConf
     feed = ort_feed(session, batched(inputs, cfg.batch))
     return measure_latency(lambda: session.run(None, feed), warmup=cfg.warmup, repeats=cfg.repeats,
                            batch=cfg.batch, runtime="onnxruntime", threads=cfg.threads)
+

@@ -5,19 +5,21 @@ that module imported on first use."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
-from collections.abc import Callable, Iterable
+import os
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from slimkit.errors import ConfigError
+from slimkit.errors import ConfigError, ExportError
 from slimkit.exporters.onnx_export import export_onnx
 from slimkit.exporters.parity import check_parity
 
-__all__ = ["export_onnx_checked", "register_onnx_quantizer", "registered_quantizer"]
+__all__ = ["export_onnx_checked", "failed_path", "register_onnx_quantizer", "registered_quantizer"]
 
 OnnxQuantizer = Callable[..., dict[str, Any]]
 _ONNX_QUANTIZERS: dict[type, OnnxQuantizer] = {}
@@ -59,13 +61,37 @@ def registered_quantizer(quantize: Any) -> OnnxQuantizer | None:
     return _ONNX_QUANTIZERS.get(type(quantize))
 
 
+def failed_path(path: Path) -> Path:
+    """Where an ONNX file that failed its parity check is moved: ``model.onnx`` -> ``model.parity-failed.onnx``."""
+    return path.with_name(f"{path.stem}.parity-failed{path.suffix}")
+
+
+@contextlib.contextmanager
+def _set_aside_on_failure(path: Path) -> Iterator[None]:
+    """On an ExportError, move the file (and its ``.data``) to :func:`failed_path`, so nothing at ``path``
+    looks like a finished, checked export; the error says where the file went."""
+    try:
+        yield
+    except ExportError as exc:
+        if not path.exists():
+            raise
+        bad = failed_path(path)
+        os.replace(path, bad)
+        data = path.with_name(path.name + ".data")
+        if data.exists():
+            os.replace(data, bad.with_name(bad.name + ".data"))
+        hint = f"{exc.hint + ' ' if exc.hint else ''}The failed file was moved to {bad} for inspection."
+        raise ExportError(exc.message, hint=hint) from exc
+
+
 def export_onnx_checked(model: nn.Module, path: Path, *, example_inputs: tuple[torch.Tensor, ...],
                         precision: str = "fp32", opset: int = 18, parity: bool = True, atol: float | None = None,
                         rtol: float | None = None, dynamic_batch: bool = True, quantize: Any = None,
                         calibration: Iterable[Any] | None = None) -> dict[str, Any]:
     """Export ``model`` to ONNX at ``path`` (with ``quantize``: through that quantizer, see
     ``slimkit.exporters``) and check it against the model. Returns ``{"artifact", "format", "parity",
-    "size_bytes"}``. Call ``slimkit.export`` / ``export_model``, which routes quantized models first."""
+    "size_bytes"}``; a parity failure raises ExportError and moves the file to ``<stem>.parity-failed.onnx``.
+    Call ``slimkit.export`` / ``export_model``, which routes quantized models first."""
     from slimkit.evaluation.cost import file_size
 
     result: dict[str, Any] = {"artifact": path, "format": "onnx", "parity": None}
@@ -73,8 +99,9 @@ def export_onnx_checked(model: nn.Module, path: Path, *, example_inputs: tuple[t
     if quantize is not None:
         exporter = registered_quantizer(quantize)
         if exporter is not None:
-            art = exporter(model, path, example_inputs=example_inputs, config=quantize,
-                           calibration=calibration, opset=opset)
+            with _set_aside_on_failure(path):
+                art = exporter(model, path, example_inputs=example_inputs, config=quantize,
+                               calibration=calibration, opset=opset)
             return {**result, "parity": art.get("parity"), "size_bytes": file_size(path)}
         if not callable(quantize):
             raise ConfigError(f"quantize={type(quantize).__name__} has no ONNX quantizer.",
@@ -92,8 +119,9 @@ def export_onnx_checked(model: nn.Module, path: Path, *, example_inputs: tuple[t
         export_onnx(model, path, example_inputs, opset=opset, dynamic_batch=dynamic_batch, precision=precision)
     if parity:
         tol = _DEFAULT_ATOL.get("int8" if quantize is not None else precision, 1e-1)
-        checks = [check_parity(model, path, x, atol=atol or tol, rtol=rtol or tol, strict=strict)
-                  for x in _parity_inputs(example_inputs, dynamic_batch)]
+        with _set_aside_on_failure(path):  # a file that fails its check is not left looking finished
+            checks = [check_parity(model, path, x, atol=atol or tol, rtol=rtol or tol, strict=strict)
+                      for x in _parity_inputs(example_inputs, dynamic_batch)]
         result["parity"] = _worst(checks)
     result["size_bytes"] = file_size(path)
     return result

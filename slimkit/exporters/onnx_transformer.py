@@ -39,7 +39,7 @@ from slimkit.evaluation.latency import cpu_has_vnni
 log = logging.getLogger(__name__)
 
 __all__ = ["EncoderInt8Config", "encoder_parity", "export_encoder_onnx", "optimize_encoder_onnx", "ort_embed",
-           "quantize_encoder_int8"]
+           "prepare_encoder_int8", "quantize_encoder_int8"]
 
 INPUT_NAMES = ("input_ids", "attention_mask")
 OUTPUT_NAME = "sentence_embedding"
@@ -231,12 +231,15 @@ class EncoderInt8Config:
     sentences but take the calibration minimum under the floor, so the default is none.
     ``block_skip_layernorm`` and ``static_shapes``: the exact rewrites of
     :mod:`slimkit.exporters.encoder_graph` (no SkipLayerNormalization fusion by onnxruntime, whose CPU kernel
-    is slow; constant Reshape targets instead of shape subgraphs)."""
+    is slow; constant Reshape targets instead of shape subgraphs).
+    ``fuse_attention_heads``: when set (the number of attention heads), the graph is first fused by
+    :func:`optimize_encoder_onnx` and smoothing (``^Attention_N$``: the packed Q/K/V weight), the outlier
+    side paths (``BiasGelu``) and int8 (QAttention, QEmbedLayerNormalization) apply to the fused graph."""
 
     per_channel: bool = True
     reduce_range: bool | None = None
     quantize_embeddings: bool = True
-    smooth_nodes: tuple[str, ...] = (r"intermediate/dense", r"attention/self/(query|key|value)")
+    smooth_nodes: tuple[str, ...] = (r"intermediate/dense", r"attention/self/(query|key|value)", r"^Attention_\d+$")
     smooth_alpha: float = 0.8
     outlier_nodes: tuple[str, ...] = (r"layer\.\d+/output/dense",)
     outlier_channels: int = 16
@@ -251,13 +254,17 @@ class EncoderInt8Config:
     per_tensor_nodes: tuple[str, ...] = ()
     block_skip_layernorm: bool = True
     static_shapes: bool = True
+    fuse_attention_heads: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _weight_matmuls(proto: Any) -> dict[str, tuple[Any, Any]]:
+def _weight_matmuls(proto: Any, ops: tuple[str, ...] = ("MatMul",)) -> dict[str, tuple[Any, Any]]:
+    """``{name: (node, weight initializer)}`` of the nodes of ``ops`` whose second input is a constant
+    ``[in, out]`` weight (MatMul; the fused ``Attention`` takes its packed Q/K/V weight the same way)."""
     inits = {t.name: t for t in proto.graph.initializer}
     return {n.name: (n, inits[n.input[1]]) for n in proto.graph.node
-            if n.op_type == "MatMul" and len(n.input) == 2 and n.input[1] in inits}
+            if n.op_type in ops and len(n.input) >= 2 and n.input[1] in inits
+            and (n.op_type != "MatMul" or len(n.input) == 2)}
 
 
 def _feeds(batch: Any) -> dict[str, np.ndarray]:
@@ -296,7 +303,8 @@ def _smooth(proto: Any, patterns: Sequence[str], alpha: float, batches: Sequence
     ``s = max|x|^alpha / max|W_row|^(1-alpha)``, ``W <- diag(s) W`` and a ``Mul(x, 1/s)`` feeding it."""
     from onnx import helper, numpy_helper
 
-    mms = {k: v for k, v in _weight_matmuls(proto).items() if any(re.search(p, k) for p in patterns)}
+    mms = {k: v for k, v in _weight_matmuls(proto, ("MatMul", "Attention")).items()
+           if any(re.search(p, k) for p in patterns)}
     groups: dict[str, list[tuple[Any, Any]]] = {}
     for node, w in mms.values():
         groups.setdefault(node.input[0], []).append((node, w))
@@ -336,6 +344,8 @@ def _biased_producer(proto: Any, tensor: str, matmuls: dict[str, tuple[Any, Any]
         if node is None or node.name in seen or node.op_type not in _ACT_OPS:
             continue
         seen.add(node.name)
+        if node.op_type == "BiasGelu" and node.input[1] in inits and node.input[0] in by_output:
+            return by_output[node.input[0]], inits[node.input[1]]  # fused graph: BiasGelu(MatMul, bias)
         if node.op_type == "Add" and len(node.input) == 2:
             bias = [i for i in node.input if i in inits]
             other = [i for i in node.input if i in by_output]
@@ -405,6 +415,8 @@ def _build(smoothed: Path, out: Path, cfg: EncoderInt8Config, reduce_range: bool
     )
 
     ops = ["MatMul", "Gather"] if cfg.quantize_embeddings else ["MatMul"]
+    if cfg.fuse_attention_heads:
+        ops += ["Attention", "EmbedLayerNormalization"] if cfg.quantize_embeddings else ["Attention"]
     skip = {*weight_only, *keep_fp32}
     per_tensor = [n for n in _weight_matmuls(onnx.load(str(smoothed), load_external_data=False))
                   if n not in skip and any(re.search(p, n) for p in cfg.per_tensor_nodes)] if cfg.per_channel else []
@@ -444,6 +456,29 @@ def _quantize_only(src: Path, out: Path, unit: str, cfg: EncoderInt8Config, redu
     return out
 
 
+def prepare_encoder_int8(fp32_onnx: str | os.PathLike[str], calibration: Sequence[Any], config: EncoderInt8Config,
+                         work: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
+    """The fp32 graph that :func:`quantize_encoder_int8` quantizes, as an ONNX proto: fused first when
+    ``config.fuse_attention_heads`` (:func:`optimize_encoder_onnx`), then SmoothQuant scale migration,
+    outlier-channel decomposition and the exact rewrites. It computes what ``fp32_onnx`` computes (up to
+    float rounding). Returns ``(proto, {"smoothed", "outlier_side_nodes", "rewrites"})``; ``work`` is a
+    scratch directory."""
+    from slimkit.exporters.encoder_graph import block_skip_layernorm, static_reshapes
+    from slimkit.exporters.onnx_int8 import load_onnx
+
+    src, work, batches = Path(fp32_onnx), Path(work), list(calibration)
+    if config.fuse_attention_heads:  # onnxruntime's fused Attention/EmbedLayerNormalization/BiasGelu graph
+        hidden = next(iter(_weight_matmuls(load_onnx(src)).values()))[1].dims[0]
+        optimize_encoder_onnx(src, work / "fused.onnx", num_heads=config.fuse_attention_heads, hidden_size=hidden)
+        src = work / "fused.onnx"
+    proto = load_onnx(src)
+    smoothed = _smooth(proto, config.smooth_nodes, config.smooth_alpha, batches, work) if config.smooth_nodes else []
+    side = _decompose(proto, config.outlier_nodes, config.outlier_channels, batches, work)
+    rewrites = {"static_reshapes": static_reshapes(proto) if config.static_shapes else 0,
+                "sum_before_layernorm": block_skip_layernorm(proto) if config.block_skip_layernorm else 0}
+    return proto, {"smoothed": smoothed, "outlier_side_nodes": side, "rewrites": rewrites}
+
+
 def quantize_encoder_int8(fp32_onnx: str | os.PathLike[str], out_path: str | os.PathLike[str], *,
                           calibration: Sequence[Any], config: EncoderInt8Config | None = None) -> dict[str, Any]:
     """int8 for a sentence encoder exported by :func:`export_encoder_onnx` that keeps fp32 fidelity.
@@ -465,7 +500,7 @@ def quantize_encoder_int8(fp32_onnx: str | os.PathLike[str], out_path: str | os.
     "rewrites", "sensitivity", "assignment", "calibration_fidelity"}``. Writes ``out_path`` atomically."""
     from slimkit.analysis.sensitivity import layer_sensitivity, mixed_assignment, sensitivity_table
     from slimkit.evaluation.embedding_fidelity import cosine_stats
-    from slimkit.exporters.onnx_int8 import load_onnx, onnx_size_bytes
+    from slimkit.exporters.onnx_int8 import onnx_size_bytes
 
     cfg = config or EncoderInt8Config()
     batches = list(calibration)
@@ -477,14 +512,9 @@ def quantize_encoder_int8(fp32_onnx: str | os.PathLike[str], out_path: str | os.
     fp32_bytes = onnx_size_bytes(src)
     with tempfile.TemporaryDirectory(prefix="slimkit-enc-int8-") as td:
         work = Path(td)
-        proto = load_onnx(src)
+        proto, prep = prepare_encoder_int8(src, batches, cfg, work)
         names = list(_weight_matmuls(proto))
-        smoothed = _smooth(proto, cfg.smooth_nodes, cfg.smooth_alpha, batches, work) if cfg.smooth_nodes else []
-        side = _decompose(proto, cfg.outlier_nodes, cfg.outlier_channels, batches, work)
-        from slimkit.exporters.encoder_graph import block_skip_layernorm, static_reshapes
-
-        rewrites = {"static_reshapes": static_reshapes(proto) if cfg.static_shapes else 0,
-                    "sum_before_layernorm": block_skip_layernorm(proto) if cfg.block_skip_layernorm else 0}
+        smoothed, side, rewrites = prep["smoothed"], prep["outlier_side_nodes"], prep["rewrites"]
         sm_path = work / "smoothed.onnx"
         import onnx
 

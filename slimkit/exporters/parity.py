@@ -75,5 +75,6 @@ def check_parity(model: nn.Module, onnx_path: str | os.PathLike[str], inputs: An
         raise ExportError(f"the ONNX model does not match PyTorch: max |diff| {max_abs:.3g}, "
                           f"mean {result['mean_abs_diff']:.3g}, cosine {cosine} (atol {atol}, rtol {rtol}).",
                           hint="Look for ops the exporter translates differently, or loosen the tolerance "
-                               "(onnx.parity_atol) if the difference is expected, e.g. fp16.")
+                               "(export.onnx.parity_atol in a recipe, --atol for slimkit export) if the difference is "
+                               "expected.")
     return result

@@ -200,13 +200,29 @@ def load_manifest(directory: str | os.PathLike[str]) -> dict[str, Any]:
     return manifest
 
 
+_MAX_NUMEL = 1 << 40
+
+
+def _entry_shape_dtype(name: str, entry: Any) -> tuple[tuple[int, ...], torch.dtype]:
+    """The manifest entry's shape and dtype, checked (a list of non-negative ints with a sane element count, a
+    torch dtype name); ModelLoadError for anything else, so a hostile manifest never reaches torch or numpy."""
+    if not isinstance(entry, dict):
+        raise ModelLoadError(f"tensor '{name}' has a malformed manifest entry ({type(entry).__name__}).")
+    shape = entry.get("shape")
+    if not isinstance(shape, list) or len(shape) > 16 \
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape) \
+            or math.prod(shape) > _MAX_NUMEL:
+        raise ModelLoadError(f"tensor '{name}' has an impossible shape {str(shape)[:80]} in the manifest.")
+    dtype = getattr(torch, entry["dtype"], None) if isinstance(entry.get("dtype"), str) else None
+    if not isinstance(dtype, torch.dtype):
+        raise ModelLoadError(f"tensor '{name}' has unknown dtype {str(entry.get('dtype'))[:40]!r} in the manifest.")
+    return tuple(shape), dtype
+
+
 def _decode(name: str, entry: dict[str, Any], stored: dict[str, torch.Tensor]) -> torch.Tensor:
     import numpy as np
 
-    shape = tuple(entry.get("shape", ()))
-    dtype = getattr(torch, str(entry.get("dtype")), None)
-    if not isinstance(dtype, torch.dtype):
-        raise ModelLoadError(f"tensor '{name}' has unknown dtype {entry.get('dtype')!r} in the manifest.")
+    shape, dtype = _entry_shape_dtype(name, entry)
     numel = math.prod(shape)
     encoding = entry.get("encoding")
     if encoding == "dense":
@@ -271,6 +287,7 @@ def load_state(directory: str | os.PathLike[str], *, verify: bool = True) -> dic
     aliases = {}
     coded = {}
     for name, entry in manifest["tensors"].items():
+        _entry_shape_dtype(name, entry)
         if entry.get("encoding") == "alias":
             aliases[name] = entry.get("alias_of")
         elif entry.get("encoding") == "codec":
@@ -281,9 +298,16 @@ def load_state(directory: str | os.PathLike[str], *, verify: bool = True) -> dic
     for name, entry in coded.items():
         state[name] = _decode_codec(name, entry, stored, plain)
     for name, target in aliases.items():
-        if target not in state:
-            raise ModelLoadError(f"tensor '{name}' aliases '{target}', which is not stored.")
+        if not isinstance(target, str) or target not in state or target in aliases:
+            raise ModelLoadError(f"tensor '{name}' aliases {str(target)[:80]!r}, which is not stored.")
+        shape, dtype = _entry_shape_dtype(name, manifest["tensors"][name])
+        if tuple(state[target].shape) != shape or state[target].dtype != dtype:
+            raise ModelLoadError(f"tensor '{name}' aliases '{target}', whose shape or dtype differs from its entry.")
         state[name] = state[target]
+    used = {k.split("::", 1)[0] for k in stored}
+    if used - set(state):
+        raise ModelLoadError(f"{path} stores tensors its manifest does not list: {sorted(used - set(state))[:5]}",
+                             hint="The manifest is truncated or modified; save the model again.")
     return state
 
 

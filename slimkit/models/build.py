@@ -161,6 +161,10 @@ def build_model(cfg: Any, *, input_shape: Sequence[int] | None = None, num_class
             factory = _from_entry_point(cfg.entry_point)
             model = _call_factory(factory, f"entry_point '{cfg.entry_point}'", dict(cfg.kwargs),
                                   input_shape=input_shape, num_classes=num_classes, strict_shape=False)
+        elif cfg.sentence_encoder:
+            from slimkit.models.sentence import load_sentence_encoder
+
+            model = load_sentence_encoder(cfg.hf, **dict(cfg.kwargs))
         else:
             from slimkit.models.hf import load_hf_model
 
@@ -185,6 +189,25 @@ def _strip_prefix(state: dict[str, torch.Tensor], expected: set[str]) -> dict[st
 def _listing(keys: list[str]) -> str:
     shown = ", ".join(keys[:_SHOW])
     return shown + (f", ... ({len(keys)} in all)" if len(keys) > _SHOW else "")
+
+
+def _kwargs_hint(path: str | Path) -> str:
+    """How to build the model the weights were trained as: the kwargs recorded in a slimkit checkpoint's
+    manifest.json beside the weights, when there is one."""
+    import json
+
+    base = ("Build the model with the same arch and keyword arguments it was trained with (recipe: "
+            "model.kwargs; slimkit quantize: --arch-kwargs).")
+    manifest = Path(str(path)).parent / "manifest.json"
+    try:
+        model = json.loads(manifest.read_text())["spec"]["model"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return base
+    if not isinstance(model, dict) or not model.get("arch"):
+        return base
+    kwargs = json.dumps(model.get("kwargs") or {}, separators=(", ", ": "))
+    return (f"{manifest} says these weights are arch {model['arch']!r} with kwargs {kwargs}: in a recipe set "
+            f"model.kwargs to that; with slimkit quantize pass --arch-kwargs '{kwargs}'.")
 
 
 def load_weights(model: nn.Module, path: str | Path, *, strict: bool = True) -> nn.Module:
@@ -213,7 +236,7 @@ def load_weights(model: nn.Module, path: str | Path, *, strict: bool = True) -> 
         problems.append(f"shape mismatch {len(mismatched)}: {_listing(mismatched)}")
     if problems:
         raise ModelLoadError(f"weights in {path} do not fit {type(model).__name__}: " + "; ".join(problems) + ".",
-                             hint="Build the model with the same arch and kwargs it was trained with.")
+                             hint=_kwargs_hint(path))
     if missing or unexpected:
         log.warning("loading %s: missing %s, unexpected %s", path, _listing(missing) or "none",
                     _listing(unexpected) or "none")

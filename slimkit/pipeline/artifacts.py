@@ -56,7 +56,8 @@ def load_saved(run_dir: Path, stage: str = "final") -> tuple[nn.Module, tuple[to
 
 
 def evaluate_saved(run_dir: Path, stage: str = "final") -> dict[str, Any]:
-    """Evaluate a saved model on its recipe's data; size is the bytes of its saved file."""
+    """Evaluate a saved model on its recipe's data; size is the bytes of its saved file. On unlabelled data
+    (or with ``evaluate.fidelity``), fidelity is measured against the run's saved baseline, as in the run."""
     from slimkit.data import load_data
     from slimkit.evaluation import evaluate_model
 
@@ -64,5 +65,9 @@ def evaluate_saved(run_dir: Path, stage: str = "final") -> dict[str, Any]:
     model, example = load_saved(run_dir, stage)
     bundle = load_data(recipe.data)
     loader = bundle.test if recipe.evaluate.split == "test" else (bundle.val or bundle.test)
-    return evaluate_model(model, loader, example_inputs=example, latency=recipe.evaluate.latency,
-                          artifact=directory / "model.safetensors", run_dir=run_dir)
+    reference = None
+    if not bundle.labelled or recipe.evaluate.fidelity:
+        reference = model if stage == "baseline" else load_saved(run_dir, "baseline")[0]
+    return evaluate_model(model, loader if bundle.labelled else None, example_inputs=example,
+                          latency=recipe.evaluate.latency, artifact=directory / "model.safetensors", run_dir=run_dir,
+                          reference=reference, fidelity_loader=loader)

@@ -37,7 +37,23 @@ def check_constraints(cfg: ConstraintsConfig, baseline: dict[str, Any], final: d
         lambda v, lim: v <= lim)
     add("min_speedup", cfg.min_speedup, speedup(baseline, final), lambda v, lim: v >= lim)
     add("min_sparsity", cfg.min_sparsity, final.get("sparsity"), lambda v, lim: v >= lim)
+    fid = final.get("fidelity") or {}
+    add("min_cosine", cfg.min_cosine, fid.get("cosine"), lambda v, lim: v >= lim)
+    add("min_top1_agreement", cfg.min_top1_agreement, fid.get("top1_agreement"), lambda v, lim: v >= lim)
     return rows
+
+
+QUALITY = ("max_accuracy_drop", "min_accuracy", "min_cosine", "min_top1_agreement")
+RECOVERY_KINDS = ("finetune", "distill")
+
+
+def hopeless(cfg: ConstraintsConfig, baseline: dict[str, Any], metrics: dict[str, Any]) -> str | None:
+    """Why a run is already lost after a stage (a quality constraint missed, which later stages that do not
+    train cannot win back), or None."""
+    missed = [r for r in check_constraints(cfg, baseline, metrics) if r["name"] in QUALITY and r["met"] is False]
+    if not missed:
+        return None
+    return "; ".join(f"{r['name']} (limit {r['limit']}, got {_num(r['value'])})" for r in missed)
 
 
 def _fmt_pct(x: float | None) -> str:
@@ -53,6 +69,11 @@ def verdict(baseline: dict[str, Any], final: dict[str, Any], rows: list[dict[str
     acc_b, acc_f = baseline.get("accuracy"), final.get("accuracy")
     if acc_b is not None and acc_f is not None:
         parts.append(f"Accuracy {_fmt_pct(acc_b)} -> {_fmt_pct(acc_f)} ({100 * (acc_f - acc_b):+.2f} points).")
+    fid = final.get("fidelity") or {}
+    if acc_f is None and fid.get("cosine") is not None:
+        parts.append(f"Outputs vs the baseline: mean cosine {fid['cosine']:.4f} (min {fid['cosine_min']:.4f})"
+                     + (f", top-1 agreement {_fmt_pct(fid['top1_agreement'])}" if fid.get("top1_agreement") is not None
+                        else "") + ".")
     if size_r is not None:
         parts.append(f"On-disk size {size_r:.3f}x of the baseline ({1 / size_r:.2f}x smaller)." if size_r > 0 else "")
     if sp is not None:

@@ -60,6 +60,7 @@ class _Run:
     run_dir: Path
     bundle: Any = None
     build: Any = None
+    reference: nn.Module | None = None  # the baseline model: fidelity is measured against it
     stages_meta: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -78,14 +79,18 @@ def _reseed(bundle: Any, seed: int) -> None:
 
 
 def _evaluate(run: _Run, model: nn.Module, artifact: Path | None, *, latency: bool = True) -> dict[str, Any]:
+    """The METRICS of ``model``: accuracy/F1 on labelled data; fidelity to the baseline (``run.reference``;
+    the baseline itself while it is measured) on unlabelled data, or with ``evaluate.fidelity``."""
     from slimkit.evaluation import evaluate_model
 
     r = run.recipe
     loader = run.bundle.test if r.evaluate.split == "test" else (run.bundle.val or run.bundle.test)
+    labelled = getattr(run.bundle, "labelled", True)
+    reference = (run.reference or model) if (not labelled or r.evaluate.fidelity) else None
     return evaluate_model(
-        model, loader, example_inputs=run.bundle.example_inputs,
+        model, loader if labelled else None, example_inputs=run.bundle.example_inputs,
         latency=r.evaluate.latency if latency else None,
-        artifact=artifact, run_dir=run.run_dir,
+        artifact=artifact, run_dir=run.run_dir, reference=reference, fidelity_loader=loader,
     )
 
 
@@ -181,14 +186,21 @@ def _export(run: _Run, model: nn.Module) -> list[dict[str, Any]]:
     """The recipe's ONNX export, through the one export path (``slimkit.exporters.export_model``)."""
     from slimkit.exporters import export_model
 
+    out: list[dict[str, Any]] = []
     ex = run.recipe.export
+    if "safetensors" in ex.formats:  # the final checkpoint is the safetensors export: list it with the others
+        from slimkit.evaluation.cost import file_size
+
+        out.append({"format": "safetensors", "artifact": "final/model.safetensors",
+                    "size_bytes": file_size(run.run_dir / "final" / "model.safetensors"),
+                    "manifest": "final/manifest.json", "parity": None})  # its reload is what resume/eval test
     if "onnx" not in ex.formats:
-        return []
+        return out
     res = export_model(model, run.run_dir / "model.onnx", example_inputs=run.bundle.example_inputs,
                        precision=ex.onnx.precision, opset=ex.onnx.opset, atol=ex.onnx.parity_atol,
                        quantize="auto" if ex.onnx.precision == "int8" else None,
                        calibration=run.bundle.calibration, latency=run.recipe.evaluate.latency)
-    return [{"format": "onnx", **relative_artifacts(res, run.run_dir)}]
+    return [*out, {"format": "onnx", **relative_artifacts(res, run.run_dir)}]
 
 
 def relative_artifacts(entry: dict[str, Any], base: Path) -> dict[str, Any]:
@@ -206,6 +218,9 @@ def run_recipe(recipe: Any, out: str | Path | None = None, *, resume: bool = Fal
     (:func:`slimkit.pipeline.constraints.choose_delivery`) and the report's ``delivered`` says which and why.
     """
     r = coerce_recipe(recipe)
+    from slimkit.pipeline.fit import check_fit
+
+    check_fit(r)  # model, weights and data fit together: fail before any compute
     run_dir = Path(out) if out is not None else Path("runs") / r.name
     need: dict[str, int] = {}
     with RunLock(run_dir), disk_full_errors(run_dir, need):
@@ -248,6 +263,7 @@ def _run_locked(r: Recipe, run_dir: Path, *, resume: bool, need: dict[str, int])
     need["bytes"] = sum(t.numel() * t.element_size() for t in baseline_model.state_dict().values())
     baseline_metrics = dict(state.data["baseline"])
     teacher = copy.deepcopy(baseline_model).eval()
+    run.reference = teacher
 
     # resume: the longest prefix of finished stages whose checkpoint can be restored
     model: nn.Module | None = baseline_model
@@ -270,8 +286,9 @@ def _run_locked(r: Recipe, run_dir: Path, *, resume: bool, need: dict[str, int])
     state.forget_from(start)
 
     stopped: dict[str, Any] | None = None
+    early = _stop_early(r, baseline_metrics, state.stage(start - 1), start) if start > 0 else None
     for i, cfg in enumerate(r.stages):
-        if i < start:
+        if i < start or early:
             continue
         _reseed(run.bundle, r.seed + 1000 * (i + 1))
         ctx = _pass_context(run, teacher, i)
@@ -300,23 +317,36 @@ def _run_locked(r: Recipe, run_dir: Path, *, resume: bool, need: dict[str, int])
             notes += rec.notes(i)
         if notes:
             record["notes"] = notes
+        if ctx.extras.get("layers") and "layers" not in record:  # per-layer rows: what was removed, output error
+            record["layers"] = ctx.extras["layers"]
         atomic_write_json(sdir / "stage.json", record)
         state.finish_stage(i, record)
+        early = _stop_early(r, baseline_metrics, record, i + 1)
 
     stages = [st for st in (state.stage(i) for i in range(len(r.stages))) if st is not None]
+    if early:
+        return _stopped_report(run, baseline_metrics, stages, early, resolved)
     delivered, model = _deliver(run, stages, baseline_model, baseline_metrics, model, stopped)
     # final artifacts
     final_dir = run_dir / "final"
     applied = 0 if delivered["stage"] is None else delivered["stage"] + 1  # stages whose changes it holds
     artifact = _save_checkpoint(model, final_dir, {**_model_spec(run), "stages_applied": applied})
     final = _evaluate(run, model, artifact, latency=False)
-    b_lat, f_lat = _paired_latency(run, baseline_model, model)
-    if b_lat is not None:
-        baseline_metrics["latency_ms"] = b_lat
-        baseline_metrics["throughput"] = b_lat["batch"] * 1000.0 / b_lat["median"]
-        final["latency_ms"] = f_lat
-        final["throughput"] = f_lat["batch"] * 1000.0 / f_lat["median"]
-    exports = _export(run, model)
+    lat_cfg = r.evaluate.latency
+    if lat_cfg is not None and lat_cfg.runtime == "onnxruntime":
+        exports = _export(run, model)
+        from slimkit.pipeline.deployed import deployed_metrics
+
+        baseline_metrics, final = deployed_metrics(run_dir, r, run.bundle, baseline_model, exports,
+                                                   baseline_metrics, final)
+    else:
+        b_lat, f_lat = _paired_latency(run, baseline_model, model)
+        if b_lat is not None:
+            baseline_metrics["latency_ms"] = b_lat
+            baseline_metrics["throughput"] = b_lat["batch"] * 1000.0 / b_lat["median"]
+            final["latency_ms"] = f_lat
+            final["throughput"] = f_lat["batch"] * 1000.0 / f_lat["median"]
+        exports = _export(run, model)
     rows = check_constraints(r.constraints, baseline_metrics, final)
     report = {
         "name": r.name,
@@ -352,6 +382,37 @@ def _deliver(run: _Run, stages: list[dict[str, Any]], baseline_model: nn.Module,
     if stopped is not None and k == stages[-1]["index"]:
         why += f", the last stage that finished before stage {stopped['index']} was stopped"
     return {"stage": k, "pass": stages[[st["index"] for st in stages].index(k)]["pass"], "reason": why}, model
+
+
+def _stop_early(r: Recipe, baseline: dict[str, Any], record: dict[str, Any] | None, done: int) -> str | None:
+    """evaluate.stop_early: after ``done`` stages, the reason the run cannot meet its quality constraints
+    any more (no later stage trains), or None."""
+    from slimkit.pipeline.constraints import RECOVERY_KINDS, hopeless
+
+    if not r.evaluate.stop_early or record is None or done >= len(r.stages):
+        return None
+    if any(c.kind in RECOVERY_KINDS for c in r.stages[done:]):
+        return None
+    why = hopeless(r.constraints, baseline, record["metrics"])
+    return None if why is None else f"after stage {done - 1} ({record['pass']}): {why}"
+
+
+def _stopped_report(run: _Run, baseline: dict[str, Any], stages: list[dict[str, Any]], why: str,
+                    resolved: dict[str, Any]) -> dict[str, Any]:
+    """The report of a run stopped early: the last stage's metrics are final; nothing exported, no latency."""
+    from slimkit.pipeline.report import write_report
+
+    final = dict(stages[-1]["metrics"])
+    rows = check_constraints(run.recipe.constraints, baseline, final)
+    report = {"name": run.recipe.name, "recipe": resolved, "baseline": baseline, "stages": stages, "final": final,
+              "delivered": {"stage": stages[-1]["index"], "reason": f"stopped early {why}"},
+              "exports": [], "constraints": rows, "stopped_early": why,
+              "verdict": verdict(baseline, final, rows, notes=[f"Stopped early {why}; later stages cannot win it "
+                                                               "back, so they, the export and the latency "
+                                                               "measurement were skipped."]),
+              "environment": _environment()}
+    write_report(run.run_dir, report)
+    return report
 
 
 def _delivery_notes(delivered: dict[str, Any], stopped: dict[str, Any] | None,

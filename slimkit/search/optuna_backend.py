@@ -21,6 +21,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import TrialState
 
 from slimkit.config import search_space as sp
+from slimkit.search.records import FINISHED
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class OptunaStudy:
                 self.study.tell(t.number, state=TrialState.FAIL)  # left by a killed process
         elif records:
             for r in records:
-                if r["state"] in ("complete", "failed"):
+                if r["state"] in FINISHED:
                     self.study.add_trial(self._frozen(r))
         for r in records:
             if r["state"] == "interrupted" and not r.get("retry_enqueued"):
@@ -73,7 +74,7 @@ class OptunaStudy:
         dists = {k: self._dists[k] for k in params}
         complete = r["state"] == "complete" and r.get("objective") is not None
         return optuna.trial.create_trial(
-            state=TrialState.COMPLETE if complete else TrialState.FAIL,
+            state=TrialState.COMPLETE if complete else TrialState.PRUNED if r["state"] == "pruned" else TrialState.FAIL,
             value=r["objective"] if complete else None, params=params, distributions=dists,
             constraints=_constraints(r) if complete else None)
 
@@ -88,6 +89,8 @@ class OptunaStudy:
             for name, value in _constraints(record).items():
                 trial.set_constraint(name, value)
             self.study.tell(trial, record["objective"])
+        elif record["state"] == "pruned":
+            self.study.tell(trial, state=TrialState.PRUNED)
         else:
             self.study.tell(trial, state=TrialState.FAIL)
 

@@ -13,6 +13,10 @@ from typing import Any
 from slimkit._io import atomic_write_json
 from slimkit.errors import RunError
 
+# a trial in one of these states is not run again on resume; "pruned": stopped early by the runner
+# (evaluate.stop_early), its quality already missed after a stage
+FINISHED = ("complete", "pruned", "failed")
+
 
 def link_or_copy(src: str, dst: str) -> None:
     """Hard-link a file (no extra bytes for checkpoints), or copy it where links are not possible."""
@@ -66,7 +70,7 @@ class Book:
     def data(self, *, done: bool = False) -> dict[str, Any]:
         plan = self.plan
         best = best_trial(self.records, plan.direction)
-        counts = {s: sum(r["state"] == s for r in self.records) for s in ("complete", "failed", "interrupted", "running")}
+        counts = {s: sum(r["state"] == s for r in self.records) for s in ("complete", "pruned", "failed", "interrupted", "running")}
         feasible = sum(bool(r.get("feasible")) for r in self.records)
         return {
             "name": plan.config.name, "source": plan.source, "fingerprint": plan.fingerprint(),
@@ -100,7 +104,7 @@ class Book:
 
 
 def verdict(plan: Any, records: list[dict[str, Any]], best: dict[str, Any] | None) -> str:
-    done = [r for r in records if r["state"] in ("complete", "failed")]
+    done = [r for r in records if r["state"] in FINISHED]
     feas = [r for r in records if r.get("feasible")]
     words = f"{len(done)} trial(s) run, {len(feas)} met every constraint."
     if best is None:
@@ -132,4 +136,4 @@ def load_records(plan: Any, out: Path, resume: bool) -> list[dict[str, Any]]:
     return records
 
 
-__all__ = ["Book", "best_trial", "link_or_copy", "load_records", "stage_names", "verdict"]
+__all__ = ["FINISHED", "Book", "best_trial", "link_or_copy", "load_records", "stage_names", "verdict"]

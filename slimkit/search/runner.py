@@ -22,10 +22,11 @@ from typing import Any
 
 from slimkit.config.search import SearchPlan, build_plan, coerce_plan
 from slimkit.progress import track
-from slimkit.search.records import Book, load_records, stage_names
+from slimkit.search.records import FINISHED, Book, load_records, stage_names
 from slimkit.search.trial import objective_value, run_trial, violations
 
 log = logging.getLogger(__name__)
+
 
 # ---------------------------------------------------------------------------------------------- the search
 class _LocalExecutor:
@@ -50,18 +51,19 @@ class _LocalExecutor:
         return n, run_trial(*args, **kwargs)
 
 
-def _prepare_baseline(plan: SearchPlan, out: Path) -> tuple[Path | None, dict[str, Any] | None]:
-    """Run the base recipe without stages into ``<out>/baseline/`` once; trials start from it."""
+def prepare_baseline(base: dict[str, Any], out: Path) -> tuple[Path, dict[str, Any]]:
+    """Run the resolved recipe ``base`` without stages into ``<out>/baseline/`` once (reused when its report
+    exists); trials (and auto's profiling) start from it. Returns (directory, baseline METRICS)."""
     from slimkit.pipeline.runner import run_recipe
 
-    if not plan.share_baseline:
-        return None, None
     bdir = out / "baseline"
     report_file = bdir / "report.json"
     if report_file.exists():
         return bdir, json.loads(report_file.read_text())["baseline"]
-    data = copy.deepcopy(plan.base)
+    data = copy.deepcopy(base)
     data.update(stages=[], constraints={}, export={**data["export"], "formats": ["safetensors"]})
+    if data["evaluate"].get("latency"):  # deployed (onnxruntime) latency is measured by each trial, paired
+        data["evaluate"]["latency"] = {**data["evaluate"]["latency"], "runtime": "torch"}
     with track("search: baseline", total=None):
         report = run_recipe(data, out=bdir, resume=(bdir / "state.json").exists())
     return bdir, report["baseline"]
@@ -80,7 +82,7 @@ def search(config: Any, out: str | Path | None = None, *, resume: bool = False) 
         from slimkit.search.optuna_backend import OptunaStudy
 
         study = OptunaStudy(plan, out, records)
-        baseline_dir, baseline = _prepare_baseline(plan, out)
+        baseline_dir, baseline = prepare_baseline(plan.base, out) if plan.share_baseline else (None, None)
         book = Book(plan, out, records, baseline)
         if cfg.backend == "ray":
             from slimkit.search.ray_backend import RayExecutor
@@ -88,7 +90,7 @@ def search(config: Any, out: str | Path | None = None, *, resume: bool = False) 
             executor: Any = RayExecutor(workers=cfg.workers, address=cfg.address)
         else:
             executor = _LocalExecutor()
-        finished = sum(r["state"] in ("complete", "failed") for r in records)
+        finished = sum(r["state"] in FINISHED for r in records)
         todo = max(0, cfg.trials - finished)
         t0 = time.monotonic()
         kwargs = {"metric": plan.metric, "baseline_dir": str(baseline_dir) if baseline_dir else None,
@@ -132,20 +134,22 @@ def propose(config: Any, n: int) -> list[dict[str, Any]]:
     return [study.ask()[2] for _ in range(n)]
 
 
-class _CallableSearchModule(types.ModuleType):
-    """``slimkit.search`` is a package (sensitivity, space, backends) that can also be called:
-    ``slimkit.search(config, out=...)`` runs a search."""
+class _CallableModule(types.ModuleType):
+    """A package that can also be called: ``slimkit.search(config, out=...)`` runs a search,
+    ``slimkit.auto(model, ...)`` an automatic compression; the call goes to the module's ``__call_target__``."""
 
-    def __call__(self, config: Any, out: str | Path | None = None, *, resume: bool = False) -> dict[str, Any]:
-        return search(config, out, resume=resume)
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.__call_target__(*args, **kwargs)  # type: ignore[attr-defined]
 
 
-def make_callable(module_name: str) -> None:
-    """Make the package ``module_name`` callable as :func:`search` (used by slimkit/search/__init__.py)."""
+def make_callable(module_name: str, target: Any = None) -> None:
+    """Make the package ``module_name`` callable as ``target`` (default :func:`search`; used by
+    slimkit/search/__init__.py and slimkit/auto/__init__.py)."""
     module = sys.modules[module_name]
-    if not isinstance(module, _CallableSearchModule):
-        module.__class__ = _CallableSearchModule
+    module.__call_target__ = target or search  # type: ignore[attr-defined]
+    if not isinstance(module, _CallableModule):
+        module.__class__ = _CallableModule
 
 
-__all__ = ["SearchPlan", "build_plan", "coerce_plan", "make_callable", "objective_value", "propose", "run_trial",
-           "search", "violations"]
+__all__ = ["SearchPlan", "build_plan", "coerce_plan", "make_callable", "objective_value", "prepare_baseline", "propose",
+           "run_trial", "search", "violations"]

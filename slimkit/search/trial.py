@@ -106,7 +106,9 @@ def run_trial(recipe_data: dict[str, Any], trial_dir: str | Path, *, metric: str
         "feasible": all(r["met"] is True for r in rows), "violations": violations(rows), "objective": value,
         "verdict": report["verdict"], "seconds": round(time.perf_counter() - t0, 3), "error": None,
     }
-    if value is None:
+    if report.get("stopped_early"):  # evaluate.stop_early: a quality constraint already missed after a stage
+        rec.update(state="pruned", feasible=False, objective=None, stopped_early=report["stopped_early"])
+    elif value is None:
         rec.update(state="failed", feasible=False, error=f"the objective {metric} was not measured")
     return rec
 

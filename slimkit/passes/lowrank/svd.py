@@ -304,6 +304,12 @@ def plan_lowrank(model: nn.Module, cfg: SVDConfig, whiteners: dict[str, Whitener
     return sorted(plans, key=lambda p: order.get(p.name, 0))
 
 
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, attr, new)
+
+
 def apply_plan(model: nn.Module, plans: list[LayerPlan], whiteners: dict[str, Whitener] | None = None) -> nn.Module:
     """Replace every planned layer by its factorization (a module registered under several names is
     replaced by the same new module everywhere); layers with a whitener are factorized against it."""
@@ -418,13 +424,15 @@ class LowrankRecord(PassRecord):
                 f"went from {before} to {after} parameters."]
 
 
-@register_pass(SVDConfig, default=True, rebuild=_rebuild,
-               needs=lambda cfg: ("calibration",) if cfg.whiten else ())
+@register_pass(SVDConfig, default=True, rebuild=_rebuild)
 def svd_handler(model: nn.Module, cfg: SVDConfig, ctx: PassContext) -> nn.Module:
-    """Registered handler: factorize (against the calibration inputs with ``whiten``), then fine-tune when
-    ``cfg.finetune`` is set (the registry has checked that a train loader was given). Its record is a
-    :class:`LowrankRecord` (``ctx.extras["lowrank"]``; with ``whiten`` each layer has its ``rel_error``)."""
-    ctx.add(LowrankRecord(lowrank_model(model, cfg, ctx.calibration)))
+    """Registered handler: factorize, then fine-tune when ``cfg.finetune`` is set (the registry has checked
+    that a train loader was given). Its record is a :class:`LowrankRecord` (``ctx.extras["lowrank"]``)."""
+    plans = lowrank_model(model, cfg, ctx.calibration)
+    ctx.add(LowrankRecord(plans))
+    ctx.extras["layers"] = [{"layer": p.name, "method": "svd-whiten" if cfg.whiten else "svd", "rank": p.rank,
+                             "params_before": p.dense_params, "params_after": p.params, "rel_error": p.rel_error,
+                             **({"skipped": p.reason} if p.rank is None else {})} for p in plans]
     if cfg.finetune is not None and cfg.finetune.epochs > 0:
         from slimkit.passes.finetune.loop import train_model
 

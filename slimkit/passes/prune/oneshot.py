@@ -238,7 +238,8 @@ class OneShotRecord(PassRecord):
 
 def _handler(model: nn.Module, cfg: OneShotConfig, ctx: PassContext) -> nn.Module:
     ctx.require("calibration", pass_name=f"prune(method={cfg.method})")
-    ctx.add(OneShotRecord(cfg.method, oneshot_prune_(model, cfg, ctx.calibration)))
+    rec = ctx.add(OneShotRecord(cfg.method, oneshot_prune_(model, cfg, ctx.calibration)))
+    ctx.extras["layers"] = rec.layers  # the rows the runner keeps as the stage's per-layer table
     return model
 
 

@@ -110,7 +110,7 @@ def _finetune(model: nn.Module, cfg: StructuredPruneConfig, ctx: PassContext) ->
     train_model(model, ctx.train_loader, cfg.finetune, val_loader=ctx.val_loader)
 
 
-def _rebuild(model: nn.Module, cfg: StructuredPruneConfig, manifest: dict[str, Any]) -> nn.Module:
+def rebuild_structure(model: nn.Module, cfg: Any, manifest: dict[str, Any]) -> nn.Module:
     """Redo the pruned structure of a checkpoint without data, so the runner can load it on resume.
 
     Conv/Linear/Norm/Embedding widths are restored by the exporters from the manifest's ``module_shapes``;
@@ -152,7 +152,7 @@ class StructuredRecord(PassRecord):
                 f"submodule(s) it could not trace unpruned: {', '.join(sorted(self.opaque))}."]
 
 
-@register_pass(StructuredPruneConfig, needs=("example_inputs",), rebuild=_rebuild)
+@register_pass(StructuredPruneConfig, needs=("example_inputs",), rebuild=rebuild_structure)
 def structured_prune(model: nn.Module, cfg: StructuredPruneConfig, ctx: PassContext) -> nn.Module:
     """Prune ``model`` in place to ``cfg.ratio``, ``cfg.target_macs`` or ``cfg.target_latency``.
     Its record, a :class:`StructuredRecord` (``ctx.extras["structured"]``), says how the model was traced.

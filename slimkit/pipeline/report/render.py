@@ -6,14 +6,30 @@ import base64
 import html
 from typing import Any
 
+from slimkit.pipeline.report.plotting import latency_noise, mark_if_within_noise
+
 COLUMNS = [
     ("accuracy", "accuracy"), ("f1", "F1"), ("params", "params"), ("nonzero_params", "non-zero"),
     ("macs", "MACs"), ("size_bytes", "bytes"), ("sparsity", "sparsity"), ("latency", "latency ms (p90)"),
 ]
 
 
+FIDELITY_COLUMNS = [("fidelity_cosine", "cosine"), ("fidelity_top1", "top-1 agr.")]
+
+
+def columns(report: dict[str, Any], base: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``base`` plus the fidelity columns when a row measured fidelity (unlabelled data, evaluate.fidelity)."""
+    fid = [m.get("fidelity") or {} for _, m in rows(report)]
+    extra = [c for c, key in zip(FIDELITY_COLUMNS, ("cosine", "top1_agreement"), strict=True)
+             if any(f.get(key) is not None for f in fid)]
+    return [*base, *extra]
+
+
 def fmt(key: str, m: dict[str, Any]) -> str:
     """Format one metric of a METRICS dict for a table; 'n/a' for what was not measured."""
+    if key in ("fidelity_cosine", "fidelity_top1"):
+        v = (m.get("fidelity") or {}).get("cosine" if key == "fidelity_cosine" else "top1_agreement")
+        return "n/a" if v is None else (f"{v:.4f}" if key == "fidelity_cosine" else f"{100 * v:.2f}%")
     if key == "latency_median":
         lat = m.get("latency_ms")
         return f"{lat['median']:.3f}" if lat else "n/a"
@@ -66,12 +82,13 @@ def seconds(report: dict[str, Any]) -> list[str]:
     return ["", *[f"{s['seconds']:.1f}" for s in report["stages"]], ""]
 
 
-def render_markdown(report: dict[str, Any]) -> str:
+def render_markdown(report: dict[str, Any], layers: dict[str, list[dict[str, Any]]] | None = None) -> str:
     lines = [f"# slimkit report: {report['name']}", "", f"**Verdict.** {report['verdict']}", ""]
-    lines.append("| model | " + " | ".join(label for _, label in COLUMNS) + " | seconds |")
-    lines.append("|---" * (len(COLUMNS) + 2) + "|")
+    cols = columns(report, COLUMNS)
+    lines.append("| model | " + " | ".join(label for _, label in cols) + " | seconds |")
+    lines.append("|---" * (len(cols) + 2) + "|")
     for (label, m), sec in zip(rows(report), seconds(report), strict=True):
-        lines.append(f"| {label} | " + " | ".join(fmt(k, m) for k, _ in COLUMNS) + f" | {sec} |")
+        lines.append(f"| {label} | " + " | ".join(fmt(k, m) for k, _ in cols) + f" | {sec} |")
     if report.get("constraints"):
         lines += ["", "## Constraints", "", "| constraint | limit | value | met |", "|---|---|---|---|"]
         for c in report["constraints"]:
@@ -81,13 +98,23 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report.get("exports"):
         lines += ["", "## Exports", ""]
         for e in report["exports"]:
-            lines.append(f"- {e.get('format')}: `{e.get('artifact')}` ({_bytes(e.get('size_bytes') or 0)})"
-                         + (f", parity max |diff| {e['parity'].get('max_abs_diff'):.2e}" if e.get("parity") else ""))
+            diff = (e.get("parity") or {}).get("max_abs_diff")
+            fp32 = e.get("fp32") or {}
+            lines.append(f"- {e.get('format')} {e.get('precision') or ''}".rstrip()
+                         + f": `{e.get('artifact')}` ({_bytes(e.get('size_bytes') or 0)})"
+                         + (f", parity max |diff| {diff:.2e}" if diff is not None else "")
+                         + (", exact round trip" if (e.get("parity") or {}).get("round_trip_exact") else "")
+                         + (f"; fp32 ONNX for comparison: `{fp32['artifact']}` ({_bytes(fp32.get('size_bytes') or 0)})"
+                            if fp32.get("artifact") else ""))
     for s in sensitivity_stages(report):
         lines += ["", *sensitivity_markdown(s)]
+    if layers:
+        from slimkit.pipeline.report.layers import layers_markdown
+
+        lines += ["", *layers_markdown(layers)]
     for s in report.get("stages") or []:
-        if layer_rows(s):
-            lines += ["", *layers_markdown(s)]
+        if isinstance(s.get("layers"), list) and s["layers"]:
+            lines += ["", *stage_layers_markdown(s)]
     env = report.get("environment") or {}
     if env:
         lines += ["", f"Measured on {env.get('cpu')} with torch {env.get('torch')}, {env.get('threads')} threads."]
@@ -99,32 +126,23 @@ def render_markdown(report: dict[str, Any]) -> str:
 def _change(row: dict[str, Any]) -> str:
     if row.get("skipped"):
         return f"left as it was: {row['skipped']}"
+    if row.get("change"):
+        return str(row["change"])
+    if row.get("rank") is not None:
+        return f"rank {row['rank']}, weights {row['params_before']} -> {row['params_after']}"
     if "removed" in row:
         return f"{row['removed']}/{row['numel']} zero ({row['removed'] / max(row['numel'], 1):.1%}, {row['pattern']})"
-    if row.get("rank") is not None:
-        out_f, in_f = row["out_features"], row["in_features"]
-        return f"rank {row['rank']}, weights {out_f * in_f} -> {row['rank'] * (out_f + in_f)}"
-    return f"left as it was: {row.get('reason', '')}"
+    return ""
 
 
-def layer_rows(stage: dict[str, Any]) -> list[dict[str, Any]]:
-    """The per-layer rows a stage recorded (one-shot sparsity ``oneshot``, low-rank ``lowrank``)."""
-    for key in ("oneshot", "lowrank"):
-        rec = stage.get(key)
-        if isinstance(rec, dict) and isinstance(rec.get("layers"), list):
-            return rec["layers"]
-    return []
-
-
-def layers_markdown(stage: dict[str, Any]) -> list[str]:
-    """Markdown lines for one stage's per-layer rows: what changed, and the relative output error on the
-    calibration data where it was measured."""
+def stage_layers_markdown(stage: dict[str, Any]) -> list[str]:
+    """Markdown lines for one stage's per-layer rows (``stage["layers"]``: one-shot pruning, low-rank)."""
     lines = [f"## Per-layer changes: stage {stage['index']} {stage['pass']}", "",
              "Relative output error: ||(W - W') x||^2 / ||W x + b||^2 summed over the calibration inputs the "
              "layer saw (blank: not measured).", "", "| layer | change | relative output error |", "|---|---|---|"]
-    for row in layer_rows(stage):
+    for row in stage["layers"]:
         err = row.get("rel_error")
-        lines.append(f"| {row.get('layer', row.get('name'))} | {_change(row)} | {'' if err is None else f'{err:.3g}'} |")
+        lines.append(f"| {row.get('layer')} | {_change(row)} | {'' if err is None else f'{err:.3g}'} |")
     return lines
 
 
@@ -166,38 +184,52 @@ def sensitivity_png(stage: dict[str, Any]) -> str:
 
 def _plot(report: dict[str, Any], x_key: str, x_label: str) -> str | None:
     pts = []
-    points = rows(report)
-    if report["stages"]:  # the final model is the last stage's model: one point, not two on top of each other
-        points = points[:-1]
-    for label, m in points:
+    measured = []
+    for label, m in rows(report):
         x = m.get("size_bytes") if x_key == "size" else (m.get("latency_ms") or {}).get("median")
         y = m.get("accuracy")
         if x is not None and y is not None:
             pts.append((label, x, 100 * y))
+            measured.append(m)
     if not pts:
         return None
     from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     from slimkit.analysis.figures import figure, png_bytes
 
-    with figure((5.5, 3.6), dpi=110) as (fig, ax):
+    with figure((6.4, 4.0), dpi=110) as (fig, ax):
+        path = pts[:-1] if len(pts) > 1 else pts  # baseline and stages, joined in order
+        ax.plot([p[1] for p in path], [p[2] for p in path], "-", color="#bbb", zorder=1)
+        ax.scatter([p[1] for p in path], [p[2] for p in path], c=["#1f77b4"] + ["#ff7f0e"] * (len(path) - 1), s=36,
+                   zorder=2)
+        final = pts[-1]  # often on top of the last stage: a star around it, labelled below
+        ax.scatter([final[1]], [final[2]], marker="*", s=180, facecolors="none", edgecolors="#2ca02c",
+                   linewidths=1.5, zorder=3)
+        ax.margins(x=0.18, y=0.22)  # room for the labels inside the axes
         xs = [p[1] for p in pts]
-        ys = [p[2] for p in pts]
-        ax.plot(xs, ys, "-", color="#bbb", zorder=1)
-        ax.scatter(xs, ys, c=["#1f77b4"] + ["#ff7f0e"] * (len(pts) - 1), zorder=2)
-        for label, x, y in pts:
-            ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        mid = (min(xs) + max(xs)) / 2
+        for i, (label, x, y) in enumerate(pts):
+            right_half = x > mid and max(xs) > min(xs)
+            below = i == len(pts) - 1
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(-6 if right_half else 6, -12 if below else 6),
+                        ha="right" if right_half else "left", fontsize=9, annotation_clip=False)
         ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _bytes(int(v)) if x_key == "size" else f"{v:.3g}"))
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.4g}"))
+        if x_key == "latency":  # a latency axis spanning less than the run-to-run spread: from zero, marked
+            mark_if_within_noise(ax, xs, latency_noise(measured), unit=" ms")
         ax.set_xlabel(x_label)
         ax.set_ylabel("accuracy (%)")
         ax.grid(alpha=0.3)
         return base64.b64encode(png_bytes(fig)).decode()
 
 
-def render_html(report: dict[str, Any]) -> str:
+def render_html(report: dict[str, Any], layers: dict[str, list[dict[str, Any]]] | None = None) -> str:
+    """The self-contained report page; ``layers`` (:func:`slimkit.pipeline.report.layers.run_layers`) adds the
+    per-layer views."""
     import jinja2
+
+    from slimkit.pipeline.report.layers import layer_views
 
     env = jinja2.Environment(loader=jinja2.PackageLoader("slimkit.pipeline.report", "templates"),
                              autoescape=jinja2.select_autoescape(["html", "j2"]))
@@ -206,14 +238,16 @@ def render_html(report: dict[str, Any]) -> str:
         ("Accuracy against size on disk", _plot(report, "size", "bytes on disk")),
         ("Accuracy against latency", _plot(report, "latency", "latency (ms, median)")),
     ) if p[1]]
-    table = [(label, [*(fmt(k, m) for k, _ in COLUMNS), sec])
+    cols = columns(report, COLUMNS)
+    table = [(label, [*(fmt(k, m) for k, _ in cols), sec])
              for (label, m), sec in zip(rows(report), seconds(report), strict=True)]
     import yaml
 
     sensitivity = [{"title": f"Stage {st['index']} {st['pass']}", "summary": _sens_summary(st).replace("`", ""),
                     "png": sensitivity_png(st), "r": st["sensitivity"]} for st in sensitivity_stages(report)]
     recipe_yaml = yaml.safe_dump(report.get("recipe") or {}, sort_keys=False, default_flow_style=False)
-    return tmpl.render(r=report, recipe_yaml=recipe_yaml, columns=[*(c for _, c in COLUMNS), "seconds"], table=table, plots=plots,
-                       sensitivity=sensitivity,
+    return tmpl.render(r=report, recipe_yaml=recipe_yaml, columns=[*(c for _, c in cols), "seconds"], table=table, plots=plots,
+                       sensitivity=sensitivity, layer_views=layer_views(layers or {}, pruned=any(
+                           str(st.get("pass", "")).startswith("prune") for st in report["stages"])),
                        constraints=report.get("constraints") or [], exports=report.get("exports") or [],
                        env=report.get("environment") or {}, esc=html.escape)

@@ -1,0 +1,136 @@
+"""``slimkit.auto(...)``: measure the model, build the space, search it, and deploy the chosen point.
+
+Writes into ``out`` (default ``runs/<name>-auto``): ``profile.json`` (per-layer latency cost table and
+sensitivity), ``auto-search.yaml`` (the generated search config: an ordinary recipe and space), everything
+``slimkit search`` writes (``search.json``, ``study.db``, ``trials/<n>/``, ``baseline/``, ``best/``),
+``chosen.yaml`` (the chosen trial's recipe: ``slimkit run chosen.yaml`` reproduces it), ``deploy/`` (its
+ONNX artifact), ``auto.json``, ``auto.md`` and ``auto.html`` (the Pareto front plot and the verdict).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from slimkit._io import atomic_write_json, atomic_write_text
+from slimkit.auto import front as fr
+from slimkit.auto.plan import base_recipe, build_space, dump, recipe_input
+from slimkit.errors import RunError
+from slimkit.search.records import FINISHED
+
+log = logging.getLogger(__name__)
+
+
+def _profile(base: dict[str, Any], baseline_dir: Path, cfg: Any) -> dict[str, Any]:
+    from slimkit.auto.profile import cost_table, layer_units, sensitivity_profile
+    from slimkit.config.recipe import DataConfig, LatencyConfig
+    from slimkit.data import load_data
+    from slimkit.pipeline.artifacts import load_saved
+
+    model, example_inputs = load_saved(baseline_dir, "baseline")
+    model.eval()
+    bundle = load_data(DataConfig.model_validate(base["data"]))
+    units = layer_units(model, bundle.num_classes)
+    lat = LatencyConfig(batch=cfg.batch, warmup=3, repeats=max(5, cfg.latency_repeats // 2), threads=cfg.threads)
+    cost = cost_table(model, example_inputs, units, runtime=cfg.runtime, lat=lat)
+    top = [r["unit"] for r in cost["layers"][:cfg.profile_units]]
+    sens = sensitivity_profile(model, top, bundle.calibration, example_inputs, all_units=units) if top else {"layers": []}
+    return {"cost": cost, "sensitivity": sens, "units": units}
+
+
+def auto(model_or_recipe: Any, *, data: str | None = None, out: str | Path | None = None, resume: bool = False,
+         **settings: Any) -> dict[str, Any]:
+    """Compress ``model_or_recipe`` (a recipe path or mapping with an optional ``auto:`` block, or a model
+    name) to meet ``settings`` (the fields of :class:`slimkit.config.auto.AutoConfig`, e.g.
+    ``max_latency_ratio=0.5, max_accuracy_drop=0.01``) and return the content of ``auto.json``."""
+    from slimkit.config.search import parse_search
+    from slimkit.pipeline.state import RunLock
+    from slimkit.search.runner import prepare_baseline, search
+
+    source = str(model_or_recipe) if isinstance(model_or_recipe, str | Path) else None
+    base, cfg = base_recipe(recipe_input(model_or_recipe, data), settings, source=source)  # before any compute
+    out = Path(out) if out is not None else Path("runs") / base["name"]
+    search_file, profile_file = out / "auto-search.yaml", out / "profile.json"
+    t0 = time.monotonic()
+    if search_file.exists() and profile_file.exists():
+        if not resume:
+            raise RunError(f"{out} already holds an auto run.", hint="Pass --resume to continue it, or choose another --out.")
+        config = yaml.safe_load(search_file.read_text())
+        # the budget and the backend may change on resume; the space and the recipe do not
+        config.update(trials=cfg.trials, backend=cfg.backend, address=cfg.address, workers=cfg.workers)
+        profile = json.loads(profile_file.read_text())
+    else:
+        with RunLock(out):
+            baseline_dir, baseline = prepare_baseline(base, out)
+            profile = _profile(base, baseline_dir, cfg)
+            profile["labelled"] = baseline.get("accuracy") is not None
+            config = build_space(base, cfg, profile, labelled=profile["labelled"], name=base["name"])
+            atomic_write_json(profile_file, profile)
+            atomic_write_text(search_file, dump(config))
+    config["timeout_s"] = max(1.0, cfg.budget_s - (time.monotonic() - t0))
+    plan = parse_search(config, source=str(search_file))
+    result = search(plan, out=out, resume=resume or (out / "search.json").exists())
+    return finish(out, result, profile, cfg)
+
+
+def finish(out: Path, result: dict[str, Any], profile: dict[str, Any], cfg: Any) -> dict[str, Any]:
+    """Front, binding constraints, chosen recipe and artifact; writes auto.json/md/html."""
+    from slimkit.auto.report import write_auto_report
+
+    labelled = bool(profile.get("labelled"))
+    records = result["trials"]
+    points = [p for p in (fr.point(r, labelled) for r in records) if p is not None]
+    front = fr.pareto_front(points)
+    best = result.get("best")
+    chosen = next((r for r in records if best is not None and r["number"] == best["number"]), None)
+    feasible = chosen is not None
+    target = chosen or fr.closest(records)
+    rows = fr.binding(records, target)
+    deploy = None
+    if target is not None:
+        tdir = out / target["dir"]
+        recipe = yaml.safe_load((tdir / "recipe.yaml").read_text())
+        atomic_write_text(out / ("chosen.yaml" if feasible else "closest.yaml"), yaml.safe_dump(recipe, sort_keys=False))
+        report = json.loads((tdir / "report.json").read_text())
+        onnx = next((e for e in report.get("exports", []) if e.get("format") == "onnx"), None)
+        if feasible and onnx is not None:
+            ddir = out / "deploy"
+            ddir.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(tdir / onnx["artifact"], ddir / "model.onnx")
+            deploy = {"artifact": "deploy/model.onnx", "precision": onnx.get("precision"),
+                      "size_bytes": report["final"]["size_bytes"], "latency_ms": report["final"]["latency_ms"],
+                      "baseline_latency_ms": report["baseline"]["latency_ms"],
+                      "int8_vs_fp32": onnx.get("speedup_vs_fp32"), "note": onnx.get("note"),
+                      "verdict": report["verdict"]}
+    quality = "accuracy" if labelled else "fidelity (mean output cosine)"
+    verdict = fr.explain(rows, feasible) if target is not None else "No trial finished; see search.json."
+    if target is not None:
+        verdict = (f"{'Chosen' if feasible else 'Closest'}: trial {target['number']} "
+                   f"({', '.join(target.get('stages') or []) or 'no structural stage'}). " + verdict)
+    if deploy and deploy["precision"] == "int8" and deploy["int8_vs_fp32"] is not None:
+        verdict += (f" int8 was chosen because the measured end-to-end latency was best; the same model's int8 ONNX "
+                    f"is {deploy['int8_vs_fp32']:.2f}x the speed of its fp32 ONNX here.")
+    data = {"name": result["name"], "runtime": cfg.runtime, "quality": quality, "labelled": labelled,
+            "settings": cfg.model_dump(mode="json"), "feasible": feasible,
+            "chosen": None if target is None else {"number": target["number"], "dir": target["dir"],
+                                                   "recipe": "chosen.yaml" if feasible else "closest.yaml",
+                                                   "params": target["params"], "metrics": target["metrics"],
+                                                   "constraints": target["constraints"]},
+            "constraints": rows, "front": front, "points": points, "deploy": deploy,
+            "baseline": result.get("baseline"), "profile": "profile.json", "search": "search.json",
+            "trials": {"finished": sum(r["state"] in FINISHED for r in records),
+                       "stopped_early": sum(r["state"] == "pruned" for r in records),
+                       "feasible": result["counts"]["feasible"]},
+            "verdict": verdict}
+    atomic_write_json(out / "auto.json", data)
+    write_auto_report(out, data, profile)
+    return data
+
+
+__all__ = ["auto", "finish"]

@@ -1,0 +1,65 @@
+"""Post-training structured pruning with reconstruction (no labels, no training)."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from slimkit.config.base import PassConfig
+from slimkit.config.layers import LayerFilterFn, filter_fn_field, skip_field
+
+
+class PostTrainPruneConfig(PassConfig):
+    """Remove channels, filters, attention heads and FFN width from a trained model using only unlabelled
+    calibration data, then refit what reads them.
+
+    Only *reconstructable* dependency groups are pruned: those whose channels are read by exactly one weighted
+    layer (a ``Linear`` or a ``Conv2d`` with ``groups=1``, the *consumer*) and otherwise pass only through
+    per-channel ops (BatchNorm, depthwise convs, activations). Residual streams are kept.
+
+    ``criterion`` orders the units of a group and measures what removing them costs:
+    ``reconstruction`` (ThiNet-style greedy with least-squares refit, exact from the consumer's input
+    statistics; that error curve is scaled by how much of it reaches the model's output, *measured* as the
+    fidelity loss of the whole model with the group pruned and refit, at ``sensitivity_points`` amounts on
+    ``sensitivity_batches`` batches, the first ones, which the statistics then leave out so that the
+    measurement is out of sample), or
+    ``fisher`` (Kwon et al. 2022: the Fisher information of a mask on each unit for the fidelity loss, with
+    targets sampled from the model's own output distribution, summed per unit). Per-group amounts are then
+    allocated together (non-uniform) so that the MACs land on ``target_macs`` at the least total cost.
+    ``loss``: ``kl`` (softmax outputs, classifiers) or ``mse`` (any output; masked tokens excluded).
+    Each consumer is refit by ridge least squares (``ridge`` x mean diagonal) with an intercept (its bias, or
+    the running mean of the BatchNorm that reads it directly) that compensates the removed channels' mean;
+    then ``refit_passes`` more refits use the pruned model's own inputs against the original's outputs, so
+    errors of earlier layers are compensated too. All statistics are streamed
+    (``slimkit.analysis.calibration``): memory does not grow with the number of batches.
+    """
+
+    kind: ClassVar[str] = "prune"
+    handler_module: ClassVar[str] = "slimkit.passes.prune.posttrain"
+    renamed: ClassVar[dict[str, str]] = {"protected": "skip"}
+    method: Literal["posttrain"] = "posttrain"
+    target_macs: float | None = Field(None, gt=0, le=1, description="fraction of the original MACs to keep")
+    ratio: float | None = Field(None, ge=0, lt=1,
+                                description="instead of target_macs: fraction of each reconstructable group")
+    criterion: Literal["reconstruction", "fisher"] = "reconstruction"
+    loss: Literal["mse", "kl"] = "mse"
+    round_to: int = Field(1, ge=1, le=1024, description="kept channel counts are multiples of this")
+    max_group_ratio: float = Field(0.9, gt=0, lt=1)
+    skip: list[str] = skip_field("that keep their width")
+    filter_fn: LayerFilterFn | None = filter_fn_field()
+    calibration_batches: int | None = Field(None, ge=1, description="use at most this many calibration batches")
+    sensitivity_batches: int = Field(1, ge=1, le=64)
+    sensitivity_points: int = Field(2, ge=1, le=16)
+    ridge: float = Field(1e-3, ge=0, lt=1)
+    refit_passes: int = Field(2, ge=0, le=10)
+    macs_tolerance: float = Field(0.02, gt=0, lt=0.5)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> PostTrainPruneConfig:
+        if (self.target_macs is None) == (self.ratio is None):
+            raise ValueError("give exactly one of target_macs or ratio")
+        return self
+
+
+__all__ = ["PostTrainPruneConfig"]

@@ -1,0 +1,310 @@
+"""Least-squares reconstruction of the layer that reads a pruned group (its *consumer*).
+
+Analysis (which groups can be rebuilt, statistics, greedy choice, refits) is kept apart from the change:
+:func:`install` writes a refit into the consumer, :func:`slimkit.graph.apply_removal` slices.
+
+Notation: ``z = [x; 1]`` is the consumer's input row (a Linear input, or a conv patch in
+``weight.reshape(out, -1)`` column order) with a constant for the intercept; ``H = E[z z^T]`` (from
+:func:`slimkit.analysis.calibration.collect_input_stats`) and ``W = [weight, bias]``. Removing the columns
+``B`` and refitting the rest minimizes ``E||W z - W' z||^2``; the greedy choice (ThiNet with refit, the OBS
+formula on whole channels) removes, step by step, the block with the least error
+``tr(W_B [H^-1]_BB^-1 W_B^T)`` and updates ``W`` and ``H^-1`` in closed form.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from slimkit.analysis.calibration import InputStats, collect_input_stats, layer_rows
+from slimkit.graph.core import DependencyGraph, Group
+
+log = logging.getLogger(__name__)
+
+# roles a reconstructable group may have besides its one consumer: producers and per-channel ops
+_PER_CHANNEL = {"conv.out", "linear.out", "norm", "prelu", "hf.heads"}
+
+
+@dataclass
+class Target:
+    """A reconstructable group: ``cols[u]`` are the consumer's weight columns that unit ``u`` feeds."""
+
+    group: Group
+    consumer: str
+    cols: dict[int, torch.Tensor]
+    block: int
+    intercept: str | None = None
+    """Where the refit's constant goes: ``bias`` (the consumer's), the name of the BatchNorm that reads the
+    consumer's output directly (its running mean absorbs it), or None (refit without intercept)."""
+    macs_per_unit: float = 0.0
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+def find_targets(model: nn.Module, graph: DependencyGraph) -> tuple[list[Target], list[dict[str, Any]]]:
+    """The reconstructable groups of ``graph`` and, for the others, why they are kept."""
+    positions = graph.unit_positions()
+    targets, skipped = [], []
+    for g in graph.groups:
+        consumers: dict[int, dict[int, torch.Tensor]] = {}
+        why = None
+        for u in g.units:
+            for mi, pos in positions.get(u, []):
+                m = graph.members[mi]
+                mod = model.get_submodule(m.module) if m.module else model
+                if (m.role == "linear.in" and type(mod) is nn.Linear) or (
+                        m.role == "conv.in" and type(mod) is nn.Conv2d and mod.groups == 1
+                        and mod.padding_mode == "zeros"):
+                    consumers.setdefault(mi, {})[u] = pos
+                elif m.role == "conv.in" and isinstance(mod, nn.Conv2d) and mod.groups == mod.in_channels:
+                    continue  # depthwise: per channel
+                elif m.role not in _PER_CHANNEL:
+                    why = f"'{m.module}' uses its channels as {m.role}"
+        if why is None and len(consumers) != 1:
+            why = f"{len(consumers)} layers read its channels (a residual stream or a branch)"
+        if why is not None:
+            skipped.append({"group": g.index, "producers": g.producers, "units": len(g), "kept": why})
+            continue
+        (mi, per_unit), = consumers.items()
+        name = graph.members[mi].module
+        mod = model.get_submodule(name)
+        block = int(mod.kernel_size[0] * mod.kernel_size[1]) if isinstance(mod, nn.Conv2d) else 1
+        cols = {u: (p[:, None] * block + torch.arange(block)[None, :]).reshape(-1) for u, p in per_unit.items()}
+        targets.append(Target(g, name, cols, block))
+    return targets, skipped
+
+
+def find_intercepts(model: nn.Module, targets: list[Target], example_inputs: tuple[Any, ...]) -> None:
+    """Set ``target.intercept``: the consumer's bias, else a BatchNorm whose input *is* the consumer's output
+    (checked on one forward), else None."""
+    names = {t.consumer for t in targets if model.get_submodule(t.consumer).bias is None}
+    found: dict[str, str] = {}
+    last: dict[str, Any] = {}
+    handles = []
+    for name in names:
+        def out_hook(mod: nn.Module, inp: Any, out: Any, name: str = name) -> None:
+            last[name] = out
+        handles.append(model.get_submodule(name).register_forward_hook(out_hook))
+    for bn_name, bn in model.named_modules():
+        if isinstance(bn, nn.modules.batchnorm._BatchNorm):
+            def bn_hook(mod: nn.Module, args: Any, bn_name: str = bn_name) -> None:
+                for name, out in last.items():
+                    if args and args[0] is out and name not in found:
+                        found[name] = bn_name
+            handles.append(bn.register_forward_pre_hook(bn_hook))
+    try:
+        if names:
+            from slimkit.context import eval_mode
+
+            with eval_mode(model), torch.no_grad():
+                model(*example_inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    for t in targets:
+        t.intercept = "bias" if t.consumer not in names else found.get(t.consumer)
+
+
+def weight_aug(model: nn.Module, t: Target) -> torch.Tensor:
+    """``[out, d + 1]``: the consumer's weight with its intercept column (float64, CPU)."""
+    mod = model.get_submodule(t.consumer)
+    w = mod.weight.detach().to("cpu", torch.float64).reshape(mod.weight.shape[0], -1)
+    b = torch.zeros(w.shape[0], dtype=torch.float64)
+    if t.intercept == "bias":
+        b = mod.bias.detach().to("cpu", torch.float64)
+    elif t.intercept is not None:
+        bn = model.get_submodule(t.intercept)
+        b = (-bn.running_mean.detach().to("cpu", torch.float64))  # BN(y) = BN'(y + c) with mean' = mean + c
+    return torch.cat([w, b[:, None]], 1)
+
+
+def moments(stats: InputStats) -> torch.Tensor:
+    """``H = E[z z^T]`` with ``z = [x; 1]`` from one layer's streamed statistics."""
+    n = max(stats.count, 1)
+    d = stats.dim
+    h = torch.empty(d + 1, d + 1, dtype=torch.float64)
+    h[:d, :d] = stats.xtx[0] / n
+    h[:d, d] = h[d, :d] = stats.sum[0] / n
+    h[d, d] = 1.0
+    return h
+
+
+def _damp(h: torch.Tensor, ridge: float, d: int) -> torch.Tensor:
+    h = h.clone()
+    idx = torch.arange(d)
+    h[idx, idx] += ridge * float(h[idx, idx].mean().clamp_min(1e-12))
+    return h
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Many small ops in a loop: one intra-op thread is faster than several (and far faster on a busy CPU)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def greedy_order(w: torch.Tensor, h: torch.Tensor, cols: dict[int, torch.Tensor], ridge: float,
+                 max_remove: int) -> tuple[list[int], list[float]]:
+    """Units in the order the greedy removes them (first = cheapest) and the relative output error after
+    each step, refit included. ``w``: ``[out, d + 1]``; ``h``: ``[d + 1, d + 1]``."""
+    with _one_thread():
+        return _greedy(w, h, cols, ridge, max_remove)
+
+
+def _greedy(w: torch.Tensor, h: torch.Tensor, cols: dict[int, torch.Tensor], ridge: float,
+            max_remove: int) -> tuple[list[int], list[float]]:
+    d = h.shape[0] - 1
+    hinv = torch.linalg.inv(_damp(h, ridge, d))
+    w = w.clone()
+    ref = float(torch.einsum("od,de,oe->", w, h, w)) or 1.0
+    units = list(cols)
+    idx = torch.stack([cols[u] for u in units])  # [U, b]: every unit feeds the same number of columns
+    alive = torch.ones(len(units), dtype=torch.bool)
+    order, errors, total = [], [], 0.0
+    todo = min(max_remove, len(units))
+    while len(order) < todo:
+        if idx.shape[1] == 1:
+            c = idx[:, 0]
+            err = w[:, c].pow(2).sum(0) / hinv[c, c].clamp_min(1e-30)
+        else:
+            hbb = hinv[idx[:, :, None], idx[:, None, :]]  # [U, b, b]
+            wb = w[:, idx].permute(1, 0, 2)  # [U, out, b]
+            err = (torch.linalg.solve(hbb, wb.transpose(1, 2)).transpose(1, 2) * wb).sum((1, 2))
+        err = err.masked_fill(~alive, float("inf"))
+        # remove the cheapest 1/64 of the remaining units together (one at a time for small groups): the
+        # chunk's exact joint error is charged and W, H^-1 updated for the whole chunk
+        n_alive = int(alive.sum())
+        step = min(todo - len(order), max(1, n_alive // 64))
+        ks = err.topk(step, largest=False).indices
+        alive[ks] = False
+        b = idx[ks].reshape(-1)
+        inv_bb = torch.linalg.inv(hinv[b][:, b])
+        joint = float(torch.einsum("ob,bc,oc->", w[:, b], inv_bb, w[:, b]))
+        w -= (w[:, b] @ inv_bb) @ hinv[b, :]
+        hinv -= hinv[:, b] @ inv_bb @ hinv[b, :]
+        # the removed rows/columns of H^-1 are now ~0: pin their diagonal so later solves stay finite
+        hinv[b, b] = 1.0
+        for j, k in enumerate(ks.tolist()):
+            order.append(units[k])
+            errors.append((total + joint * (j + 1) / step) / ref)
+        total += joint
+    return order, errors
+
+
+def refit(w: torch.Tensor, h_xz: torch.Tensor, h_zz: torch.Tensor, ridge: float) -> torch.Tensor:
+    """Ridge least squares ``argmin_V E||W x - V z||^2`` from ``h_xz = E[x z^T]`` (x: what ``w`` multiplies,
+    z: the new inputs, intercept last) and ``h_zz = E[z z^T]``."""
+    rhs = w @ h_xz
+    a = _damp(h_zz, ridge, h_zz.shape[0] - 1)
+    return torch.linalg.solve(a, rhs.T).T
+
+
+def relative_error(w: torch.Tensor, v: torch.Tensor, h_xx: torch.Tensor, h_xz: torch.Tensor,
+                   h_zz: torch.Tensor) -> float:
+    """``E||W x - V z||^2 / E||W x||^2``."""
+    ref = float(torch.einsum("od,de,oe->", w, h_xx, w))
+    err = ref - 2 * float(torch.einsum("od,de,oe->", w, h_xz, v)) + float(torch.einsum("od,de,oe->", v, h_zz, v))
+    return max(err, 0.0) / ref if ref > 0 else 0.0
+
+
+def install(model: nn.Module, t: Target, v: torch.Tensor, keep_cols: torch.Tensor | None = None) -> None:
+    """Write ``v`` (``[out, kept + 1]``, intercept last) into the consumer; the columns not in ``keep_cols``
+    (all kept when None) become zero, which is what removing their channels does."""
+    mod = model.get_submodule(t.consumer)
+    shape = mod.weight.shape
+    w = torch.zeros(shape[0], mod.weight[0].numel(), dtype=torch.float64)
+    if keep_cols is None:
+        w[:] = v[:, :-1]
+    else:
+        w[:, keep_cols] = v[:, :-1]
+    c = v[:, -1]
+    with torch.no_grad():
+        mod.weight.copy_(w.reshape(shape).to(mod.weight))
+        if t.intercept == "bias":
+            mod.bias.copy_(c.to(mod.bias))
+        elif t.intercept is not None:
+            bn = model.get_submodule(t.intercept)
+            bn.running_mean.copy_((-c).to(bn.running_mean))
+
+
+def consumer_stats(model: nn.Module, targets: list[Target], calibration: Iterable[Any],
+                   max_batches: int | None) -> dict[str, InputStats]:
+    return collect_input_stats(model, calibration, {t.consumer: model.get_submodule(t.consumer) for t in targets},
+                               max_batches=max_batches)
+
+
+class _Paired(nn.Module):
+    """Runs the original and the pruned model on the same batch and feeds each consumer's probe the rows
+    ``[pruned input, original input]``, so the shared collector accumulates their joint moments."""
+
+    def __init__(self, reference: nn.Module, current: nn.Module, names: list[str]) -> None:
+        super().__init__()
+        self.reference, self.current, self.names = reference, current, names
+        self.probes: dict[str, nn.Linear] = {}
+
+    def forward(self, *args: Any, **kwargs: Any) -> None:
+        got: dict[str, dict[str, torch.Tensor]] = {"ref": {}, "cur": {}}
+        handles = []
+        for key, model in (("ref", self.reference), ("cur", self.current)):
+            for name in self.names:
+                def hook(mod: nn.Module, a: Any, key: str = key, name: str = name) -> None:
+                    got[key][name] = _rows(mod, a[0])
+                handles.append(model.get_submodule(name).register_forward_pre_hook(hook))
+        try:
+            self.reference(*args, **kwargs)
+            self.current(*args, **kwargs)
+        finally:
+            for h in handles:
+                h.remove()
+        for name in self.names:
+            if name in got["ref"] and name in got["cur"]:
+                z = torch.cat([got["cur"][name], got["ref"][name]], -1)
+                probe = self.probes.get(name)
+                if probe is None:
+                    probe = self.probes[name] = nn.Linear(z.shape[-1], 1, bias=False)
+                probe(z)
+
+
+def _rows(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if isinstance(mod, nn.Linear):
+        return x  # keeps [B, T, d] so the collector can drop padded tokens
+    return layer_rows(mod, x)[0]
+
+
+def paired_stats(reference: nn.Module, current: nn.Module, names: list[str], calibration: Iterable[Any],
+                 max_batches: int | None) -> dict[str, InputStats]:
+    """Joint input statistics of ``[current input, reference input]`` at every consumer in ``names``."""
+    paired = _Paired(reference, current, names)
+    first = next(iter(calibration))
+    from slimkit.evaluation.metrics import call_model, model_inputs
+
+    with torch.no_grad():
+        call_model(paired, model_inputs(first))  # creates the probes (their widths)
+    return collect_input_stats(paired, calibration, dict(paired.probes), max_batches=max_batches)
+
+
+def joint_moments(stats: InputStats, d_cur: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """From paired statistics: ``(H_xx, H_xz, H_zz)`` with x = [reference input; 1], z = [pruned input; 1]."""
+    n = max(stats.count, 1)
+    m = stats.xtx[0] / n
+    s = stats.sum[0] / n
+    cur, ref = slice(0, d_cur), slice(d_cur, m.shape[0])
+
+    def block(a: slice, b: slice) -> torch.Tensor:
+        out = torch.empty(a.stop - a.start + 1, b.stop - b.start + 1, dtype=torch.float64)
+        out[:-1, :-1] = m[a, b]
+        out[:-1, -1] = s[a]
+        out[-1, :-1] = s[b]
+        out[-1, -1] = 1.0
+        return out
+
+    return block(ref, ref), block(ref, cur), block(cur, cur)
