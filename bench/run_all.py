@@ -33,6 +33,9 @@ BENCHES = {
     "minilm": "minilm.py",
     "mobilenetv2": "mobilenetv2.py",
     "quantize_recipes": "quantize_recipes.py",
+    "posttrain": "posttrain.py",
+    "posttrain_sparse": "posttrain_sparse.py",
+    "auto": "auto.py",
 }
 QUICK_SKIP = {"prune_mobilenet"}  # its quick form is prune_resnet --quick
 

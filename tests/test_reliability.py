@@ -474,7 +474,11 @@ def test_kill9_at_random_points_then_resume_gives_the_same_metrics(tmp_path):
             proc.send_signal(signal.SIGKILL)
             kills += 1
         proc.wait()
-        assert not (out / "report.json").exists() or proc.returncode == 0
+        if (out / "report.json").exists() and proc.returncode != 0:
+            # report.json is written last: a kill that lands after it (while the interpreter exits) leaves a
+            # finished run, never a complete-looking report of an unfinished one
+            left = json.loads((out / "report.json").read_text())
+            assert len(left["stages"]) == len(rec["stages"]) and left["final"]["accuracy"] is not None
     done = subprocess.run([sys.executable, "-m", "slimkit.cli.app", "run", str(recipe), "--out", str(out),
                            "--resume"], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
