@@ -94,25 +94,15 @@ def classification_metrics(model: Any, loader: Iterable[Any]) -> dict[str, float
             "recall": float(recall), "f1": float(f1)}
 
 
-def model_inputs(batch: Any) -> Any:
-    """The model input of one loader batch: ``x`` of an ``(x, y)`` pair, the mapping without its label key
-    (``labels``/``label``/``y``; ``x`` alone when that is all that is left), or the batch itself."""
-    if isinstance(batch, (tuple, list)) and len(batch) == 2:
-        return batch[0]
-    if isinstance(batch, Mapping) and any(k in batch for k in ("labels", "label", "y")):
-        return split_batch(batch)[0]
-    return batch
-
-
 def _input_batches(loader_or_inputs: Any) -> Iterable[Any]:
     """The model inputs of a loader, or of one batch. A tensor or a tuple/list of tensors is one batch of
-    inputs; anything else is a loader whose batches go through :func:`model_inputs`."""
+    inputs; anything else is a loader whose batches go through :func:`slimkit.data.batch.split_batch`."""
     if isinstance(loader_or_inputs, torch.Tensor):
         return [loader_or_inputs]
     if isinstance(loader_or_inputs, (tuple, list)) and loader_or_inputs and all(
             isinstance(t, torch.Tensor) for t in loader_or_inputs):
         return [tuple(loader_or_inputs)]
-    return (model_inputs(batch) for batch in loader_or_inputs)
+    return (split_batch(batch)[0] for batch in loader_or_inputs)
 
 
 def fidelity(model: Any, reference: Any, loader_or_inputs: Any) -> dict[str, float | None]:

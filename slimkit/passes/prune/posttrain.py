@@ -26,8 +26,9 @@ from torch import nn
 
 from slimkit.config.posttrain import PostTrainPruneConfig
 from slimkit.context import PassContext
+from slimkit.data.batch import call_model, split_batch
 from slimkit.errors import ConfigError, ConstraintError
-from slimkit.evaluation.metrics import call_model, model_inputs, primary_output
+from slimkit.evaluation.metrics import primary_output
 from slimkit.graph import apply_removal, build_dependency_graph, pruned_copy
 from slimkit.passes.prune.reconstruct import (
     Target,
@@ -229,7 +230,7 @@ def _allocate(targets: list[Target], curves: dict[int, dict[int, float]], need: 
 def _example(ctx: PassContext, calibration: Iterable[Any]) -> tuple[Any, ...]:
     if ctx.example_inputs is not None:
         return tuple(ctx.example_inputs)
-    first = model_inputs(next(iter(calibration)))
+    first = split_batch(next(iter(calibration)))[0]
     if isinstance(first, torch.Tensor):
         return (first,)
     if isinstance(first, (tuple, list)):
@@ -257,7 +258,7 @@ def _batches(calibration: Iterable[Any], n: int) -> list[Any]:
     for b in calibration:
         if len(out) >= n:
             break
-        out.append(model_inputs(b))
+        out.append(split_batch(b)[0])
     return out
 
 

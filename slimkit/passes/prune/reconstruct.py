@@ -285,10 +285,10 @@ def paired_stats(reference: nn.Module, current: nn.Module, names: list[str], cal
     """Joint input statistics of ``[current input, reference input]`` at every consumer in ``names``."""
     paired = _Paired(reference, current, names)
     first = next(iter(calibration))
-    from slimkit.evaluation.metrics import call_model, model_inputs
+    from slimkit.data.batch import call_model, split_batch
 
     with torch.no_grad():
-        call_model(paired, model_inputs(first))  # creates the probes (their widths)
+        call_model(paired, split_batch(first)[0])  # creates the probes (their widths)
     return collect_input_stats(paired, calibration, dict(paired.probes), max_batches=max_batches)
 
 
