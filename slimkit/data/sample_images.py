@@ -87,7 +87,11 @@ def _photos() -> dict[str, torch.Tensor]:
 
 @functools.lru_cache(maxsize=16)
 def _resized(image: str, short_side: int) -> torch.Tensor:
-    img = _photos()[image]
+    return _resize_short_side(_photos()[image], short_side)
+
+
+def _resize_short_side(img: torch.Tensor, short_side: int) -> torch.Tensor:
+    """``img`` (C, H, W) in [0, 1] scaled (antialiased bilinear) so that its shorter side is ``short_side``."""
     h, w = img.shape[1:]
     scale = short_side / min(h, w)
     size = (max(short_side, round(h * scale)), max(short_side, round(w * scale)))
@@ -263,13 +267,7 @@ def photo_specs(part: Part, photos: list[Photo] | None = None, size: int = 224) 
 
 @functools.lru_cache(maxsize=256)
 def _half_resized(name: str, half: int, short_side: int) -> torch.Tensor:
-    img = _half(load_photo(name), half)
-    h, w = img.shape[1:]
-    scale = short_side / min(h, w)
-    out_size = (max(short_side, round(h * scale)), max(short_side, round(w * scale)))
-    out = torch.nn.functional.interpolate(img[None], size=out_size, mode="bilinear", align_corners=False,
-                                          antialias=True)[0]
-    return out.clamp_(0.0, 1.0)
+    return _resize_short_side(_half(load_photo(name), half), short_side)
 
 
 def _corner(name: str, half: int, scale: int, pos: tuple[float, float], size: int) -> tuple[int, int]:
