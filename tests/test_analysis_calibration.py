@@ -149,3 +149,21 @@ def test_layers_fed_the_same_tensor_get_the_same_statistics():
     assert torch.allclose(st["q"].xtx[0], x.T @ x, rtol=1e-5, atol=1e-5)
     assert torch.allclose(st["k"].xtx[0], st["q"].xtx[0], rtol=1e-6, atol=1e-6)
     assert torch.allclose(st["v"].xtx[0], 4 * (x.T @ x), rtol=1e-5, atol=1e-5)
+
+
+def test_layers_fed_same_shaped_tensors_in_turn_keep_their_own_statistics():
+    # inverted-residual-like blocks: each 1x1 conv's input is freed before the next one of the same shape is
+    # allocated, often at the same address; collecting all layers at once must equal collecting each alone
+    torch.manual_seed(7)
+    layers: list[nn.Module] = []
+    for _ in range(4):
+        layers += [nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, groups=8),
+                   nn.ReLU()]
+    m = nn.Sequential(*layers).eval()
+    xs = [torch.randn(4, 8, 6, 6) for _ in range(2)]
+    names = [str(i) for i in range(0, 20, 5)]
+    together = collect_input_stats(m, xs, names)
+    for n in names:
+        alone = collect_input_stats(m, xs, [n])[n]
+        assert torch.equal(together[n].xtx, alone.xtx), n
+        assert torch.equal(together[n].sum, alone.sum), n

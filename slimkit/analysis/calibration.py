@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -228,8 +229,11 @@ def collect_input_stats(
 
     mask: list[torch.Tensor | None] = [None]
     # moments of the inputs seen in the current batch: layers fed the same tensor (attention query, key and
-    # value) share one computation
-    cache: dict[tuple[object, ...], tuple[int, torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
+    # value) share one computation. The entry keeps a weak reference to its tensor and is used only while that
+    # very tensor is alive: a freed input's memory is reused by the next layer's input of the same shape, so
+    # address, shape and version alone would hand one layer the statistics of another.
+    Moments = tuple[int, torch.Tensor, torch.Tensor, torch.Tensor | None]
+    cache: dict[tuple[object, ...], tuple[weakref.ref[torch.Tensor], Moments]] = {}
 
     def hook_for(name: str):  # noqa: ANN202 - a forward pre-hook
         def hook(module: nn.Module, args: tuple[object, ...]) -> None:
@@ -239,9 +243,10 @@ def collect_input_stats(
             geometry = ((module.kernel_size, module.stride, module.padding, module.dilation, module.groups,
                          module.padding_mode) if isinstance(module, nn.Conv2d) else "linear")
             key = (x.data_ptr(), tuple(x.shape), x.stride(), x.dtype, x._version, geometry)
-            if key not in cache:
-                cache[key] = _moments(layer_rows(module, x, mask[0]), full)
-            stats[name]._add(cache[key])
+            hit = cache.get(key)
+            if hit is None or hit[0]() is not x:
+                hit = cache[key] = (weakref.ref(x), _moments(layer_rows(module, x, mask[0]), full))
+            stats[name]._add(hit[1])
         return hook
 
     device = model_device(model)
