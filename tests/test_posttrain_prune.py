@@ -13,7 +13,7 @@ from torch import nn
 import slimkit as sk
 from slimkit.config.base import build
 from slimkit.errors import ConstraintError, RecipeError
-from slimkit.passes.prune.reconstruct import greedy_order, refit, relative_error
+from slimkit.passes.prune.reconstruct import greedy_order, refit, refit_no_worse, relative_error
 from slimkit.passes.prune.structured import count_macs
 from slimkit.registry import parse_stage
 
@@ -168,3 +168,104 @@ def test_recipe_stage_and_errors() -> None:
                   calibration=[torch.randn(8, 4)])
     with pytest.raises(ConstraintError, match="cannot be reached"):
         sk.prune_(Redundant(), sk.PostTrainPruneConfig(target_macs=0.05), calibration=_data(0, 1))
+
+
+class InvertedResidual(nn.Module):
+    """Two MobileNetV2 inverted-residual blocks (expand 1x1 - BN - ReLU6 - depthwise 3x3 - BN - ReLU6 - project 1x1
+    - BN, the second with a residual add) and a linear head: the hidden channels are the reconstructable groups,
+    the project convs their consumers. BN statistics are made uneven, as trained ones are."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+
+        def block(cin: int, hidden: int, cout: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6(),
+                                 nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=False),
+                                 nn.BatchNorm2d(hidden), nn.ReLU6(), nn.Conv2d(hidden, cout, 1, bias=False),
+                                 nn.BatchNorm2d(cout))
+        self.stem = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.b1, self.b2 = block(8, 32, 12), block(12, 48, 12)
+        self.fc = nn.Linear(12, 5)
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.05, 3.0)
+                m.weight.data.uniform_(0.2, 2.0)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.b1(torch.relu(self.stem(x)))
+        h = h + self.b2(h)
+        return self.fc(h.mean((2, 3)))
+
+
+def test_refit_never_increases_the_consumers_error_on_calibration_data() -> None:
+    from slimkit.graph import build_dependency_graph
+    from slimkit.passes.prune.reconstruct import (
+        consumer_stats,
+        find_intercepts,
+        find_targets,
+        moments,
+        weight_aug,
+    )
+
+    model = InvertedResidual()
+    calib = _data(2)
+    x = (calib[0][:1],)
+    targets, _ = find_targets(model, build_dependency_graph(model, x))
+    find_intercepts(model, targets, x)
+    found = {t.consumer: t.intercept for t in targets}
+    assert found["b1.6"] == "b1.7" and found["b2.6"] == "b2.7"  # the BN reading each project conv
+    stats = consumer_stats(model, targets, calib, None)
+    for t in targets:
+        if t.consumer not in ("b1.6", "b2.6"):
+            continue
+        assert t.row_scale is not None and t.row_scale.shape == (model.get_submodule(t.consumer).out_channels,)
+        w, h = weight_aug(model, t), moments(stats[t.consumer])
+        d = h.shape[0] - 1
+        order, errors = greedy_order(w * t.row_scale[:, None], h, t.cols, 1e-3, len(t.cols) // 2)
+        for k in (1, len(order) // 2, len(order)):
+            drop = {int(c) for u in order[:k] for c in t.cols[u]}
+            keep = torch.tensor([c for c in range(d) if c not in drop])
+            z = torch.cat([keep, torch.tensor([d])])
+            plain = w[:, z]  # the kept columns as they were, original intercept: no refit
+            fitted, e_fit = refit_no_worse(w, plain, h, h[:, z], h[z][:, z], 1e-3)
+            assert e_fit == pytest.approx(relative_error(w, fitted, h, h[:, z], h[z][:, z]), rel=1e-9, abs=1e-15)
+            e_plain = relative_error(w, plain, h, h[:, z], h[z][:, z])
+            assert e_fit <= e_plain, (t.consumer, k, e_fit, e_plain)
+            if e_plain > 1e-6:  # something was lost: the least-squares refit wins back most of it
+                assert e_fit < 0.5 * e_plain, (t.consumer, k, e_fit, e_plain)
+
+
+def test_posttrain_on_inverted_residuals_keeps_shapes_and_onnx_parity(tmp_path) -> None:
+    pytest.importorskip("onnxruntime")
+    from slimkit.context import PassContext
+    from slimkit.exporters import check_parity, export_onnx
+    from slimkit.registry import spec_for
+
+    base = InvertedResidual()
+    calib, held = _data(2, 6), _data(5, 2)
+    x = (calib[0][:1],)
+    model = copy.deepcopy(base)
+    cfg = sk.PostTrainPruneConfig(target_macs=0.7, loss="mse", refit_passes=1, round_to=4, macs_tolerance=0.05)
+    ctx = PassContext(example_inputs=x, calibration=calib)
+    spec_for(cfg).handler(model, cfg, ctx)
+    info = ctx.extras["posttrain"]
+    assert 0.6 < count_macs(model, x) / count_macs(base, x) <= 0.7 * (1 + cfg.macs_tolerance)
+    recs = {r["consumer"]: r for r in info["groups"]}
+    for blk, rec in (("b1", recs["b1.6"]), ("b2", recs["b2.6"])):
+        hidden = rec["units"] - rec["removed"]
+        seq = model.get_submodule(blk)
+        # expand, both BNs, the depthwise conv and the project conv agree on the kept hidden width
+        assert (seq[0].out_channels, seq[1].num_features, seq[3].in_channels, seq[3].out_channels, seq[3].groups,
+                seq[4].num_features, seq[6].in_channels) == (hidden,) * 7
+        assert hidden % 4 == 0 and seq[6].out_channels == 12
+        # the refit on the pruned model's own inputs did not make the consumer worse than the first refit
+        assert rec["relative_error"][-1] <= rec["relative_error"][0] * 1.05 + 1e-6, rec["relative_error"]
+    out = model(held[0])
+    assert out.shape == base(held[0]).shape
+    assert _rel_mse(model, base, held) < 0.2
+    path = export_onnx(model, tmp_path / "m.onnx", x)
+    parity = check_parity(model, path, held[0][:4], atol=1e-4, rtol=1e-4)
+    assert parity["ok"], parity

@@ -40,8 +40,7 @@ from slimkit.passes.prune.reconstruct import (
     joint_moments,
     moments,
     paired_stats,
-    refit,
-    relative_error,
+    refit_no_worse,
     weight_aug,
 )
 from slimkit.passes.prune.structured import count_macs, rebuild_structure
@@ -90,12 +89,8 @@ def _local_refit(t: Target, w: torch.Tensor, h: torch.Tensor, removed: list[int]
     d = h.shape[0] - 1
     keep = _keep_cols(t, d, removed)
     z = torch.cat([keep, torch.tensor([d])])
-    if t.intercept is None:
-        v = torch.cat([refit(w[:, :d], h[:d, keep], h[keep][:, keep], ridge),
-                       torch.zeros(w.shape[0], 1, dtype=w.dtype)], 1)
-    else:
-        v = refit(w, h[:, z], h[z][:, z], ridge)
-    return v, keep, relative_error(w, v, h, h[:, z], h[z][:, z])
+    v, err = refit_no_worse(w, w[:, z], h, h[:, z], h[z][:, z], ridge, t.intercept is not None)
+    return v, keep, err
 
 
 def _loss(model: nn.Module, batches: list[Any], refs: list[torch.Tensor], kind: str) -> float:
@@ -311,7 +306,8 @@ def posttrain_prune(model: nn.Module, cfg: PostTrainPruneConfig, ctx: PassContex
             refs = [primary_output(call_model(model, b)).detach() for b in sens]
         for t in targets:
             w, h = mats[t.group.index]
-            orders[t.group.index], local = greedy_order(w, h, t.cols, cfg.ridge, allowed[t.group.index][-1])
+            ws = w if t.row_scale is None else w * t.row_scale[:, None]  # choose on the post-BN output
+            orders[t.group.index], local = greedy_order(ws, h, t.cols, cfg.ridge, allowed[t.group.index][-1])
             curves[t.group.index] = _measured_curve(model, t, w, h, orders[t.group.index], local,
                                                     allowed[t.group.index], cfg, sens, refs)
     log.info("posttrain: %d groups scored (%s) in %.1f s", len(targets), cfg.criterion, time.time() - t0)
@@ -385,13 +381,9 @@ def _refit_passes(model: nn.Module, reference: nn.Module, targets: list[Target],
             w = weight_aug(reference, t)
             if rows[t.group.index] is not None:
                 w = w[rows[t.group.index]]
-            if t.intercept is None:
-                v = torch.cat([refit(w[:, :-1], hxz[:-1, :-1], hzz[:-1, :-1], cfg.ridge),
-                               torch.zeros(w.shape[0], 1, dtype=w.dtype)], 1)
-            else:
-                v = refit(w, hxz, hzz, cfg.ridge)
+            v, err = refit_no_worse(w, weight_aug(model, t), hxx, hxz, hzz, cfg.ridge, t.intercept is not None)
             install(model, t, v)
-            records[t.group.index]["relative_error"].append(round(relative_error(w, v, hxx, hxz, hzz), 6))
+            records[t.group.index]["relative_error"].append(round(err, 6))
 
 
 def _solve(model: nn.Module, graph: Any, targets: list[Target], curves: dict[int, dict[int, float]],

@@ -43,6 +43,10 @@ class Target:
     """Where the refit's constant goes: ``bias`` (the consumer's), the name of the BatchNorm that reads the
     consumer's output directly (its running mean absorbs it), or None (refit without intercept)."""
     macs_per_unit: float = 0.0
+    row_scale: torch.Tensor | None = None
+    """Per output row of the consumer, how much the BatchNorm that reads it scales it (``gamma / sqrt(var +
+    eps)``; None without one). The refit solves each row on its own, so the scale does not change it; the
+    *choice* of what to remove sums errors over rows, and is made on the post-BatchNorm output."""
     record: dict[str, Any] = field(default_factory=dict)
 
 
@@ -81,8 +85,8 @@ def find_targets(model: nn.Module, graph: DependencyGraph) -> tuple[list[Target]
 
 def find_intercepts(model: nn.Module, targets: list[Target], example_inputs: tuple[Any, ...]) -> None:
     """Set ``target.intercept``: the consumer's bias, else a BatchNorm whose input *is* the consumer's output
-    (checked on one forward), else None."""
-    names = {t.consumer for t in targets if model.get_submodule(t.consumer).bias is None}
+    (checked on one forward), else None; and ``target.row_scale`` from that BatchNorm."""
+    names = {t.consumer for t in targets}
     found: dict[str, str] = {}
     last: dict[str, Any] = {}
     handles = []
@@ -107,7 +111,15 @@ def find_intercepts(model: nn.Module, targets: list[Target], example_inputs: tup
         for h in handles:
             h.remove()
     for t in targets:
-        t.intercept = "bias" if t.consumer not in names else found.get(t.consumer)
+        bn_name = found.get(t.consumer)
+        t.intercept = "bias" if model.get_submodule(t.consumer).bias is not None else bn_name
+        if bn_name is not None:
+            bn = model.get_submodule(bn_name)
+            if bn.track_running_stats and bn.running_var is not None:
+                scale = 1.0 / (bn.running_var.detach().to("cpu", torch.float64) + bn.eps).sqrt()
+                if bn.affine:
+                    scale = scale * bn.weight.detach().to("cpu", torch.float64).abs()
+                t.row_scale = scale
 
 
 def weight_aug(model: nn.Module, t: Target) -> torch.Tensor:
@@ -206,6 +218,22 @@ def refit(w: torch.Tensor, h_xz: torch.Tensor, h_zz: torch.Tensor, ridge: float)
     rhs = w @ h_xz
     a = _damp(h_zz, ridge, h_zz.shape[0] - 1)
     return torch.linalg.solve(a, rhs.T).T
+
+
+def refit_no_worse(w: torch.Tensor, current: torch.Tensor, h_xx: torch.Tensor, h_xz: torch.Tensor,
+                   h_zz: torch.Tensor, ridge: float, intercept: bool = True) -> tuple[torch.Tensor, float]:
+    """The ridge refit (:func:`refit`; without an intercept when ``intercept`` is False) or ``current`` (the
+    consumer's weights on the same inputs, intercept last), whichever rebuilds ``W x`` better on the
+    calibration statistics, and its relative error: the ridge term can cost more than it gains when what was
+    removed carried nothing (a dead channel), and a refit must never make the consumer worse."""
+    if intercept:
+        v = refit(w, h_xz, h_zz, ridge)
+    else:
+        v = torch.cat([refit(w[:, :-1], h_xz[:-1, :-1], h_zz[:-1, :-1], ridge),
+                       torch.zeros(w.shape[0], 1, dtype=w.dtype)], 1)
+    e_fit = relative_error(w, v, h_xx, h_xz, h_zz)
+    e_cur = relative_error(w, current, h_xx, h_xz, h_zz)
+    return (v, e_fit) if e_fit <= e_cur else (current.clone(), e_cur)
 
 
 def relative_error(w: torch.Tensor, v: torch.Tensor, h_xx: torch.Tensor, h_xz: torch.Tensor,
