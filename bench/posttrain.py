@@ -282,6 +282,97 @@ def minilm(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+def resnet(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The Fashion-MNIST ResNet of bench/prune_resnet.py (its trained baseline, cached) at half the MACs:
+    today's one-shot criteria, Torch-Pruning at the posttrain row's MACs (within 2%) and PostTrainPruneConfig
+    on unlabelled training images; accuracy before and after bench/prune_resnet.py's fine-tuning (its code and
+    cache), latency as bench/prune_resnet.py measures it."""
+    import hashlib
+    import tempfile
+
+    import prune_resnet as pr
+
+    s = dict(pr.QUICK if args.quick else pr.FULL)
+    s["round_to"] = pr.ROUND_TO
+    train_dl, test_dl = pr.data(s["n_train"], s["n_test"])
+    torch.manual_seed(0)
+    x = (torch.randn(1, 1, 28, 28),)
+    base = pr.baseline_model(s, train_dl)
+    base_macs = count_macs(base, x)
+    n_cal = min(args.resnet_calib, s["n_train"])
+    cal = [xb for xb, _ in train_dl[: max(1, n_cal // 128)]]  # images only: no labels
+    ft_dl = train_dl[: max(1, s["ft_images"] // 128)]
+    with torch.no_grad():
+        teacher = [base(xb) for xb, _ in ft_dl]
+    models: dict[str, torch.nn.Module] = {"fp32": base}
+    meta: dict[str, dict[str, Any]] = {"fp32": {"system": "torch", "seconds": 0.0, "note": "unpruned baseline"}}
+    post = copy.deepcopy(base)
+    cfg = sk.PostTrainPruneConfig(target_macs=pr.MACS_BUDGET, criterion="reconstruction", loss="kl",
+                                  round_to=pr.ROUND_TO, refit_passes=args.refit_passes)
+    info: dict[str, Any] = {}
+    _, secs = _seconds(lambda: _posttrain(post, cfg, cal, x, info))
+    meta["posttrain-0.50macs"] = {
+        "system": "slimkit", "seconds": secs,
+        "note": (f"PostTrainPruneConfig(target_macs={pr.MACS_BUDGET}, criterion='reconstruction', loss='kl', "
+                 f"round_to={pr.ROUND_TO}, refit_passes={args.refit_passes}) on {len(cal) * 128} unlabelled "
+                 f"training images: {len(info.get('groups', []))} reconstructable groups pruned, "
+                 f"{len(info.get('kept_groups', []))} kept (residual streams)")}
+    models["posttrain-0.50macs"] = post
+    post_frac = count_macs(post, x) / base_macs
+    for crit in ("l2", "taylor"):
+        (m, target), secs = _seconds(lambda c=crit: pr.sk_prune(base, x, c, train_dl[:4]))
+        models[f"{crit}-0.50macs"] = m
+        meta[f"{crit}-0.50macs"] = {"system": "slimkit", "seconds": secs, "variant_ft": f"pruned-2x-{crit}",
+                                    "note": f"StructuredPruneConfig(target_macs={target}, importance='{crit}', "
+                                            f"round_to={pr.ROUND_TO}), one-shot (as bench/prune_resnet.py)"}
+    (tpm, search), secs = _seconds(lambda: pr.tp_prune(base, x, post_frac, round_to=pr.ROUND_TO))
+    models["torch-pruning-0.50macs"] = tpm
+    meta["torch-pruning-0.50macs"] = {"system": "torch-pruning", "seconds": secs, "variant_ft": "pruned-2x-l2-tp",
+                                      "note": f"MetaPruner, MagnitudeImportance(p=2), round_to={pr.ROUND_TO}, fc "
+                                              f"kept, one-shot, searched to the posttrain row's MACs "
+                                              f"({search['method']})"}
+    quality: dict[str, dict[str, Any]] = {}
+    for name, m in models.items():
+        q: dict[str, Any] = {"accuracy": pr.accuracy(m, test_dl)}
+        if name != "fp32":
+            q["accuracy_before_finetune"] = q.pop("accuracy")
+            ident = None
+            if name.startswith("posttrain"):  # its weights differ from a one-shot model of the same widths
+                ident = hashlib.sha1(b"".join(t.detach().numpy().tobytes() for t in m.state_dict().values())
+                                     ).hexdigest()[:10]
+            ft, _, meta[name]["finetune_seconds"] = pr.finetuned(
+                copy.deepcopy(m), meta[name].get("variant_ft", name), s, ft_dl, teacher, identity=ident)
+            q["accuracy"] = pr.accuracy(ft, test_dl)
+        quality[name] = q
+        print(f"ResNet {name}: {q}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        lat = pr.measure_all(models, x, args.threads, 1 if args.quick else args.rounds, Path(tmp),
+                             reps={"b1": (5, 30), "b32": (2, 6)})
+    base_acc = quality["fp32"]["accuracy"]
+    rows = []
+    for n, m in models.items():
+        macs = count_macs(m, x)
+        q = dict(quality[n], macs_fraction=round(macs / base_macs, 4))
+        bl = lat["fp32"]["latency_ms"]
+        q.update({f"speedup_{k}": round(bl[k] / v, 3) for k, v in lat[n]["latency_ms"].items() if v})
+        verdict = ""
+        if n.startswith("posttrain"):
+            drop = 100 * (base_acc - q["accuracy_before_finetune"])
+            verdict = (f"; target: before fine-tuning within 5 points of the baseline ({drop:.1f} points below: "
+                       f"{'met' if drop <= 5 else 'missed'})")
+        rows.append({"system": meta[n]["system"], "variant": f"resnet_fmnist/{n}", "size_bytes": lat[n]["size_bytes"],
+                     "latency_ms": lat[n]["latency_ms"], "quality": q, "macs": macs,
+                     "params": sum(p.numel() for p in m.parameters()), "section": "resnet_fmnist",
+                     "seconds": meta[n]["seconds"], "finetune_seconds": meta[n].get("finetune_seconds"),
+                     "notes": (f"{meta[n]['note']}; {macs / base_macs:.3f} of the MACs; accuracy on {s['n_test']} "
+                               f"Fashion-MNIST test images, 'accuracy' after bench/prune_resnet.py's fine-tuning "
+                               f"({s['ft_epochs']} epochs over {len(ft_dl) * 128} images, distillation from the "
+                               f"baseline; cached in bench/_work/prune_resnet/); latency: bench/prune_resnet.py's "
+                               f"measure_all (BN folded, faster memory format), {args.threads} thread, shared "
+                               f"2-core machine{verdict}")})
+    return rows
+
+
 def sparse_rows(quick: bool, threads: int) -> tuple[list[dict[str, Any]], str]:
     """The rows of bench/posttrain_sparse.py (sparsity and low-rank with reconstruction), if present."""
     try:
@@ -315,9 +406,10 @@ def main() -> None:
     ap.add_argument("--calib", type=int, default=256, help="calibration crops (<= 512 per the issue)")
     ap.add_argument("--heldout", type=int, default=320)
     ap.add_argument("--refit-passes", type=int, default=1)
+    ap.add_argument("--resnet-calib", type=int, default=2048, help="unlabelled Fashion-MNIST images (ResNet)")
     ap.add_argument("--minilm-sentences", type=int, default=800, help="<= 1000 per the issue")
     ap.add_argument("--minilm-criterion", default="reconstruction", choices=("reconstruction", "fisher"))
-    ap.add_argument("--skip", nargs="*", default=[], choices=("mobilenet", "minilm", "sparse"))
+    ap.add_argument("--skip", nargs="*", default=[], choices=("mobilenet", "resnet", "minilm", "sparse"))
     args = ap.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(args.work_threads)
@@ -325,6 +417,8 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     if "mobilenet" not in args.skip:
         rows += mobilenet(args)
+    if "resnet" not in args.skip:
+        rows += resnet(args)
     if "minilm" not in args.skip:
         rows += minilm(args)
     sparse_note = "skipped"

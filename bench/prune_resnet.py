@@ -256,6 +256,42 @@ def _seconds(directory: Path) -> float | None:
     return json.loads(path.read_text())["train_seconds"] if path.exists() else None
 
 
+def baseline_model(s: dict[str, Any], train_dl: list) -> torch.nn.Module:
+    """The trained baseline for settings ``s`` (``n_train``, ``epochs``, ``width``): from the cache under
+    bench/_work/prune_resnet/, else trained on ``train_dl`` and cached."""
+    base_cache = WORK / "prune_resnet" / ("baseline-" + _key({k: s[k] for k in BASELINE_KEYS}))
+
+    def build() -> torch.nn.Module:
+        return resnet_fmnist(10, in_channels=1, width=s["width"])
+
+    base = _cached(base_cache, build)
+    if base is None:
+        base = build()
+        t1 = time.time()
+        train(base, train_dl, s["epochs"], lr=2e-3)
+        _store(base, base_cache, time.time() - t1)
+    return base.eval()
+
+
+def finetuned(m: torch.nn.Module, name: str, s: dict[str, Any], ft_dl: list, teacher: list,
+              identity: str | None = None) -> tuple[torch.nn.Module, Path, float | None]:
+    """``m`` after this benchmark's fine-tuning (``s["ft_epochs"]`` epochs over ``ft_dl``, distillation from
+    ``teacher``), cached per settings, variant ``name`` and pruned widths (plus ``identity``, for variants whose
+    weights, not only widths, differ between methods). Returns the model, its cache directory and the seconds the
+    fine-tuning took (when it ran, in this run or the one that filled the cache)."""
+    widths = [mm.out_channels for mm in m.modules() if isinstance(mm, torch.nn.Conv2d)]
+    tag = {"widths": widths} if identity is None else {"widths": widths, "identity": identity}
+    slot = WORK / "prune_resnet" / _key(s) / f"{name}-{_key(tag)}"  # a new pruned structure is fine-tuned anew
+    pruned_structure = copy.deepcopy(m)
+    tuned = _cached(slot, lambda p=pruned_structure: copy.deepcopy(p))
+    if tuned is not None:
+        return tuned, slot, _seconds(slot)
+    t2 = time.time()
+    train(m, ft_dl, s["ft_epochs"], lr=1e-3, teacher_logits=teacher)
+    _store(m, slot, time.time() - t2)
+    return m, slot, _seconds(slot)
+
+
 # ------------------------------------------------------------------------------------------------ latency
 
 def measure_all(models: dict[str, torch.nn.Module], x: tuple, threads: int, rounds: int, work: Path,
@@ -399,17 +435,7 @@ def main() -> None:  # noqa: PLR0915 - a linear script
     x = (torch.randn(1, 1, 28, 28),)
     base_cache = WORK / "prune_resnet" / ("baseline-" + _key({k: s[k] for k in BASELINE_KEYS}))
     cache = WORK / "prune_resnet" / _key(s)
-
-    def build() -> torch.nn.Module:
-        return resnet_fmnist(10, in_channels=1, width=s["width"])
-
-    base = _cached(base_cache, build)
-    if base is None:
-        base = build()
-        t1 = time.time()
-        train(base, train_dl, s["epochs"], lr=2e-3)
-        _store(base, base_cache, time.time() - t1)
-    base.eval()
+    base = baseline_model(s, train_dl)
     base_macs = count_macs(base, x)
     ft_dl = train_dl[: max(1, s["ft_images"] // 128)]
     with torch.no_grad():
@@ -434,16 +460,8 @@ def main() -> None:  # noqa: PLR0915 - a linear script
             m, target = sk_prune(base, x, crit, calib)
         prune_s = time.time() - t1
         acc0 = accuracy(m, test_dl[:2])
-        pruned_structure = copy.deepcopy(m)
         widths = [mm.out_channels for mm in m.modules() if isinstance(mm, torch.nn.Conv2d)]
-        slot = cache / f"{name}-{_key({'widths': widths})}"  # a new pruned structure is fine-tuned anew
-        tuned = _cached(slot, lambda p=pruned_structure: copy.deepcopy(p))
-        if tuned is None:
-            t2 = time.time()
-            train(m, ft_dl, s["ft_epochs"], lr=1e-3, teacher_logits=teacher)
-            _store(m, slot, time.time() - t2)
-        else:
-            m = tuned
+        m, slot, _ = finetuned(m, name, s, ft_dl, teacher)
         models[name] = m
         info[name] = {"accuracy": accuracy(m, test_dl), "accuracy_before_finetune": acc0,
                       "prune_seconds": round(prune_s, 1), "target_macs": target,
