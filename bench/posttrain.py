@@ -128,6 +128,10 @@ def mobilenet(args: argparse.Namespace) -> list[dict[str, Any]]:
                                f"reconstructable groups pruned, {len(kept)} kept (residual streams); "
                                f"{n_cal} calibration crops, no labels, no training")}
         post_macs = count_macs(m, x)
+        with torch.no_grad():
+            agree = float((logits(m).argmax(1) == ref.argmax(1)).float().mean())
+        print(f"MobileNetV2 {name}: top-1 agreement {agree:.4f}, {post_macs / base_macs:.4f} of the MACs, "
+              f"{secs} s", flush=True)
         for crit in ("l2", "taylor"):
             mm = copy.deepcopy(base)
             _, secs = _seconds(lambda mm=mm, crit=crit, t=target: sk.prune_(
