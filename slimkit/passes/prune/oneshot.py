@@ -13,7 +13,9 @@ model stays a plain model with zeros in its weights, like magnitude pruning.
 
 With ``sequential`` (the default), layers are calibrated block by block (a block is the module path up to its
 first numeric component, e.g. ``encoder.layer.3``): each block sees the inputs the already pruned blocks
-before it produce. Weights that are already zero stay zero. Per-layer records (what was removed, relative
+before it produce; ``sequential="layer"`` goes further: every set of layers that read the same tensor is
+calibrated after the layers that run before it are pruned (SparseGPT's "true sequential"). Each calibration
+pass stops as soon as the layers it collects for have run. Weights that are already zero stay zero. Per-layer records (what was removed, relative
 output error on the calibration data) go to the ``OneShotRecord`` ``ctx.extras["oneshot"]``.
 """
 
@@ -30,7 +32,8 @@ from torch import nn
 
 from slimkit.analysis.calibration import InputStats, block_of, collect_input_stats, reiterable
 from slimkit.config.prune import SparseGPTConfig, WandaPruneConfig
-from slimkit.context import PassContext, PassRecord
+from slimkit.context import PassContext, PassRecord, eval_mode, model_device
+from slimkit.data.batch import call_model, split_batch
 from slimkit.errors import ConfigError
 from slimkit.passes.prune.masks import eligible_layers, reparametrized_layers
 from slimkit.passes.prune.unstructured import prune_count
@@ -188,20 +191,51 @@ def _prune_layer(name: str, module: nn.Module, stats: InputStats, cfg: OneShotCo
     return record
 
 
+def input_groups(model: nn.Module, layers: dict[str, nn.Module], calibration: Any) -> list[list[str]]:
+    """``layers`` in the order they run on the first calibration batch, consecutive layers that read the same
+    input tensor (attention query, key and value) in one group; layers never called come last, alone."""
+    calls: list[tuple[str, tuple[Any, ...]]] = []
+
+    def hook_for(name: str) -> Any:
+        def hook(mod: nn.Module, args: Any) -> None:
+            x = args[0] if args else None
+            if isinstance(x, torch.Tensor) and all(n != name for n, _ in calls):
+                calls.append((name, (x.data_ptr(), tuple(x.shape), x.stride(), x._version)))
+        return hook
+
+    handles = [m.register_forward_pre_hook(hook_for(n)) for n, m in layers.items()]
+    try:
+        with eval_mode(model), torch.no_grad():
+            call_model(model, split_batch(next(iter(calibration)))[0], model_device(model))
+    finally:
+        for h in handles:
+            h.remove()
+    groups: list[list[str]] = []
+    for i, (name, key) in enumerate(calls):
+        if i and key == calls[i - 1][1]:
+            groups[-1].append(name)
+        else:
+            groups.append([name])
+    seen = {n for n, _ in calls}
+    return groups + [[n] for n in layers if n not in seen]
+
+
 def oneshot_prune_(model: nn.Module, cfg: OneShotConfig, calibration: Any) -> list[dict[str, Any]]:
     """Apply ``cfg`` (Wanda or SparseGPT) to ``model`` in place with ``calibration`` batches; return the
     per-layer records. Every check runs before the model is touched."""
     layers = _layers(model, cfg)
     calibration = reiterable(calibration, cfg.calibration_batches)
-    if cfg.sequential:
-        blocks: list[list[str]] = [list(group) for _, group in itertools.groupby(layers, key=block_of)]
+    if cfg.sequential == "layer":
+        blocks = input_groups(model, layers, calibration)
+    elif cfg.sequential:
+        blocks = [list(group) for _, group in itertools.groupby(layers, key=block_of)]
     else:
         blocks = [list(layers)]
     records: list[dict[str, Any]] = []
     with track(f"prune:{cfg.method}", total=len(layers)) as task:
         for block in blocks:
             stats = collect_input_stats(model, calibration, {n: layers[n] for n in block}, full=True,
-                                        max_batches=cfg.calibration_batches)
+                                        max_batches=cfg.calibration_batches, stop_early=bool(cfg.sequential))
             for name in block:
                 if stats[name].count == 0:
                     records.append({"layer": name, "method": cfg.method, "pattern": _pattern(cfg),
