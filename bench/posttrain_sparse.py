@@ -55,6 +55,7 @@ from slimkit.evaluation.embedding_fidelity import cosine_stats  # noqa: E402
 N_CALIBRATION = 1000
 EXCLUDE = ["*pooler*"]  # the pooler is not part of the mean-pooled embedding
 FFN_ONLY = ["*attention*", "*pooler*"]
+SECTIONS = ("ffn-lowrank-50", "unstructured-50", "2:4")
 
 
 def _log(msg: str) -> None:
@@ -97,8 +98,9 @@ def _zero_fraction(model: torch.nn.Module) -> float:
     return sum(int((m.weight == 0).sum()) for m in lins) / sum(m.weight.numel() for m in lins)
 
 
-def sections(quick: bool, threads: int = 1, rounds: int | None = None) -> list[dict[str, Any]]:
-    """Run every variant and return bench-result rows (``system``, ``variant``, ``size_bytes``,
+def sections(quick: bool, threads: int = 1, rounds: int | None = None,
+             only: list[str] | None = None) -> list[dict[str, Any]]:
+    """Run every variant (those of the sections in ``only`` when given) and return bench-result rows (``system``, ``variant``, ``size_bytes``,
     ``latency_ms``, ``quality``, ``params``, ``notes``, plus ``section``, ``seconds`` and ``target``)."""
     from slimkit.exporters.onnx_transformer import export_encoder_onnx
     from slimkit.models.sentence import load_minilm
@@ -124,6 +126,8 @@ def sections(quick: bool, threads: int = 1, rounds: int | None = None) -> list[d
     info: dict[str, dict[str, Any]] = {"fp32": {"section": "baseline", "note": "all-MiniLM-L6-v2, offline package",
                                                  "seconds": 0.0, "quality": {"cosine": 1.0, "cosine_min": 1.0}}}
     for section, name, cfg, note in variants(quick):
+        if only and section not in only:
+            continue
         model = copy.deepcopy(base)
         ctx_kw = {} if cfg.method in ("magnitude", "nm") or (cfg.kind == "lowrank" and not cfg.whiten) \
             else {"calibration": cal_b}
@@ -194,10 +198,11 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small and fast; numbers not meaningful, nothing written")
     ap.add_argument("--threads", type=int, default=1, help="threads for compression and latency")
     ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--only", nargs="*", default=None, choices=SECTIONS, help="run only these sections")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    rows = sections(args.quick, args.threads, args.rounds)
+    rows = sections(args.quick, args.threads, args.rounds, args.only)
     result = {"bench": "posttrain_sparse", "command": command_line(),
               "machine": {**machine_info(args.threads), "avx512_vnni": has_vnni()},
               "rows": rows, "quick": args.quick, "shared_machine": True, "seconds": round(time.time() - t0, 1)}

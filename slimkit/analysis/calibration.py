@@ -177,6 +177,35 @@ def block_of(name: str) -> str:
     return name
 
 
+def input_groups(model: nn.Module, layers: Mapping[str, nn.Module], calibration: Iterable[object]) -> list[list[str]]:
+    """``layers`` in the order they run on the first calibration batch, consecutive layers that read the same
+    input tensor (attention query, key and value) in one group; layers never called come last, alone."""
+    calls: list[tuple[str, tuple[object, ...]]] = []
+
+    def hook_for(name: str):  # noqa: ANN202 - a forward pre-hook
+        def hook(mod: nn.Module, args: tuple[object, ...]) -> None:
+            x = args[0] if args else None
+            if isinstance(x, torch.Tensor) and all(n != name for n, _ in calls):
+                calls.append((name, (x.data_ptr(), tuple(x.shape), x.stride(), x._version)))
+        return hook
+
+    handles = [m.register_forward_pre_hook(hook_for(n)) for n, m in layers.items()]
+    try:
+        with eval_mode(model), torch.no_grad():
+            call_model(model, split_batch(next(iter(calibration)))[0], model_device(model))
+    finally:
+        for h in handles:
+            h.remove()
+    groups: list[list[str]] = []
+    for i, (name, key) in enumerate(calls):
+        if i and key == calls[i - 1][1]:
+            groups[-1].append(name)
+        else:
+            groups.append([name])
+    seen = {n for n, _ in calls}
+    return groups + [[n] for n in layers if n not in seen]
+
+
 def reiterable(calibration: Iterable[object], limit: int | None = None) -> Iterable[object]:
     """``calibration`` itself when it can be iterated again (a loader, a list), else its first ``limit``
     batches in a list, so passes that calibrate block by block can run over it several times."""

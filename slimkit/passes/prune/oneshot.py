@@ -30,10 +30,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from slimkit.analysis.calibration import InputStats, block_of, collect_input_stats, reiterable
+from slimkit.analysis.calibration import InputStats, block_of, collect_input_stats, input_groups, reiterable
 from slimkit.config.prune import SparseGPTConfig, WandaPruneConfig
-from slimkit.context import PassContext, PassRecord, eval_mode, model_device
-from slimkit.data.batch import call_model, split_batch
+from slimkit.context import PassContext, PassRecord
 from slimkit.errors import ConfigError
 from slimkit.passes.prune.masks import eligible_layers, reparametrized_layers
 from slimkit.passes.prune.unstructured import prune_count
@@ -189,35 +188,6 @@ def _prune_layer(name: str, module: nn.Module, stats: InputStats, cfg: OneShotCo
     record["sparsity"] = record["removed"] / max(weight.numel(), 1)
     record["seconds"] = round(time.perf_counter() - t0, 4)
     return record
-
-
-def input_groups(model: nn.Module, layers: dict[str, nn.Module], calibration: Any) -> list[list[str]]:
-    """``layers`` in the order they run on the first calibration batch, consecutive layers that read the same
-    input tensor (attention query, key and value) in one group; layers never called come last, alone."""
-    calls: list[tuple[str, tuple[Any, ...]]] = []
-
-    def hook_for(name: str) -> Any:
-        def hook(mod: nn.Module, args: Any) -> None:
-            x = args[0] if args else None
-            if isinstance(x, torch.Tensor) and all(n != name for n, _ in calls):
-                calls.append((name, (x.data_ptr(), tuple(x.shape), x.stride(), x._version)))
-        return hook
-
-    handles = [m.register_forward_pre_hook(hook_for(n)) for n, m in layers.items()]
-    try:
-        with eval_mode(model), torch.no_grad():
-            call_model(model, split_batch(next(iter(calibration)))[0], model_device(model))
-    finally:
-        for h in handles:
-            h.remove()
-    groups: list[list[str]] = []
-    for i, (name, key) in enumerate(calls):
-        if i and key == calls[i - 1][1]:
-            groups[-1].append(name)
-        else:
-            groups.append([name])
-    seen = {n for n, _ in calls}
-    return groups + [[n] for n in layers if n not in seen]
 
 
 def oneshot_prune_(model: nn.Module, cfg: OneShotConfig, calibration: Any) -> list[dict[str, Any]]:
