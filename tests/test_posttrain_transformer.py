@@ -132,3 +132,24 @@ def test_true_sequential_sparsegpt_groups_and_beats_magnitude() -> None:
             == pytest.approx(0.5, abs=0.01)
         errs[name] = _rel_err(model, base, held)
     assert errs["sparsegpt"] < 0.5 * errs["magnitude"], errs
+
+
+def test_solve_weights_is_ridge_least_squares_toward_the_given_weight() -> None:
+    from slimkit.passes.prune.rescale import solve_weights
+
+    torch.manual_seed(1)
+    n, d, out = 400, 10, 4
+    x = (torch.randn(n, d) @ torch.randn(d, d) + 0.2).double()
+    t = x @ torch.randn(d, out).double() + torch.randn(n, out).double() * 0.1 - 0.5
+    w0, b0 = torch.randn(out, d).double(), torch.zeros(out).double()
+    z = torch.cat([x, t], 1)
+    w, b, err = solve_weights(w0, b0, z.T @ z, z.sum(0), n, ridge=1e-9)
+    direct = torch.linalg.lstsq(torch.cat([x, torch.ones(n, 1).double()], 1), t).solution.T
+    assert torch.allclose(w, direct[:, :d], atol=1e-6) and torch.allclose(b, direct[:, d], atol=1e-6)
+    assert err == pytest.approx(float((x @ w.T + b - t).pow(2).sum() / t.pow(2).sum()), rel=1e-6)
+    # a strong ridge stays near w0 and is still no worse than w0 with its best bias
+    w_strong, b_strong, err_strong = solve_weights(w0, b0, z.T @ z, z.sum(0), n, ridge=100.0)
+    best_b0 = (t - x @ w0.T).mean(0)
+    err0 = float((x @ w0.T + best_b0 - t).pow(2).sum() / t.pow(2).sum())
+    assert err <= err_strong <= err0
+    assert float((w_strong - w0).norm()) < 0.5 * float((w - w0).norm())

@@ -63,6 +63,10 @@ class PostTrainPruneConfig(PassConfig):
     ridge: float = Field(1e-3, ge=0, lt=1)
     refit: Literal["auto", "weights", "scales"] = "auto"
     refit_passes: int = Field(2, ge=0, le=10)
+    weight_ridge: float | None = Field(
+        None, gt=0, le=100, description="refit='scales': then also refit each consumer's whole kept weight, ridge "
+                                        "toward the scaled weight with this strength (x mean diagonal of the "
+                                        "input covariance); None: scales and bias only")
     macs_tolerance: float = Field(0.02, gt=0, lt=0.5)
 
     @model_validator(mode="after")

@@ -422,7 +422,8 @@ def _tune_scales(model: nn.Module, reference: nn.Module, targets: list[Target], 
             keep = _keep_cols(t, width, [u for u in t.cols if u in removed])
             units = [torch.searchsorted(keep, t.cols[u]) for u in kept]
             before, after, _ = tune_scales(reference, model, name, units, calib, parent=parents.get(name),
-                                           ridge=cfg.ridge, max_batches=cfg.calibration_batches)
+                                           ridge=cfg.ridge, max_batches=cfg.calibration_batches,
+                                           weight_ridge=cfg.weight_ridge)
             rec = records[t.group.index]
             rec["relative_error"] += ([round(before, 6)] if sweep == 0 else []) + [round(after, 6)]
             rec["residual"] = parents.get(name)

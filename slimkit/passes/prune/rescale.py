@@ -128,7 +128,7 @@ class _Paired(nn.Module):
 
 
 def solve_scales(w: torch.Tensor, b: torch.Tensor | None, units: list[torch.Tensor], xtx: torch.Tensor,
-           total: torch.Tensor, n: int, ridge: float) -> tuple[torch.Tensor, torch.Tensor | None, float, float]:
+                 total: torch.Tensor, n: int, ridge: float) -> tuple[torch.Tensor, torch.Tensor | None, float, float]:
     """``(scales, new bias, relative error before, after)`` from the streamed moments of ``[x, t]``."""
     d = w.shape[1]
     sxx, stx = xtx[:d, :d], xtx[d:, :d]
@@ -162,11 +162,29 @@ def solve_scales(w: torch.Tensor, b: torch.Tensor | None, units: list[torch.Tens
     return s, new_b, before, after
 
 
+def solve_weights(w: torch.Tensor, b: torch.Tensor, xtx: torch.Tensor, total: torch.Tensor, n: int,
+                  ridge: float) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The whole weight and bias minimizing ``E||W' x + b' - t||^2 + lam ||W' - W||^2`` (``lam = ridge *
+    mean(diag)`` of the centred input covariance: pulled toward the given ``w``, so never worse than it with
+    its best bias), and the relative error; same moments as :func:`solve_scales`."""
+    d = w.shape[1]
+    mx, mt = total[:d] / n, total[d:] / n
+    cxx = xtx[:d, :d] - n * torch.outer(mx, mx)
+    ctx = xtx[d:, :d] - n * torch.outer(mt, mx)
+    ctt = float(torch.trace(xtx[d:, d:])) - n * float(mt @ mt)
+    lam = ridge * float(torch.diag(cxx).mean().clamp_min(1e-30))
+    new_w = torch.linalg.solve(cxx + lam * torch.eye(d, dtype=torch.float64), (ctx + lam * w).T).T
+    err = float(torch.einsum("od,de,oe->", new_w, cxx, new_w)) - 2 * float((new_w * ctx).sum()) + ctt
+    return new_w, mt - new_w @ mx, max(err, 0.0) / max(float(torch.trace(xtx[d:, d:])), 1e-30)
+
+
 def tune_scales(reference: nn.Module, model: nn.Module, consumer: str, units: list[torch.Tensor],
                 calibration: Iterable[Any], *, parent: str | None, ridge: float,
-                max_batches: int | None) -> tuple[float, float, torch.Tensor]:
+                max_batches: int | None, weight_ridge: float | None = None) -> tuple[float, float, torch.Tensor]:
     """Tune the per-unit scales of ``model``'s Linear ``consumer`` (``units``: its column indices per kept
-    unit) against ``reference`` and write them in; return ``(relative error before, after, scales)``."""
+    unit) against ``reference`` and write them in; return ``(relative error before, after, scales)``. With
+    ``weight_ridge`` (and a bias), the whole kept weight is then refit too, pulled toward the scaled one
+    (:func:`solve_weights`)."""
     paired = _Paired(reference, model, consumer, parent)
     stats = collect_input_stats(paired, calibration, {"probe": paired.probe}, max_batches=max_batches)["probe"]
     mod = model.get_submodule(consumer)
@@ -177,8 +195,14 @@ def tune_scales(reference: nn.Module, model: nn.Module, consumer: str, units: li
     scale = torch.ones(w.shape[1], dtype=torch.float64)
     for cols, si in zip(units, s.tolist(), strict=True):
         scale[cols] = si
+    new_w = w * scale[None, :]
+    if weight_ridge is not None and new_b is not None:
+        full_w, full_b, full_err = solve_weights(new_w, new_b, stats.xtx[0], stats.sum[0], max(stats.count, 1),
+                                                 weight_ridge)
+        if full_err <= after and bool(torch.isfinite(full_w).all()):
+            new_w, new_b, after = full_w, full_b, full_err
     with torch.no_grad():
-        mod.weight.copy_((w * scale[None, :]).to(mod.weight))
+        mod.weight.copy_(new_w.to(mod.weight))
         if new_b is not None:
             mod.bias.copy_(new_b.to(mod.bias))
     return before, after, s
@@ -202,4 +226,4 @@ def execution_order(model: nn.Module, names: list[str], example: Any) -> list[st
     return order + [n for n in names if n not in order]
 
 
-__all__ = ["execution_order", "residual_parent", "solve_scales", "tune_scales"]
+__all__ = ["execution_order", "residual_parent", "solve_scales", "solve_weights", "tune_scales"]
