@@ -8,7 +8,7 @@
   unpruned model on the held-out halves (never the same pixels). Latency: eager (BatchNorm folded) and
   onnxruntime at batch 1, all models timed round-robin in the same run.
 - MiniLM (all-MiniLM-L6-v2, offline) heads + FFN width at 0.6 of the encoder FLOPs (seq 128):
-  ``PostTrainPruneConfig`` (Fisher mask scores on the output MSE, allocation under the FLOPs, per-unit scale
+  ``PostTrainPruneConfig`` (greedy reconstruction order, measured sensitivity, allocation under the FLOPs, per-unit scale
   refit layer by layer, ``refit="scales"``) on the same <= 1,000 unlabelled sentences as
   bench/posttrain_sparse.py, with one-shot ``l2`` structured pruning at the same FLOPs beside it: cosine of
   mean-pooled embeddings to the original on the 200 held-out sentences, latency eager and onnxruntime at batch
@@ -332,7 +332,7 @@ def main() -> None:
     ap.add_argument("--heldout", type=int, default=320)
     ap.add_argument("--refit-passes", type=int, default=1)
     ap.add_argument("--minilm-sentences", type=int, default=1000, help="<= 1000 per the issue")
-    ap.add_argument("--minilm-criterion", default="fisher", choices=("reconstruction", "fisher"))
+    ap.add_argument("--minilm-criterion", default="reconstruction", choices=("reconstruction", "fisher"))
     ap.add_argument("--minilm-macs", type=float, default=0.6, help="fraction of the encoder FLOPs to keep")
     ap.add_argument("--minilm-refit-passes", type=int, default=1, help="sweeps of the per-unit scale refit")
     ap.add_argument("--sparse-only", nargs="*", default=None,

