@@ -153,3 +153,25 @@ def test_solve_weights_is_ridge_least_squares_toward_the_given_weight() -> None:
     err0 = float((x @ w0.T + best_b0 - t).pow(2).sum() / t.pow(2).sum())
     assert err <= err_strong <= err0
     assert float((w_strong - w0).norm()) < 0.5 * float((w - w0).norm())
+
+
+def test_layer_sequential_whitened_lowrank_beats_plain_svd_and_configs_validate() -> None:
+    from slimkit.config.base import build
+    from slimkit.errors import RecipeError
+
+    base, calib, held = _bert(6), _batches(7, n=8), _batches(8)
+    errs = {}
+    for name, cfg in (("plain", sk.SVDConfig(rank_ratio=0.5, include=["Linear"])),
+                      ("whitened", sk.SVDConfig(rank_ratio=0.5, include=["Linear"], whiten=True,
+                                                sequential="layer"))):
+        model = copy.deepcopy(base)
+        sk.lowrank_(model, cfg, **({"calibration": calib} if cfg.whiten else {}))
+        assert isinstance(model.encoder.layer[1].output.dense, torch.nn.Sequential)
+        errs[name] = _rel_err(model, base, held)
+    assert errs["whitened"] < errs["plain"], errs
+    for cls, bad in ((sk.PostTrainPruneConfig, {"ratio": 0.5, "refit": "matrices"}),
+                     (sk.PostTrainPruneConfig, {"ratio": 0.5, "weight_ridge": 0}),
+                     (sk.SparseGPTConfig, {"sparsity": 0.5, "sequential": "token"}),
+                     (sk.SVDConfig, {"rank_ratio": 0.5, "sequential": "heads"})):
+        with pytest.raises(RecipeError):
+            build(cls, bad)
