@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from slimkit._io import MAX_YAML_DEPTH, read_yaml
 from slimkit.config.auto import AutoConfig
 from slimkit.config.base import PassConfig, StrictModel, build, format_loc, validation_problems
+from slimkit.config.tracking import TrackingConfig
 from slimkit.errors import RecipeError
 
 MAX_SEED = 2**32 - 1
@@ -148,6 +149,8 @@ class Recipe(StrictModel):
         "best", description="best: the last stage that met every constraint (the last stage when none did); "
                             "last: always the last finished stage")
     auto: AutoConfig | None = Field(None, description="settings of `slimkit auto`; `slimkit run` ignores them")
+    tracking: TrackingConfig | None = Field(None, description="log the run to MLflow (off when absent; the CLI's "
+                                                              "--track mlflow[:URI] sets it)")
 
     @model_validator(mode="after")
     def _deployed_latency(self) -> Recipe:
@@ -173,8 +176,9 @@ class Recipe(StrictModel):
     def resolved(self) -> dict[str, Any]:
         """The recipe with every default filled in, as plain data (for recipe.yaml and report.json)."""
         data = self.model_dump(mode="json", exclude={"stages"})
-        if data.get("auto") is None:
-            data.pop("auto", None)  # absent unless given: the resolved recipe of ordinary runs is unchanged
+        for key in ("auto", "tracking"):
+            if data.get(key) is None:
+                data.pop(key, None)  # absent unless given: the resolved recipe of ordinary runs is unchanged
         if data["evaluate"].get("latency") and data["evaluate"]["latency"].get("runtime") == "torch":
             data["evaluate"]["latency"].pop("runtime")  # the default; keeps the hashes of existing runs
         data["stages"] = [s.stage_dict() for s in self.stages]

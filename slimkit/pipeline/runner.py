@@ -8,7 +8,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -16,6 +16,7 @@ from torch import nn
 from slimkit._io import atomic_write_json, atomic_write_text, disk_full_errors
 from slimkit.config.base import PassConfig
 from slimkit.config.recipe import Recipe, load_recipe, parse_recipe
+from slimkit.config.tracking import TrackingConfig
 from slimkit.context import PassContext
 from slimkit.errors import DivergenceError, ModelLoadError, RecipeError, RunError
 from slimkit.pipeline.constraints import check_constraints, choose_delivery, verdict
@@ -210,10 +211,13 @@ def relative_artifacts(entry: dict[str, Any], base: Path) -> dict[str, Any]:
 
 
 def run_recipe(recipe: Any, out: str | Path | None = None, *, resume: bool = False,
-               replace: bool = False) -> dict[str, Any]:
+               replace: bool = False, tracking: TrackingConfig | Literal[False] | None = None) -> dict[str, Any]:
     """Execute ``recipe`` into ``out`` (default ``runs/<name>``) and return the report as a dict.
 
     ``replace=True`` deletes a previous run found in ``out`` (after taking its lock) instead of refusing.
+    ``tracking``: None follows the recipe's ``tracking:`` block, False turns tracking off, a
+    :class:`~slimkit.config.tracking.TrackingConfig` replaces the block; a tracked run is logged to MLflow
+    after its report is written (:mod:`slimkit.pipeline.tracking`).
     A stage whose training diverges stops the run there; ``final`` is the stage ``recipe.deliver`` picks
     (:func:`slimkit.pipeline.constraints.choose_delivery`) and the report's ``delivered`` says which and why.
     """
@@ -221,12 +225,18 @@ def run_recipe(recipe: Any, out: str | Path | None = None, *, resume: bool = Fal
     from slimkit.pipeline.fit import check_fit
 
     check_fit(r)  # model, weights and data fit together: fail before any compute
+    from slimkit.pipeline.tracking import log_run, resolve_tracking
+
+    track = resolve_tracking(r.tracking, tracking)  # a missing MLflow is found before any compute
     run_dir = Path(out) if out is not None else Path("runs") / r.name
     need: dict[str, int] = {}
     with RunLock(run_dir), disk_full_errors(run_dir, need):
         if replace and not resume:
             _clear_run_dir(run_dir)
-        return _run_locked(r, run_dir, resume=resume, need=need)
+        report = _run_locked(r, run_dir, resume=resume, need=need)
+        if track is not None:
+            log_run(track, run_dir, report)
+        return report
 
 
 def _clear_run_dir(run_dir: Path) -> None:
@@ -250,7 +260,7 @@ def _run_locked(r: Recipe, run_dir: Path, *, resume: bool, need: dict[str, int])
     resolved = r.resolved()
     state = RunState(run_dir)
     state.start(recipe_hash(resolved), resume=resume)
-    for name in ("report.json", "report.md", "report.html"):  # a report only ever describes a finished run
+    for name in ("report.json", "report.md", "report.html", "tracking.json"):  # only ever of a finished run
         (run_dir / name).unlink(missing_ok=True)
     atomic_write_text(run_dir / "recipe.yaml", _yaml(resolved))
     torch.manual_seed(r.seed)
