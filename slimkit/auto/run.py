@@ -81,20 +81,23 @@ def auto(model_or_recipe: Any, *, data: str | None = None, out: str | Path | Non
     config["timeout_s"] = max(1.0, cfg.budget_s - (time.monotonic() - t0))
     plan = parse_search(config, source=str(search_file))
     result = search(plan, out=out, resume=resume or (out / "search.json").exists(), tracking=False)
-    data = finish(out, result, profile, cfg)
+    summary = finish(out, result, profile, cfg)
     if track is not None:
-        _track(track, out, result)
-    return data
+        log_auto(track, out, result)
+    return summary
 
 
-def _track(track: Any, out: Path, result: dict[str, Any]) -> None:
+def log_auto(track: Any, out: Path, result: dict[str, Any]) -> dict[str, Any]:
+    """Log a finished auto run in ``out`` (``result``: its search.json) to MLflow: one run with auto.json/md/html,
+    the profile, the chosen recipe and the deployed model (when at most ``track.max_model_mb``) as artifacts,
+    and a nested run per trial. Returns the content of ``out/tracking.json``."""
     from slimkit.pipeline.tracking import SEARCH_FILES, log_search
 
     files = ["auto.json", "auto.md", "auto.html", "chosen.yaml", "closest.yaml", "profile.json", *SEARCH_FILES]
     deployed = out / "deploy" / "model.onnx"
     if deployed.is_file() and deployed.stat().st_size <= track.max_model_mb * 1e6:
         files.append("deploy/model.onnx")
-    log_search(track, out, result, files=files, tags={"slimkit.kind": "auto"})
+    return log_search(track, out, result, files=files, tags={"slimkit.kind": "auto"})
 
 
 def finish(out: Path, result: dict[str, Any], profile: dict[str, Any], cfg: Any) -> dict[str, Any]:
@@ -151,4 +154,4 @@ def finish(out: Path, result: dict[str, Any], profile: dict[str, Any], cfg: Any)
     return data
 
 
-__all__ = ["auto", "finish"]
+__all__ = ["auto", "finish", "log_auto"]

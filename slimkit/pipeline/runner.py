@@ -17,8 +17,9 @@ from slimkit._io import atomic_write_json, atomic_write_text, disk_full_errors
 from slimkit.config.base import PassConfig
 from slimkit.config.recipe import Recipe, load_recipe, parse_recipe
 from slimkit.config.tracking import TrackingConfig
-from slimkit.context import PassContext
+from slimkit.context import PassContext, resolve_device
 from slimkit.errors import DivergenceError, ModelLoadError, RecipeError, RunError
+from slimkit.evaluation.latency import environment
 from slimkit.pipeline.constraints import check_constraints, choose_delivery, verdict
 from slimkit.pipeline.state import RunLock, RunState, recipe_hash
 from slimkit.progress import track
@@ -62,6 +63,7 @@ class _Run:
     bundle: Any = None
     build: Any = None
     reference: nn.Module | None = None  # the baseline model: fidelity is measured against it
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # recipe.device, resolved
     stages_meta: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -264,11 +266,11 @@ def _run_locked(r: Recipe, run_dir: Path, *, resume: bool, need: dict[str, int])
         (run_dir / name).unlink(missing_ok=True)
     atomic_write_text(run_dir / "recipe.yaml", _yaml(resolved))
     torch.manual_seed(r.seed)
-    run = _Run(r, run_dir)
+    run = _Run(r, run_dir, device=resolve_device(r.device))
     with track("load data", total=None):
         run.bundle = load_data(r.data)
     run.build = lambda: build_model(r.model, input_shape=run.bundle.input_shape, num_classes=run.bundle.num_classes,
-                                    seed=r.seed)
+                                    seed=r.seed).to(run.device)
     baseline_model = _baseline(run, state)
     need["bytes"] = sum(t.numel() * t.element_size() for t in baseline_model.state_dict().values())
     baseline_metrics = dict(state.data["baseline"])
@@ -370,7 +372,7 @@ def _run_locked(r: Recipe, run_dir: Path, *, resume: bool, need: dict[str, int])
         "constraints": rows,
         "verdict": verdict(baseline_metrics, final, rows, notes=_delivery_notes(delivered, stopped, stages)
                            + _runtime_notes(model) + _stage_notes(stages) + _export_notes(exports)),
-        "environment": _environment(),
+        "environment": environment(run.device),
     }
     from slimkit.pipeline.report import write_report
 
@@ -420,7 +422,7 @@ def _stopped_report(run: _Run, baseline: dict[str, Any], stages: list[dict[str, 
               "verdict": verdict(baseline, final, rows, notes=[f"Stopped early {why}; later stages cannot win it "
                                                                "back, so they, the export and the latency "
                                                                "measurement were skipped."]),
-              "environment": _environment()}
+              "environment": environment(run.device)}
     write_report(run.run_dir, report)
     return report
 
@@ -455,25 +457,6 @@ def _export_notes(exports: list[dict[str, Any]]) -> list[str]:
             for e in exports if e.get("note")]
 
 
-def _environment() -> dict[str, Any]:
-    import platform
-
-    return {"torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
-            "cpu": _cpu_name()}
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
-
-
 def _yaml(data: dict[str, Any]) -> str:
     import yaml
 
@@ -486,10 +469,10 @@ def restore_saved(recipe: Recipe, run_dir: Path, directory: Path, upto: int) -> 
     from slimkit.data import load_data
     from slimkit.models import build_model
 
-    run = _Run(recipe, run_dir)
+    run = _Run(recipe, run_dir, device=resolve_device(recipe.device))
     run.bundle = load_data(recipe.data)
     run.build = lambda: build_model(recipe.model, input_shape=run.bundle.input_shape,
-                                    num_classes=run.bundle.num_classes, seed=recipe.seed)
+                                    num_classes=run.bundle.num_classes, seed=recipe.seed).to(run.device)
     return _restore(run, directory, list(recipe.stages[:upto])), run.bundle
 
 
