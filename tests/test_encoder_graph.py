@@ -184,3 +184,35 @@ def test_outlier_paths_selected_per_layer_by_measured_fidelity(tiny_onnx, tmp_pa
     same = cosine_stats(ort_embed(tmp_path / "one-path.onnx", ids, mask), ort_embed(tiny_onnx, ids, mask))
     assert same["cosine_min"] > 0.99999
 
+
+
+def test_output_projection_smoothing_folds_into_values_exactly(tmp_path) -> None:
+    """smooth_into_values on the unfused export (distinct, non-zero biases, so the value bias is an initializer
+    of its own): both attention output projections smoothed, no node added, fp32 outputs unchanged."""
+    from slimkit.exporters.encoder_int8 import EncoderInt8Config, prepare_encoder_int8
+    from slimkit.exporters.onnx_transformer import export_encoder_onnx, ort_embed
+    from slimkit.models.sentence import SentenceEncoder
+
+    torch.manual_seed(1)
+    cfg = transformers.BertConfig(vocab_size=2048, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=64, max_position_embeddings=64)
+    model = transformers.BertModel(cfg, add_pooling_layer=False).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.5)
+    src = export_encoder_onnx(SentenceEncoder(model), tmp_path / "biased.onnx")
+    calib = [_feeds(8, 24, seed=s) for s in range(2)]
+    only_values = EncoderInt8Config(smooth_nodes=(), outlier_channels=0)
+    proto, info = prepare_encoder_int8(src, calib, only_values, tmp_path)
+    assert info["smoothed"] == [f"/transformer/encoder/layer.{i}/attention/output/dense/MatMul" for i in (0, 1)]
+    plain, _ = prepare_encoder_int8(src, calib, EncoderInt8Config(smooth_nodes=(), outlier_channels=0,
+                                                                  smooth_output_nodes=()), tmp_path)
+    assert [n.op_type for n in proto.graph.node] == [n.op_type for n in plain.graph.node]  # no run-time op
+    ws = [{t.name: onnx.numpy_helper.to_array(t) for t in g.graph.initializer} for g in (proto, plain)]
+    changed = [k for k in ws[1] if ws[1][k].dtype == np.float32 and not np.array_equal(ws[0][k], ws[1][k])]
+    assert len(changed) == 2 * 3, changed  # per layer: value weight and bias, output projection weight
+    onnx.save_model(proto, str(tmp_path / "smoothed.onnx"))
+    ids, mask = _feeds(5, 21, seed=3)
+    np.testing.assert_allclose(ort_embed(tmp_path / "smoothed.onnx", ids, mask), ort_embed(src, ids, mask),
+                               rtol=1e-4, atol=1e-5)

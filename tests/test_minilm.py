@@ -74,8 +74,8 @@ def test_int8_fidelity_and_bytes(encoder, fp32_onnx, tmp_path) -> None:
     handful of held-out sentences batched with padding: close to fp32, <= 26% of the bytes."""
     from slimkit.data.sentences import split_sentences
     from slimkit.evaluation.embedding_fidelity import cosine_stats
-    from slimkit.exporters.onnx_int8 import onnx_size_bytes
     from slimkit.exporters.encoder_int8 import EncoderInt8Config, quantize_encoder_int8
+    from slimkit.exporters.onnx_int8 import onnx_size_bytes
     from slimkit.exporters.onnx_transformer import ort_embed
 
     calib, _ = split_sentences(48)
