@@ -121,6 +121,12 @@ def _layers(res: dict[str, Any]) -> str:
     return f"layers {kept}{of}" if kept else f"no layer{of}"
 
 
+def _kept_patterns(res: dict[str, Any], cfg: EncoderInt8Config) -> tuple[str, ...]:
+    """The outlier side paths ``res`` kept, as exact-name patterns (another build with the same paths)."""
+    sel = res.get("outlier_selection")
+    return tuple(f"^{re.escape(n)}$" for n in sel["kept"]) if sel else cfg.outlier_nodes
+
+
 def _ort_runner(path: Path, threads: int) -> Any:
     sess = _session(path, threads)
     return lambda ids, mask: ort_embed(sess, ids, mask)
@@ -227,10 +233,12 @@ def main() -> None:
     if not args.quick:
         plain = quantize_encoder_int8(fp32, work / "slimkit-int8-no-rewrites.onnx", calibration=calib,
                                       config=EncoderInt8Config(weight_only=(), block_skip_layernorm=False,
-                                                               static_shapes=False))
+                                                               static_shapes=False, outlier_select=False,
+                                                               outlier_nodes=_kept_patterns(res, cfg)))
         paths[("slimkit", "int8-smooth-outlier-no-rewrites")] = plain["artifact"]
         notes[("slimkit", "int8-smooth-outlier-no-rewrites")] = (
-            "the row below without its exact graph rewrites (Reshape targets computed by shape subgraphs; "
+            "the row below (same smoothing, same outlier side paths) without its exact graph rewrites (Reshape "
+            "targets computed by shape subgraphs; "
             "residual Add + LayerNormalization left for onnxruntime to fuse into SkipLayerNormalization where it "
             "can prove the shapes)")
     if not args.quick:
