@@ -121,6 +121,15 @@ def _layers(res: dict[str, Any]) -> str:
     return f"layers {kept}{of}" if kept else f"no layer{of}"
 
 
+def _n_output(res: dict[str, Any]) -> int:
+    """How many attention output projections took value-folded smoothing."""
+    return sum("attention/output/dense" in n for n in res["smoothed"])
+
+
+def _n_input(res: dict[str, Any]) -> int:
+    return len(res["smoothed"]) - _n_output(res)
+
+
 def _kept_patterns(res: dict[str, Any], cfg: EncoderInt8Config) -> tuple[str, ...]:
     """The outlier side paths ``res`` kept, as exact-name patterns (another build with the same paths)."""
     sel = res.get("outlier_selection")
@@ -252,14 +261,16 @@ def main() -> None:
         notes[("slimkit", "int8-fused-smooth-outlier")] = (
             f"quantize_encoder_int8(fuse_attention_heads=12): the fused graph (Attention, EmbedLayerNormalization, "
             f"BiasGelu; no SkipLayerNormalization) with SmoothQuant alpha {fcfg.smooth_alpha} on "
-            f"{len(fres['smoothed'])} packed-QKV Attention and FFN input weights (explicit Mul), "
+            f"{_n_input(fres)} packed-QKV Attention and FFN input weights (explicit Mul) and {_n_output(fres)} "
+            "attention output projections (folded into the value columns, no op), "
             f"{fcfg.outlier_channels} outlier GELU channels in fp32 on the FFN output projections of "
             f"{_layers(fres)}, per-channel dynamic int8 (QAttention, QEmbedLayerNormalization, MatMulInteger); "
             f"{f_seconds:.0f} s to quantize")
     paths[("slimkit", "int8-smooth-outlier-mixed")] = res["artifact"]
     notes[("slimkit", "int8-smooth-outlier-mixed")] = (
-        f"quantize_encoder_int8: SmoothQuant alpha {cfg.smooth_alpha} on {len(res['smoothed'])} Q/K/V and FFN input "
-        f"projections, {cfg.outlier_channels} outlier GELU channels in fp32 on the FFN output projections of "
+        f"quantize_encoder_int8: SmoothQuant alpha {cfg.smooth_alpha} on {_n_input(res)} Q/K/V and FFN input "
+        f"projections (explicit Mul) and {_n_output(res)} attention output projections (folded into the value "
+        f"projections, no op), {cfg.outlier_channels} outlier GELU channels in fp32 on the FFN output projections of "
         f"{_layers(res)}, per-channel u8s8 dynamic int8 of MatMul+Gather (reduce_range="
         f"{res['settings']['reduce_range']}), weight-only 8-bit MatMulNBits: "
         f"{[n.split('/')[3] + '/' + '/'.join(n.split('/')[4:-1]) for n in res['weight_only']] or 'none'}; "
