@@ -60,14 +60,15 @@ def _layer_inputs(model: nn.Module, inputs: tuple[torch.Tensor, ...], names: lis
 
 
 def _time(module: nn.Module, x: tuple[torch.Tensor, ...], runtime: str, lat: LatencyConfig, tmp: Path,
-          tag: str) -> float:
+          tag: str, whole: bool = False) -> float:
     from slimkit.evaluation.latency import ort_latency, torch_latency
+    from slimkit.exporters.onnx_export import export_onnx
 
     if runtime == "torch":
         return float(torch_latency(module, x, lat)["median"])
-    path = tmp / f"{tag}.onnx"
-    with torch.no_grad():
-        torch.onnx.export(copy.deepcopy(module).eval(), x, str(path), dynamo=False, opset_version=17)
+    # the one exporter; a layer alone traces exactly with TorchScript, ~10x faster than dynamo (the whole
+    # model takes the default path: HF encoders trace with TracerWarnings, which the TorchScript path refuses)
+    path = export_onnx(module, tmp / f"{tag}.onnx", x, opset=17, dynamic_batch=False, dynamo=whole)
     return float(ort_latency(path, x, lat)["median"])
 
 
@@ -83,7 +84,7 @@ def cost_table(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], units
     rows = []
     with tempfile.TemporaryDirectory(prefix="slimkit-auto-") as d, track("auto: layer latency", total=len(units) + 1) as task:
         tmp = Path(d)
-        total = _time(model, xs, runtime, one, tmp, "model")
+        total = _time(model, xs, runtime, one, tmp, "model", whole=True)
         task.advance()
         for i, name in enumerate(units):
             if name in inputs:
