@@ -68,7 +68,7 @@ def _time(module: nn.Module, x: tuple[torch.Tensor, ...], runtime: str, lat: Lat
         return float(torch_latency(module, x, lat)["median"])
     # the one exporter; a layer alone traces exactly with TorchScript, ~10x faster than dynamo (the whole
     # model takes the default path: HF encoders trace with TracerWarnings, which the TorchScript path refuses)
-    path = export_onnx(module, tmp / f"{tag}.onnx", x, opset=17, dynamic_batch=False, dynamo=whole)
+    path = export_onnx(module, tmp / f"{tag}.onnx", x, opset=18 if whole else 17, dynamic_batch=False, dynamo=whole)
     return float(ort_latency(path, x, lat)["median"])
 
 
