@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import logging
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +102,9 @@ def _score(model: nn.Module, reference: nn.Module, batches: list[Any]) -> float:
     would read as one multi-input batch)."""
     from slimkit.evaluation.metrics import fidelity
 
-    return sum(float(fidelity(model, reference, x)["cosine"]) for x in batches) / len(batches)
+    # a mapping batch (input_ids/attention_mask) goes in a list: fidelity would iterate a mapping's keys
+    return sum(float(fidelity(model, reference, [x] if isinstance(x, Mapping) else x)["cosine"])
+               for x in batches) / len(batches)
 
 
 def sensitivity_profile(model: nn.Module, units: list[str], calibration: Any, example_inputs: tuple[torch.Tensor, ...],
