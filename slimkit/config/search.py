@@ -204,7 +204,8 @@ class SearchPlan:
         cfg.pop("base", None)
         if not cfg["objectives"]:  # single-objective searches keep the fingerprint they had before the field
             cfg.pop("objectives")
-        blob = json.dumps({"cfg": cfg, "base": self.base}, sort_keys=True, default=str)
+        base = {k: v for k, v in self.base.items() if k != "tracking"}  # logging changes no trial
+        blob = json.dumps({"cfg": cfg, "base": base}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

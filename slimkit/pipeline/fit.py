@@ -135,5 +135,12 @@ def _weights_probe(weights: Any) -> nn.Module:
 def check_fit(recipe: Recipe, *, source: str | None = None) -> None:
     """Raise RecipeError listing every mismatch of model, weights and data (see the module docstring)."""
     problems = fit_problems(recipe)
+    from slimkit.context import resolve_device
+    from slimkit.errors import DeviceError
+
+    try:
+        resolve_device(recipe.device)
+    except DeviceError as exc:
+        problems.append(("device", f"{exc.message} {exc.hint}"))
     if problems:
         raise RecipeError(problems, source=source)
