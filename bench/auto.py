@@ -167,8 +167,9 @@ def run_minilm(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, Any
 
     settings = {"runtime": "onnxruntime", "max_latency_ratio": 0.4, "min_fidelity": 0.98,
                 "budget": args.minilm_budget, "trials": args.minilm_trials, "threads": args.threads, "batch": 8,
-                "profile_units": args.minilm_profile_units, "latency_repeats": args.repeats, "finetune_epochs": 0}
-    out = work / "minilm"
+                "profile_units": args.minilm_profile_units, "latency_repeats": args.repeats, "finetune_epochs": 0,
+                "techniques": args.minilm_techniques}
+    out = work / ("minilm" if not args.minilm_techniques else "minilm-" + "-".join(args.minilm_techniques))
     t0 = time.perf_counter()
     result = slimkit.auto(minilm_recipe(args), out=out / "auto", resume=(out / "auto" / "auto-search.yaml").exists(),
                           **settings)
@@ -236,6 +237,8 @@ def main() -> None:
     ap.add_argument("--minilm-budget", default="40m")
     ap.add_argument("--minilm-trials", type=int, default=8)
     ap.add_argument("--minilm-profile-units", type=int, default=12)
+    ap.add_argument("--minilm-techniques", nargs="*", default=None,
+                    help="restrict auto's candidates (e.g. svd int8-onnx; default: every applicable one)")
     ap.add_argument("--minilm-test-n", type=int, default=None, help="held-out sentences scored (default all 200)")
     args = ap.parse_args()
     if args.quick:
