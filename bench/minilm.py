@@ -22,6 +22,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
 import copy  # noqa: E402
+import re  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -37,14 +38,9 @@ from _common import ROOT, WORK, command_line, machine_info, update_doc_section, 
 
 from slimkit.data.sentences import split_sentences  # noqa: E402
 from slimkit.evaluation.embedding_fidelity import embedding_fidelity  # noqa: E402
+from slimkit.exporters.encoder_int8 import EncoderInt8Config, quantize_encoder_int8  # noqa: E402
 from slimkit.exporters.onnx_int8 import onnx_size_bytes, quantize_onnx, quantize_onnx_ort_defaults  # noqa: E402
-from slimkit.exporters.onnx_transformer import (  # noqa: E402
-    EncoderInt8Config,
-    export_encoder_onnx,
-    optimize_encoder_onnx,
-    ort_embed,
-    quantize_encoder_int8,
-)
+from slimkit.exporters.onnx_transformer import export_encoder_onnx, optimize_encoder_onnx, ort_embed  # noqa: E402
 from slimkit.models.sentence import load_minilm  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -117,6 +113,29 @@ def _matmul_nbits(fp32: Path, work: Path) -> Path:
     return out
 
 
+def _layers(res: dict[str, Any]) -> str:
+    """Which layers kept an outlier side path, out of how many candidates (``outlier_select``)."""
+    kept = sorted({int(m.group(1)) for n in res["outlier_side_nodes"] if (m := re.search(r"layer\.(\d+)/", n))})
+    sel = res.get("outlier_selection")
+    of = f" (kept by outlier_select of {len(sel['without']) or len(sel['kept'])} measured per layer)" if sel else ""
+    return f"layers {kept}{of}" if kept else f"no layer{of}"
+
+
+def _n_output(res: dict[str, Any]) -> int:
+    """How many attention output projections took value-folded smoothing."""
+    return sum("attention/output/dense" in n for n in res["smoothed"])
+
+
+def _n_input(res: dict[str, Any]) -> int:
+    return len(res["smoothed"]) - _n_output(res)
+
+
+def _kept_patterns(res: dict[str, Any], cfg: EncoderInt8Config) -> tuple[str, ...]:
+    """The outlier side paths ``res`` kept, as exact-name patterns (another build with the same paths)."""
+    sel = res.get("outlier_selection")
+    return tuple(f"^{re.escape(n)}$" for n in sel["kept"]) if sel else cfg.outlier_nodes
+
+
 def _ort_runner(path: Path, threads: int) -> Any:
     sess = _session(path, threads)
     return lambda ids, mask: ort_embed(sess, ids, mask)
@@ -168,6 +187,16 @@ def main() -> None:
     peer = quantize_onnx_ort_defaults(fp32, work / "ort-dynamic-default.onnx", mode="dynamic")
     paths[("onnxruntime", "int8-dynamic-default")] = peer
     notes[("onnxruntime", "int8-dynamic-default")] = "quantize_dynamic(fp32, out) with default settings"
+    if not args.quick:  # the peer given the same transformer optimizer as slimkit's fused rows
+        import onnx
+
+        paths[("onnxruntime", "int8-dynamic-default-fused")] = quantize_onnx_ort_defaults(
+            paths[("onnxruntime", "fp32-fused")], work / "ort-dynamic-default-fused.onnx", mode="dynamic",
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        notes[("onnxruntime", "int8-dynamic-default-fused")] = (
+            "quantize_dynamic(fp32-fused, out) with default settings and the one option the fused graph needs to "
+            "quantize at all (DefaultTensorType FLOAT: shape inference cannot type the com.microsoft ops): "
+            "QAttention, QEmbedLayerNormalization, per-tensor MatMulInteger")
     if not args.quick:
         try:
             static = quantize_onnx_ort_defaults(fp32, work / "ort-static-default.onnx", mode="static",
@@ -198,7 +227,9 @@ def main() -> None:
         paths[("onnxruntime", "int8-matmulnbits-8bit")] = _matmul_nbits(fp32, work)
         notes[("onnxruntime", "int8-matmulnbits-8bit")] = ("MatMulNBitsQuantizer bits=8, block 128, symmetric, "
                                                            "accuracy_level 4 on every MatMul; Gather dynamic int8")
-    cfg = EncoderInt8Config(weight_only=()) if args.quick else EncoderInt8Config(rank_sensitivity=True)
+    cfg = (EncoderInt8Config(weight_only=(), outlier_select=False) if args.quick  # quick: no per-layer builds
+           else EncoderInt8Config(rank_sensitivity=True))
+    fused_info: dict[str, Any] = {}
     t0 = time.time()
     res = quantize_encoder_int8(fp32, work / "slimkit-int8.onnx", calibration=calib, config=cfg)
     q_seconds = time.time() - t0
@@ -212,27 +243,35 @@ def main() -> None:
     if not args.quick:
         plain = quantize_encoder_int8(fp32, work / "slimkit-int8-no-rewrites.onnx", calibration=calib,
                                       config=EncoderInt8Config(weight_only=(), block_skip_layernorm=False,
-                                                               static_shapes=False))
+                                                               static_shapes=False, outlier_select=False,
+                                                               outlier_nodes=_kept_patterns(res, cfg)))
         paths[("slimkit", "int8-smooth-outlier-no-rewrites")] = plain["artifact"]
         notes[("slimkit", "int8-smooth-outlier-no-rewrites")] = (
-            "the row below without its exact graph rewrites (Reshape targets computed by shape subgraphs; "
+            "the row below (same smoothing, same outlier side paths) without its exact graph rewrites (Reshape "
+            "targets computed by shape subgraphs; "
             "residual Add + LayerNormalization left for onnxruntime to fuse into SkipLayerNormalization where it "
             "can prove the shapes)")
     if not args.quick:
         fcfg = EncoderInt8Config(weight_only=(), fuse_attention_heads=12)
+        t0 = time.time()
         fres = quantize_encoder_int8(fp32, work / "slimkit-int8-fused.onnx", calibration=calib, config=fcfg)
+        fused_info = {kk: v for kk, v in fres.items() if kk in ("outlier_selection", "calibration_fidelity", "smoothed")}
+        f_seconds = time.time() - t0
         paths[("slimkit", "int8-fused-smooth-outlier")] = fres["artifact"]
         notes[("slimkit", "int8-fused-smooth-outlier")] = (
             f"quantize_encoder_int8(fuse_attention_heads=12): the fused graph (Attention, EmbedLayerNormalization, "
             f"BiasGelu; no SkipLayerNormalization) with SmoothQuant alpha {fcfg.smooth_alpha} on "
-            f"{len(fres['smoothed'])} packed-QKV Attention and FFN input weights (explicit Mul), "
-            f"{fcfg.outlier_channels} outlier GELU channels in fp32 on {len(fres['outlier_side_nodes']) // 2} FFN "
-            "output projections, per-channel dynamic int8 (QAttention, QEmbedLayerNormalization, MatMulInteger)")
+            f"{_n_input(fres)} packed-QKV Attention and FFN input weights (explicit Mul) and {_n_output(fres)} "
+            "attention output projections (folded into the value columns, no op), "
+            f"{fcfg.outlier_channels} outlier GELU channels in fp32 on the FFN output projections of "
+            f"{_layers(fres)}, per-channel dynamic int8 (QAttention, QEmbedLayerNormalization, MatMulInteger); "
+            f"{f_seconds:.0f} s to quantize")
     paths[("slimkit", "int8-smooth-outlier-mixed")] = res["artifact"]
     notes[("slimkit", "int8-smooth-outlier-mixed")] = (
-        f"quantize_encoder_int8: SmoothQuant alpha {cfg.smooth_alpha} on {len(res['smoothed'])} Q/K/V and FFN input "
-        f"projections, {cfg.outlier_channels} outlier GELU channels in fp32 on {len(res['outlier_side_nodes']) // 2} "
-        f"FFN output projections, per-channel u8s8 dynamic int8 of MatMul+Gather (reduce_range="
+        f"quantize_encoder_int8: SmoothQuant alpha {cfg.smooth_alpha} on {_n_input(res)} Q/K/V and FFN input "
+        f"projections (explicit Mul) and {_n_output(res)} attention output projections (folded into the value "
+        f"projections, no op), {cfg.outlier_channels} outlier GELU channels in fp32 on the FFN output projections of "
+        f"{_layers(res)}, per-channel u8s8 dynamic int8 of MatMul+Gather (reduce_range="
         f"{res['settings']['reduce_range']}), weight-only 8-bit MatMulNBits: "
         f"{[n.split('/')[3] + '/' + '/'.join(n.split('/')[4:-1]) for n in res['weight_only']] or 'none'}; "
         f"exact rewrites: {res['rewrites']['static_reshapes']} Reshape targets constant, "
@@ -286,6 +325,7 @@ def main() -> None:
               "rows": rows, "settings": {"eval_sentences": len(eval_s), "calibration_sentences": len(calib_s),
                                          "latency_rounds": rounds, "reps_per_round": reps,
                                          "slimkit_int8": {kk: v for kk, v in res.items() if kk != "artifact"},
+                                         "slimkit_int8_fused": fused_info,
                                          "load_average": {"before_latency": load_before, "after_latency": load_after},
                                          "seconds": round(time.time() - t_start, 1)}}
     out = write_result("minilm", result, work / "minilm-quick.json" if args.quick else None)

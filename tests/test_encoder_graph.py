@@ -88,10 +88,11 @@ def test_optimizer_fuses_attention_without_skip_layernorm(tiny_onnx, tmp_path) -
 
 def test_int8_with_rewrites_keeps_cosine(tiny_onnx, tmp_path) -> None:
     from slimkit.evaluation.embedding_fidelity import cosine_stats
-    from slimkit.exporters.onnx_transformer import EncoderInt8Config, ort_embed, quantize_encoder_int8
+    from slimkit.exporters.encoder_int8 import EncoderInt8Config, quantize_encoder_int8
+    from slimkit.exporters.onnx_transformer import ort_embed
 
     calib = [dict(zip(("input_ids", "attention_mask"), _feeds(8, 24, seed=s), strict=True)) for s in range(3)]
-    cfg = EncoderInt8Config(weight_only=(), outlier_channels=4)
+    cfg = EncoderInt8Config(weight_only=(), outlier_channels=4, outlier_select=False)
     res = quantize_encoder_int8(tiny_onnx, tmp_path / "int8.onnx", calibration=calib, config=cfg)
     assert res["rewrites"]["static_reshapes"] >= 4 and res["rewrites"]["sum_before_layernorm"] == 5
     ids, mask = _feeds(6, 30, seed=7)
@@ -101,14 +102,15 @@ def test_int8_with_rewrites_keeps_cosine(tiny_onnx, tmp_path) -> None:
     sums = [len(n.input) for n in onnx.load(str(res["artifact"])).graph.node if n.op_type == "Sum"]
     assert sorted(sums) == [2, 2, 2, 2, 3]  # a bias Add between (tied biases: Identity) is not folded
     plain = quantize_encoder_int8(tiny_onnx, tmp_path / "plain.onnx", calibration=calib,
-                                  config=EncoderInt8Config(weight_only=(), outlier_channels=4, static_shapes=False,
+                                  config=EncoderInt8Config(weight_only=(), outlier_channels=4, outlier_select=False,
+                                                           static_shapes=False,
                                                            block_skip_layernorm=False))
     same = cosine_stats(ort_embed(plain["artifact"], ids, mask), ort_embed(res["artifact"], ids, mask))
     assert same["cosine_min"] > 0.99999  # the rewrites do not change what int8 computes
 
 
 def test_per_tensor_nodes_mixes_weight_scales(tiny_onnx, tmp_path) -> None:
-    from slimkit.exporters.onnx_transformer import EncoderInt8Config, quantize_encoder_int8
+    from slimkit.exporters.encoder_int8 import EncoderInt8Config, quantize_encoder_int8
 
     calib = [dict(zip(("input_ids", "attention_mask"), _feeds(8, 24, seed=s), strict=True)) for s in range(2)]
     cfg = EncoderInt8Config(weight_only=(), outlier_channels=4, per_tensor_nodes=(r"attention/self/query/",))
@@ -128,18 +130,16 @@ def test_fused_graph_smoothing_and_outliers_exact_then_int8(tiny_onnx, tmp_path)
     the outlier side paths leave the fp32 outputs unchanged; int8 of it keeps a cosine floor and runs
     QAttention."""
     from slimkit.evaluation.embedding_fidelity import cosine_stats
-    from slimkit.exporters.onnx_transformer import (
-        EncoderInt8Config,
-        ort_embed,
-        prepare_encoder_int8,
-        quantize_encoder_int8,
-    )
+    from slimkit.exporters.encoder_int8 import EncoderInt8Config, prepare_encoder_int8, quantize_encoder_int8
+    from slimkit.exporters.onnx_transformer import ort_embed
 
     calib = [dict(zip(("input_ids", "attention_mask"), _feeds(8, 24, seed=s), strict=True)) for s in range(3)]
-    cfg = EncoderInt8Config(weight_only=(), outlier_channels=4, fuse_attention_heads=4)
+    cfg = EncoderInt8Config(weight_only=(), outlier_channels=4, fuse_attention_heads=4, outlier_select=False)
     proto, info = prepare_encoder_int8(tiny_onnx, calib, cfg, tmp_path)
     assert sorted(n for n in info["smoothed"] if n.startswith("Attention_")) == ["Attention_0", "Attention_1"]
-    assert len(info["smoothed"]) == 4 and len(info["outlier_side_nodes"]) == 4  # 2 layers: up + down each
+    # packed Q/K/V and FFN input (input Mul), attention output projection (folded into the value columns)
+    assert len(info["smoothed"]) == 6 and len(info["outlier_side_nodes"]) == 4  # 2 layers: up + down each
+    assert sum("attention/output/dense" in n for n in info["smoothed"]) == 2
     ops = [n.op_type for n in proto.graph.node]
     assert ops.count("Attention") == 2 and ops.count("BiasGelu") == 4  # 2 fused + 2 on the side paths
     onnx.save_model(proto, str(tmp_path / "prepared.onnx"))
@@ -151,3 +151,68 @@ def test_fused_graph_smoothing_and_outliers_exact_then_int8(tiny_onnx, tmp_path)
     assert q_ops.count("QAttention") == 2 and "QEmbedLayerNormalization" in q_ops
     fid = cosine_stats(ort_embed(res["artifact"], ids, mask), ort_embed(tiny_onnx, ids, mask))
     assert fid["cosine"] >= 0.99 and fid["cosine_min"] >= 0.98, fid
+
+
+def test_outlier_paths_selected_per_layer_by_measured_fidelity(tiny_onnx, tmp_path) -> None:
+    """outlier_select measures each side path left out and drops those the calibration floors do not need:
+    with floors any int8 build meets, every path goes (each measured once); with floors none meets, every
+    path stays; a subset of paths (prepare_encoder_int8(outlier_nodes=...)) still computes the fp32 outputs."""
+    from slimkit.evaluation.embedding_fidelity import cosine_stats
+    from slimkit.exporters.encoder_int8 import EncoderInt8Config, prepare_encoder_int8, quantize_encoder_int8
+    from slimkit.exporters.onnx_transformer import ort_embed
+
+    calib = [dict(zip(("input_ids", "attention_mask"), _feeds(8, 24, seed=s), strict=True)) for s in range(2)]
+    loose = EncoderInt8Config(weight_only=(), outlier_channels=4, cosine_floor=0.5, cosine_min_floor=0.5,
+                              fuse_attention_heads=4)  # the fused graph: both FFNs have a side path
+    res = quantize_encoder_int8(tiny_onnx, tmp_path / "loose.onnx", calibration=calib, config=loose)
+    sel = res["outlier_selection"]
+    assert len(sel["without"]) == 2 and sel["kept"] == [] and res["outlier_side_nodes"] == []
+    assert [s["dropped"] for s in sel["steps"]] == [True, True]
+    assert [n.op_type for n in onnx.load(str(res["artifact"])).graph.node].count("BiasGelu") == 2  # FFNs only
+    # the last step's build is the written file: same calibration fidelity
+    assert abs(sel["steps"][-1]["cosine_min"] - res["calibration_fidelity"]["cosine_min"]) < 1e-9
+    strict = EncoderInt8Config(weight_only=(), outlier_channels=4, cosine_floor=1.0, cosine_min_floor=1.0,
+                               fuse_attention_heads=4)
+    res = quantize_encoder_int8(tiny_onnx, tmp_path / "strict.onnx", calibration=calib, config=strict)
+    assert res["outlier_selection"]["without"] == [] and len(res["outlier_side_nodes"]) == 4
+    first = "/transformer/encoder/layer.0/output/dense/MatMul"
+    proto, info = prepare_encoder_int8(tiny_onnx, calib, strict, tmp_path, outlier_nodes=[first])
+    assert info["outlier_targets"] == [first, first.replace("layer.0", "layer.1")]
+    assert info["outlier_side_nodes"] == [f"{first}_OutlierUp", f"{first}_OutlierDown"]
+    onnx.save_model(proto, str(tmp_path / "one-path.onnx"))
+    ids, mask = _feeds(5, 21, seed=3)
+    same = cosine_stats(ort_embed(tmp_path / "one-path.onnx", ids, mask), ort_embed(tiny_onnx, ids, mask))
+    assert same["cosine_min"] > 0.99999
+
+
+
+def test_output_projection_smoothing_folds_into_values_exactly(tmp_path) -> None:
+    """smooth_into_values on the unfused export (distinct, non-zero biases, so the value bias is an initializer
+    of its own): both attention output projections smoothed, no node added, fp32 outputs unchanged."""
+    from slimkit.exporters.encoder_int8 import EncoderInt8Config, prepare_encoder_int8
+    from slimkit.exporters.onnx_transformer import export_encoder_onnx, ort_embed
+    from slimkit.models.sentence import SentenceEncoder
+
+    torch.manual_seed(1)
+    cfg = transformers.BertConfig(vocab_size=2048, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=64, max_position_embeddings=64)
+    model = transformers.BertModel(cfg, add_pooling_layer=False).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.5)
+    src = export_encoder_onnx(SentenceEncoder(model), tmp_path / "biased.onnx")
+    calib = [_feeds(8, 24, seed=s) for s in range(2)]
+    only_values = EncoderInt8Config(smooth_nodes=(), outlier_channels=0)
+    proto, info = prepare_encoder_int8(src, calib, only_values, tmp_path)
+    assert info["smoothed"] == [f"/transformer/encoder/layer.{i}/attention/output/dense/MatMul" for i in (0, 1)]
+    plain, _ = prepare_encoder_int8(src, calib, EncoderInt8Config(smooth_nodes=(), outlier_channels=0,
+                                                                  smooth_output_nodes=()), tmp_path)
+    assert [n.op_type for n in proto.graph.node] == [n.op_type for n in plain.graph.node]  # no run-time op
+    ws = [{t.name: onnx.numpy_helper.to_array(t) for t in g.graph.initializer} for g in (proto, plain)]
+    changed = [k for k in ws[1] if ws[1][k].dtype == np.float32 and not np.array_equal(ws[0][k], ws[1][k])]
+    assert len(changed) == 2 * 3, changed  # per layer: value weight and bias, output projection weight
+    onnx.save_model(proto, str(tmp_path / "smoothed.onnx"))
+    ids, mask = _feeds(5, 21, seed=3)
+    np.testing.assert_allclose(ort_embed(tmp_path / "smoothed.onnx", ids, mask), ort_embed(src, ids, mask),
+                               rtol=1e-4, atol=1e-5)

@@ -387,9 +387,12 @@ def quantize_onnx(
 
 def quantize_onnx_ort_defaults(fp32_onnx: str | Path, out_path: str | Path, *, mode: str = "static",
                                calibration: Iterable[Any] | None = None,
-                               calibration_batches: int | None = 32) -> Path:
+                               calibration_batches: int | None = 32,
+                               extra_options: dict[str, Any] | None = None) -> Path:
     """onnxruntime's own defaults (for comparison): ``quantize_static``/``quantize_dynamic`` with no options
-    besides the calibration reader, on the model as given (no pre-processing)."""
+    besides the calibration reader, on the model as given (no pre-processing). ``extra_options`` only for what
+    a graph needs to quantize at all (``{"DefaultTensorType": onnx.TensorProto.FLOAT}`` for a graph fused by
+    onnxruntime's transformer optimizer, whose com.microsoft ops shape inference cannot type)."""
     from onnxruntime.quantization import quantize_dynamic, quantize_static
 
     src, out = Path(fp32_onnx), Path(out_path)
@@ -403,9 +406,10 @@ def quantize_onnx_ort_defaults(fp32_onnx: str | Path, out_path: str | Path, *, m
                 if calibration is None:
                     raise ConfigError("static int8 quantization needs calibration data, but calibration=None.")
                 quantize_static(str(single), str(tmp_out),
-                                _make_reader(calibration, _input_specs(single), calibration_batches))
+                                _make_reader(calibration, _input_specs(single), calibration_batches),
+                                extra_options=extra_options)
             else:
-                quantize_dynamic(str(single), str(tmp_out))
+                quantize_dynamic(str(single), str(tmp_out), extra_options=extra_options)
         check_ort_loads(tmp_out)
         return save_onnx_single_file(strip_debug_info(load_onnx(tmp_out)), out)
 
