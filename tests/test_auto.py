@@ -110,6 +110,9 @@ def test_profile_is_measured(finished):
     assert profile["labelled"] is True
     search_cfg = yaml.safe_load((out / "auto-search.yaml").read_text())
     assert search_cfg["storage"] == "sqlite" and "stages[prune].ratio" in search_cfg["space"]
+    # multi-objective by default: speed first (it picks the chosen point), quality and bytes searched with it
+    assert search_cfg["objective"] == "maximize speedup"
+    assert search_cfg["objectives"] == ["maximize accuracy", "minimize size_ratio"]
     assert search_cfg["base"]["constraints"] == {"min_speedup": 20.0, "max_accuracy_drop": 0.5}
 
 
@@ -121,6 +124,11 @@ def test_unmet_constraint_says_which_binds_and_still_writes_the_front(finished):
     assert rows["max_accuracy_drop"]["slack"] > 0 and not rows["max_accuracy_drop"]["binds"]
     assert "NOT MET" in result["verdict"] and "min_speedup violated" in result["verdict"]
     assert (out / "closest.yaml").exists() and not (out / "chosen.yaml").exists()
+    # the study's front holds feasible trials only: none here, so the front shown is that of every trial
+    assert json.loads((out / "search.json").read_text())["front"] == []
+    assert result["front_of"].startswith("every finished trial")
+    for p in result["points"]:
+        assert len(p["objectives"]) == 3 and p["objectives"][1] == p["quality"]
     html = (out / "auto.html").read_text()
     assert "Pareto front" in html and "data:image/png;base64," in html
     for p in result["points"]:  # every point's latency is a measurement of the deployed ONNX

@@ -15,7 +15,7 @@ def point(record: dict[str, Any], labelled: bool) -> dict[str, Any] | None:
         return None
     return {"number": record["number"], "quality": float(quality), "latency_ms": float(lat),
             "bytes": int(m["size_bytes"]), "feasible": bool(record.get("feasible")), "stages": record.get("stages"),
-            "precision": None}
+            "objectives": record.get("objectives") or [record.get("objective")]}
 
 
 def dominates(a: dict[str, Any], b: dict[str, Any]) -> bool:

@@ -92,11 +92,13 @@ def build_space(base: dict[str, Any], cfg: AutoConfig, profile: dict[str, Any], 
         space["stages"] = {"choices": lists}
     for c in cands:
         space.update(c.space(ctx))
-    if cfg.max_latency_ratio is not None:
-        objective = "maximize speedup"
-    else:
-        objective = "minimize size_ratio"
-    return {"name": name, "base": recipe, "space": space, "objective": objective, "trials": cfg.trials,
+    objective = "maximize speedup" if cfg.max_latency_ratio is not None else "minimize size_ratio"
+    more = []
+    if cfg.multi_objective:  # the front is searched: quality and bytes beside the primary objective
+        more = ["maximize accuracy" if labelled else "maximize fidelity"]
+        more += ["minimize size_ratio"] if cfg.max_latency_ratio is not None else ["maximize speedup"]
+    return {"name": name, "base": recipe, "space": space, "objective": objective, "objectives": more,
+            "trials": cfg.trials,
             "timeout_s": cfg.budget_s, "seed": cfg.seed, "storage": "sqlite", "backend": cfg.backend,
             "address": cfg.address, "workers": cfg.workers, "share_baseline": True}
 

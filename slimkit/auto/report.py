@@ -55,7 +55,8 @@ _HEAD = ["trial", "stages", "quality", "latency ms", "bytes", "feasible"]
 
 def render_markdown(data: dict[str, Any], profile: dict[str, Any]) -> str:
     lines = [f"# slimkit auto: {data['name']}", "", f"**Verdict.** {data['verdict']}", "",
-             f"Runtime {data['runtime']}; quality is {data['quality']}.", "", "## Pareto front", "",
+             f"Runtime {data['runtime']}; quality is {data['quality']}.", "",
+             f"## Pareto front (of {data.get('front_of', 'every finished trial')})", "",
              "| " + " | ".join(_HEAD) + " |", "|" + "---|" * len(_HEAD)]
     lines += ["| " + " | ".join(r) + " |" for r in _front_rows(data)]
     lines += ["", "## Constraints", ""]
@@ -80,7 +81,7 @@ def render_html(data: dict[str, Any], profile: dict[str, Any]) -> str:
              f"<p><b>Verdict.</b> {e(data['verdict'])}</p>"]
     if png:
         parts.append("<h2>Pareto front: quality, measured latency, bytes (marker area)</h2>"
-                     f"<img alt='Pareto front' src='data:image/png;base64,{png}'>")
+                     f"<p>The front is {e(data.get('front_of', 'every finished trial'))}.</p><img alt='Pareto front' src='data:image/png;base64,{png}'>")
     parts.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in _HEAD) + "</tr>")
     parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in _front_rows(data)]
     parts.append("</table><h2>Why each constraint binds</h2><table><tr><th>constraint</th><th>limit</th>"

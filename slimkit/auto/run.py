@@ -107,7 +107,13 @@ def finish(out: Path, result: dict[str, Any], profile: dict[str, Any], cfg: Any)
     labelled = bool(profile.get("labelled"))
     records = result["trials"]
     points = [p for p in (fr.point(r, labelled) for r in records) if p is not None]
-    front = fr.pareto_front(points)
+    if result.get("front"):  # a multi-objective study: its non-dominated feasible trials
+        on = set(result["front"])
+        front = sorted((p for p in points if p["number"] in on), key=lambda p: (p["latency_ms"], -p["quality"]))
+        front_of = "the study's non-dominated feasible trials (speedup, quality, bytes)"
+    else:  # single objective, or nothing feasible: the non-dominated points among every finished trial
+        front = fr.pareto_front(points)
+        front_of = "every finished trial (quality, measured latency, bytes)"
     best = result.get("best")
     chosen = next((r for r in records if best is not None and r["number"] == best["number"]), None)
     feasible = chosen is not None
@@ -143,7 +149,8 @@ def finish(out: Path, result: dict[str, Any], profile: dict[str, Any], cfg: Any)
                                                    "recipe": "chosen.yaml" if feasible else "closest.yaml",
                                                    "params": target["params"], "metrics": target["metrics"],
                                                    "constraints": target["constraints"]},
-            "constraints": rows, "front": front, "points": points, "deploy": deploy,
+            "constraints": rows, "front": front, "front_of": front_of, "points": points,
+            "objectives": result.get("objectives") or [result["objective"]], "deploy": deploy,
             "baseline": result.get("baseline"), "profile": "profile.json", "search": "search.json",
             "trials": {"finished": sum(r["state"] in FINISHED for r in records),
                        "stopped_early": sum(r["state"] == "pruned" for r in records),

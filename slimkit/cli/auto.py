@@ -45,6 +45,9 @@ def register(app: typer.Typer) -> None:
         max_size_ratio: Annotated[float | None, typer.Option("--max-size-ratio", help="deployed/baseline bytes, at most")] = None,
         budget: Annotated[str | None, typer.Option("--budget", help="search wall clock: 90s, 30m, 1h")] = None,
         trials: Annotated[int | None, typer.Option("--trials", help="at most this many trials")] = None,
+        single_objective: Annotated[bool, typer.Option(
+            "--single-objective", help="search the speedup alone (quality only as a constraint) instead of the "
+                                       "speed/quality/bytes front")] = False,
         backend: Annotated[str | None, typer.Option("--backend", help="local or ray")] = None,
         address: Annotated[str | None, typer.Option("--address", help="ray: cluster address (host:port)")] = None,
         workers: Annotated[int | None, typer.Option("--workers", help="ray: trials at once")] = None,
@@ -61,7 +64,7 @@ def register(app: typer.Typer) -> None:
             "runtime": runtime, "max_latency_ratio": max_latency_ratio, "min_fidelity": min_fidelity,
             "max_accuracy_drop": None if max_accuracy_drop is None else max_accuracy_drop / 100.0,
             "max_size_ratio": max_size_ratio, "budget": budget, "trials": trials, "backend": backend,
-            "address": address, "workers": workers}
+            "address": address, "workers": workers, "multi_objective": False if single_objective else None}
         tracking = parse_track(track) if track else None
         console, err_console = Console(), Console(stderr=True)
         with use_reporter(make_reporter(err_console)):

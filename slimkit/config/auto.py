@@ -9,6 +9,7 @@ auto:
   max_size_ratio: null          # deployed bytes / the baseline's, at most
   budget: 30m                   # wall clock for the search (s, m, h), or seconds
   trials: 12
+  multi_objective: true         # speed, quality and bytes searched together; false: speed alone
 ```
 Accuracy is a fraction, as everywhere in slimkit; the command line's ``--max-accuracy-drop`` takes points.
 """
@@ -51,6 +52,9 @@ class AutoConfig(StrictModel):
     max_size_ratio: float | None = Field(None, gt=0, description="deployed bytes / baseline bytes")
     budget_s: float = Field(1800.0, description="wall clock for the search; `budget: 30m` is accepted")
     trials: int = Field(12, ge=1, le=10_000)
+    multi_objective: bool = Field(True, description="search speed, quality and bytes together (a Pareto front "
+                                                    "searched by a multi-objective study); false: the speedup "
+                                                    "alone (or the size ratio), quality as a constraint only")
     seed: int = Field(0, ge=0)
     batch: int = Field(1, ge=1, le=4096, description="latency batch size")
     latency_repeats: int = Field(20, ge=3, le=10_000)

@@ -77,6 +77,9 @@ class DataConfig(StrictModel):
         "dataset", description="fashion-mnist: the dataset's mean/std, or ImageNet's (pretrained ImageNet models)")
     tokenizer: str | None = Field(None, description="sentences: the Hugging Face tokenizer (default: model.hf)")
     max_length: int = Field(128, ge=8, le=4096, description="sentences: tokens per sentence at most")
+    padding: Literal["longest", "max_length"] = Field(
+        "longest", description="sentences: pad each batch to its longest sentence, or every batch and the example "
+                               "input to max_length tokens (fixed-shape ONNX; latency measured at that length)")
     seed: int = Field(0, ge=0, le=MAX_SEED)
 
     @model_validator(mode="after")
@@ -86,6 +89,8 @@ class DataConfig(StrictModel):
         if self.name == "sentences" and self.tokenizer is None:
             raise ValueError("data 'sentences' needs a tokenizer (it defaults to model.hf; set data.tokenizer "
                              "for other models)")
+        if self.name != "sentences" and self.padding != "longest":
+            raise ValueError("data.padding applies to sentences only")
         if self.name != "fashion-mnist" and (self.channels is not None or self.normalize != "dataset"):
             raise ValueError("data.channels and data.normalize apply to fashion-mnist only")
         return self

@@ -11,6 +11,7 @@ space:
   stages[0].prune.scope: {choices: [layer, global]}          # categorical
   stages: {choices: [[prune], [prune, finetune]]}            # whole stage lists (pass names of the base stages)
 objective: minimize size_bytes     # or {metric: accuracy, direction: maximize}
+objectives: [maximize accuracy]    # optional: more objectives -> a multi-objective study (Pareto front)
 trials: 20
 ```
 """
@@ -131,7 +132,11 @@ class SearchConfig(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     base: Path | dict[str, Any] = Field(description="a recipe file, or an inline recipe mapping")
     space: dict[str, ParamSpec] = Field(min_length=1)
-    objective: ObjectiveConfig
+    objective: ObjectiveConfig = Field(description="the primary objective: the best trial is the feasible one best here")
+    objectives: list[ObjectiveConfig] = Field(
+        default_factory=list, max_length=4,
+        description="further objectives searched together with `objective` (a multi-objective Optuna study; "
+                    "the front is its non-dominated feasible trials)")
     trials: int = Field(20, ge=1, le=100_000)
     timeout_s: float | None = Field(None, gt=0, description="ask no new trial after this many seconds")
     backend: Literal["local", "ray"] = "local"
@@ -144,6 +149,9 @@ class SearchConfig(StrictModel):
 
     @model_validator(mode="after")
     def _backend(self) -> SearchConfig:
+        metrics = [self.objective.metric, *(o.metric for o in self.objectives)]
+        if len(set(metrics)) != len(metrics):
+            raise ValueError(f"each objective metric once: got {metrics}")
         if self.backend == "local" and self.workers != 1:
             raise ValueError("the local backend runs one trial at a time; use backend: ray for workers > 1")
         if self.backend == "local" and self.address is not None:
@@ -181,10 +189,21 @@ class SearchPlan:
     def direction(self) -> str:
         return self.config.objective.resolved_direction
 
+    @property
+    def objectives(self) -> list[tuple[str, str]]:
+        """Every objective as (metric, direction), the primary first."""
+        return [(o.metric, o.resolved_direction) for o in (self.config.objective, *self.config.objectives)]
+
+    @property
+    def multi(self) -> bool:
+        return bool(self.config.objectives)
+
     def fingerprint(self) -> str:
         """Changes when anything that changes the trials changes (resume refuses a different search)."""
         cfg = self.config.model_dump(mode="json", exclude={"trials", "timeout_s", "workers", "address", "backend"})
         cfg.pop("base", None)
+        if not cfg["objectives"]:  # single-objective searches keep the fingerprint they had before the field
+            cfg.pop("objectives")
         base = {k: v for k, v in self.base.items() if k != "tracking"}  # logging changes no trial
         blob = json.dumps({"cfg": cfg, "base": base}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -199,7 +218,7 @@ def search_error(problems: list[tuple[str, str]], source: str | None) -> RecipeE
     return err
 
 
-def check_search(base_value: Any, space: dict[str, Any], metric: str | None, *, base_dir: Path,
+def check_search(base_value: Any, space: dict[str, Any], metric: str | list[str] | None, *, base_dir: Path,
                  source: str | None = None) -> tuple[list[tuple[str, str]], dict[str, Any] | None, list[sp.Param]]:
     """Every problem of the base recipe and of the space (each bound and choice written into the base recipe
     and validated as a recipe). Returns (problems, resolved base or None, parameters). Computes nothing."""
@@ -273,8 +292,9 @@ def check_search(base_value: Any, space: dict[str, Any], metric: str | None, *, 
                 problems.append((f"space.{p.path}", msg))
             else:
                 problems.extend((f"space.{p.path}.{w}", msg) for w in wheres)
-    if metric in ("latency", "speedup", "throughput") and not base["evaluate"].get("latency"):
-        problems.append(("objective.metric", f"{metric} needs latency measured: set evaluate.latency in the base recipe"))
+    for m in [metric] if isinstance(metric, str) else (metric or []):
+        if m in ("latency", "speedup", "throughput") and not base["evaluate"].get("latency"):
+            problems.append(("objective.metric", f"{m} needs latency measured: set evaluate.latency in the base recipe"))
     if base["constraints"].get("min_speedup") is not None and not base["evaluate"].get("latency"):
         problems.append(("base.constraints.min_speedup", "needs latency measured: set evaluate.latency"))
     return problems, base, params
@@ -282,8 +302,8 @@ def check_search(base_value: Any, space: dict[str, Any], metric: str | None, *, 
 
 def build_plan(cfg: SearchConfig, *, source: str | None, base_dir: Path) -> SearchPlan:
     """Validate the base recipe and every bound and choice of the space against it (no compute)."""
-    problems, base, params = check_search(cfg.base, cfg.space, cfg.objective.metric, base_dir=base_dir,
-                                          source=source)
+    metrics = [cfg.objective.metric, *(o.metric for o in cfg.objectives)]
+    problems, base, params = check_search(cfg.base, cfg.space, metrics, base_dir=base_dir, source=source)
     if problems:
         raise search_error(problems, source)
     assert base is not None
@@ -350,9 +370,10 @@ def parse_search(data: Any, *, source: str | None = None, base_dir: Path | None 
                 good[key] = ParamSpec.model_validate(spec)
             except ValidationError:
                 pass
-        metric = None
-        if "objective" not in failed:
-            metric = ObjectiveConfig.model_validate(data.get("objective")).metric
+        metric: list[str] | None = None
+        if "objective" not in failed and "objectives" not in failed:
+            metric = [ObjectiveConfig.model_validate(o).metric
+                      for o in [data.get("objective"), *(data.get("objectives") or [])]]
         if "base" not in failed and isinstance(base, Path | dict):
             problems += check_search(base, good, metric, base_dir=base_dir, source=source)[0]
         raise search_error(problems, source) from None

@@ -43,10 +43,11 @@ def load_sample_images_bundle(cfg: Any) -> DataBundle:
                             "calibration_size": n_cal, "labels": "none: fidelity to the baseline is measured"})
 
 
-def _token_batches(tokenizer: Any, texts: list[str], batch_size: int, max_length: int) -> list[dict[str, Any]]:
+def _token_batches(tokenizer: Any, texts: list[str], batch_size: int, max_length: int,
+                   padding: str = "longest") -> list[dict[str, Any]]:
     out = []
     for i in range(0, len(texts), batch_size):
-        enc = tokenizer(texts[i:i + batch_size], padding=True, truncation=True, max_length=max_length,
+        enc = tokenizer(texts[i:i + batch_size], padding=padding, truncation=True, max_length=max_length,
                         return_tensors="pt")
         out.append({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
     return out
@@ -65,9 +66,11 @@ def load_sentences_bundle(cfg: Any) -> DataBundle:
         raise DataError(f"data 'sentences' left {len(calib)} calibration and {len(rest)} test sentences.",
                         hint="Use calibration_samples >= 1 and test_limit >= 1.")
     bs = int(cfg.batch_size)
-    test = _token_batches(tokenizer, rest, bs, cfg.max_length)
-    calibration = _token_batches(tokenizer, calib, bs, cfg.max_length)
-    first = tokenizer(rest[:1], truncation=True, max_length=cfg.max_length, return_tensors="pt")
+    test = _token_batches(tokenizer, rest, bs, cfg.max_length, cfg.padding)
+    calibration = _token_batches(tokenizer, calib, bs, cfg.max_length, cfg.padding)
+    # padding "max_length": the example (latency, export trace) is max_length tokens long, like every batch
+    first = tokenizer(rest[:1], truncation=True, max_length=cfg.max_length, return_tensors="pt",
+                      padding=cfg.padding)
     example = (first["input_ids"], first["attention_mask"])
     return DataBundle(train=calibration, val=None, test=test, calibration=calibration,  # type: ignore[arg-type]
                       num_classes=0, input_shape=tuple(example[0].shape[1:]), example_inputs=example,

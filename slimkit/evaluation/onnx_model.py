@@ -34,8 +34,18 @@ class OnnxModel:
             raise ModelLoadError(f"onnxruntime cannot load {self.path}: {str(exc).splitlines()[0]}",
                                  hint="Export it again; check that its .onnx.data file sits next to it.") from None
 
-    def __call__(self, *inputs: torch.Tensor) -> Any:
+    def __call__(self, *inputs: torch.Tensor, **named: torch.Tensor) -> Any:
+        """Positional inputs in the graph's input order; keyword inputs (a batch given as a mapping, e.g.
+        ``input_ids``/``attention_mask``) by the graph's input names, or in the order given when the exporter
+        named the inputs otherwise (``input_0``, ...)."""
         from slimkit.evaluation.latency import ort_feed
+
+        if named:
+            graph = [i.name for i in self.session.get_inputs()]
+            if set(graph) <= set(named):
+                inputs = (*inputs, *(named[n] for n in graph))
+            else:
+                inputs = (*inputs, *named.values())
 
         outs = [torch.from_numpy(o) for o in self.session.run(None, ort_feed(self.session, inputs))]
         return outs[0] if len(outs) == 1 else tuple(outs)

@@ -185,7 +185,8 @@ def _tidy(path: Path, *, compact: bool) -> None:
 def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: Any, *, opset: int = 18,
                 dynamic_batch: bool = True, precision: str = "fp32", strip_debug: bool = False,
                 compact: bool = False, input_names: list[str] | None = None, output_names: list[str] | None = None,
-                custom_translation_table: dict[Any, Any] | None = None, trace_batch: int | None = None) -> Path:
+                custom_translation_table: dict[Any, Any] | None = None, trace_batch: int | None = None,
+                dynamo: bool = True) -> Path:
     """Export ``model`` to ``path`` (an ``.onnx`` file; ``<path>.data`` too when weights exceed ~1.8 GB).
 
     Tries ``torch.onnx.export(dynamo=True)`` with a dynamic batch dimension, then the TorchScript
@@ -200,10 +201,14 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: 
     ``input_names``/``output_names`` name the graph's inputs and outputs (the exporter's own names when None).
     ``custom_translation_table`` (op -> ONNX function, for the dynamo exporter) exports ops the TorchScript
     exporter cannot, so it turns the fallback off. ``trace_batch`` traces a dynamic batch with inputs of that
-    batch size (fake-quant ops specialize a batch of 1 to a constant)."""
+    batch size (fake-quant ops specialize a batch of 1 to a constant). ``dynamo=False`` uses the TorchScript
+    exporter only: about 10x faster per call on small modules (auto's per-layer latency table exports every
+    layer alone), for modules it traces exactly."""
     path = Path(path)
     if path.suffix != ".onnx":
         raise ConfigError(f"ONNX export path must end in .onnx, got {path}.")
+    if not dynamo and custom_translation_table is not None:
+        raise ConfigError("custom_translation_table needs the dynamo exporter.", hint="Pass dynamo=True.")
     clone, inputs = prepare_for_export(model, example_inputs, precision)
     if dynamic_batch and trace_batch:
         inputs = tuple(t.repeat(trace_batch, *([1] * (t.dim() - 1))) if t.dim() and t.shape[0] == 1 else t
@@ -214,12 +219,17 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_inputs: 
     tmp = tmpdir / path.name
     try:
         try:
-            _export_dynamo(clone, inputs, tmp, opset, dynamic_batch, external, input_names=input_names,
-                           output_names=output_names, custom_translation_table=custom_translation_table)
-            exporter = "dynamo"
+            if not dynamo:
+                _export_torchscript(clone, inputs, tmp, opset, dynamic_batch)
+                exporter = "torchscript"
+            else:
+                _export_dynamo(clone, inputs, tmp, opset, dynamic_batch, external, input_names=input_names,
+                               output_names=output_names, custom_translation_table=custom_translation_table)
+                exporter = "dynamo"
         except Exception as first:
-            if custom_translation_table is not None:
-                raise ExportError(f"cannot export {type(model).__name__} to ONNX: {_summary(first)}.",
+            if custom_translation_table is not None or not dynamo:
+                which = "the dynamo exporter" if dynamo else "the TorchScript exporter (dynamo=False)"
+                raise ExportError(f"cannot export {type(model).__name__} to ONNX with {which}: {_summary(first)}.",
                                   hint="Check that the model runs on example_inputs and that torch.export can "
                                        "trace it (no data-dependent Python control flow).") from None
             log.info("dynamo ONNX export failed (%s); trying the TorchScript exporter", _summary(first))

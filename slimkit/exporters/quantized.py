@@ -154,8 +154,12 @@ def export_quantized_onnx(model: nn.Module, path: str | Path, *, example_inputs:
         route, target = "onnxruntime-static", floating
         quantize = OrtInt8Config(mode="static", reduce_range=vnni is False)
     else:
+        from slimkit.models.sentence import SentenceEncoder
+
         route, target = "onnxruntime-dynamic", floating
-        quantize = OrtInt8Config(mode="dynamic", reduce_range=vnni is False)
+        # an embedding has no classes: its parity is the output cosine alone (top-1 of an embedding is noise)
+        top1 = {"parity_min_top1": None} if isinstance(floating, SentenceEncoder) else {}
+        quantize = OrtInt8Config(mode="dynamic", reduce_range=vnni is False, **top1)
     res = export_onnx_checked(target, path, example_inputs=example_inputs, precision="int8", opset=opset,
                               quantize=quantize, calibration=calibration)
     fp32_path = path.with_name(f"{path.stem}.fp32.onnx")

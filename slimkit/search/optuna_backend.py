@@ -1,5 +1,8 @@
 """The Optuna side of a search: a seeded, constraint-aware TPE study that proposes recipes.
 
+With ``objectives`` in the search config the study is multi-objective (``directions=[...]``, TPE's
+multi-objective mode); its front is ``Study.best_trials``: the non-dominated trials among the feasible ones.
+
 Trials go through Optuna's ask/tell interface, so the same study drives the local loop and Ray workers
 (:mod:`slimkit.search.runner` owns the loop). A trial's constraint results reach the sampler as
 violations (<= 0 when met; ``Trial.set_constraint``), so infeasible trials are penalized: TPE models the
@@ -54,8 +57,10 @@ class OptunaStudy:
         if cfg.storage == "sqlite" and out is not None:
             out.mkdir(parents=True, exist_ok=True)
             storage = f"sqlite:///{(out / 'study.db').resolve()}"
-        self.study = optuna.create_study(direction=plan.direction, sampler=sampler, storage=storage,
-                                         study_name=cfg.name, load_if_exists=True)
+        # several objectives: one multi-objective study (TPE's multi-objective mode reads the same constraints)
+        self.multi = plan.multi
+        self.study = optuna.create_study(directions=[d for _, d in plan.objectives], sampler=sampler,
+                                         storage=storage, study_name=cfg.name, load_if_exists=True)
         self._dists = {p.path: distribution(p) for p in plan.params}
         if storage is not None:
             for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
@@ -64,6 +69,7 @@ class OptunaStudy:
             for r in records:
                 if r["state"] in FINISHED:
                     self.study.add_trial(self._frozen(r))
+                    r["study_trial"] = len(self.study.get_trials(deepcopy=False)) - 1
         for r in records:
             if r["state"] == "interrupted" and not r.get("retry_enqueued"):
                 self.study.enqueue_trial(r["params"], skip_if_exists=False)
@@ -72,11 +78,16 @@ class OptunaStudy:
     def _frozen(self, r: dict[str, Any]) -> optuna.trial.FrozenTrial:
         params = {k: v for k, v in r["params"].items() if k in self._dists}
         dists = {k: self._dists[k] for k in params}
-        complete = r["state"] == "complete" and r.get("objective") is not None
+        complete = r["state"] == "complete" and self._values(r) is not None
         return optuna.trial.create_trial(
             state=TrialState.COMPLETE if complete else TrialState.PRUNED if r["state"] == "pruned" else TrialState.FAIL,
-            value=r["objective"] if complete else None, params=params, distributions=dists,
+            values=self._values(r) if complete else None, params=params, distributions=dists,
             constraints=_constraints(r) if complete else None)
+
+    def _values(self, r: dict[str, Any]) -> list[float] | None:
+        """The objective value(s) Optuna is told for a record (None: not measured)."""
+        values = r.get("objectives") if self.multi else [r.get("objective")]
+        return None if not values or any(v is None for v in values) else [float(v) for v in values]
 
     def ask(self) -> tuple[optuna.trial.Trial, dict[str, Any], dict[str, Any]]:
         """A new trial: (handle, proposed recipe dict, {path: sampled value})."""
@@ -85,14 +96,24 @@ class OptunaStudy:
         return trial, data, sampled
 
     def tell(self, trial: optuna.trial.Trial, record: dict[str, Any]) -> None:
-        if record["state"] == "complete" and record.get("objective") is not None:
+        values = self._values(record)
+        if record["state"] == "complete" and values is not None:
             for name, value in _constraints(record).items():
                 trial.set_constraint(name, value)
-            self.study.tell(trial, record["objective"])
+            self.study.tell(trial, values)
         elif record["state"] == "pruned":
             self.study.tell(trial, state=TrialState.PRUNED)
         else:
             self.study.tell(trial, state=TrialState.FAIL)
+
+    def front(self, records: list[dict[str, Any]]) -> list[int] | None:
+        """A multi-objective study's front: the record numbers of its non-dominated feasible trials
+        (``Study.best_trials``, which leaves out trials whose constraints are violated), in record order;
+        None for a single-objective study."""
+        if not self.multi:
+            return None
+        numbers = {t.number for t in self.study.best_trials}
+        return [r["number"] for r in records if r.get("study_trial") in numbers and r["state"] == "complete"]
 
 
 __all__ = ["OptunaStudy", "distribution"]

@@ -26,8 +26,12 @@ def link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
-def best_trial(records: list[dict[str, Any]], direction: str) -> dict[str, Any] | None:
-    ok = [r for r in records if r["state"] == "complete" and r.get("feasible") and r.get("objective") is not None]
+def best_trial(records: list[dict[str, Any]], direction: str, front: list[int] | None = None) -> dict[str, Any] | None:
+    """The feasible finished trial with the best (primary) objective; with ``front`` (a multi-objective
+    study's non-dominated feasible trials) one of those, so a tie on the primary objective goes to the trial
+    that is not dominated on the others."""
+    ok = [r for r in records if r["state"] == "complete" and r.get("feasible") and r.get("objective") is not None
+          and (front is None or r["number"] in front)]
     if not ok:
         return None
     sign = 1.0 if direction == "minimize" else -1.0
@@ -63,18 +67,21 @@ class Book:
         self.plan, self.out, self.records, self.baseline = plan, out, records, baseline
         self.t0 = time.perf_counter()
         self.best_number: int | None = None
+        self.front: list[int] | None = None  # a multi-objective study's non-dominated feasible trials
         best_file = out / "best" / "TRIAL"
         if best_file.exists():
             self.best_number = int(best_file.read_text().strip())
 
     def data(self, *, done: bool = False) -> dict[str, Any]:
         plan = self.plan
-        best = best_trial(self.records, plan.direction)
+        best = best_trial(self.records, plan.direction, self.front)
         counts = {s: sum(r["state"] == s for r in self.records) for s in ("complete", "pruned", "failed", "interrupted", "running")}
         feasible = sum(bool(r.get("feasible")) for r in self.records)
         return {
             "name": plan.config.name, "source": plan.source, "fingerprint": plan.fingerprint(),
             "objective": {"metric": plan.metric, "direction": plan.direction},
+            "objectives": [{"metric": m, "direction": d} for m, d in plan.objectives] if plan.multi else None,
+            "front": self.front,
             "backend": plan.config.backend, "seed": plan.config.seed, "trials_requested": plan.config.trials,
             "space": {p: s.model_dump(mode="json", exclude_none=True) for p, s in plan.config.space.items()},
             "constraints": {k: v for k, v in plan.base["constraints"].items() if v is not None},

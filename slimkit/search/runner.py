@@ -91,6 +91,7 @@ def search(config: Any, out: str | Path | None = None, *, resume: bool = False,
         study = OptunaStudy(plan, out, records)
         baseline_dir, baseline = prepare_baseline(plan.base, out) if plan.share_baseline else (None, None)
         book = Book(plan, out, records, baseline)
+        book.front = study.front(records)
         if cfg.backend == "ray":
             from slimkit.search.ray_backend import RayExecutor
 
@@ -100,8 +101,10 @@ def search(config: Any, out: str | Path | None = None, *, resume: bool = False,
         finished = sum(r["state"] in FINISHED for r in records)
         todo = max(0, cfg.trials - finished)
         t0 = time.monotonic()
-        kwargs = {"metric": plan.metric, "baseline_dir": str(baseline_dir) if baseline_dir else None,
-                  "base_dir": str(plan.base_dir)}
+        kwargs: dict[str, Any] = {"metric": plan.metric, "baseline_dir": str(baseline_dir) if baseline_dir else None,
+                                  "base_dir": str(plan.base_dir)}
+        if plan.multi:
+            kwargs["also"] = [m for m, _ in plan.objectives[1:]]
         with track(f"search {cfg.name}", total=cfg.trials) as task, executor:
             task.advance(finished)
             inflight: dict[int, Any] = {}
@@ -113,7 +116,8 @@ def search(config: Any, out: str | Path | None = None, *, resume: bool = False,
                     n = len(records)
                     records.append({"number": n, "state": "running", "params": sampled,
                                     "stages": stage_names(data), "dir": f"trials/{n}", "metrics": None,
-                                    "constraints": None, "feasible": False, "objective": None, "error": None})
+                                    "constraints": None, "feasible": False, "objective": None, "error": None,
+                                    "study_trial": handle.number})
                     inflight[n] = handle
                     book.write()
                     executor.submit(n, data, str(out / "trials" / str(n)), **kwargs)
@@ -124,6 +128,7 @@ def search(config: Any, out: str | Path | None = None, *, resume: bool = False,
                 records[n].update(result)
                 records[n].pop("baseline", None)
                 study.tell(inflight.pop(n), records[n])
+                book.front = study.front(records)
                 data_now = book.write()
                 task.advance()
                 if data_now["best"] is not None:

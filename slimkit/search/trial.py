@@ -31,6 +31,8 @@ def objective_value(metric: str, baseline: dict[str, Any], final: dict[str, Any]
     elif metric == "accuracy_drop":
         b, f = baseline.get("accuracy"), final.get("accuracy")
         v = None if b is None or f is None else b - f
+    elif metric == "fidelity":  # the mean output cosine to the baseline model
+        v = (final.get("fidelity") or {}).get("cosine")
     else:
         v = final.get(metric)
     return None if v is None else float(v)
@@ -70,9 +72,10 @@ def _seed_trial(trial_dir: Path, recipe: Any, baseline_dir: Path) -> None:
 
 def run_trial(recipe_data: dict[str, Any], trial_dir: str | Path, *, metric: str,
               baseline_dir: str | Path | None = None, base_dir: str | Path | None = None,
-              threads: int | None = None) -> dict[str, Any]:
+              threads: int | None = None, also: list[str] | None = None) -> dict[str, Any]:
     """Validate one proposed recipe and run it into ``trial_dir``. Returns the trial's record fields:
-    state (``complete`` or ``failed``), metrics, constraints, feasible, violations, objective, verdict,
+    state (``complete`` or ``failed``), metrics, constraints, feasible, violations, objective (``metric``'s
+    value), objectives (with ``also``, a multi-objective search: the values of ``[metric, *also]``), verdict,
     seconds, error. Runs in this process or in a Ray worker; never raises a SlimkitError."""
     from slimkit.config.recipe import parse_recipe
     from slimkit.pipeline.runner import run_recipe
@@ -106,10 +109,16 @@ def run_trial(recipe_data: dict[str, Any], trial_dir: str | Path, *, metric: str
         "feasible": all(r["met"] is True for r in rows), "violations": violations(rows), "objective": value,
         "verdict": report["verdict"], "seconds": round(time.perf_counter() - t0, 3), "error": None,
     }
+    missing = [] if value is not None else [metric]
+    if also:
+        values = [value, *(objective_value(m, report["baseline"], report["final"]) for m in also)]
+        missing += [m for m, v in zip(also, values[1:], strict=True) if v is None]
+        rec["objectives"] = values
     if report.get("stopped_early"):  # evaluate.stop_early: a quality constraint already missed after a stage
         rec.update(state="pruned", feasible=False, objective=None, stopped_early=report["stopped_early"])
-    elif value is None:
-        rec.update(state="failed", feasible=False, error=f"the objective {metric} was not measured")
+        rec.pop("objectives", None)
+    elif missing:
+        rec.update(state="failed", feasible=False, error=f"the objective(s) {', '.join(missing)} not measured")
     return rec
 
 
