@@ -14,6 +14,7 @@ A batch is one of
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,7 +26,7 @@ LABEL_KEYS = ("labels", "label", "y")
 """Keys of a batch mapping that hold the target, looked up in this order."""
 _SINGLE_INPUT_KEYS = ("x", "input")
 
-__all__ = ["LABEL_KEYS", "call_model", "split_batch"]
+__all__ = ["LABEL_KEYS", "call_model", "positional_inputs", "split_batch"]
 
 
 def split_batch(batch: Any, *, labelled: bool = False) -> tuple[Any, Any]:
@@ -73,3 +74,17 @@ def call_model(model: Any, inputs: Any, device: torch.device | None = None) -> A
     if isinstance(inputs, (tuple, list)):
         return model(*[move(t) for t in inputs])
     return model(move(inputs))
+
+
+def positional_inputs(model: Any, inputs: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    """Keyword ``inputs`` as a positional tuple for ``model.forward``, when they are exactly its first
+    positional parameters (in its order: ``{"attention_mask", "input_ids"}`` -> ``(input_ids, attention_mask)``
+    for a Hugging Face BERT or a SentenceEncoder); None when they are not (then the model needs keywords)."""
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError, AttributeError):
+        return None
+    names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)][: len(inputs)]
+    if len(names) != len(inputs) or set(names) != set(inputs):
+        return None
+    return tuple(inputs[n] for n in names)

@@ -72,6 +72,7 @@ def build_dependency_graph(model: nn.Module, example_inputs: tuple[Any, ...], *,
 
 def _build_fx(model: nn.Module, example_inputs: tuple[Any, ...], skip: Sequence[str], filter_fn: LayerFilterFn | None,
               unreached: str) -> DependencyGraph:
+    from slimkit.graph import hf
     from slimkit.graph.trace import Propagator, trace_progressive
 
     signature: tuple[str, ...] | None = None
@@ -90,11 +91,17 @@ def _build_fx(model: nn.Module, example_inputs: tuple[Any, ...], skip: Sequence[
         log.warning("structured pruning: %s; traced with torch.export instead, specialized to the example input "
                     "shapes %s (the pruned model is checked on those shapes only)", fx_error.message.split(" (in ")[0],
                     [tuple(x.shape) for x in example_inputs if isinstance(x, torch.Tensor)])
+    # an opaque BERT-like Hugging Face encoder (e.g. the `transformer` of a SentenceEncoder): its heads and FFN
+    # units are read from its structure as when it is the model itself; its hidden width is never pruned, so
+    # the channels fixed at the opaque boundary stay exact
+    bert = [n for n in opaque if hf.is_bert_like(model.get_submodule(n))]
     for name, reason in opaque.items():
-        log.warning("structured pruning: torch.fx cannot trace '%s' (%s); kept as an opaque leaf: the channels "
-                    "that flow into and out of it are not pruned", name, reason)
+        if name not in bert:
+            log.warning("structured pruning: torch.fx cannot trace '%s' (%s); kept as an opaque leaf: the "
+                        "channels that flow into and out of it are not pruned", name, reason)
     prop = Propagator(gm, set(opaque))
-    prop.run(example_inputs)
+    with hf.recording_calls(model) as called:
+        prop.run(example_inputs)
     slots, members = prop.slots, prop.members
     names = dict(model.named_modules())
 
@@ -127,7 +134,16 @@ def _build_fx(model: nn.Module, example_inputs: tuple[Any, ...], skip: Sequence[
     for m in members:
         if any(m.module == o or m.module.startswith(o + ".") for o in opaque):
             slots.pin(m.labels)
+    opaque = dict(opaque)
+    for name in bert:
+        if any(m.module.startswith(name + ".") for m in members) or any(t.startswith(name + ".") for t in prop.params):
+            log.warning("structured pruning: '%s' (%s) is also used outside its own forward; kept as an opaque "
+                        "leaf: its heads and FFN width are not pruned", name, type(model.get_submodule(name)).__name__)
+            continue
+        members += hf.bert_members(model.get_submodule(name), slots, called, prefix=name)
+        del opaque[name]
+        tracer = "+".join(["fx"] + (["opaque"] if opaque else []) + ["hf-bert"])
+        log.info("structured pruning: '%s' read as a BERT-style encoder (heads and FFN width)", name)
     groups, pinned = build_groups(slots, members, pinned_modules)
     log.debug("dependency graph: %d groups, %d prunable units", len(groups), sum(len(g) for g in groups))
-    return DependencyGraph(slots, members, groups, pinned, tracer=tracer, opaque=dict(opaque),
-                           export_ops=signature)
+    return DependencyGraph(slots, members, groups, pinned, tracer=tracer, opaque=opaque, export_ops=signature)

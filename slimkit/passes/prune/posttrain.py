@@ -26,7 +26,7 @@ from torch import nn
 
 from slimkit.config.posttrain import PostTrainPruneConfig
 from slimkit.context import PassContext
-from slimkit.data.batch import call_model, split_batch
+from slimkit.data.batch import call_model, positional_inputs, split_batch
 from slimkit.errors import ConfigError, ConstraintError
 from slimkit.evaluation.metrics import primary_output
 from slimkit.graph import apply_removal, build_dependency_graph, pruned_copy
@@ -223,7 +223,7 @@ def _allocate(targets: list[Target], curves: dict[int, dict[int, float]], need: 
     return pick(hi)
 
 
-def _example(ctx: PassContext, calibration: Iterable[Any]) -> tuple[Any, ...]:
+def _example(model: nn.Module, ctx: PassContext, calibration: Iterable[Any]) -> tuple[Any, ...]:
     if ctx.example_inputs is not None:
         return tuple(ctx.example_inputs)
     first = split_batch(next(iter(calibration)))[0]
@@ -231,8 +231,13 @@ def _example(ctx: PassContext, calibration: Iterable[Any]) -> tuple[Any, ...]:
         return (first,)
     if isinstance(first, (tuple, list)):
         return tuple(first)
-    raise ConfigError("posttrain pruning needs example_inputs for a model called with keyword inputs.",
-                      hint="Pass example_inputs=(input_ids, attention_mask).")
+    args = positional_inputs(model, first) if isinstance(first, dict) else None
+    if args is not None:  # {input_ids, attention_mask} batches of a BERT or a SentenceEncoder
+        return args
+    raise ConfigError(f"posttrain pruning needs example_inputs: the calibration batches are keyword inputs "
+                      f"({sorted(first) if isinstance(first, dict) else type(first).__name__}) that are not the "
+                      f"first positional parameters of {type(model).__name__}.forward.",
+                      hint="Pass example_inputs=(input_ids, attention_mask) in the order forward takes them.")
 
 
 class _Skip:
@@ -265,7 +270,7 @@ def posttrain_prune(model: nn.Module, cfg: PostTrainPruneConfig, ctx: PassContex
     t0 = time.time()
     calib = ctx.calibration
     assert calib is not None
-    inputs = _example(ctx, calib)
+    inputs = _example(model, ctx, calib)
     graph = build_dependency_graph(model, inputs, skip=cfg.skip, filter_fn=cfg.filter_fn)
     targets, skipped = find_targets(model, graph)
     info: dict[str, Any] = {"trace": graph.tracer, "kept_groups": skipped, "groups": []}
