@@ -138,7 +138,9 @@ class DependencyGraph:
     """(module, attribute, role) bookkeeping updates after removal (e.g. HF ``num_attention_heads``)."""
     tracer: str = "fx"
     """How the graph was obtained: ``fx``, ``fx+opaque`` (some submodules torch.fx could not trace are opaque
-    leaves, see ``opaque``), ``export`` (torch.export, specialized to the example shapes) or ``hf-bert`` (BERT-style encoders read from their module structure)."""
+    leaves, see ``opaque``), ``export`` (torch.export, specialized to the example shapes), ``hf-bert`` (BERT-style
+    encoders read from their module structure) or ``fx+hf-bert`` (a wrapper traced by fx around such an encoder,
+    read by structure; ``fx+opaque+hf-bert`` with other opaque leaves)."""
     opaque: dict[str, str] = field(default_factory=dict)
     """Opaque submodule -> the trace error that made it opaque; their input and output channels are fixed."""
     export_ops: tuple[str, ...] | None = None

@@ -4,6 +4,8 @@ torch.fx cannot trace these models (their forward unpacks shapes), so the groups
 structure instead and checked against a real forward: every layer slimkit would slice must be called, with
 the shapes it expects. The hidden width (embeddings, residual stream, LayerNorms, pooler) is never pruned,
 so modules outside the attention and FFN blocks (the pooler, heads) stay valid wherever they are called.
+:func:`bert_members` also serves an encoder inside a traced wrapper (``slimkit.graph.build``: an opaque
+BERT-like leaf, e.g. the ``transformer`` of a SentenceEncoder).
 """
 
 from __future__ import annotations
