@@ -12,7 +12,7 @@ from models import ToyMLP
 from torch import nn
 
 import slimkit as sk
-from slimkit.data.batch import call_model, split_batch
+from slimkit.data.batch import call_model, positional_inputs, split_batch
 from slimkit.errors import DataError
 from slimkit.evaluation.metrics import classification_metrics, fidelity
 from slimkit.exporters.int8_parity import batch_arrays
@@ -130,3 +130,16 @@ def test_evaluate_uses_the_convention() -> None:
     res = sk.evaluate(m, [{"x": x, "labels": y}], example_inputs=(x[:1],))
     ref = sk.evaluate(m, [(x, y)], example_inputs=(x[:1],))
     assert res["accuracy"] == ref["accuracy"]
+
+
+def test_positional_inputs_follow_forward_order_or_refuse():
+    class Two(torch.nn.Module):
+        def forward(self, input_ids, attention_mask, token_type_ids=None):
+            return input_ids
+
+    ids, mask = torch.ones(2, 3), torch.zeros(2, 3)
+    got = positional_inputs(Two(), {"attention_mask": mask, "input_ids": ids})
+    assert got is not None and got[0] is ids and got[1] is mask
+    assert positional_inputs(Two(), {"input_ids": ids}) == (ids,)
+    assert positional_inputs(Two(), {"attention_mask": mask}) is None  # not the first parameter
+    assert positional_inputs(Two(), {"input_ids": ids, "pixel_values": mask}) is None
