@@ -99,9 +99,12 @@ def _search_text(draw: st.DrawFn) -> bytes:
     """A valid search config with one value replaced, or a hostile/random/truncated file."""
     import copy
 
-    kind = draw(st.sampled_from(["mutated", "space", "base", "other"]))
+    kind = draw(st.sampled_from(["valid", "mutated", "space", "base", "other"]))
     data = copy.deepcopy(SEARCH)
-    if kind == "mutated":
+    if kind == "valid":  # in range: must be accepted with what it says
+        data["trials"] = draw(st.integers(1, 10_000))
+        data["space"]["stages[0].prune.sparsity"] = {"low": draw(st.floats(0.01, 0.5)), "high": 0.9}
+    elif kind == "mutated":
         data[draw(st.sampled_from(["name", "trials", "objective", "backend", "seed", "space", "base",
                                    "workers", "storage"]) | _keys)] = draw(_values)
     elif kind == "space":
@@ -123,6 +126,8 @@ def test_search_configs_give_only_typed_errors(tmp_path_factory, raw):
         plan = load_search(path)
         # accepted: every bound of the space is finite and ordered, and the budget is positive
         assert plan.config.trials >= 1, raw
+        if b"trials: " in raw and yaml.safe_load(raw).get("trials") is not None:
+            assert plan.config.trials == yaml.safe_load(raw)["trials"], raw
         for p in plan.params:
             if p.kind != "categorical":
                 assert math.isfinite(p.low) and math.isfinite(p.high) and p.low <= p.high, (p, raw)
