@@ -135,6 +135,26 @@ def test_onnx_files_typed_error_or_the_measured_result(tmp_path_factory, raw):
         assert metrics["size_bytes"] == len(raw)  # no file outside the model's directory is counted
 
 
+def test_onnx_weights_pointing_at_zero_external_bytes_are_a_typed_error(tmp_path):
+    """Found by the long form: onnxruntime runs this file, onnx cannot read its weights (was a raw ValueError)."""
+    import onnx
+    from onnx import TensorProto
+
+    from slimkit.errors import ModelLoadError
+    from slimkit.evaluation import evaluate_model
+
+    m = onnx.load_from_string(_mlp_onnx())
+    t = m.graph.initializer[0]
+    t.data_location = TensorProto.EXTERNAL
+    t.ClearField("raw_data")
+    for k, v in (("location", "model.onnx"), ("offset", "0"), ("length", "0")):
+        e = t.external_data.add()
+        e.key, e.value = k, v
+    (tmp_path / "model.onnx").write_bytes(m.SerializeToString())
+    with pytest.raises(ModelLoadError, match="cannot"):
+        evaluate_model(tmp_path / "model.onnx", [(_X[:16], _Y[:16])])
+
+
 # ------------------------------------------------------------------------------------------- report.json
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
