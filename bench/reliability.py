@@ -4,7 +4,8 @@ bench/results/reliability.json. Nothing in it is a timing: the machine's load do
 1. Fuzz: the fuzz tests (tests/test_recipe_fuzz.py, test_loader_fuzz.py, test_run_files_fuzz.py) run with
    their case counts raised (``SLIMKIT_FUZZ_<NAME>``); every case's outcome is counted through
    tests/fuzzlog.py: typed errors, accepted inputs checked against an oracle, raw tracebacks, wrong results.
-2. kill -9 at a random point (uniform over the uninterrupted command's duration, startup included) of
+2. kill -9 at a random point (after a random number of finished stages or trials, a random delay into the
+   next one, up to the uninterrupted command's mean time per unit) of
    ``slimkit run``, of ``slimkit run --resume`` (a killed run killed again while resuming) and of
    ``slimkit search``; then ``--resume`` to the end. A kill survives when the resumed run's final metrics
    equal the uninterrupted run's (same seed) and no stage or trial finished before the kill was recomputed
@@ -87,14 +88,18 @@ SEARCH = {"name": "ksearch", "seed": 0, "trials": 3, "objective": "minimize size
           "space": {"stages[0].prune.sparsity": {"low": 0.5, "high": 0.9}}}
 
 
-def slimkit(*args: str, kill_after: float | None = None) -> tuple[int, float]:
-    """Run ``slimkit ARGS`` in a fresh process; SIGKILL it after ``kill_after`` seconds. (exit code, seconds)"""
+def slimkit(*args: str, kill: tuple[Path, bool, int, float] | None = None) -> tuple[int, float]:
+    """Run ``slimkit ARGS`` in a fresh process; with ``kill = (out, search, k, delay)``, SIGKILL it ``delay``
+    seconds after ``k`` stages (or trials) of ``out`` have finished. (exit code, seconds)"""
     t0 = time.perf_counter()
     p = subprocess.Popen([sys.executable, "-m", "slimkit.cli.app", *args], cwd=ROOT, env=ENV,
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    if kill_after is not None:
+    if kill is not None:
+        out, search, k, delay = kill
+        while p.poll() is None and len(finished_files(out, search)) < k:
+            time.sleep(0.05)
         try:
-            p.wait(timeout=kill_after)
+            p.wait(timeout=delay)
         except subprocess.TimeoutExpired:
             p.send_signal(signal.SIGKILL)
     _, err = p.communicate()
@@ -123,10 +128,11 @@ def finished_files(out: Path, search: bool) -> dict[str, int]:
 
 
 def final_metrics(out: Path, search: bool) -> Any:
-    if search:
+    if search:  # an interrupted trial stays on record as "interrupted" and is run again under a new number
         data = json.loads((out / "search.json").read_text())
-        return [(r["number"], r["state"], {k: (r.get("metrics") or {}).get(k) for k in METRICS})
-                for r in data["trials"]], (data["best"] or {}).get("number")
+        best = data["best"] or {}
+        return [(r["params"], {k: (r.get("metrics") or {}).get(k) for k in METRICS})
+                for r in data["trials"] if r["state"] == "complete"], (best.get("params"), best.get("metrics"))
     return {k: json.loads((out / "report.json").read_text())["final"].get(k) for k in METRICS}
 
 
@@ -150,25 +156,39 @@ def kills(n: int, seed: int) -> list[dict[str, Any]]:
             args = ("search", str(work / "s.yaml")) if search else ("run", str(work / "r.yaml"))
             out = work / f"{kind}-{i}"
             expected, secs = ref["search" if search else "run"]
-            slimkit(*args, "--out", str(out), kill_after=rng.uniform(0.05, 0.95) * secs)
+            units = 3  # stages of RECIPE, trials of SEARCH
+            # a random point: after a random number of finished units, a random delay into the next one
+            # (within the uninterrupted command's mean time per unit, startup and report included)
+            k = rng.randrange(units)
+            code, _ = slimkit(*args, "--out", str(out), kill=(out, search, k, rng.uniform(0, secs / (units + 1))))
+            killed = int(code == -signal.SIGKILL)  # 0: it finished before the random point came
             before = finished_files(out, search)
             if kind == "resume":  # kill the resume too, at a random point of what is left
-                slimkit(*args, "--out", str(out), "--resume", kill_after=rng.uniform(0.05, 0.95) * secs)
+                k2 = rng.randrange(len(before), units) if len(before) < units else units
+                code, _ = slimkit(*args, "--out", str(out), "--resume",
+                                  kill=(out, search, k2, rng.uniform(0, secs / (units + 1))))
+                killed += int(code == -signal.SIGKILL)
                 before = finished_files(out, search)
             code, _ = slimkit(*args, "--out", str(out), "--resume")
             after = {f: Path(f).stat().st_mtime_ns for f in before if Path(f).exists()}
             same = code == 0 and final_metrics(out, search) == expected
             recomputed = sum(after.get(f) != m for f, m in before.items())
-            done["kills"] += 1 + (kind == "resume")
+            done["kills"] += killed
             done["resumed_equal"] += same
             done["finished_recomputed"] += recomputed
             done["finished_at_kill"] += len(before)
-            print(f"kill {kind} {i}: equal={same} finished={len(before)} recomputed={recomputed}", flush=True)
+            print(f"kill {kind} {i}: killed={killed} equal={same} finished={len(before)} recomputed={recomputed}",
+                  flush=True)
         rows.append(row(f"kill9:{kind}", {"runs": count, "kills": done["kills"], "survived": done["resumed_equal"],
                                           "finished_units_at_kill": done["finished_at_kill"],
                                           "finished_units_recomputed": done["finished_recomputed"]},
-                        "survived: the resumed run's final metrics (search: every trial's metrics and the best) "
-                        "equal the uninterrupted run's; units: stages (run) or trials (search)"))
+                        "survived: the resumed run's final metrics (search: every complete trial's settings and metrics, "
+                        "in order, and the best's) "
+                        "equal the uninterrupted run's; units: stages (run) or trials (search); kills: the "
+                        "processes really killed (one that finished before its random point is not counted)"))
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)
     return rows
 
 
