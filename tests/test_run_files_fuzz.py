@@ -188,15 +188,17 @@ def _report_text(draw: st.DrawFn, original: dict) -> bytes:
 
 
 def _cli_outcome(loader: str, code: int, text: str) -> bool:
-    """True when the command succeeded; a typed error (exit 2, one paragraph) is recorded as such."""
+    """True when the command succeeded (the caller checks and records the result); a typed error (exit 2,
+    one paragraph) or a crash is recorded here."""
+    if code == 0:
+        return True
     with outcome(loader):
         if code == 2:
             assert "Traceback" not in text and "This is a bug" not in text and len(text) < 4000, text
             from slimkit.errors import SlimkitError
             raise SlimkitError(text)
-        if code != 0:
-            raise RuntimeError(f"exit {code}: {text[-2000:]}")
-    return code == 0
+        raise RuntimeError(f"exit {code}: {text[-2000:]}")
+    return False
 
 
 @fuzz_settings("report", 20)
