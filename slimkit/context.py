@@ -127,6 +127,35 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """A recipe's ``device`` as a torch device: ``auto`` is CUDA when ``torch.cuda.is_available()``, else CPU;
+    ``cpu``; ``cuda`` (or ``cuda:N``), which raises :class:`slimkit.errors.DeviceError` naming the fix when
+    this machine has no such CUDA device."""
+    from slimkit.errors import DeviceError
+
+    text = str(name)
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise DeviceError(f"unknown device {text!r}; expected auto, cpu or cuda.") from None
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise DeviceError(f"device {text!r} is not supported; expected auto, cpu or cuda.")
+    if not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+        raise DeviceError(f"{text} was asked for, but this machine has no CUDA device (torch "
+                          f"{torch.__version__}, {build}).",
+                          hint="Use device: auto or cpu (--device auto|cpu), or run on a machine with an NVIDIA GPU "
+                               "and a CUDA build of torch.")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise DeviceError(f"{text} was asked for, but this machine has {torch.cuda.device_count()} CUDA "
+                          "device(s).", hint="Use device: cuda (the first GPU) or a smaller index.")
+    return device
+
+
 def model_device(model: Any) -> torch.device:
     """The device of a module's first parameter or buffer; CPU for a module without any and for any other
     callable (an ONNX session wrapper, a function)."""

@@ -81,6 +81,15 @@ class DependencyError(SlimkitError):
     """An optional dependency or offline model package is not installed."""
 
 
+class TrackingError(SlimkitError):
+    """Experiment tracking failed: the tracking store cannot be reached or refuses the run. The run itself
+    finished; its files are in the run directory."""
+
+
+class DeviceError(SlimkitError):
+    """The requested device is not available (``device: cuda`` on a machine without a CUDA device)."""
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """Return ``" Did you mean 'x'?"`` when a close match exists, else ``""``."""
     match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)

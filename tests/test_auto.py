@@ -218,3 +218,22 @@ def test_cli_validates_before_compute_and_takes_points(tmp_path):
     assert run.returncode == 2, run.stderr
     assert "auto.runtime" in run.stderr and "auto.max_accuracy_drop" in run.stderr  # 150 points = 1.5 > 1
     assert not (tmp_path / "o").exists()
+
+
+def test_auto_run_logged_to_mlflow_with_nested_trials(finished, tmp_path):
+    pytest.importorskip("mlflow", reason="mlflow-skinny is not installed (pip install slimkit[tracking])")
+    from mlflow.tracking import MlflowClient
+
+    from slimkit.auto.run import log_auto
+    from slimkit.config.tracking import TrackingConfig
+
+    out, result = finished
+    search = json.loads((out / "search.json").read_text())
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    info = log_auto(TrackingConfig(uri=uri), out, search)
+    client = MlflowClient(tracking_uri=uri)
+    parent = client.get_run(info["run_id"])
+    assert parent.data.tags["slimkit.kind"] == "auto" and parent.info.run_name == result["name"]
+    assert {"auto.json", "auto.html", "profile.json", "search.json"} <= {a.path for a in client.list_artifacts(info["run_id"])}
+    children = client.search_runs([info["experiment_id"]], f"tags.mlflow.parentRunId = '{info['run_id']}'")
+    assert sorted(int(c.data.tags["slimkit.trial"]) for c in children) == [t["number"] for t in search["trials"]]

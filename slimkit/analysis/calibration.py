@@ -110,6 +110,10 @@ def _moments(rows: torch.Tensor, full: bool) -> tuple[int, torch.Tensor, torch.T
 SUPPORTED = (nn.Linear, nn.Conv2d)
 
 
+class _StopForward(Exception):
+    """Ends a calibration forward pass once every chosen layer has seen its input (``stop_early``)."""
+
+
 def _conv_padding(conv: nn.Conv2d) -> tuple[int, int, int, int]:
     """``(left, right, top, bottom)`` padding the convolution applies, for int and string paddings."""
     if isinstance(conv.padding, str):
@@ -172,6 +176,35 @@ def block_of(name: str) -> str:
         if part.isdigit():
             return ".".join(parts[:i + 1])
     return name
+
+
+def input_groups(model: nn.Module, layers: Mapping[str, nn.Module], calibration: Iterable[object]) -> list[list[str]]:
+    """``layers`` in the order they run on the first calibration batch, consecutive layers that read the same
+    input tensor (attention query, key and value) in one group; layers never called come last, alone."""
+    calls: list[tuple[str, tuple[object, ...]]] = []
+
+    def hook_for(name: str):  # noqa: ANN202 - a forward pre-hook
+        def hook(mod: nn.Module, args: tuple[object, ...]) -> None:
+            x = args[0] if args else None
+            if isinstance(x, torch.Tensor) and all(n != name for n, _ in calls):
+                calls.append((name, (x.data_ptr(), tuple(x.shape), x.stride(), x._version)))
+        return hook
+
+    handles = [m.register_forward_pre_hook(hook_for(n)) for n, m in layers.items()]
+    try:
+        with eval_mode(model), torch.no_grad():
+            call_model(model, split_batch(next(iter(calibration)))[0], model_device(model))
+    finally:
+        for h in handles:
+            h.remove()
+    groups: list[list[str]] = []
+    for i, (name, key) in enumerate(calls):
+        if i and key == calls[i - 1][1]:
+            groups[-1].append(name)
+        else:
+            groups.append([name])
+    seen = {n for n, _ in calls}
+    return groups + [[n] for n in layers if n not in seen]
 
 
 def reiterable(calibration: Iterable[object], limit: int | None = None) -> Iterable[object]:
@@ -251,6 +284,7 @@ def collect_input_stats(
     *,
     full: bool = True,
     max_batches: int | None = None,
+    stop_early: bool = False,
 ) -> dict[str, InputStats]:
     """Run ``calibration`` through ``model`` (eval mode, no grad) and return ``{layer name: InputStats}``.
 
@@ -259,6 +293,8 @@ def collect_input_stats(
     ``layers``: ``{qualified name: module}`` or names of ``Linear``/``Conv2d`` modules of ``model``.
     ``full=False`` skips ``xtx`` (only sums and per-column norms, ``O(d)`` memory).
     ``max_batches`` caps how many batches are used.
+    ``stop_early`` ends each forward pass as soon as every chosen layer has been called once (the rest of the
+    model is not run): for layers called once per forward, it gives the same statistics for less compute.
     Raises ConfigError for unsupported layers and DataError when the calibration yields no batch.
     """
     modules = dict(model.named_modules())
@@ -282,6 +318,7 @@ def collect_input_stats(
             torch.zeros(groups, dim, dim, dtype=torch.float64) if full else None)
 
     mask: list[torch.Tensor | None] = [None]
+    fired: set[str] = set()
     # moments of the inputs seen in the current batch: layers fed the same tensor (attention query, key and
     # value) share one computation
     cache: dict[tuple[object, ...], tuple[int, torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
@@ -297,6 +334,10 @@ def collect_input_stats(
             if key not in cache:
                 cache[key] = _moments(layer_rows(module, x, mask[0]), full)
             stats[name]._add(cache[key])
+            if stop_early:
+                fired.add(name)
+                if len(fired) == len(chosen):
+                    raise _StopForward
         return hook
 
     device = model_device(model)
@@ -309,7 +350,11 @@ def collect_input_stats(
                 inputs = split_batch(batch)[0]
                 mask[0] = _token_mask(inputs)
                 cache.clear()
-                call_model(model, inputs, device)
+                fired.clear()
+                try:
+                    call_model(model, inputs, device)
+                except _StopForward:
+                    pass
                 batches += 1
     finally:
         for h in handles:

@@ -45,16 +45,21 @@ def _profile(base: dict[str, Any], baseline_dir: Path, cfg: Any) -> dict[str, An
 
 
 def auto(model_or_recipe: Any, *, data: str | None = None, out: str | Path | None = None, resume: bool = False,
-         **settings: Any) -> dict[str, Any]:
+         tracking: Any = None, **settings: Any) -> dict[str, Any]:
     """Compress ``model_or_recipe`` (a recipe path or mapping with an optional ``auto:`` block, or a model
     name) to meet ``settings`` (the fields of :class:`slimkit.config.auto.AutoConfig`, e.g.
-    ``max_latency_ratio=0.5, max_accuracy_drop=0.01``) and return the content of ``auto.json``."""
+    ``max_latency_ratio=0.5, max_accuracy_drop=0.01``) and return the content of ``auto.json``.
+    ``tracking`` as for :func:`slimkit.search.search`: the finished auto run is logged to MLflow as one run
+    (auto.json/md/html, the chosen recipe, the deployed model when small) with a nested run per trial."""
     from slimkit.config.search import parse_search
     from slimkit.pipeline.state import RunLock
     from slimkit.search.runner import prepare_baseline, search
 
     source = str(model_or_recipe) if isinstance(model_or_recipe, str | Path) else None
     base, cfg = base_recipe(recipe_input(model_or_recipe, data), settings, source=source)  # before any compute
+    from slimkit.pipeline.tracking import resolve_tracking
+
+    track = resolve_tracking(base.get("tracking"), tracking)
     out = Path(out) if out is not None else Path("runs") / base["name"]
     search_file, profile_file = out / "auto-search.yaml", out / "profile.json"
     t0 = time.monotonic()
@@ -75,8 +80,24 @@ def auto(model_or_recipe: Any, *, data: str | None = None, out: str | Path | Non
             atomic_write_text(search_file, dump(config))
     config["timeout_s"] = max(1.0, cfg.budget_s - (time.monotonic() - t0))
     plan = parse_search(config, source=str(search_file))
-    result = search(plan, out=out, resume=resume or (out / "search.json").exists())
-    return finish(out, result, profile, cfg)
+    result = search(plan, out=out, resume=resume or (out / "search.json").exists(), tracking=False)
+    summary = finish(out, result, profile, cfg)
+    if track is not None:
+        log_auto(track, out, result)
+    return summary
+
+
+def log_auto(track: Any, out: Path, result: dict[str, Any]) -> dict[str, Any]:
+    """Log a finished auto run in ``out`` (``result``: its search.json) to MLflow: one run with auto.json/md/html,
+    the profile, the chosen recipe and the deployed model (when at most ``track.max_model_mb``) as artifacts,
+    and a nested run per trial. Returns the content of ``out/tracking.json``."""
+    from slimkit.pipeline.tracking import SEARCH_FILES, log_search
+
+    files = ["auto.json", "auto.md", "auto.html", "chosen.yaml", "closest.yaml", "profile.json", *SEARCH_FILES]
+    deployed = out / "deploy" / "model.onnx"
+    if deployed.is_file() and deployed.stat().st_size <= track.max_model_mb * 1e6:
+        files.append("deploy/model.onnx")
+    return log_search(track, out, result, files=files, tags={"slimkit.kind": "auto"})
 
 
 def finish(out: Path, result: dict[str, Any], profile: dict[str, Any], cfg: Any) -> dict[str, Any]:
@@ -133,4 +154,4 @@ def finish(out: Path, result: dict[str, Any], profile: dict[str, Any], cfg: Any)
     return data
 
 
-__all__ = ["auto", "finish"]
+__all__ = ["auto", "finish", "log_auto"]

@@ -12,8 +12,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from slimkit.cli.progress import cli_reporter, console, err_console, print_report
+from slimkit.cli.progress import TRACK_OPTION, cli_reporter, console, err_console, print_report
 from slimkit.cli.style import SlimkitGroup
+from slimkit.config.tracking import parse_track
 from slimkit.errors import SlimkitError
 
 app = typer.Typer(cls=SlimkitGroup, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -27,6 +28,8 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show lo
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not verbose:  # torch's exporter logs optional-dependency notes (e.g. torchvision) at warning level
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # its store set-up notes (--track)
+        logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 @app.command()
@@ -34,6 +37,8 @@ def run(
     recipe: Annotated[Path, typer.Argument(help="YAML recipe, or a shipped recipe's name (e.g. quantize-dynamic)")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="run directory (default runs/<name>)")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue after the last finished stage")] = False,
+    track: Annotated[str | None, TRACK_OPTION] = None,
+    device: Annotated[str | None, DEVICE_OPTION] = None,
 ) -> None:
     """Run a recipe (a YAML file, or the name of a shipped recipe): baseline, stages, evaluation, report."""
     from slimkit.pipeline.runner import coerce_recipe, run_recipe
@@ -41,12 +46,31 @@ def run(
 
     recipe = resolve_recipe(recipe)  # `slimkit run quantize-dynamic`: a recipe shipped inside the package
 
-    r = coerce_recipe(recipe)
+    r = with_device(coerce_recipe(recipe), device)
+    tracking = parse_track(track) if track else None
     run_dir = out or Path("runs") / r.name
     _state["resume"] = f"slimkit run {recipe} --out {run_dir} --resume"
     with cli_reporter():
-        report = run_recipe(r, out=run_dir, resume=resume)
+        report = run_recipe(r, out=run_dir, resume=resume, tracking=tracking)
     print_report(report, run_dir)
+
+
+DEVICE_OPTION = typer.Option("--device", metavar="auto|cpu|cuda",
+                             help="replaces the recipe's device: (auto: cuda when available, else cpu)")
+
+
+def with_device(recipe: Any, device: str | None) -> Any:
+    """The recipe with ``--device`` applied (checked like the recipe's own ``device:`` field)."""
+    import re
+
+    from slimkit.config.recipe import DEVICE_PATTERN
+    from slimkit.errors import RecipeError
+
+    if device is None:
+        return recipe
+    if not re.fullmatch(DEVICE_PATTERN, device):
+        raise RecipeError([("--device", f"expected auto, cpu, cuda or cuda:N, got {device[:40]!r}")])
+    return recipe.model_copy(update={"device": device})
 
 
 @app.command()
@@ -65,14 +89,15 @@ def demo(
 
 
 @app.command()
-def validate(recipe: Annotated[Path, typer.Argument(help="YAML recipe, or a shipped recipe's name")]) -> None:
-    """Check a recipe, and that its model, weights and data fit, without training or evaluating; list every
-    problem."""
+def validate(recipe: Annotated[Path, typer.Argument(help="YAML recipe, or a shipped recipe's name")],
+             device: Annotated[str | None, DEVICE_OPTION] = None) -> None:
+    """Check a recipe, and that its model, weights, data and device fit, without training or evaluating; list
+    every problem."""
     from slimkit.pipeline.fit import check_fit
     from slimkit.pipeline.runner import coerce_recipe
     from slimkit.recipes import resolve_recipe
 
-    r = coerce_recipe(resolve_recipe(recipe))
+    r = with_device(coerce_recipe(resolve_recipe(recipe)), device)
     check_fit(r, source=str(recipe))
     console.print(f"[green]ok[/]: {recipe} ({len(r.stages)} stage(s): "
                   + ", ".join(f"{s.kind}:{s.method}" for s in r.stages) + ")")

@@ -11,6 +11,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from slimkit.cli.progress import TRACK_OPTION
+from slimkit.config.tracking import parse_track
+
 
 def _print(console: Console, result: dict[str, Any], out: Path) -> None:
     table = Table(title=f"slimkit auto: {result['name']} (Pareto front, {result['quality']} vs measured latency)")
@@ -47,10 +50,11 @@ def register(app: typer.Typer) -> None:
         workers: Annotated[int | None, typer.Option("--workers", help="ray: trials at once")] = None,
         out: Annotated[Path | None, typer.Option("--out", "-o", help="output directory (default runs/<name>-auto)")] = None,
         resume: Annotated[bool, typer.Option("--resume", help="continue: finished trials are not redone")] = False,
+        track: Annotated[str | None, TRACK_OPTION] = None,
     ) -> None:
         """Find and deploy a compression that meets latency/accuracy/size constraints: profile, search, export."""
         from slimkit.auto import auto
-        from slimkit.cli.progress import make_reporter
+        from slimkit.cli.progress import make_reporter, print_tracking
         from slimkit.progress import use_reporter
 
         settings: dict[str, Any] = {
@@ -58,10 +62,12 @@ def register(app: typer.Typer) -> None:
             "max_accuracy_drop": None if max_accuracy_drop is None else max_accuracy_drop / 100.0,
             "max_size_ratio": max_size_ratio, "budget": budget, "trials": trials, "backend": backend,
             "address": address, "workers": workers}
+        tracking = parse_track(track) if track else None
         console, err_console = Console(), Console(stderr=True)
         with use_reporter(make_reporter(err_console)):
-            result = auto(model, data=data, out=out, resume=resume, **settings)
+            result = auto(model, data=data, out=out, resume=resume, tracking=tracking, **settings)
         directory = out or Path("runs") / result["name"]
         _print(console, result, directory)
+        print_tracking(directory)
 
 __all__ = ["register"]

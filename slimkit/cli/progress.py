@@ -3,10 +3,12 @@ Shared by every command module (app, quantize, sensitivity, search)."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
 
+import typer
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -20,6 +22,11 @@ from rich.progress import (
 from rich.text import Text
 
 from slimkit.cli.style import make_console
+
+TRACK_OPTION = typer.Option(
+    "--track", metavar="mlflow[:URI]",
+    help="log to MLflow: 'mlflow' (a local store in the output directory) or 'mlflow:URI' (a tracking server or "
+         "store); needs pip install slimkit\\[tracking]")
 
 REFRESH_S = 0.25  # bars are redrawn from the working thread at least this often (see RichReporter)
 PLAIN_EVERY_S = 10.0  # in a pipe, a progress line at most this often
@@ -164,3 +171,12 @@ def print_report(report: dict[str, Any], run_dir: Path) -> None:
         console.print(f"  {c['name']}: limit {c['limit']}, value {value} -> {mark}")
     console.print(f"\n[bold]Verdict:[/] {report['verdict']}")
     console.print(f"Report: {(run_dir / 'report.html').resolve()}")
+    print_tracking(run_dir)
+
+
+def print_tracking(out: Path) -> None:
+    """Where a tracked run or search was logged (its ``tracking.json``), if it was."""
+    path = out / "tracking.json"
+    if path.is_file():
+        t = json.loads(path.read_text())
+        console.print(f"MLflow: run {t['run_id']} in experiment {t['experiment']!r} at {t['uri']}", highlight=False)

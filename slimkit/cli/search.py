@@ -13,6 +13,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from slimkit.cli.progress import TRACK_OPTION
+from slimkit.config.tracking import parse_track
+
 
 def _print_search(console: Console, result: dict[str, Any], out: Path) -> None:
     from slimkit.pipeline.report.render import fmt
@@ -57,13 +60,15 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path | None, typer.Option("--out", "-o", help="search directory (default runs/<name>)")] = None,
         resume: Annotated[bool, typer.Option("--resume", help="continue a search: finished trials are kept")] = False,
         check: Annotated[bool, typer.Option("--check", help="validate and show the first proposals; compute nothing")] = False,
+        track: Annotated[str | None, TRACK_OPTION] = None,
     ) -> None:
         """Search recipe settings: run trials through the runner, keep the best that meets the constraints."""
-        from slimkit.cli.progress import cli_reporter, console
+        from slimkit.cli.progress import cli_reporter, console, print_tracking
         from slimkit.config.search import load_search
         from slimkit.search.runner import search
 
         plan = load_search(config)  # every problem, before any compute
+        tracking = parse_track(track) if track else None
         directory = out or Path("runs") / plan.config.name
         if check:
             from slimkit.search.runner import propose
@@ -75,8 +80,9 @@ def register(app: typer.Typer) -> None:
                 console.print(f"  trial {i}: " + ", ".join(f"{k}={_value(v)}" for k, v in params.items()))
             return
         with cli_reporter():
-            result = search(plan, out=directory, resume=resume)
+            result = search(plan, out=directory, resume=resume, tracking=tracking)
         _print_search(console, result, directory)
+        print_tracking(directory)
 
 
 __all__ = ["register"]

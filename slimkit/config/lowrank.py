@@ -30,7 +30,8 @@ class SVDConfig(PassConfig):
     layer's output error on the calibration inputs, and its singular values measure that error, so
     ``energy`` and ``param_budget`` then allocate ranks by output error instead of weight error. With
     ``sequential`` each block (module path up to its first number) is factorized with statistics from
-    the already factorized blocks before it (ranks are planned once, from the original model).
+    the already factorized blocks before it (``sequential="layer"``: each set of layers reading the same input,
+    after the layers that run before it); ranks are planned once, from the original model.
     """
 
     kind: ClassVar[str] = "lowrank"
@@ -46,7 +47,10 @@ class SVDConfig(PassConfig):
     finetune: FinetuneConfig | None = None
     whiten: bool = Field(False, description="factorize against the calibration inputs (needs calibration)")
     dampening: float = Field(0.01, gt=0, le=1, description="whiten: fraction of mean(diag X^T X) added to the diagonal")
-    sequential: bool = Field(True, description="whiten: refresh the statistics block by block")
+    sequential: bool | Literal["block", "layer"] = Field(
+        True, description="whiten: refresh the statistics block by block ('block' or true), or before every set "
+                          "of layers that read the same input ('layer': an FFN's second layer sees the first one "
+                          "factorized)")
     calibration_batches: int | None = Field(None, ge=1, description="whiten: use at most this many batches")
 
     @model_validator(mode="after")

@@ -48,8 +48,11 @@ class _OneShotConfig(PassConfig):
     filter_fn: LayerFilterFn | None = filter_fn_field()
     min_numel: int = Field(0, ge=0, description="leave layers with fewer weights than this dense")
     calibration_batches: int | None = Field(None, ge=1, description="use at most this many calibration batches")
-    sequential: bool = Field(True, description="calibrate each block on the inputs of the already pruned blocks "
-                                               "before it (one calibration pass per block) instead of all at once")
+    sequential: bool | Literal["block", "layer"] = Field(
+        True, description="'block' (or true): calibrate each block on the inputs of the already pruned blocks "
+                          "before it (one calibration pass per block); 'layer': also within a block, each set of "
+                          "layers that read the same input (attention q/k/v, ...) sees the inputs of the already "
+                          "pruned layers before it; false: all layers from the unpruned model at once")
 
     @model_validator(mode="after")
     def _one_target(self) -> _OneShotConfig:

@@ -11,8 +11,11 @@ from pydantic import Field, field_validator, model_validator
 from slimkit._io import MAX_YAML_DEPTH, read_yaml
 from slimkit.config.auto import AutoConfig
 from slimkit.config.base import PassConfig, StrictModel, build, format_loc, validation_problems
+from slimkit.config.tracking import TrackingConfig
 from slimkit.errors import RecipeError
 
+DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d{1,2})?)$"
+"""A recipe's ``device``: auto, cpu, cuda or cuda:N (resolved by :func:`slimkit.context.resolve_device`)."""
 MAX_SEED = 2**32 - 1
 """Seeds go to torch, numpy and Python generators; numpy takes at most 32 bits."""
 
@@ -148,6 +151,12 @@ class Recipe(StrictModel):
         "best", description="best: the last stage that met every constraint (the last stage when none did); "
                             "last: always the last finished stage")
     auto: AutoConfig | None = Field(None, description="settings of `slimkit auto`; `slimkit run` ignores them")
+    device: str = Field("auto", pattern=DEVICE_PATTERN,
+                        description="where the model is compressed, trained, evaluated and timed: auto (cuda when "
+                                    "torch.cuda.is_available(), else cpu), cpu, cuda or cuda:N; export runs "
+                                    "from a CPU copy")
+    tracking: TrackingConfig | None = Field(None, description="log the run to MLflow (off when absent; the CLI's "
+                                                              "--track mlflow[:URI] sets it)")
 
     @model_validator(mode="after")
     def _deployed_latency(self) -> Recipe:
@@ -173,8 +182,11 @@ class Recipe(StrictModel):
     def resolved(self) -> dict[str, Any]:
         """The recipe with every default filled in, as plain data (for recipe.yaml and report.json)."""
         data = self.model_dump(mode="json", exclude={"stages"})
-        if data.get("auto") is None:
-            data.pop("auto", None)  # absent unless given: the resolved recipe of ordinary runs is unchanged
+        for key in ("auto", "tracking"):
+            if data.get(key) is None:
+                data.pop(key, None)  # absent unless given: the resolved recipe of ordinary runs is unchanged
+        if data.get("device") == "auto":
+            data.pop("device")  # the default; the device a run used is in its report's environment
         if data["evaluate"].get("latency") and data["evaluate"]["latency"].get("runtime") == "torch":
             data["evaluate"]["latency"].pop("runtime")  # the default; keeps the hashes of existing runs
         data["stages"] = [s.stage_dict() for s in self.stages]

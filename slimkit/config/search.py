@@ -185,7 +185,8 @@ class SearchPlan:
         """Changes when anything that changes the trials changes (resume refuses a different search)."""
         cfg = self.config.model_dump(mode="json", exclude={"trials", "timeout_s", "workers", "address", "backend"})
         cfg.pop("base", None)
-        blob = json.dumps({"cfg": cfg, "base": self.base}, sort_keys=True, default=str)
+        base = {k: v for k, v in self.base.items() if k != "tracking"}  # logging changes no trial
+        blob = json.dumps({"cfg": cfg, "base": base}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

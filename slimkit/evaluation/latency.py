@@ -1,6 +1,8 @@
-"""Latency, measured, never inferred: warm up, then time ``repeats`` single calls with
-``time.perf_counter``, report the median and the 90th percentile in milliseconds, with the thread count
-pinned for the measurement and restored afterwards."""
+"""Latency, measured, never inferred: warm up, then time ``repeats`` single calls, report the median and the
+90th percentile in milliseconds, with the thread count pinned for the measurement and restored afterwards.
+On CPU each call is timed with ``time.perf_counter``; on CUDA with a pair of CUDA events around the call and
+a synchronize before reading them (the GPU's own clock: kernel launches are asynchronous). This module is the
+one place slimkit times anything."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from slimkit.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["batched", "cpu_flags", "cpu_has_vnni", "measure_latency", "ort_latency", "paired_latency", "throughput", "torch_latency"]
+__all__ = ["batched", "cpu_flags", "cpu_has_vnni", "environment", "measure_latency", "ort_latency", "paired_latency", "throughput", "torch_latency"]
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
@@ -34,35 +36,55 @@ def _percentile(sorted_values: list[float], q: float) -> float:
 
 def measure_latency(fn: Callable[[], Any], *, warmup: int = 10, repeats: int = 30, batch: int = 1,
                     runtime: str = "torch", threads: int | None = None,
-                    sync: Callable[[], None] | None = None) -> dict[str, Any]:
+                    device: torch.device | str | None = None) -> dict[str, Any]:
     """Time ``fn()``: ``warmup`` untimed calls, then ``repeats`` timed calls.
 
     ``threads`` pins ``torch.set_num_threads`` for the measurement (None keeps the current setting) and
-    the previous value is restored afterwards. ``sync`` (e.g. ``torch.cuda.synchronize``) is called
-    before reading the clock. Returns ``{"median", "p90", "batch", "runtime"}`` in milliseconds.
+    the previous value is restored afterwards. ``device`` of type cuda times each call with CUDA events on
+    the current stream (synchronized before they are read) instead of the host clock. Returns
+    ``{"median", "p90", "batch", "runtime"}`` in milliseconds (and ``"timer": "cuda-events"`` on CUDA).
     """
     if repeats < 1 or warmup < 0 or batch < 1:
         raise ConfigError(f"latency needs repeats >= 1, warmup >= 0, batch >= 1 (got {repeats}, {warmup}, {batch}).")
+    dev = torch.device(device) if device is not None else None
+    cuda = dev is not None and dev.type == "cuda"
     previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
         for _ in range(warmup):
             fn()
-        if sync is not None:
-            sync()
-        times: list[float] = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            if sync is not None:
-                sync()
-            times.append((time.perf_counter() - start) * 1e3)
+        times = _cuda_times(fn, repeats, dev) if cuda and dev is not None else _host_times(fn, repeats)
     finally:
         torch.set_num_threads(previous)
     times.sort()
-    return {"median": float(statistics.median(times)), "p90": float(_percentile(times, 0.9)),
-            "batch": int(batch), "runtime": runtime}
+    out = {"median": float(statistics.median(times)), "p90": float(_percentile(times, 0.9)),
+           "batch": int(batch), "runtime": runtime}
+    return {**out, "timer": "cuda-events"} if cuda else out
+
+
+def _host_times(fn: Callable[[], Any], repeats: int) -> list[float]:
+    times: list[float] = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def _cuda_times(fn: Callable[[], Any], repeats: int, device: torch.device) -> list[float]:
+    """Per-call milliseconds between CUDA events recorded before and after ``fn()`` (read after a synchronize)."""
+    with torch.cuda.device(device):
+        torch.cuda.synchronize()
+        pairs = []
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()  # one call at a time: the next call does not overlap this one
+            pairs.append((start, end))
+        return [float(s.elapsed_time(e)) for s, e in pairs]
 
 
 def throughput(latency: dict[str, Any] | None) -> float | None:
@@ -94,6 +116,26 @@ def cpu_flags() -> set[str] | None:
     except OSError:
         return None
     return next((set(line.split(":", 1)[1].split()) for line in text.splitlines() if line.startswith("flags")), None)
+
+
+def environment(device: torch.device | str = "cpu") -> dict[str, Any]:
+    """The machine a run measured on, for its report: torch and Python versions, threads, the CPU's model name,
+    the device the run used and, on CUDA, the GPU's name."""
+    import platform
+    from pathlib import Path
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    device = torch.device(device)
+    out: dict[str, Any] = {"torch": torch.__version__, "python": platform.python_version(),
+                           "threads": torch.get_num_threads(), "cpu": cpu, "device": device.type}
+    if device.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(device)
+    return out
 
 
 def cpu_has_vnni() -> bool | None:
@@ -136,7 +178,6 @@ def torch_latency(model: nn.Module, example_inputs: Any, cfg: LatencyConfig | No
     cfg = cfg or LatencyConfig()
     device = model_device(model)
     xs = tuple(t.to(device) for t in batched(example_inputs, cfg.batch))
-    sync = torch.cuda.synchronize if device.type == "cuda" else None
 
     def fn() -> None:
         model(*xs)
@@ -144,7 +185,7 @@ def torch_latency(model: nn.Module, example_inputs: Any, cfg: LatencyConfig | No
     with eval_mode(model), torch.no_grad():
         return measure_latency(fn, warmup=cfg.warmup, repeats=cfg.repeats, batch=cfg.batch,
                                runtime="torch" if device.type == "cpu" else f"torch-{device.type}",
-                               threads=cfg.threads, sync=sync)
+                               threads=cfg.threads, device=device)
 
 
 _ORT_NUMPY = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",

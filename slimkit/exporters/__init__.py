@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimkit.context import model_device
 from slimkit.errors import ConfigError
 from slimkit.exporters.onnx_checked import export_onnx_checked, register_onnx_quantizer
 from slimkit.exporters.onnx_export import export_onnx
@@ -67,6 +68,8 @@ def export_model(model: nn.Module, path: str | os.PathLike[str], *, example_inpu
     rebuild), parity is an exact round trip of the state dict (of its quantized values where a codec
     stores weights quantized, see safetensors_io.encoded_state).
 
+    A model on CUDA is exported to ONNX from a CPU copy (the model itself stays where it is).
+
     Returns ``{"artifact": Path, "size_bytes": int, "parity": dict | None, "format": "onnx"|"safetensors"}``.
     """
     from slimkit.evaluation.cost import file_size
@@ -77,7 +80,11 @@ def export_model(model: nn.Module, path: str | os.PathLike[str], *, example_inpu
     if path.suffix == ".onnx":
         if example_inputs is None:
             raise ConfigError("ONNX export needs example_inputs (a tensor or tuple of tensors, batch first).")
-        example_inputs = tuple(example_inputs)
+        example_inputs = tuple(t.cpu() if isinstance(t, torch.Tensor) else t for t in example_inputs)
+        if isinstance(model, nn.Module) and model_device(model).type != "cpu":
+            import copy
+
+            model = copy.deepcopy(model).cpu()  # ONNX is exported, and its parity checked, from a CPU copy
         if precision not in ("fp32", "fp16", "int8"):
             raise ConfigError(f"unknown ONNX precision {precision!r}; expected 'fp32', 'fp16' or 'int8'.")
         if quantize is None or quantize == "auto":

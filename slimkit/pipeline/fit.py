@@ -156,7 +156,16 @@ def _weights_probe(weights: Any) -> nn.Module:
 def check_fit(recipe: Recipe, *, source: str | None = None) -> None:
     """Raise RecipeError listing every mismatch of model, weights and data (see the module docstring)."""
     problems = fit_problems(recipe)
-    problems = problems or memory_problems(recipe)
+    from slimkit.context import resolve_device
+    from slimkit.errors import DeviceError
+
+    device = None
+    try:
+        device = resolve_device(recipe.device)
+    except DeviceError as exc:
+        problems.append(("device", f"{exc.message} {exc.hint}"))
+    if not problems and (device is None or device.type == "cpu"):
+        problems = memory_problems(recipe)  # host memory: what a CPU run holds
     if problems:
         raise RecipeError(problems, source=source)
 

@@ -8,7 +8,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -16,8 +16,10 @@ from torch import nn
 from slimkit._io import atomic_write_json, atomic_write_text, disk_full_errors
 from slimkit.config.base import PassConfig
 from slimkit.config.recipe import Recipe, load_recipe, parse_recipe
-from slimkit.context import PassContext
+from slimkit.config.tracking import TrackingConfig
+from slimkit.context import PassContext, resolve_device
 from slimkit.errors import DivergenceError, ModelLoadError, RecipeError, RunError
+from slimkit.evaluation.latency import environment
 from slimkit.pipeline.constraints import check_constraints, choose_delivery, verdict
 from slimkit.pipeline.state import RunLock, RunState, recipe_hash
 from slimkit.progress import track
@@ -61,6 +63,7 @@ class _Run:
     bundle: Any = None
     build: Any = None
     reference: nn.Module | None = None  # the baseline model: fidelity is measured against it
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # recipe.device, resolved
     stages_meta: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -210,10 +213,13 @@ def relative_artifacts(entry: dict[str, Any], base: Path) -> dict[str, Any]:
 
 
 def run_recipe(recipe: Any, out: str | Path | None = None, *, resume: bool = False,
-               replace: bool = False) -> dict[str, Any]:
+               replace: bool = False, tracking: TrackingConfig | Literal[False] | None = None) -> dict[str, Any]:
     """Execute ``recipe`` into ``out`` (default ``runs/<name>``) and return the report as a dict.
 
     ``replace=True`` deletes a previous run found in ``out`` (after taking its lock) instead of refusing.
+    ``tracking``: None follows the recipe's ``tracking:`` block, False turns tracking off, a
+    :class:`~slimkit.config.tracking.TrackingConfig` replaces the block; a tracked run is logged to MLflow
+    after its report is written (:mod:`slimkit.pipeline.tracking`).
     A stage whose training diverges stops the run there; ``final`` is the stage ``recipe.deliver`` picks
     (:func:`slimkit.pipeline.constraints.choose_delivery`) and the report's ``delivered`` says which and why.
     """
@@ -221,12 +227,18 @@ def run_recipe(recipe: Any, out: str | Path | None = None, *, resume: bool = Fal
     from slimkit.pipeline.fit import check_fit
 
     check_fit(r)  # model, weights and data fit together: fail before any compute
+    from slimkit.pipeline.tracking import log_run, resolve_tracking
+
+    track = resolve_tracking(r.tracking, tracking)  # a missing MLflow is found before any compute
     run_dir = Path(out) if out is not None else Path("runs") / r.name
     need: dict[str, int] = {}
     with RunLock(run_dir), disk_full_errors(run_dir, need):
         if replace and not resume:
             _clear_run_dir(run_dir)
-        return _run_locked(r, run_dir, resume=resume, need=need)
+        report = _run_locked(r, run_dir, resume=resume, need=need)
+        if track is not None:
+            log_run(track, run_dir, report)
+        return report
 
 
 def _clear_run_dir(run_dir: Path) -> None:
@@ -250,15 +262,15 @@ def _run_locked(r: Recipe, run_dir: Path, *, resume: bool, need: dict[str, int])
     resolved = r.resolved()
     state = RunState(run_dir)
     state.start(recipe_hash(resolved), resume=resume)
-    for name in ("report.json", "report.md", "report.html"):  # a report only ever describes a finished run
+    for name in ("report.json", "report.md", "report.html", "tracking.json"):  # only ever of a finished run
         (run_dir / name).unlink(missing_ok=True)
     atomic_write_text(run_dir / "recipe.yaml", _yaml(resolved))
     torch.manual_seed(r.seed)
-    run = _Run(r, run_dir)
+    run = _Run(r, run_dir, device=resolve_device(r.device))
     with track("load data", total=None):
         run.bundle = load_data(r.data)
     run.build = lambda: build_model(r.model, input_shape=run.bundle.input_shape, num_classes=run.bundle.num_classes,
-                                    seed=r.seed)
+                                    seed=r.seed).to(run.device)
     baseline_model = _baseline(run, state)
     need["bytes"] = sum(t.numel() * t.element_size() for t in baseline_model.state_dict().values())
     baseline_metrics = dict(state.data["baseline"])
@@ -360,7 +372,7 @@ def _run_locked(r: Recipe, run_dir: Path, *, resume: bool, need: dict[str, int])
         "constraints": rows,
         "verdict": verdict(baseline_metrics, final, rows, notes=_delivery_notes(delivered, stopped, stages)
                            + _runtime_notes(model) + _stage_notes(stages) + _export_notes(exports)),
-        "environment": _environment(),
+        "environment": environment(run.device),
     }
     from slimkit.pipeline.report import write_report
 
@@ -410,7 +422,7 @@ def _stopped_report(run: _Run, baseline: dict[str, Any], stages: list[dict[str, 
               "verdict": verdict(baseline, final, rows, notes=[f"Stopped early {why}; later stages cannot win it "
                                                                "back, so they, the export and the latency "
                                                                "measurement were skipped."]),
-              "environment": _environment()}
+              "environment": environment(run.device)}
     write_report(run.run_dir, report)
     return report
 
@@ -445,25 +457,6 @@ def _export_notes(exports: list[dict[str, Any]]) -> list[str]:
             for e in exports if e.get("note")]
 
 
-def _environment() -> dict[str, Any]:
-    import platform
-
-    return {"torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
-            "cpu": _cpu_name()}
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
-
-
 def _yaml(data: dict[str, Any]) -> str:
     import yaml
 
@@ -476,10 +469,10 @@ def restore_saved(recipe: Recipe, run_dir: Path, directory: Path, upto: int) -> 
     from slimkit.data import load_data
     from slimkit.models import build_model
 
-    run = _Run(recipe, run_dir)
+    run = _Run(recipe, run_dir, device=resolve_device(recipe.device))
     run.bundle = load_data(recipe.data)
     run.build = lambda: build_model(recipe.model, input_shape=run.bundle.input_shape,
-                                    num_classes=run.bundle.num_classes, seed=recipe.seed)
+                                    num_classes=run.bundle.num_classes, seed=recipe.seed).to(run.device)
     return _restore(run, directory, list(recipe.stages[:upto])), run.bundle
 
 

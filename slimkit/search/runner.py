@@ -65,18 +65,25 @@ def prepare_baseline(base: dict[str, Any], out: Path) -> tuple[Path, dict[str, A
     if data["evaluate"].get("latency"):  # deployed (onnxruntime) latency is measured by each trial, paired
         data["evaluate"]["latency"] = {**data["evaluate"]["latency"], "runtime": "torch"}
     with track("search: baseline", total=None):
-        report = run_recipe(data, out=bdir, resume=(bdir / "state.json").exists())
+        report = run_recipe(data, out=bdir, resume=(bdir / "state.json").exists(), tracking=False)
     return bdir, report["baseline"]
 
 
-def search(config: Any, out: str | Path | None = None, *, resume: bool = False) -> dict[str, Any]:
+def search(config: Any, out: str | Path | None = None, *, resume: bool = False,
+           tracking: Any = None) -> dict[str, Any]:
     """Run the search described by ``config`` (a YAML path, a mapping, a SearchConfig) into ``out``
-    (default ``runs/<name>``) and return the content of ``search.json``."""
+    (default ``runs/<name>``) and return the content of ``search.json``.
+
+    ``tracking`` (as for :func:`slimkit.pipeline.runner.run_recipe`: None follows the base recipe's
+    ``tracking:`` block, False is off, a TrackingConfig replaces it): the finished search is logged to MLflow
+    as one run with a nested run per trial."""
     plan = coerce_plan(config)
     cfg = plan.config
     out = Path(out) if out is not None else Path("runs") / cfg.name
     from slimkit.pipeline.state import RunLock
+    from slimkit.pipeline.tracking import resolve_tracking
 
+    tracked = resolve_tracking(plan.base.get("tracking"), tracking)  # MLflow missing: before any compute
     with RunLock(out):
         records = load_records(plan, out, resume)
         from slimkit.search.optuna_backend import OptunaStudy
@@ -121,7 +128,12 @@ def search(config: Any, out: str | Path | None = None, *, resume: bool = False) 
                 task.advance()
                 if data_now["best"] is not None:
                     task.update(best=data_now["best"]["objective"])
-        return book.write(done=True)
+        result = book.write(done=True)
+        if tracked is not None:
+            from slimkit.pipeline.tracking import log_search
+
+            log_search(tracked, out, result)
+        return result
 
 
 def propose(config: Any, n: int) -> list[dict[str, Any]]:

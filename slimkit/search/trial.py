@@ -92,7 +92,7 @@ def run_trial(recipe_data: dict[str, Any], trial_dir: str | Path, *, metric: str
         if baseline_dir is not None and not resume:
             _seed_trial(trial_dir, recipe, Path(baseline_dir))
             resume = True
-        report = run_recipe(recipe, out=trial_dir, resume=resume)
+        report = run_recipe(recipe, out=trial_dir, resume=resume, tracking=False)  # the search logs trials
     except SlimkitError as exc:
         log.warning("trial %s failed: %s", trial_dir.name, exc)
         return {"state": "failed", "error": f"{type(exc).__name__}: {exc}", "seconds": round(time.perf_counter() - t0, 3)}

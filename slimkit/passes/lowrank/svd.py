@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from slimkit.analysis.calibration import block_of, collect_input_stats, reiterable
+from slimkit.analysis.calibration import block_of, collect_input_stats, input_groups, reiterable
 from slimkit.config.layers import is_skipped
 from slimkit.config.lowrank import SVDConfig
 from slimkit.context import PassContext, PassRecord
@@ -332,7 +332,8 @@ def apply_plan(model: nn.Module, plans: list[LayerPlan], whiteners: dict[str, Wh
 
 def _whiteners(model: nn.Module, names: list[str], cfg: SVDConfig, calibration: Any) -> dict[str, Any]:
     """``{name: (InputStats, S)}`` of the named layers from one calibration pass."""
-    stats = collect_input_stats(model, calibration, names, max_batches=cfg.calibration_batches)
+    stats = collect_input_stats(model, calibration, names, max_batches=cfg.calibration_batches,
+                                stop_early=bool(cfg.sequential))
     return {n: (st, whitener(st.xtx[0], cfg.dampening)) for n, st in stats.items()  # type: ignore[index]
             if st.count > 0}
 
@@ -342,8 +343,14 @@ def _apply_whitened(model: nn.Module, plans: list[LayerPlan], cfg: SVDConfig, ca
     """Factorize the planned layers against their inputs, block by block with ``sequential`` (statistics
     refreshed on the partly factorized model) or all at once; record each layer's calibration output error."""
     todo = [p for p in plans if p.rank is not None]
-    blocks = [list(g) for _, g in itertools.groupby(todo, key=lambda p: block_of(p.name))] if cfg.sequential \
-        else [todo]
+    if cfg.sequential == "layer":
+        by_name = {p.name: p for p in todo}
+        blocks = [[by_name[n] for n in g] for g in input_groups(
+            model, {p.name: model.get_submodule(p.name) for p in todo}, calibration)]
+    elif cfg.sequential:
+        blocks = [list(g) for _, g in itertools.groupby(todo, key=lambda p: block_of(p.name))]
+    else:
+        blocks = [todo]
     for block in blocks:
         names = [p.name for p in block if p.name in dense]
         current = _whiteners(model, names, cfg, calibration) if cfg.sequential else dense

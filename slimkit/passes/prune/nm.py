@@ -9,7 +9,6 @@ speed-up with ``torch.sparse.to_sparse_semi_structured`` on a CUDA GPU, and says
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import torch
@@ -19,6 +18,7 @@ from slimkit.config.layers import is_skipped
 from slimkit.config.structured import NMSparsityConfig
 from slimkit.context import PassContext
 from slimkit.errors import ConfigError
+from slimkit.evaluation.latency import measure_latency
 from slimkit.registry import register_pass
 
 log = logging.getLogger(__name__)
@@ -98,16 +98,8 @@ def gpu_speed_check(in_features: int = 4096, out_features: int = 4096, batch: in
     x = torch.randn(batch, in_features, device=dev, dtype=torch.float16)
 
     def bench(fn: Any) -> float:
-        for _ in range(10):
-            fn()
-        torch.cuda.synchronize()
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-        return sorted(times)[len(times) // 2] * 1e3
+        return measure_latency(fn, warmup=10, repeats=repeats, batch=batch, runtime="torch-cuda",
+                               device=dev)["median"]
 
     dense_ms = bench(lambda: torch.nn.functional.linear(x, w))
     try:

@@ -13,7 +13,9 @@ model stays a plain model with zeros in its weights, like magnitude pruning.
 
 With ``sequential`` (the default), layers are calibrated block by block (a block is the module path up to its
 first numeric component, e.g. ``encoder.layer.3``): each block sees the inputs the already pruned blocks
-before it produce. Weights that are already zero stay zero. Per-layer records (what was removed, relative
+before it produce; ``sequential="layer"`` goes further: every set of layers that read the same tensor is
+calibrated after the layers that run before it are pruned (SparseGPT's "true sequential"). Each calibration
+pass stops as soon as the layers it collects for have run. Weights that are already zero stay zero. Per-layer records (what was removed, relative
 output error on the calibration data) go to the ``OneShotRecord`` ``ctx.extras["oneshot"]``.
 """
 
@@ -28,7 +30,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from slimkit.analysis.calibration import InputStats, block_of, collect_input_stats, reiterable
+from slimkit.analysis.calibration import InputStats, block_of, collect_input_stats, input_groups, reiterable
 from slimkit.config.prune import SparseGPTConfig, WandaPruneConfig
 from slimkit.context import PassContext, PassRecord
 from slimkit.errors import ConfigError
@@ -193,15 +195,17 @@ def oneshot_prune_(model: nn.Module, cfg: OneShotConfig, calibration: Any) -> li
     per-layer records. Every check runs before the model is touched."""
     layers = _layers(model, cfg)
     calibration = reiterable(calibration, cfg.calibration_batches)
-    if cfg.sequential:
-        blocks: list[list[str]] = [list(group) for _, group in itertools.groupby(layers, key=block_of)]
+    if cfg.sequential == "layer":
+        blocks = input_groups(model, layers, calibration)
+    elif cfg.sequential:
+        blocks = [list(group) for _, group in itertools.groupby(layers, key=block_of)]
     else:
         blocks = [list(layers)]
     records: list[dict[str, Any]] = []
     with track(f"prune:{cfg.method}", total=len(layers)) as task:
         for block in blocks:
             stats = collect_input_stats(model, calibration, {n: layers[n] for n in block}, full=True,
-                                        max_batches=cfg.calibration_batches)
+                                        max_batches=cfg.calibration_batches, stop_early=bool(cfg.sequential))
             for name in block:
                 if stats[name].count == 0:
                     records.append({"layer": name, "method": cfg.method, "pattern": _pattern(cfg),

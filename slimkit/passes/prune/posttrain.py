@@ -44,6 +44,7 @@ from slimkit.passes.prune.reconstruct import (
     relative_error,
     weight_aug,
 )
+from slimkit.passes.prune.rescale import execution_order, residual_parent, tune_scales
 from slimkit.passes.prune.structured import count_macs, rebuild_structure
 from slimkit.registry import register_pass
 
@@ -320,13 +321,18 @@ def posttrain_prune(model: nn.Module, cfg: PostTrainPruneConfig, ctx: PassContex
               for t in targets}
     else:
         ks = _solve(model, graph, targets, curves, orders, cfg, inputs, base)
+    parents = {t.consumer: residual_parent(model, t.consumer, inputs) for t in targets
+               if isinstance(model.get_submodule(t.consumer), nn.Linear)}
+    scales = cfg.refit == "scales" or (cfg.refit == "auto" and len(parents) == len(targets)
+                                       and all(parents.values()))
+    info["refit"] = "scales" if scales else "weights"
     removed: set[int] = set()
     for t in targets:
         gi = t.group.index
         drop = orders[gi][: ks[gi]]
         w, h = mats[gi]
         v, keep, err = _local_refit(t, w, h, drop, cfg.ridge)
-        if drop:
+        if drop and not scales:
             install(model, t, v, keep)
         removed.update(drop)
         chans = sorted(int(c) for u in drop for c in (t.cols[u][:: t.block] // t.block).tolist())
@@ -334,7 +340,7 @@ def posttrain_prune(model: nn.Module, cfg: PostTrainPruneConfig, ctx: PassContex
             "group": gi, "kind": t.group.kind, "producers": t.group.producers, "consumer": t.consumer,
             "units": len(t.group), "removed": len(drop), "removed_consumer_channels": chans,
             "intercept": t.intercept, "macs_per_unit": t.macs_per_unit, "cost": curves[gi].get(len(drop)),
-            "relative_error": [round(err, 6)]})
+            "relative_error": [] if scales else [round(err, 6)]})
     reference = copy.deepcopy(model)  # refit targets: the original outputs (restored below)
     keep = graph.keep_indices(removed)
     rows = {}  # a consumer that also produces a pruned group keeps only some output rows
@@ -343,7 +349,10 @@ def posttrain_prune(model: nn.Module, cfg: PostTrainPruneConfig, ctx: PassContex
                    if m.module == t.consumer and m.role in ("conv.out", "linear.out")), None)
         rows[t.group.index] = keep[mi] if mi is not None else None
     apply_removal(model, graph, removed, inputs)
-    _refit_passes(model, reference, targets, cfg, calib, info, mats, rows)
+    if scales:
+        _tune_scales(model, reference, targets, cfg, calib, info, inputs, parents, removed)
+    else:
+        _refit_passes(model, reference, targets, cfg, calib, info, mats, rows)
     info.update(macs_before=base, macs_after=count_macs(model, inputs), seconds=round(time.time() - t0, 2),
                 criterion=cfg.criterion)
     ctx.extras["layers"] = layer_rows(info)
@@ -357,7 +366,7 @@ def layer_rows(info: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for r in info["groups"]:
         what = "heads" if r["kind"] == "heads" else "channels"
-        rows.append({"layer": r["consumer"], "rel_error": r["relative_error"][-1], "removed_units": r["removed"],
+        rows.append({"layer": r["consumer"], "rel_error": (r["relative_error"] or [None])[-1], "removed_units": r["removed"],
                      "units": r["units"],
                      "change": f"{r['removed']}/{r['units']} {what} of {', '.join(r['producers'])} removed; refit"})
     for k in info["kept_groups"]:
@@ -392,6 +401,33 @@ def _refit_passes(model: nn.Module, reference: nn.Module, targets: list[Target],
                 v = refit(w, hxz, hzz, cfg.ridge)
             install(model, t, v)
             records[t.group.index]["relative_error"].append(round(relative_error(w, v, hxx, hxz, hzz), 6))
+
+
+def _tune_scales(model: nn.Module, reference: nn.Module, targets: list[Target], cfg: PostTrainPruneConfig,
+                 calib: Iterable[Any], info: dict[str, Any], inputs: tuple[Any, ...],
+                 parents: dict[str, str | None], removed: set[int]) -> None:
+    """``refit="scales"``: per-unit scales of every Linear consumer, in execution order, ``refit_passes``
+    sweeps (:func:`slimkit.passes.prune.rescale.tune_scales`); ``relative_error`` records the consumer's error
+    before the first sweep, then after each."""
+    if any(not isinstance(model.get_submodule(t.consumer), nn.Linear) for t in targets):
+        raise ConfigError("refit='scales' tunes Linear consumers only; this model has convolution consumers.",
+                          hint="Use refit: weights (or auto) for CNNs.")
+    records = {r["group"]: r for r in info["groups"]}
+    by_name = {t.consumer: t for t in targets}
+    for sweep in range(cfg.refit_passes):
+        for name in execution_order(model, list(by_name), inputs):
+            t = by_name[name]
+            width = reference.get_submodule(name).weight.shape[1]
+            kept = [u for u in t.cols if u not in removed]
+            keep = _keep_cols(t, width, [u for u in t.cols if u in removed])
+            units = [torch.searchsorted(keep, t.cols[u]) for u in kept]
+            before, after, _ = tune_scales(reference, model, name, units, calib, parent=parents.get(name),
+                                           ridge=cfg.ridge, max_batches=cfg.calibration_batches,
+                                           weight_ridge=cfg.weight_ridge)
+            rec = records[t.group.index]
+            rec["relative_error"] += ([round(before, 6)] if sweep == 0 else []) + [round(after, 6)]
+            rec["residual"] = parents.get(name)
+            log.info("posttrain scales: %s relative error %.4g -> %.4g", name, before, after)
 
 
 def _solve(model: nn.Module, graph: Any, targets: list[Target], curves: dict[int, dict[int, float]],

@@ -1,0 +1,204 @@
+"""GPU: MiniLM (all-MiniLM-L6-v2) in fp16/bf16 against torch autocast, and 2:4 semi-structured sparsity on its
+matmul-heavy layers, on one CUDA device.
+
+    .venv/bin/python bench/gpu.py            # bench/results/gpu.json + the "GPU" section of docs/benchmarks.md
+    .venv/bin/python bench/gpu.py --quick    # small, into bench/_work/gpu.json; numbers not meaningful
+    .venv/bin/python bench/gpu.py --render   # only re-render the docs section from bench/results/gpu.json
+
+Rows (latency: the median of per-call CUDA-event times, slimkit.evaluation.latency, at batch 1 and 32 of
+sequence 128; quality: fidelity of the sentence embeddings to the fp32 model on held-out sentences):
+
+- torch fp32; torch autocast fp16 and bf16 (fp32 weights, ``torch.autocast``): the peer;
+- slimkit fp16 and bf16 (``quantize_(model, FP16Config() / BF16Config())``: half-precision weights, norms in
+  fp32): half the bytes;
+- 2:4 per layer: every distinct Linear shape of the encoder (q/k/v/o 384x384, FFN 384->1536 and 1536->384) at
+  32x128 token rows, the dense fp16 matmul against ``to_sparse_semi_structured`` weights
+  (``slimkit.passes.prune.nm.gpu_speed_check``);
+- slimkit 2:4 end to end: ``prune_(model, NMSparsityConfig())`` then fp16, its Linear weights swapped for
+  semi-structured tensors, against the dense fp16 model.
+
+On a machine without a CUDA device it says so and exits without writing anything (status 0, so ``make bench``
+goes on). The fp32 model's own latency is measured in the same process, interleaved with every variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, ROOT, WORK, command_line, machine_info, update_doc_section, write_result  # noqa: E402
+
+HEADING = "GPU"
+SEQ = 128
+
+
+def _latency(fn: Any, batch: int, repeats: int, device: torch.device) -> float:
+    from slimkit.evaluation.latency import measure_latency
+
+    return round(measure_latency(fn, warmup=10, repeats=repeats, batch=batch, runtime="torch-cuda",
+                                 device=device)["median"], 4)
+
+
+def _encoder_rows(encoder: Any, sentences: list[str], batches: dict[int, dict[str, torch.Tensor]], repeats: int,
+                  device: torch.device) -> list[dict[str, Any]]:
+    """fp32, autocast fp16/bf16 and slimkit fp16/bf16 rows of the sentence encoder."""
+    import slimkit as sk
+    from slimkit.evaluation.embedding_fidelity import embedding_fidelity
+    from slimkit.passes.quantize.packing import state_nbytes
+
+    fp32 = encoder.to(device).eval()
+    ref = fp32.encode(sentences)
+    variants: list[tuple[str, str, Any, torch.dtype | None, str]] = [
+        ("torch", "fp32", fp32, None, "fp32 weights and compute"),
+        ("torch", "autocast-fp16", fp32, torch.float16, "fp32 weights, torch.autocast(float16)"),
+        ("torch", "autocast-bf16", fp32, torch.bfloat16, "fp32 weights, torch.autocast(bfloat16)"),
+    ]
+    for name, cfg in (("fp16", sk.FP16Config()), ("bf16", sk.BF16Config())):
+        model = sk.quantize_(copy.deepcopy(fp32), cfg)
+        variants.append(("slimkit", name, model, None, f"quantize_(model, {type(cfg).__name__}()): half-precision "
+                                                       "weights, LayerNorm kept in fp32"))
+    rows = []
+    for system, variant, model, autocast, note in variants:
+        def ctx(dtype: torch.dtype | None = autocast) -> Any:
+            return torch.autocast("cuda", dtype=dtype) if dtype is not None else torch.autocast("cuda", enabled=False)
+
+        with torch.no_grad(), ctx():
+            emb = model.encode(sentences)
+            lat = {}
+            for b, enc in batches.items():
+                ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+                lat[f"b{b}"] = _latency(lambda m=model, i=ids, a=mask: m(i, a), b, repeats, device)
+        fid = embedding_fidelity(emb.float(), ref)
+        rows.append({"system": system, "variant": variant, "size_bytes": state_nbytes(model.state_dict()), "latency_ms": lat,
+                     "quality": {"cosine": fid["cosine"], "cosine_min": fid["cosine_min"],
+                                 "top1_agreement": fid["top1_agreement"]}, "notes": note})
+    return rows
+
+
+def _sparse_layer_rows(encoder: Any, repeats: int) -> list[dict[str, Any]]:
+    """Dense fp16 vs 2:4 semi-structured matmul for each distinct Linear shape of the encoder."""
+    from slimkit.passes.prune.nm import gpu_speed_check
+
+    shapes: dict[tuple[int, int], list[str]] = {}
+    for name, mod in encoder.named_modules():
+        if isinstance(mod, torch.nn.Linear) and ".layer.0." in name:
+            shapes.setdefault((mod.in_features, mod.out_features), []).append(name.split(".layer.0.")[1])
+    rows = []
+    for (fin, fout), names in shapes.items():
+        res = gpu_speed_check(fin, fout, 32 * SEQ, repeats=repeats)
+        if "skipped" in res:
+            print(f"2:4 {fin}x{fout}: skipped: {res['skipped']}", file=sys.stderr)
+            continue
+        for variant, ms in (("dense-fp16", res["dense_ms"]), ("2:4-fp16", res["sparse_ms"])):
+            rows.append({"system": "torch" if variant == "dense-fp16" else "slimkit",
+                         "variant": f"linear-{fin}x{fout}-{variant}", "size_bytes": None,
+                         "latency_ms": {f"rows{32 * SEQ}": round(ms, 4)},
+                         "quality": {"max_abs_diff": res["max_abs_diff"] if variant != "dense-fp16" else 0.0},
+                         "notes": f"{', '.join(names)} (one layer of 6); speed-up {res['speedup']:.2f}x"})
+    return rows
+
+
+def _sparse_model_rows(encoder: Any, sentences: list[str], batches: dict[int, dict[str, torch.Tensor]],
+                       repeats: int, device: torch.device) -> list[dict[str, Any]]:
+    """The whole encoder: dense fp16 against 2:4-pruned fp16 with semi-structured Linear weights."""
+    import slimkit as sk
+    from slimkit.evaluation.embedding_fidelity import embedding_fidelity
+
+    ref = encoder.to(device).eval().encode(sentences)
+    dense = sk.quantize_(copy.deepcopy(encoder), sk.FP16Config())
+    sparse = sk.quantize_(sk.prune_(copy.deepcopy(encoder), sk.NMSparsityConfig()), sk.FP16Config())
+    try:
+        from torch.sparse import to_sparse_semi_structured
+
+        swapped = 0
+        for mod in sparse.modules():
+            if isinstance(mod, torch.nn.Linear) and mod.weight.dtype == torch.float16:
+                mod.weight = torch.nn.Parameter(to_sparse_semi_structured(mod.weight.detach()), requires_grad=False)
+                swapped += 1
+    except Exception as exc:  # kernels missing for this build or device: a result, not a crash
+        print(f"2:4 end to end: skipped: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return []
+    rows = []
+    variants: list[tuple[str, Any, str]] = [
+        ("dense-fp16", dense, "fp16, dense"),
+        ("2:4-fp16", sparse, f"prune_(NMSparsityConfig()) + fp16, {swapped} Linear weights as "
+                             "to_sparse_semi_structured; one-shot magnitude 2:4 without fine-tuning, so the "
+                             "fidelity shows its cost (it is about speed here)")]
+    for variant, model, note in variants:
+        with torch.no_grad():
+            fid = embedding_fidelity(model.encode(sentences).float(), ref)
+            lat = {}
+            for b, enc in batches.items():
+                if b < 32:
+                    continue  # sparse kernels pay off on many token rows
+                ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+                lat[f"b{b}"] = _latency(lambda m=model, i=ids, a=mask: m(i, a), b, repeats, device)
+        rows.append({"system": "torch" if variant == "dense-fp16" else "slimkit", "variant": f"minilm-{variant}",
+                     "size_bytes": None, "latency_ms": lat,
+                     "quality": {"cosine": fid["cosine"], "cosine_min": fid["cosine_min"]}, "notes": note})
+    return rows
+
+
+def render(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    lines = [f"`{result['command']}` on {m.get('gpu')} (torch {m['torch']}); numbers from "
+             "[bench/results/gpu.json](../bench/results/gpu.json). Latency: median of per-call CUDA-event times "
+             f"(sequence {SEQ}); quality: sentence-embedding fidelity to the fp32 model.", "",
+             "| system | variant | size | latency | quality | notes |", "|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        size = "—" if r["size_bytes"] is None else f"{r['size_bytes'] / 2**20:.1f} MiB"
+        lat = ", ".join(f"{k}: {v:.3f} ms" for k, v in r["latency_ms"].items() if v is not None) or "—"
+        q = ", ".join(f"{k} {v:.4f}" for k, v in r["quality"].items() if v is not None) or "—"
+        lines.append(f"| {r['system']} | {r['variant']} | {size} | {lat} | {q} | {r.get('notes', '')} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small and fast; results under bench/_work/")
+    ap.add_argument("--render", action="store_true", help="only re-render docs/benchmarks.md from the JSON")
+    args = ap.parse_args(argv)
+    doc = ROOT / "docs" / "benchmarks.md"
+    if args.render:
+        import json
+
+        update_doc_section(doc, HEADING, render(json.loads((RESULTS / "gpu.json").read_text())))
+        return 0
+    if not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+        print(f"bench/gpu.py: skipped: no CUDA device (torch.cuda.is_available() is False; torch {torch.__version__}, "
+              f"{build}). It needs an NVIDIA GPU (Ampere or newer for 2:4 sparse kernels); nothing was written.",
+              file=sys.stderr)
+        return 0
+    from slimkit.data.sentences import split_sentences
+    from slimkit.models.sentence import load_minilm
+
+    t0 = time.time()
+    device = torch.device("cuda")
+    encoder = load_minilm()
+    _, sentences = split_sentences(100)
+    sentences = sentences[:48] if args.quick else sentences
+    repeats = 10 if args.quick else 100
+    batches = {b: encoder.tokenize((sentences * 4)[:b], pad_to=SEQ) for b in (1, 32)}
+    rows = _encoder_rows(encoder, sentences, batches, repeats, device)
+    rows += _sparse_layer_rows(encoder, repeats)
+    rows += _sparse_model_rows(encoder, sentences, batches, repeats, device)
+    result = {"bench": "gpu", "command": command_line(), "machine": machine_info(torch.get_num_threads()),
+              "rows": rows, "settings": {"sequence": SEQ, "repeats": repeats, "sentences": len(sentences),
+                                         "seconds": round(time.time() - t0, 1)}}
+    out = write_result("gpu", result, WORK / "gpu.json" if args.quick else None)
+    if not args.quick:
+        update_doc_section(doc, HEADING, render(result))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
