@@ -66,6 +66,24 @@ class _Delivered(_Loose):
     reason: str
 
 
+class _Parity(_Loose):
+    max_abs_diff: _Number | None = None
+    round_trip_exact: bool | None = None
+
+
+class _Stopped(_Loose):
+    index: _Count
+    pass_: str = Field(alias="pass")
+    reason: str
+
+
+class _Export(_Loose):
+    format: str
+    artifact: str | None = None
+    size_bytes: _Count | None = None
+    parity: _Parity | None = None
+
+
 class _Report(_Loose):
     name: str
     recipe: dict[str, Any]
@@ -75,7 +93,8 @@ class _Report(_Loose):
     constraints: list[_Constraint]
     verdict: Annotated[str, Field(min_length=1)]
     delivered: _Delivered | None = None
-    exports: list[dict[str, Any]] | None = None
+    stopped: _Stopped | None = None
+    exports: list[_Export] | None = None
     environment: dict[str, Any] | None = None
 
 
