@@ -36,6 +36,7 @@ BENCHES = {
     "posttrain": "posttrain.py",
     "posttrain_sparse": "posttrain_sparse.py",
     "auto": "auto.py",
+    "reliability": "reliability.py",
     "gpu": "gpu.py",  # on a machine without CUDA it says so and writes nothing
 }
 QUICK_SKIP = {"prune_mobilenet"}  # its quick form is prune_resnet --quick

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from fuzzlog import fuzz_settings, outcome
+from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from slimkit.errors import SlimkitError
 from slimkit.exporters.safetensors_io import MANIFEST, WEIGHTS, load_state, save_model
 
 _json = st.recursive(
@@ -26,8 +26,6 @@ _json = st.recursive(
     lambda c: st.one_of(st.lists(c, max_size=3), st.dictionaries(st.text(max_size=6), c, max_size=3)),
     max_leaves=6)
 _shapes = st.lists(st.one_of(st.integers(-3, 2**40), st.just(2**62)), max_size=4)
-_SETTINGS = settings(max_examples=150, deadline=None, derandomize=True,
-                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
 def _model() -> nn.Module:
@@ -46,15 +44,13 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, tor
     return d, {k: v.clone() for k, v in m.state_dict().items()}
 
 
-def _check(d: Path, original: dict[str, torch.Tensor]) -> None:
+def _check(d: Path, original: dict[str, torch.Tensor], loader: str) -> None:
     """Typed error, or exactly the saved state."""
-    try:
+    with outcome(loader):
         state = load_state(d)
-    except SlimkitError:
-        return
-    assert set(state) == set(original)
-    for k, v in original.items():
-        assert state[k].dtype == v.dtype and state[k].shape == v.shape and torch.equal(state[k], v), k
+        assert set(state) == set(original)
+        for k, v in original.items():
+            assert state[k].dtype == v.dtype and state[k].shape == v.shape and torch.equal(state[k], v), k
 
 
 def _copy(saved: tuple[Path, dict[str, torch.Tensor]], tmp_path: Path, tag: str) -> Path:
@@ -76,7 +72,7 @@ def _paths(obj: object, prefix: tuple = ()) -> list[tuple]:
     return out
 
 
-@_SETTINGS
+@fuzz_settings("manifest", 150)
 @given(data=st.data())
 def test_manifest_values_replaced(saved, tmp_path, data) -> None:
     d = _copy(saved, tmp_path, "m")
@@ -94,10 +90,10 @@ def test_manifest_values_replaced(saved, tmp_path, data) -> None:
         t = t[p]
     t[key] = value
     (d / MANIFEST).write_text(json.dumps(new))
-    _check(d, saved[1])
+    _check(d, saved[1], "manifest")
 
 
-@_SETTINGS
+@fuzz_settings("safetensors", 150)
 @given(cut=st.integers(0, 4000), flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 7)), max_size=4),
        which=st.sampled_from([WEIGHTS, MANIFEST]))
 def test_files_truncated_or_bit_flipped(saved, tmp_path, cut, flips, which) -> None:
@@ -109,10 +105,10 @@ def test_files_truncated_or_bit_flipped(saved, tmp_path, cut, flips, which) -> N
     else:
         raw = raw[: cut % len(raw)]
     (d / which).write_bytes(bytes(raw))
-    _check(d, saved[1])
+    _check(d, saved[1], "safetensors")
 
 
-@_SETTINGS
+@fuzz_settings("state", 150)
 @given(body=st.one_of(_json.map(json.dumps), st.binary(max_size=64).map(lambda b: b.decode("latin-1")),
                       st.sampled_from(['{"recipe_hash": "x", "baseline": null, "stages": {"0": 1}}',
                                        '{"recipe_hash": "x", "baseline": null, "stages": {"../0": {}}}',
@@ -123,8 +119,6 @@ def test_state_json_garbage(tmp_path, body) -> None:
     d = tmp_path / "run"
     d.mkdir(exist_ok=True)
     (d / "state.json").write_text(body, encoding="utf-8", errors="surrogateescape")
-    try:
+    with outcome("state"):
         st_ = RunState(d)
-    except SlimkitError:
-        return
-    assert isinstance(st_.data, dict) and isinstance(st_.data["stages"], dict)
+        assert isinstance(st_.data, dict) and isinstance(st_.data["stages"], dict)

@@ -70,13 +70,10 @@ def peak_rss(what: str, n: int) -> dict[str, int]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-_NOT_STREAMED = pytest.mark.xfail(strict=True, reason=(
-    "mixed-precision sensitivity keeps its calibration and scoring batches in lists (passes/quantize/mixed.py "
-    "plan_mixed_ptq/_score_batches) so every candidate sees the same batches: measured peak 376 MB -> 568 MB "
-    "(x1.51) for 8 -> 80 batches; streaming needs a deterministic re-iterable calibration source"))
-
-
-@pytest.mark.parametrize("what", ["minmax", "percentile", pytest.param("sensitivity", marks=_NOT_STREAMED), "evaluate"])
+# sensitivity (mixed precision) streams its calibration and scoring batches again for every candidate
+# (analysis.calibration.replay_batches) instead of keeping them in lists: was 376 MB -> 568 MB (x1.51) for
+# 8 -> 80 batches, a strict xfail, before issue 14's fix
+@pytest.mark.parametrize("what", ["minmax", "percentile", "sensitivity", "evaluate"])
 def test_peak_rss_with_10x_batches_within_20_percent(what: str) -> None:
     n = 8
     small, big = peak_rss(what, n), peak_rss(what, 10 * n)
@@ -85,3 +82,38 @@ def test_peak_rss_with_10x_batches_within_20_percent(what: str) -> None:
     assert ratio <= 1.2, (what, small, big, ratio)
     # keeping the 9n extra input batches would add 9n * 786 KiB = 55 MiB; allow half of that for allocator noise
     assert extra < 0.5 * 9 * n * BATCH_BYTES, (what, small, big, extra)
+
+
+def test_replayed_batches_are_checked_and_a_changing_source_falls_back_to_lists():
+    import torch
+    from models import ToyMLP
+
+    from slimkit.analysis.calibration import BatchesChanged, SameBatches, replay_batches
+    from slimkit.config.quantize import Int, MixedPrecision, PTQConfig
+    from slimkit.context import PassContext
+    from slimkit.passes.quantize.mixed import plan_mixed_ptq
+    from slimkit.passes.quantize.ptq import ptq
+
+    class Shifting:  # re-iterable, but each pass gives other batches (random augmentation)
+        passes = 0
+
+        def __iter__(self):
+            Shifting.passes += 1
+            g = torch.Generator().manual_seed(Shifting.passes)
+            return iter([(torch.randn(32, 64, generator=g), torch.zeros(32, dtype=torch.long)) for _ in range(3)])
+
+    replay = replay_batches(Shifting(), 2)
+    assert isinstance(replay, SameBatches) and len(list(replay)) == 2
+    with pytest.raises(BatchesChanged, match="different batch 0"):
+        list(replay)
+    assert isinstance(replay_batches(iter([1, 2, 3]), 2), list)  # a one-shot iterator is kept
+    torch.manual_seed(0)
+    model = ToyMLP().eval()
+    cfg = PTQConfig(weights=Int(4, per_channel=False), activations=None, calibration_batches=3,
+                    mixed=MixedPrecision(metric="cosine", floor=0.999, keep_as="float", data="calibration"))
+    Shifting.passes = 0
+    _, res, calib = plan_mixed_ptq(model, cfg, PassContext(calibration=Shifting()), ptq)
+    # the plan was measured again on the batches of one pass, kept in a list, and those go to the final PTQ
+    assert isinstance(calib, list) and len(calib) == 3 and res["samples"] == 96
+    _, again, _ = plan_mixed_ptq(model, cfg, PassContext(calibration=calib), ptq)
+    assert again["table"] == res["table"] and again["keep"] == res["keep"]

@@ -9,11 +9,12 @@ import sys
 from pathlib import Path
 
 import yaml
-from hypothesis import HealthCheck, given, settings
+from fuzzlog import fuzz_settings, outcome
+from hypothesis import given
 from hypothesis import strategies as st
 
 from slimkit.config.recipe import load_recipe
-from slimkit.errors import SlimkitError
+from slimkit.config.search import load_search
 
 GOOD = {"name": "fz", "model": {"arch": "mlp"}, "data": {"name": "digits"},
         "stages": [{"prune": {"sparsity": 0.5}}, {"finetune": {"epochs": 1, "lr": 0.001}}]}
@@ -74,26 +75,64 @@ def _recipe_text(draw: st.DrawFn) -> bytes:
     return text[: draw(st.integers(0, len(text)))]
 
 
-def _check_message(exc: SlimkitError) -> None:
-    text = str(exc)
-    assert text and "Traceback" not in text
-    assert len(text) < 4000  # a paragraph, not a dump
-
-
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@fuzz_settings("recipe", 300)
 @given(_recipe_text())
 def test_recipe_files_give_only_typed_errors(tmp_path_factory, raw):
     path = tmp_path_factory.mktemp("fz", numbered=True) / "r.yaml"
     path.write_bytes(raw)
-    try:
+    with outcome("recipe"):
         recipe = load_recipe(path)
-    except SlimkitError as exc:
-        _check_message(exc)
-        return
-    # accepted: every number in it is finite and every stage is a known pass
-    for st_ in recipe.stages:
-        for v in st_.model_dump().values():
-            assert not (isinstance(v, float) and not math.isfinite(v)), (st_, raw)
+        # accepted: every number in it is finite and every stage is a known pass
+        for st_ in recipe.stages:
+            for v in st_.model_dump().values():
+                assert not (isinstance(v, float) and not math.isfinite(v)), (st_, raw)
+
+
+SEARCH = {"name": "sz", "trials": 2, "objective": "minimize size_bytes", "base": GOOD,
+          "space": {"stages[0].prune.sparsity": {"low": 0.5, "high": 0.9},
+                    "stages[1].finetune.lr": {"low": 1e-4, "high": 1e-2, "log": True},
+                    "stages": {"choices": [["prune"], ["prune", "finetune"]]}}}
+
+
+@st.composite
+def _search_text(draw: st.DrawFn) -> bytes:
+    """A valid search config with one value replaced, or a hostile/random/truncated file."""
+    import copy
+
+    kind = draw(st.sampled_from(["valid", "mutated", "space", "base", "other"]))
+    data = copy.deepcopy(SEARCH)
+    if kind == "valid":  # in range: must be accepted with what it says
+        data["trials"] = draw(st.integers(1, 10_000))
+        data["space"]["stages[0].prune.sparsity"] = {"low": draw(st.floats(0.01, 0.5)), "high": 0.9}
+    elif kind == "mutated":
+        data[draw(st.sampled_from(["name", "trials", "objective", "backend", "seed", "space", "base",
+                                   "workers", "storage"]) | _keys)] = draw(_values)
+    elif kind == "space":
+        key = draw(st.sampled_from([*SEARCH["space"], "stages[5].prune.sparsity", "model.arch", "seed"]) | _keys)
+        data["space"][key] = draw(_values | st.fixed_dictionaries({"low": _scalars, "high": _scalars}))
+    elif kind == "base":
+        data["base"] = {**GOOD, draw(_keys): draw(_values)}
+    else:
+        return draw(_recipe_text())
+    return yaml.safe_dump(data, allow_unicode=True).encode()
+
+
+@fuzz_settings("search", 100)
+@given(_search_text())
+def test_search_configs_give_only_typed_errors(tmp_path_factory, raw):
+    path = tmp_path_factory.mktemp("sz", numbered=True) / "s.yaml"
+    path.write_bytes(raw)
+    with outcome("search"):
+        plan = load_search(path)
+        # accepted: every bound of the space is finite and ordered, and the budget is positive
+        assert plan.config.trials >= 1, raw
+        if b"trials: " in raw and yaml.safe_load(raw).get("trials") is not None:
+            assert plan.config.trials == yaml.safe_load(raw)["trials"], raw
+        for p in plan.params:
+            if p.kind != "categorical":
+                assert math.isfinite(p.low) and math.isfinite(p.high) and p.low <= p.high, (p, raw)
+            else:
+                assert p.values, (p, raw)
 
 
 def test_cli_exits_2_with_one_paragraph_on_hostile_files(tmp_path):

@@ -84,9 +84,14 @@ def test_ctrl_c_exits_130_and_demo_respects_the_lock(tmp_path):
         while not (out / "state.json").exists() and time.time() < deadline and proc.poll() is None:
             time.sleep(0.1)
         assert proc.poll() is None and (out / "state.json").exists()
-        # a second command into the same directory, the demo included, is refused and deletes nothing
-        demo = subprocess.run([sys.executable, "-m", "slimkit.cli.app", "demo", "--out", str(out)],
-                              capture_output=True, text=True, env=env, timeout=120)
+        # a second command into the same directory, the demo included, is refused and deletes nothing;
+        # the run is paused meanwhile (it keeps its lock) so that a slow machine cannot let it finish first
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            demo = subprocess.run([sys.executable, "-m", "slimkit.cli.app", "demo", "--out", str(out)],
+                                  capture_output=True, text=True, env=env, timeout=120)
+        finally:
+            proc.send_signal(signal.SIGCONT)
         user_error(demo.returncode, demo.stderr, "another slimkit run", f"pid={proc.pid}")
         assert (out / "state.json").exists() and (out / ".lock").exists()
         time.sleep(1.0)

@@ -22,15 +22,16 @@ from __future__ import annotations
 import itertools
 import logging
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from slimkit.context import eval_mode, model_device
-from slimkit.data.batch import call_model, split_batch
+from slimkit.data.batch import batch_fingerprint, call_model, split_batch
 from slimkit.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -213,6 +214,60 @@ def reiterable(calibration: Iterable[object], limit: int | None = None) -> Itera
     if iter(calibration) is calibration:
         return list(itertools.islice(calibration, limit))
     return calibration
+
+
+class BatchesChanged(DataError):
+    """A source replayed by :class:`SameBatches` gave a different batch (or a different number of batches)
+    on a later pass than on the first."""
+
+
+class SameBatches:
+    """The first ``limit`` batches of a re-iterable ``source``, read from the source again on every pass
+    instead of being kept in memory, so a consumer that needs the same batches several times (every candidate
+    of a sensitivity analysis) holds one batch at a time. Each batch's :func:`batch_fingerprint` is recorded
+    the first time it is seen and checked on every later pass: a source that changes between passes
+    (shuffled, randomly augmented, shorter) raises :class:`BatchesChanged` instead of silently giving other
+    batches. Build one with :func:`replay_batches`."""
+
+    def __init__(self, source: Iterable[Any], limit: int | None = None) -> None:
+        self.source, self.limit = source, limit
+        self._prints: list[str] = []
+        self._complete = False
+
+    def __len__(self) -> int:
+        n = len(self.source)  # type: ignore[arg-type]  # TypeError when the source has no length
+        return n if self.limit is None else min(n, self.limit)
+
+    def __iter__(self) -> Iterator[Any]:
+        known = self._prints
+        i = -1
+        for i, batch in enumerate(itertools.islice(iter(self.source), self.limit)):
+            fp = batch_fingerprint(batch)
+            if i < len(known):
+                if known[i] != fp:
+                    raise BatchesChanged(f"the data gave a different batch {i} on a later pass; the batches must "
+                                         "be the same on every pass.",
+                                         hint="Use a loader with a fixed order and no random augmentation.")
+            elif self._complete:
+                raise BatchesChanged(f"the data gave more batches on a later pass than the {len(known)} of the "
+                                     "first.")
+            else:
+                known.append(fp)
+            yield batch
+        if self._complete and i + 1 < len(known):
+            raise BatchesChanged(f"the data gave {i + 1} batches on a later pass, {len(known)} on the first.")
+        self._complete = True
+
+
+def replay_batches(source: Iterable[Any], limit: int | None = None) -> SameBatches | list[Any]:
+    """``source``'s first ``limit`` batches for several passes: a :class:`SameBatches` (streamed again on every
+    pass, checked) when ``source`` can be iterated again in the same order, else a list (a one-shot iterator,
+    or a loader whose sampler reshuffles every pass), whose memory grows with ``limit``."""
+    sampler = getattr(source, "sampler", None)
+    if iter(source) is source or isinstance(sampler, torch.utils.data.RandomSampler):
+        log.info("the data cannot be replayed in the same order; its first %s batches are kept in memory", limit)
+        return list(itertools.islice(iter(source), limit))
+    return SameBatches(source, limit)
 
 
 def _token_mask(inputs: object) -> torch.Tensor | None:

@@ -14,6 +14,7 @@ A batch is one of
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 from collections.abc import Mapping
 from typing import Any
@@ -26,7 +27,7 @@ LABEL_KEYS = ("labels", "label", "y")
 """Keys of a batch mapping that hold the target, looked up in this order."""
 _SINGLE_INPUT_KEYS = ("x", "input")
 
-__all__ = ["LABEL_KEYS", "call_model", "positional_inputs", "split_batch"]
+__all__ = ["LABEL_KEYS", "batch_fingerprint", "call_model", "positional_inputs", "split_batch"]
 
 
 def split_batch(batch: Any, *, labelled: bool = False) -> tuple[Any, Any]:
@@ -88,3 +89,30 @@ def positional_inputs(model: Any, inputs: Mapping[str, Any]) -> tuple[Any, ...] 
     if len(names) != len(inputs) or set(names) != set(inputs):
         return None
     return tuple(inputs[n] for n in names)
+
+
+def batch_fingerprint(batch: Any) -> str:
+    """A digest of a batch's exact contents: every tensor's dtype, shape and bytes (BLAKE2b, 128 bits), walked
+    through tuples, lists and mappings (keys included); other leaves by their type and ``repr``. Two batches
+    with the same fingerprint hold the same values."""
+    h = hashlib.blake2b(digest_size=16)
+
+    def walk(x: Any) -> None:
+        if isinstance(x, torch.Tensor):
+            t = x.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy() if t.dtype != torch.bool else t.numpy())
+        elif isinstance(x, Mapping):
+            h.update(f"M{len(x)}".encode())
+            for k, v in x.items():
+                h.update(repr(k).encode())
+                walk(v)
+        elif isinstance(x, (tuple, list)):
+            h.update(f"S{len(x)}".encode())
+            for v in x:
+                walk(v)
+        else:
+            h.update(f"{type(x).__name__}:{x!r}".encode())
+
+    walk(batch)
+    return h.hexdigest()

@@ -38,6 +38,7 @@ class OnnxModel:
         """Positional inputs in the graph's input order; keyword inputs (a batch given as a mapping, e.g.
         ``input_ids``/``attention_mask``) by the graph's input names, or in the order given when the exporter
         named the inputs otherwise (``input_0``, ...)."""
+        from slimkit.errors import DataError
         from slimkit.evaluation.latency import ort_feed
 
         if named:
@@ -46,8 +47,12 @@ class OnnxModel:
                 inputs = (*inputs, *(named[n] for n in graph))
             else:
                 inputs = (*inputs, *named.values())
-
-        outs = [torch.from_numpy(o) for o in self.session.run(None, ort_feed(self.session, inputs))]
+        try:
+            outs = [torch.from_numpy(o) for o in self.session.run(None, ort_feed(self.session, inputs))]
+        except Exception as exc:  # onnxruntime raises its own exception types for a graph that cannot run
+            raise DataError(f"onnxruntime cannot run {self.path} on inputs of shape "
+                            f"{[tuple(getattr(t, 'shape', ())) for t in inputs]}: {str(exc).splitlines()[0][:300]}",
+                            hint="Check that the inputs match the model's inputs, or export it again.") from None
         return outs[0] if len(outs) == 1 else tuple(outs)
 
 
@@ -57,10 +62,17 @@ def onnx_param_counts(path: str | os.PathLike[str]) -> tuple[int, int]:
     import onnx
     from onnx import numpy_helper
 
-    proto = onnx.load(str(path))
+    from slimkit.errors import ModelLoadError
+
     total = nonzero = 0
-    for init in proto.graph.initializer:
-        arr = numpy_helper.to_array(init)
-        total += int(arr.size)
-        nonzero += int(np.count_nonzero(arr))
+    try:
+        proto = onnx.load(str(path))
+        for init in proto.graph.initializer:
+            arr = numpy_helper.to_array(init)
+            total += int(arr.size)
+            nonzero += int(np.count_nonzero(arr))
+    except Exception as exc:  # onnx raises ValueError, TypeError, DecodeError, ... for a damaged file
+        raise ModelLoadError(f"onnx cannot read the weights of {path}: {type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0][:300] if str(exc) else ''}",
+                             hint="The file is damaged (or its external data is); export it again.") from None
     return total, nonzero

@@ -7,6 +7,7 @@ import importlib
 import inspect
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,60 @@ def _gb(n: int) -> str:
     return f"{n / 2**30:,.1f} GiB"
 
 
+@dataclass(frozen=True)
+class Footprint:
+    """What a model needs in memory, measured on the ``meta`` device (nothing allocated): ``weights`` (bytes of
+    parameters and buffers), ``params`` (count), and at batch 1 the bytes of its ``largest`` activation and
+    the ``total`` of its leaf modules' new outputs (about what training keeps for the backward pass)."""
+
+    weights: int
+    params: int
+    largest: int
+    total: int
+
+
+def _meta_footprint(factory: Callable[..., Any], what: str, kwargs: dict[str, Any],
+                    input_shape: Sequence[int], num_classes: int | None) -> Footprint | None:
+    try:
+        with torch.device("meta"):
+            meta = _call_factory(factory, what, kwargs, input_shape=input_shape, num_classes=num_classes,
+                                 strict_shape=True)
+    except Exception as exc:  # noqa: BLE001 - the real build raises the real error, if any
+        log.debug("%s: no meta-device size estimate (%s)", what, exc)
+        return None
+    if not isinstance(meta, nn.Module):
+        return None
+    weights = sum(t.numel() * t.element_size() for t in (*meta.parameters(), *meta.buffers()))
+    acts = [0, 0]
+
+    def hook(m: nn.Module, inputs: Any, out: Any) -> None:
+        if isinstance(out, torch.Tensor):
+            n = out.numel() * out.element_size()
+            acts[0] = max(acts[0], n)
+            # the total counts each leaf's new tensor once: a container's output is a leaf's, an in-place
+            # activation's is its input
+            if not any(True for _ in m.children()) and not any(out is t for t in inputs):
+                acts[1] += n
+
+    handles = [m.register_forward_hook(hook) for m in meta.modules()]
+    try:
+        with torch.no_grad():
+            meta(torch.empty((1, *input_shape), device="meta"))
+    except Exception as exc:  # noqa: BLE001 - an op without a meta kernel: the estimate is only a pre-check
+        log.debug("%s: no meta-device activation estimate (%s)", what, exc)
+    finally:
+        for h in handles:
+            h.remove()
+    return Footprint(weights, sum(p.numel() for p in meta.parameters()), acts[0], acts[1])
+
+
+def arch_footprint(arch: str, kwargs: dict[str, Any], input_shape: Sequence[int],
+                   num_classes: int | None) -> Footprint | None:
+    """The :class:`Footprint` of a registered ``arch`` built for ``input_shape`` (None when it cannot be built
+    on the meta device)."""
+    return _meta_footprint(get_arch(arch), f"arch '{arch}'", dict(kwargs), input_shape, num_classes)
+
+
 def _check_fits(factory: Callable[..., Any], what: str, kwargs: dict[str, Any], input_shape: Sequence[int] | None,
                 num_classes: int | None) -> None:
     """Build ``factory`` on the meta device (no memory) and refuse, before anything is allocated, a model
@@ -81,39 +136,17 @@ def _check_fits(factory: Callable[..., Any], what: str, kwargs: dict[str, Any], 
     if in_bytes > limit // 2:
         raise ConfigError(f"{what}: one input of shape {tuple(input_shape)} needs {_gb(in_bytes)}; this machine has "
                           f"{_gb(limit)} of memory.", hint="Use a smaller input size.")
-    try:
-        with torch.device("meta"):
-            meta = _call_factory(factory, what, kwargs, input_shape=input_shape, num_classes=num_classes,
-                                 strict_shape=True)
-    except Exception as exc:  # noqa: BLE001 - the real build below raises the real error, if any
-        log.debug("%s: no meta-device size estimate (%s)", what, exc)
+    fp = _meta_footprint(factory, what, kwargs, input_shape, num_classes)
+    if fp is None:
         return
-    if not isinstance(meta, nn.Module):
-        return
-    weights = sum(t.numel() * t.element_size() for t in (*meta.parameters(), *meta.buffers()))
-    if weights > limit // 2:
-        raise ConfigError(f"{what} with model.kwargs {kwargs} has {sum(p.numel() for p in meta.parameters()):,} "
-                          f"parameters ({_gb(weights)}); this machine has {_gb(limit)} of memory.",
+    if fp.weights > limit // 2:
+        raise ConfigError(f"{what} with model.kwargs {kwargs} has {fp.params:,} "
+                          f"parameters ({_gb(fp.weights)}); this machine has {_gb(limit)} of memory.",
                           hint="Use smaller widths or depth.")
-    largest = [0]
-
-    def hook(_m: nn.Module, _i: Any, out: Any) -> None:
-        if isinstance(out, torch.Tensor):
-            largest[0] = max(largest[0], out.numel() * out.element_size())
-
-    handles = [m.register_forward_hook(hook) for m in meta.modules()]
-    try:
-        with torch.no_grad():
-            meta(torch.empty((1, *input_shape), device="meta"))
-    except Exception as exc:  # noqa: BLE001 - an op without a meta kernel: the estimate is only a pre-check
-        log.debug("%s: no meta-device activation estimate (%s)", what, exc)
-    finally:
-        for h in handles:
-            h.remove()
-    if weights + in_bytes + largest[0] > limit:
+    if fp.weights + in_bytes + fp.largest > limit:
         raise ConfigError(f"{what} with model.kwargs {kwargs} and input {tuple(input_shape)} needs at least "
-                          f"{_gb(weights + in_bytes + largest[0])} (weights and the largest activation at batch 1); "
-                          f"this machine has {_gb(limit)} of memory.", hint="Use smaller widths or input size.")
+                          f"{_gb(fp.weights + in_bytes + fp.largest)} (weights and the largest activation at batch "
+                          f"1); this machine has {_gb(limit)} of memory.", hint="Use smaller widths or input size.")
 
 
 def _from_entry_point(spec: str) -> Callable[..., Any]:
@@ -245,4 +278,4 @@ def load_weights(model: nn.Module, path: str | Path, *, strict: bool = True) -> 
     return model
 
 
-__all__ = ["build_model", "list_archs", "load_weights"]
+__all__ = ["Footprint", "arch_footprint", "build_model", "list_archs", "load_weights", "memory_bytes"]

@@ -23,6 +23,7 @@ def locate_stage(run_dir: Path, stage: str) -> tuple[Any, Path, int]:
         raise RunError(f"{run_dir} is not a slimkit run directory (no recipe.yaml).",
                        hint="Give the directory that `slimkit run` wrote, e.g. runs/demo.")
     recipe = parse_recipe(read_yaml(recipe_file), source=str(recipe_file))
+    _check_recipe_file(run_dir, recipe, recipe_file)
     if stage == "final":  # the delivered model: it may be an earlier stage's (Recipe.deliver)
         upto = len(recipe.stages)
         if (run_dir / "final" / "manifest.json").exists():
@@ -41,6 +42,30 @@ def locate_stage(run_dir: Path, stage: str) -> tuple[Any, Path, int]:
     except (ValueError, IndexError):
         raise RunError(f"unknown stage {stage!r}; use final, baseline or 0..{len(recipe.stages) - 1}.") from None
     return recipe, run_dir / "stages" / stage_dirname(i, cfg), i + 1
+
+
+def _check_recipe_file(run_dir: Path, recipe: Any, recipe_file: Path) -> None:
+    """RunError when ``recipe.yaml`` is not the recipe the run used (edited, or damaged yet still valid):
+    its hash must match ``state.json``'s and, for a finished run, it must equal the report's resolved recipe."""
+    import json
+
+    from slimkit.pipeline.state import RunState, recipe_hash
+
+    resolved = recipe.resolved()
+    problem = None
+    if (run_dir / "state.json").exists() and RunState(run_dir).data.get("recipe_hash") != recipe_hash(resolved):
+        problem = "its model, data, seed or stages differ from those state.json records"
+    elif (run_dir / "report.json").is_file():
+        try:
+            used = json.loads((run_dir / "report.json").read_text(encoding="utf-8")).get("recipe")
+        except (OSError, ValueError, RecursionError, AttributeError):
+            used = None
+        if isinstance(used, dict) and json.dumps(used, sort_keys=True, default=str) != json.dumps(
+                resolved, sort_keys=True, default=str):
+            problem = "it differs from the resolved recipe in report.json"
+    if problem:
+        raise RunError(f"{recipe_file} is not the recipe this run used: {problem} (edited or damaged).",
+                       hint="Restore it, or run the recipe again into a new directory.")
 
 
 def load_saved(run_dir: Path, stage: str = "final") -> tuple[nn.Module, tuple[torch.Tensor, ...]]:

@@ -9,7 +9,6 @@ weights are never changed (the mutual peer is a copy unless ``update_teacher`` i
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from torch import nn
 
 from slimkit.config.distill import DistillConfig, FeatureDistillConfig, MutualDistillConfig, finetune_config
 from slimkit.context import PassContext, PassRecord, eval_mode, model_device
-from slimkit.data.batch import call_model, split_batch
+from slimkit.data.batch import batch_fingerprint, call_model, split_batch
 from slimkit.errors import ConfigError
 from slimkit.passes.distill.feature import FeatureTap, build_adapters, features_loss
 from slimkit.passes.distill.losses import kd_loss
@@ -36,15 +35,6 @@ def _move(x: Any, device: torch.device) -> Any:
     if isinstance(x, (tuple, list)):
         return type(x)(_move(v, device) for v in x)
     return x
-
-
-def _fingerprint(x: Any) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    for t in x if isinstance(x, (tuple, list)) else (x,):
-        t = t.detach().contiguous().cpu()
-        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.dtype != torch.bool else t.numpy().tobytes())
-    return h.hexdigest()
 
 
 @dataclass
@@ -64,7 +54,7 @@ class TeacherRunner:
     def __call__(self, x: Any, device: torch.device) -> tuple[torch.Tensor, list[torch.Tensor]]:
         from slimkit.passes.finetune.loop import logits_of
 
-        key = _fingerprint(x) if self.cache else None
+        key = batch_fingerprint(x) if self.cache else None
         if key is not None and key in self._store:
             self.hits += 1
             logits, feats = self._store[key]

@@ -20,9 +20,10 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -31,7 +32,7 @@ from slimkit.config.quantize import Int, MixedPrecision, PTQConfig
 from slimkit.context import PassContext, eval_mode, model_device
 from slimkit.data.batch import call_model, split_batch
 from slimkit.errors import ConfigError, DataError, did_you_mean
-from slimkit.evaluation.agreement import argmax_agreement, row_cosine
+from slimkit.evaluation.agreement import row_cosine
 from slimkit.passes.quantize.modules import quant_wrappers, quantizable_layers
 
 log = logging.getLogger(__name__)
@@ -65,61 +66,83 @@ def resolved_config(cfg: PTQConfig, keep: list[str], keep_as: str) -> PTQConfig:
 
 
 # ------------------------------------------------------------------------------------------------ scoring
-def _score_batches(mixed: MixedPrecision, ctx: PassContext) -> tuple[list[tuple[Any, Any]], str]:
+def _score_source(mixed: MixedPrecision, ctx: PassContext,
+                  replay: Callable[[Iterable[Any], int | None], Iterable[Any]]) -> tuple[Iterable[Any], str]:
     use_val = mixed.data == "val" and ctx.val_loader is not None
     source = ctx.val_loader if use_val else ctx.calibration
     where = "val" if use_val else "calibration"
     if source is None:
         raise ConfigError("mixed precision needs data to score layers on, but there is no validation or "
                           "calibration data.", hint="Give the recipe a data section, or pass calibration=loader.")
-    batches = [split_batch(b) for b in itertools.islice(iter(source), mixed.batches)]
-    if not batches:
-        raise ConfigError(f"the {where} data is empty; mixed precision has nothing to score layers on.")
-    if mixed.metric == "accuracy" and any(y is None for _, y in batches):
-        raise ConfigError(f"mixed.metric 'accuracy' needs labelled (x, y) batches, but the {where} data has none.",
-                          hint="Use metric top1_agreement or cosine, which compare with the input model.")
-    return batches, where
+    return replay(source, mixed.batches), where
+
+
+def _output(model: nn.Module, x: Any, device: torch.device) -> torch.Tensor:
+    out = call_model(model, x, device)
+    if not isinstance(out, torch.Tensor):
+        logits = getattr(out, "logits", None)
+        if not isinstance(logits, torch.Tensor):
+            raise DataError("mixed precision scores models that return a tensor (or .logits); this model "
+                            f"returns {type(out).__name__}.")
+        out = logits
+    return out.detach().float().cpu()
 
 
 @torch.no_grad()
-def _outputs(model: nn.Module, batches: list[tuple[Any, Any]]) -> list[torch.Tensor]:
+def _scorer(model: nn.Module, batches: Iterable[Any], metric: str, where: str,
+            ) -> tuple[Callable[[nn.Module], float], float | None, int]:
+    """One pass of the input ``model`` over ``batches``; returns ``score(candidate) -> fidelity`` (1.0 for the
+    input model), the input model's raw accuracy (or None) and the number of samples. Only per-sample
+    reference values are kept (the outputs for ``cosine``, the top-1 classes for ``top1_agreement``, the
+    labels for ``accuracy``): every score streams ``batches`` again, one batch at a time."""
     device = model_device(model)
-    outs = []
+    refs: list[Any] = []
     with eval_mode(model):
-        for x, _ in batches:
-            out = call_model(model, x, device)
-            if not isinstance(out, torch.Tensor):
-                logits = getattr(out, "logits", None)
-                if not isinstance(logits, torch.Tensor):
-                    raise DataError("mixed precision scores models that return a tensor (or .logits); this model "
-                                    f"returns {type(out).__name__}.")
-                out = logits
-            outs.append(out.detach().float().cpu())
-    return outs
+        for b in batches:
+            x, y = split_batch(b)
+            if metric == "accuracy" and y is None:
+                raise ConfigError(f"mixed.metric 'accuracy' needs labelled (x, y) batches, but the {where} data "
+                                  "has none.", hint="Use metric top1_agreement or cosine, which compare with "
+                                                    "the input model.")
+            out = _output(model, x, device)
+            if metric == "cosine":
+                refs.append(out)
+            elif metric == "top1_agreement":
+                refs.append(out.flatten(1).numpy().argmax(-1))
+            else:
+                refs.append((torch.as_tensor(y).reshape(-1).cpu(), out))
+    if not refs:
+        raise ConfigError(f"the {where} data is empty; mixed precision has nothing to score layers on.")
 
+    def per_batch(candidate: nn.Module) -> Iterator[tuple[Any, torch.Tensor]]:
+        with eval_mode(candidate):
+            for ref, b in zip(refs, batches, strict=True):
+                yield ref, _output(candidate, split_batch(b)[0], device)
 
-def _scorer(metric: str, ref: list[torch.Tensor], labels: list[Any]) -> tuple[Callable[[list[torch.Tensor]], float],
-                                                                               float | None]:
-    """``score(outputs) -> fidelity`` (1.0 for the input model) and the input model's raw accuracy (or None)."""
     if metric == "cosine":
-        def cosine(outs: list[torch.Tensor]) -> float:
-            return float(row_cosine(torch.cat(outs), torch.cat(ref)).mean())
-        return cosine, None
+        def cosine(candidate: nn.Module) -> float:
+            return float(np.concatenate([row_cosine(out, ref) for ref, out in per_batch(candidate)]).mean())
+        return cosine, None, sum(len(r) for r in refs)
     if metric == "top1_agreement":
-        ref_all = torch.cat([r.flatten(1) for r in ref])
+        def agreement(candidate: nn.Module) -> float:
+            same = sum(int((out.flatten(1).numpy().argmax(-1) == ref).sum()) for ref, out in per_batch(candidate))
+            return same / n
+        n = sum(len(r) for r in refs)
+        return agreement, None, n
 
-        def agreement(outs: list[torch.Tensor]) -> float:
-            return argmax_agreement(torch.cat([o.flatten(1) for o in outs]), ref_all)
-        return agreement, None
-    y = torch.cat([torch.as_tensor(t).reshape(-1).cpu() for t in labels])
+    def correct(out: torch.Tensor, y: torch.Tensor) -> int:
+        return int((out.flatten(1).argmax(1) == y).sum())
 
-    def acc(outs: list[torch.Tensor]) -> float:
-        return float((torch.cat([o.flatten(1).argmax(1) for o in outs]) == y).double().mean())
-    ref_acc = acc(ref)
+    n = sum(len(y) for y, _ in refs)
+    ref_acc = sum(correct(out, y) for y, out in refs) / n
+    refs = [y for y, _ in refs]  # the input model's outputs are no longer needed
     if ref_acc <= 0:
         raise DataError("mixed.metric 'accuracy' is relative to the input model's accuracy, which is 0 on the "
                         "scoring data.", hint="Use metric top1_agreement or cosine.")
-    return (lambda outs: acc(outs) / ref_acc), ref_acc
+
+    def acc(candidate: nn.Module) -> float:
+        return sum(correct(out, y) for y, out in per_batch(candidate)) / n / ref_acc
+    return acc, ref_acc, n
 
 
 # --------------------------------------------------------------------------------------------- candidates
@@ -158,11 +181,37 @@ def _bits(cfg: PTQConfig) -> int:
 # ------------------------------------------------------------------------------------------------- plan
 def plan_mixed_ptq(model: nn.Module, cfg: PTQConfig, ctx: PassContext,
                    quantize: Callable[[nn.Module, PTQConfig, PassContext], nn.Module],
-                   ) -> tuple[PTQConfig, dict[str, Any], list[Any]]:
+                   ) -> tuple[PTQConfig, dict[str, Any], Iterable[Any]]:
     """Measure per-layer sensitivity and choose the layers kept at higher precision (module docstring).
     ``quantize(model, cfg, ctx)`` is the PTQ handler (run on copies only). Returns the resolved config (no
     ``mixed``; kept layers in ``skip`` or ``overrides``), the JSON-ready result and the calibration batches
-    the plan was measured with (apply the resolved config with those). ``model`` is not changed."""
+    the plan was measured with (apply the resolved config with those). ``model`` is not changed.
+
+    The calibration and scoring data are streamed again for every candidate
+    (:func:`slimkit.analysis.calibration.replay_batches`), so memory does not grow with the number of
+    batches; data that cannot be replayed in the same order is kept in lists, and data that turns out to
+    change between passes is read once more into a list (scoring and calibration share it when they come
+    from the same source) and the plan measured again on it."""
+    from slimkit.analysis.calibration import BatchesChanged, replay_batches
+
+    try:
+        return _plan(model, cfg, ctx, quantize, replay_batches)
+    except BatchesChanged as exc:
+        log.warning("mixed precision: %s The plan is measured again on batches kept in memory.", exc)
+        kept: dict[int, list[Any]] = {}  # one read per source: scoring and calibration share their batches
+
+        def keep(source: Iterable[Any], n: int | None) -> list[Any]:
+            if id(source) not in kept:
+                most = max(cfg.calibration_batches, cfg.mixed.batches) if cfg.mixed is not None else n
+                kept[id(source)] = list(itertools.islice(iter(source), most))
+            return kept[id(source)][:n]
+        return _plan(model, cfg, ctx, quantize, keep)
+
+
+def _plan(model: nn.Module, cfg: PTQConfig, ctx: PassContext,
+          quantize: Callable[[nn.Module, PTQConfig, PassContext], nn.Module],
+          replay: Callable[[Iterable[Any], int | None], Iterable[Any]],
+          ) -> tuple[PTQConfig, dict[str, Any], Iterable[Any]]:
     from slimkit.analysis.sensitivity import layer_sensitivity, mixed_assignment, sensitivity_table
 
     mixed = cfg.mixed
@@ -170,19 +219,18 @@ def plan_mixed_ptq(model: nn.Module, cfg: PTQConfig, ctx: PassContext,
         raise ConfigError("plan_mixed_ptq needs a config with mixed set.")
     units = candidate_layers(model, cfg)
     keep_as = resolve_keep_as(cfg)
-    batches, where = _score_batches(mixed, ctx)
+    batches, where = _score_source(mixed, ctx, replay)
+    score, ref_acc, samples = _scorer(model, batches, mixed.metric, where)
     if ctx.calibration is None:
         raise ConfigError("static quantization needs calibration data but none was given.",
                           hint="Pass calibration=loader, or give the recipe a data section.")
     # the same calibration batches for every copy and for the final model, so the plan's measured score is
     # the score of the model the stage returns
-    calib = list(itertools.islice(iter(ctx.calibration), cfg.calibration_batches))
+    calib = replay(ctx.calibration, cfg.calibration_batches)
     sub = copy.copy(ctx)
     sub.calibration = calib
     sub.extras = {}
 
-    ref_out = _outputs(model, batches)
-    score, ref_acc = _scorer(mixed.metric, ref_out, [y for _, y in batches])
     plain = cfg.model_copy(update={"mixed": None})
     full = quantize(copy.deepcopy(model), plain, sub)
     wrappers = dict(quant_wrappers(full))
@@ -210,7 +258,7 @@ def plan_mixed_ptq(model: nn.Module, cfg: PTQConfig, ctx: PassContext,
 
     def measure(compressed: set[str]) -> float:
         configure(compressed)
-        return score(_outputs(full, batches))
+        return score(full)
 
     bits = _bits(cfg)
     extra = (32 - bits) if keep_as == "float" else (8 - bits)
@@ -219,7 +267,7 @@ def plan_mixed_ptq(model: nn.Module, cfg: PTQConfig, ctx: PassContext,
     def alone(unit: str) -> float:  # only this layer quantized, every other in float: its own loss
         for n, w in wrappers.items():
             w.weight_fake_quant, w.input_fake_quant = original[n] if n == unit else (None, None)
-        return score(_outputs(full, batches))
+        return score(full)
 
     sens = layer_sensitivity(units, alone, baseline=1.0, costs=costs)
     all_compressed = measure(unit_set)
@@ -231,7 +279,7 @@ def plan_mixed_ptq(model: nn.Module, cfg: PTQConfig, ctx: PassContext,
                             max_keep=mixed.max_keep)
     result = {
         "pass": "quantize:ptq", "metric": mixed.metric, "floor": mixed.floor, "keep_as": keep_as,
-        "bits": bits, "data": where, "samples": int(sum(len(x) for x, _ in batches)),
+        "bits": bits, "data": where, "samples": samples,
         "reference_accuracy": ref_acc, "baseline": 1.0, "all_compressed": all_compressed,
         "table": sensitivity_table(sens), "keep": plan.keep, "score": plan.score, "met": plan.met,
         "reason": plan.reason, "trace": plan.trace,

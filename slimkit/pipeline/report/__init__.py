@@ -44,13 +44,23 @@ def read_json(path: Path) -> dict[str, Any]:
                           hint="Pass the directory of a finished `slimkit run` (it writes report.json last).")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ReportError(f"cannot read {path}: {exc}", hint="Run it again to rewrite it.") from None
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: nesting too deep for json
+        raise ReportError(f"cannot read {path}: {str(exc)[:300] or type(exc).__name__}",
+                          hint="Run it again to rewrite it.") from None
+
+
+def read_report(run_dir: Path) -> dict[str, Any]:
+    """A finished run's report.json, checked against the report schema
+    (:func:`slimkit.pipeline.report.schema.check_report`); ReportError if missing, unreadable or malformed."""
+    from slimkit.pipeline.report.schema import check_report
+
+    path = Path(run_dir) / "report.json"
+    return check_report(read_json(path), path)
 
 
 def rewrite_report(run_dir: Path) -> dict[str, Path]:
     """Render report.md and report.html again from a finished run's report.json (e.g. after an upgrade)."""
-    return write_report(Path(run_dir), read_json(Path(run_dir) / "report.json"))
+    return write_report(Path(run_dir), read_report(Path(run_dir)))
 
 
-__all__ = ["read_json", "render_html", "render_markdown", "rewrite_report", "write_report"]
+__all__ = ["read_json", "read_report", "render_html", "render_markdown", "rewrite_report", "write_report"]

@@ -12,7 +12,7 @@ from typing import Any
 
 from slimkit._io import atomic_write_json, atomic_write_text
 from slimkit.errors import ReportError
-from slimkit.pipeline.report import read_json
+from slimkit.pipeline.report import read_report
 from slimkit.pipeline.report.plotting import latency_noise, mark_if_within_noise
 from slimkit.pipeline.report.render import fmt
 
@@ -42,7 +42,7 @@ def compare_runs(run_dirs: list[Path]) -> dict[str, Any]:
     if len(run_dirs) < 2:
         raise ReportError(f"compare needs two or more run directories, got {len(run_dirs)}.",
                           hint="Example: slimkit compare runs/a runs/b")
-    reports = [(Path(d), read_json(Path(d) / "report.json")) for d in run_dirs]
+    reports = [(Path(d), read_report(Path(d))) for d in run_dirs]
     names = [r["name"] for _, r in reports]
     rows = []
     for (d, r), name in zip(reports, names, strict=True):
