@@ -72,13 +72,22 @@ def write(tmp_path: Path, data: dict | str | bytes, name: str = "r.yaml") -> Pat
 # --- 18.1 and 18.2: Ctrl-C exits 130 with the resume command; the demo takes the lock before touching --out
 
 
+def _interruptible() -> None:
+    """In the child before exec: SIGINT at its default and unblocked, as in a terminal. A test process can
+    hand its children an ignored or blocked SIGINT (seen in `make test` after earlier tests: the run never
+    saw the Ctrl-C and finished with 0), which would test the test runner's state rather than slimkit's."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def test_ctrl_c_exits_130_and_demo_respects_the_lock(tmp_path):
     rec = {**BASE, "model": {"arch": "mlp", "train": {"epochs": 1000}}}
     recipe = write(tmp_path, rec)
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "slimkit.cli.app", "run", str(recipe), "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=_interruptible)
     try:
         deadline = time.time() + 120
         while not (out / "state.json").exists() and time.time() < deadline and proc.poll() is None:
