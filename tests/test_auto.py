@@ -79,6 +79,69 @@ def test_without_training_the_space_prunes_post_training():
     assert {p.path for p in plan.params} >= {"stages", "stages[prune].target_macs", "export.onnx.precision"}
 
 
+def test_recovery_epochs_follow_the_budget_and_the_coarse_start_is_asked_first():
+    """Without finetune_epochs, the recovery a trial may search is what fits in a tenth of the budget at the
+    measured epoch time (1 to 8 epochs); the coarse start (int8 alone, then pruning at three depths with the
+    most recovery) is what the search proposes first, before the sampler (no compute)."""
+    from slimkit.auto.candidates import Context, recovery_epochs
+    from slimkit.auto.plan import base_recipe, build_space
+    from slimkit.search.runner import propose
+
+    settings = {k: v for k, v in SETTINGS.items() if k != "finetune_epochs"} | {"budget": "10m"}
+    base, cfg = base_recipe(tiny_recipe(), settings)
+    assert cfg.finetune_epochs is None
+
+    def epochs(epoch_s: float | None, labelled: bool = True) -> int:
+        return recovery_epochs(Context(cfg, labelled, {"epoch_s": epoch_s}))
+
+    assert [epochs(20.0), epochs(15.0), epochs(1.0), epochs(100.0), epochs(5.0, False)] == [3, 4, 8, 1, 0]
+    profile = {"cost": {"layers": []}, "sensitivity": {"layers": []}, "epoch_s": 20.0}
+    config = build_space(base, cfg, profile, labelled=True, name="t")
+    assert config["base"]["stages"][0]["prune"]["finetune"]["epochs"] == 3
+    assert config["space"]["stages[prune].finetune.epochs"] == {"low": 1, "high": 3}
+    first = propose(config, 5)
+    assert first[0] == {"stages": "none", "export.onnx.precision": "int8"}
+    assert [(p["stages"], p.get("stages[prune].target_macs"), p.get("stages[prune].finetune.epochs"),
+             p["export.onnx.precision"]) for p in first[1:4]] == [
+        ("prune", 0.35, 3, "int8"), ("prune", 0.5, 3, "int8"), ("prune", 0.65, 3, "int8")]
+
+
+def test_finalists_are_retimed_and_the_retimed_speedup_judges(finished):
+    """Finalists (every other constraint met, in-search speedup within the margin of the limit) are timed again,
+    baseline and artifact alternately; the re-timed speedup replaces min_speedup and decides feasibility and
+    the chosen trial. The tiny CNN is nowhere near its 20x limit: no finalist at the default margin."""
+    import copy
+
+    from slimkit.auto.retime import best_feasible, finalists, retime
+
+    out, result = finished
+    records = json.loads((out / "search.json").read_text())["trials"]
+    base = yaml.safe_load((out / "auto-search.yaml").read_text())["base"]
+    assert finalists(records, 0.25, 6) == [] and result["retimed"] == []
+    def row(r: dict, name: str = "min_speedup") -> dict:
+        return next(c for c in r["constraints"] if c["name"] == name)
+
+    near = [r for r in records if r["state"] == "complete" and row(r, "max_accuracy_drop")["met"]]
+    fastest = max(near, key=lambda r: row(r)["value"])
+    again = retime(out, records, base, margin=0.99, most=1, rounds=2)
+    timed = [r for r in again if r.get("retimed")]
+    assert [r["number"] for r in timed] == [fastest["number"]]
+    t = timed[0]
+    assert row(t)["value"] == pytest.approx(t["retimed"]["baseline_ms"] / t["retimed"]["ms"])
+    assert t["retimed"]["in_search_speedup"] == row(fastest)["value"]
+    assert row(t)["met"] is False and t["feasible"] is False and max(t["violations"]) > 0
+    assert best_feasible(again) is None
+    assert t["metrics"]["latency_ms"]["median"] == t["retimed"]["ms"]
+    # a limit the re-timed speedup meets: the same trial becomes feasible and is chosen
+    lowered = copy.deepcopy(records)
+    for r in lowered:
+        row(r)["limit"] = 0.01
+    again = retime(out, lowered, base, margin=0.25, most=6, rounds=1)
+    best = best_feasible(again)
+    assert best is not None and best["feasible"] and best["violations"] == [0.0, 0.0]
+    assert all(r.get("retimed") for r in again if r["state"] == "complete")
+
+
 def test_front_is_non_dominated(finished):
     _, result = finished
     pts, front = result["points"], result["front"]
@@ -109,7 +172,7 @@ def test_profile_is_measured(finished):
         assert -1 <= r["prune_score"] <= 1 + 1e-6 and r["prune_loss"] == pytest.approx(1 - r["prune_score"])
     assert profile["labelled"] is True
     search_cfg = yaml.safe_load((out / "auto-search.yaml").read_text())
-    assert search_cfg["storage"] == "sqlite" and "stages[prune].ratio" in search_cfg["space"]
+    assert search_cfg["storage"] == "sqlite" and "stages[prune].target_macs" in search_cfg["space"]
     # multi-objective by default: speed first (it picks the chosen point), quality and bytes searched with it
     assert search_cfg["objective"] == "maximize speedup"
     assert search_cfg["objectives"] == ["maximize accuracy", "minimize size_ratio"]

@@ -35,6 +35,8 @@ class Candidate:
     applies: Callable[[Context], bool]
     stage: Callable[[Context], dict[str, Any] | None]   # the stage mapping (None: export-only candidate)
     space: Callable[[Context], dict[str, dict[str, Any]]]
+    # the coarse start: settings of this candidate's own space tried first (the sampler refines from there)
+    coarse: Callable[[Context], list[dict[str, Any]]] = lambda c: []  # noqa: E731
 
 
 def sensitive_units(profile: dict[str, Any], fraction: float = 0.25) -> list[str]:
@@ -47,21 +49,69 @@ def sensitive_units(profile: dict[str, Any], fraction: float = 0.25) -> list[str
     return [r["unit"] for r in rows[:max(1, math.ceil(fraction * len(rows)))]] if rows else []
 
 
+RECOVERY_SHARE = 0.1     # one trial's recovery takes at most this share of the budget ...
+MAX_RECOVERY_EPOCHS = 8  # ... and at most this many epochs
+MACS_RANGE = (0.25, 0.8)  # structured pruning: the fraction of the MACs kept, searched in this range
+
+
+def recovery_epochs(c: Context) -> int:
+    """The most fine-tuning epochs a trial may spend recovering: ``finetune_epochs`` when given; without it,
+    as many as fit in a tenth of the budget at the measured epoch time (profile ``epoch_s``), 1 to 8; 0
+    without labels."""
+    if not c.labelled:
+        return 0
+    if c.cfg.finetune_epochs is not None:
+        return int(c.cfg.finetune_epochs)
+    epoch_s = c.profile.get("epoch_s")
+    if not epoch_s:
+        return 1
+    return int(max(1, min(MAX_RECOVERY_EPOCHS, c.cfg.budget_s * RECOVERY_SHARE // epoch_s)))
+
+
+def macs_range(c: Context) -> tuple[float, float]:
+    """The fraction of MACs kept that structured pruning searches: ``MACS_RANGE``, raised above the measured
+    floor (profile ``macs_floor``: the most pruning can remove here) so every target is reachable."""
+    low, high = MACS_RANGE
+    floor = c.profile.get("macs_floor")
+    if floor is not None:
+        low = max(low, round(floor + 0.05, 3))
+    return min(low, high), high
+
+
 def _prune_stage(c: Context) -> dict[str, Any]:
-    body: dict[str, Any] = {"method": "structured", "ratio": 0.3, "importance": "l2"}
-    if c.labelled and c.cfg.finetune_epochs > 0:
-        body["finetune"] = {"epochs": 1}
+    # target_macs (not a per-layer ratio): the pruned cost is what the search controls; channel counts rounded
+    # to 8, which onnxruntime's int8 and fp32 convolution kernels run without remainder loops
+    body: dict[str, Any] = {"method": "structured", "target_macs": max(0.5, macs_range(c)[0]), "importance": "l2",
+                            "round_to": 8,
+                            "unreached": "ignore"}
+    epochs = recovery_epochs(c)
+    if epochs > 0:
+        body["finetune"] = {"epochs": epochs, "lr": 0.001}
     return {"prune": body}
 
 
 def _prune_space(c: Context) -> dict[str, dict[str, Any]]:
-    space: dict[str, dict[str, Any]] = {"stages[prune].ratio": {"low": 0.1, "high": 0.7}}
+    low, high = macs_range(c)
+    space: dict[str, dict[str, Any]] = {"stages[prune].target_macs": {"low": low, "high": high}}
     shield = sensitive_units(c.profile)
     if shield:
         space["stages[prune].skip"] = {"choices": [[], shield]}
-    if c.labelled and c.cfg.finetune_epochs > 1:
-        space["stages[prune].finetune.epochs"] = {"low": 1, "high": c.cfg.finetune_epochs}
+    epochs = recovery_epochs(c)
+    if epochs > 1:
+        space["stages[prune].finetune.epochs"] = {"low": 1, "high": epochs}
     return space
+
+
+def _prune_coarse(c: Context) -> list[dict[str, Any]]:
+    """Three depths of pruning, each with the most recovery allowed: the fast end first, where a latency
+    limit usually sits when per-op overhead is a large part of the cost."""
+    epochs = recovery_epochs(c)
+    more: dict[str, Any] = {"stages[prune].finetune.epochs": epochs} if epochs > 1 else {}
+    if sensitive_units(c.profile):  # nothing shielded: the floor the range was measured at
+        more["stages[prune].skip"] = []
+    low, high = macs_range(c)
+    levels = sorted({min(max(m, low), high) for m in (0.35, 0.5, 0.65)})
+    return [{"stages[prune].target_macs": m, **more} for m in levels]
 
 
 def _posttrain_stage(c: Context) -> dict[str, Any]:
@@ -78,7 +128,7 @@ def _posttrain_space(c: Context) -> dict[str, dict[str, Any]]:
 
 def _trains(c: Context) -> bool:
     """Recovery by fine-tuning is possible: labels, and epochs allowed."""
-    return c.labelled and c.cfg.finetune_epochs > 0
+    return recovery_epochs(c) > 0
 
 
 def _lowrank_stage(c: Context) -> dict[str, Any]:
@@ -90,13 +140,15 @@ def _lowrank_space(c: Context) -> dict[str, dict[str, Any]]:
 
 
 CANDIDATES: list[Candidate] = [
-    Candidate("structured-prune", "prune", "structured", STRUCTURAL, _trains, _prune_stage, _prune_space),
+    Candidate("structured-prune", "prune", "structured", STRUCTURAL, _trains, _prune_stage, _prune_space,
+              _prune_coarse),
     # without labels or training time: post-training pruning that refits from calibration data instead
     Candidate("posttrain-prune", "prune", "posttrain", STRUCTURAL, lambda c: not _trains(c), _posttrain_stage,
-              _posttrain_space),
+              _posttrain_space, lambda c: [{"stages[prune].target_macs": 0.85}]),
     Candidate("svd", "lowrank", "svd", STRUCTURAL, lambda c: True, _lowrank_stage, _lowrank_space),
     Candidate("int8-onnx", "export", "int8", EXPORT, lambda c: c.cfg.runtime == "onnxruntime",
-              lambda c: None, lambda c: {"export.onnx.precision": {"choices": ["fp32", "int8"]}}),
+              lambda c: None, lambda c: {"export.onnx.precision": {"choices": ["fp32", "int8"]}},
+              lambda c: [{"export.onnx.precision": "int8"}]),
 ]
 
 
@@ -116,4 +168,5 @@ def applicable(ctx: Context, names: list[str] | None = None) -> list[Candidate]:
     return sorted(out, key=lambda c: c.order)
 
 
-__all__ = ["CANDIDATES", "Candidate", "Context", "applicable", "sensitive_units"]
+__all__ = ["CANDIDATES", "MACS_RANGE", "Candidate", "Context", "applicable", "macs_range", "recovery_epochs",
+           "sensitive_units"]

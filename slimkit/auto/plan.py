@@ -92,19 +92,40 @@ def build_space(base: dict[str, Any], cfg: AutoConfig, profile: dict[str, Any], 
         space["stages"] = {"choices": lists}
     for c in cands:
         space.update(c.space(ctx))
+    initial = coarse_start(ctx, cands, structural, kinds, lists, space)
     objective = "maximize speedup" if cfg.max_latency_ratio is not None else "minimize size_ratio"
     more = []
     if cfg.multi_objective:  # the front is searched: quality and bytes beside the primary objective
         more = ["maximize accuracy" if labelled else "maximize fidelity"]
         more += ["minimize size_ratio"] if cfg.max_latency_ratio is not None else ["maximize speedup"]
     return {"name": name, "base": recipe, "space": space, "objective": objective, "objectives": more,
-            "trials": cfg.trials,
+            "trials": cfg.trials, "initial": initial,
             "timeout_s": cfg.budget_s, "seed": cfg.seed, "storage": "sqlite", "backend": cfg.backend,
             "address": cfg.address, "workers": cfg.workers, "share_baseline": True}
+
+
+def coarse_start(ctx: Context, cands: list[Any], structural: list[Any], kinds: list[str], lists: list[list[str]],
+                 space: dict[str, Any]) -> list[dict[str, Any]]:
+    """The points tried first (``initial`` of the search): the final steps alone (e.g. int8 export), then each
+    structural technique alone at its coarse settings with those final steps; the sampler refines from there."""
+    final: dict[str, Any] = {}
+    for c in cands:
+        if c not in structural:
+            for point in c.coarse(ctx)[:1]:
+                final.update(point)
+    out: list[dict[str, Any]] = []
+    if [] in lists:
+        out.append({**({"stages": "none"} if "stages" in space else {}), **final})
+    for c, kind in zip(structural, kinds, strict=True):
+        if [kind] not in lists:
+            continue
+        for point in c.coarse(ctx):
+            out.append({**({"stages": kind} if "stages" in space else {}), **point, **final})
+    return [p for p in out if p and all(k in space for k in p)]
 
 
 def dump(config: dict[str, Any]) -> str:
     return yaml.safe_dump(config, sort_keys=False)
 
 
-__all__ = ["base_recipe", "build_space", "dump", "recipe_input"]
+__all__ = ["base_recipe", "build_space", "coarse_start", "dump", "recipe_input"]

@@ -154,4 +154,46 @@ def sensitivity_profile(model: nn.Module, units: list[str], calibration: Any, ex
     return {"probe_ratio": PROBE_RATIO, "metric": "mean output cosine to the original model", "layers": rows}
 
 
-__all__ = ["PROBE_RATIO", "cost_table", "layer_units", "sensitivity_profile"]
+def macs_floor(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], *, round_to: int = 8) -> float | None:
+    """The smallest fraction of the MACs structured pruning can keep: every prunable group pruned as far as it
+    may go (``max_group_ratio``, channels rounded to ``round_to``), on a copy; None when nothing prunes."""
+    from slimkit.api import apply_pass
+    from slimkit.config.structured import StructuredPruneConfig
+    from slimkit.errors import SlimkitError
+    from slimkit.evaluation.cost import count_macs
+
+    cfg = StructuredPruneConfig(ratio=StructuredPruneConfig.model_fields["max_group_ratio"].default,
+                                round_to=round_to, unreached="ignore")
+    base = count_macs(model, example_inputs)
+    try:
+        clone = apply_pass(copy.deepcopy(model), cfg, example_inputs=example_inputs)
+    except SlimkitError as exc:  # a model structured pruning cannot handle: the candidate's trials will say so
+        log.info("no MACs floor measured: %s", exc)
+        return None
+    return count_macs(clone, example_inputs) / base if base else None
+
+
+def epoch_seconds(model: nn.Module, train_loader: Any, steps: int = 4) -> float | None:
+    """Measured seconds of one training epoch of ``model`` on ``train_loader``: ``steps`` optimizer steps of
+    the one training loop (:func:`slimkit.passes.finetune.loop.train_model`) on a copy, timed after one
+    warm-up step and scaled to the loader's length (None when the loader has no length)."""
+    import time
+
+    from slimkit.config.finetune import FinetuneConfig
+    from slimkit.passes.finetune.loop import train_model
+
+    try:
+        n = len(train_loader)
+    except TypeError:
+        return None
+    probe = copy.deepcopy(model)
+    train_model(probe, train_loader, FinetuneConfig(epochs=1, max_steps_per_epoch=1, keep_best=False),
+                description="auto: epoch timing (warm-up)")
+    steps = max(1, min(steps, n))
+    t0 = time.perf_counter()
+    train_model(probe, train_loader, FinetuneConfig(epochs=1, max_steps_per_epoch=steps, keep_best=False),
+                description="auto: epoch timing")
+    return (time.perf_counter() - t0) * n / steps
+
+
+__all__ = ["PROBE_RATIO", "cost_table", "epoch_seconds", "layer_units", "macs_floor", "sensitivity_profile"]

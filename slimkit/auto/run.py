@@ -27,8 +27,8 @@ from slimkit.search.records import FINISHED
 log = logging.getLogger(__name__)
 
 
-def _profile(base: dict[str, Any], baseline_dir: Path, cfg: Any) -> dict[str, Any]:
-    from slimkit.auto.profile import cost_table, layer_units, sensitivity_profile
+def _profile(base: dict[str, Any], baseline_dir: Path, cfg: Any, labelled: bool) -> dict[str, Any]:
+    from slimkit.auto.profile import cost_table, epoch_seconds, layer_units, macs_floor, sensitivity_profile
     from slimkit.config.recipe import DataConfig, LatencyConfig
     from slimkit.data import load_data
     from slimkit.pipeline.artifacts import load_saved
@@ -41,7 +41,12 @@ def _profile(base: dict[str, Any], baseline_dir: Path, cfg: Any) -> dict[str, An
     cost = cost_table(model, example_inputs, units, runtime=cfg.runtime, lat=lat)
     top = [r["unit"] for r in cost["layers"][:cfg.profile_units]]
     sens = sensitivity_profile(model, top, bundle.calibration, example_inputs, all_units=units) if top else {"layers": []}
-    return {"cost": cost, "sensitivity": sens, "units": units}
+    # what one recovery epoch costs here: auto sizes the fine-tuning it may search from it and the budget
+    epoch_s = epoch_seconds(model, bundle.train) if labelled and cfg.finetune_epochs is None else None
+    # how far structured pruning can go here, so the searched MACs range holds only reachable targets
+    floor = macs_floor(model, example_inputs) if labelled else None
+    return {"cost": cost, "sensitivity": sens, "units": units, "labelled": labelled, "epoch_s": epoch_s,
+            "macs_floor": floor}
 
 
 def auto(model_or_recipe: Any, *, data: str | None = None, out: str | Path | None = None, resume: bool = False,
@@ -73,15 +78,14 @@ def auto(model_or_recipe: Any, *, data: str | None = None, out: str | Path | Non
     else:
         with RunLock(out):
             baseline_dir, baseline = prepare_baseline(base, out)
-            profile = _profile(base, baseline_dir, cfg)
-            profile["labelled"] = baseline.get("accuracy") is not None
+            profile = _profile(base, baseline_dir, cfg, labelled=baseline.get("accuracy") is not None)
             config = build_space(base, cfg, profile, labelled=profile["labelled"], name=base["name"])
             atomic_write_json(profile_file, profile)
             atomic_write_text(search_file, dump(config))
     config["timeout_s"] = max(1.0, cfg.budget_s - (time.monotonic() - t0))
     plan = parse_search(config, source=str(search_file))
     result = search(plan, out=out, resume=resume or (out / "search.json").exists(), tracking=False)
-    summary = finish(out, result, profile, cfg)
+    summary = finish(out, result, profile, cfg, plan.base)
     if track is not None:
         log_auto(track, out, result)
     return summary
@@ -100,22 +104,34 @@ def log_auto(track: Any, out: Path, result: dict[str, Any]) -> dict[str, Any]:
     return log_search(track, out, result, files=files, tags={"slimkit.kind": "auto"})
 
 
-def finish(out: Path, result: dict[str, Any], profile: dict[str, Any], cfg: Any) -> dict[str, Any]:
-    """Front, binding constraints, chosen recipe and artifact; writes auto.json/md/html."""
+def finish(out: Path, result: dict[str, Any], profile: dict[str, Any], cfg: Any,
+           base: dict[str, Any]) -> dict[str, Any]:
+    """Finalists re-timed (:mod:`slimkit.auto.retime`), then the front, binding constraints, chosen recipe and
+    artifact; writes auto.json/md/html. ``base``: the search's resolved base recipe."""
     from slimkit.auto.report import write_auto_report
+    from slimkit.auto.retime import best_feasible, retime
 
     labelled = bool(profile.get("labelled"))
     records = result["trials"]
+    retimed = cfg.max_latency_ratio is not None and cfg.retime_max > 0
+    if retimed:
+        records = retime(out, records, base, margin=cfg.retime_margin, most=cfg.retime_max, rounds=cfg.retime_rounds)
     points = [p for p in (fr.point(r, labelled) for r in records) if p is not None]
-    if result.get("front"):  # a multi-objective study: its non-dominated feasible trials
+    if retimed:  # feasibility changed with the re-timing: the non-dominated points of every finished trial
+        front = fr.pareto_front(points)
+        front_of = "every finished trial (quality, measured latency, bytes; finalists re-timed)"
+    elif result.get("front"):  # a multi-objective study: its non-dominated feasible trials
         on = set(result["front"])
         front = sorted((p for p in points if p["number"] in on), key=lambda p: (p["latency_ms"], -p["quality"]))
         front_of = "the study's non-dominated feasible trials (speedup, quality, bytes)"
     else:  # single objective, or nothing feasible: the non-dominated points among every finished trial
         front = fr.pareto_front(points)
         front_of = "every finished trial (quality, measured latency, bytes)"
-    best = result.get("best")
-    chosen = next((r for r in records if best is not None and r["number"] == best["number"]), None)
+    if retimed:
+        chosen = best_feasible(records)
+    else:
+        best = result.get("best")
+        chosen = next((r for r in records if best is not None and r["number"] == best["number"]), None)
     feasible = chosen is not None
     target = chosen or fr.closest(records)
     rows = fr.binding(records, target)
@@ -132,6 +148,7 @@ def finish(out: Path, result: dict[str, Any], profile: dict[str, Any], cfg: Any)
             shutil.copy2(tdir / onnx["artifact"], ddir / "model.onnx")
             deploy = {"artifact": "deploy/model.onnx", "precision": onnx.get("precision"),
                       "size_bytes": report["final"]["size_bytes"], "latency_ms": report["final"]["latency_ms"],
+                      "retimed": target.get("retimed"),
                       "baseline_latency_ms": report["baseline"]["latency_ms"],
                       "int8_vs_fp32": onnx.get("speedup_vs_fp32"), "note": onnx.get("note"),
                       "verdict": report["verdict"]}
@@ -148,13 +165,17 @@ def finish(out: Path, result: dict[str, Any], profile: dict[str, Any], cfg: Any)
             "chosen": None if target is None else {"number": target["number"], "dir": target["dir"],
                                                    "recipe": "chosen.yaml" if feasible else "closest.yaml",
                                                    "params": target["params"], "metrics": target["metrics"],
-                                                   "constraints": target["constraints"]},
+                                                   "constraints": target["constraints"],
+                                                   "retimed": target.get("retimed")},
             "constraints": rows, "front": front, "front_of": front_of, "points": points,
             "objectives": result.get("objectives") or [result["objective"]], "deploy": deploy,
             "baseline": result.get("baseline"), "profile": "profile.json", "search": "search.json",
             "trials": {"finished": sum(r["state"] in FINISHED for r in records),
                        "stopped_early": sum(r["state"] == "pruned" for r in records),
-                       "feasible": result["counts"]["feasible"]},
+                       "feasible": sum(bool(r.get("feasible")) for r in records),
+                       "feasible_in_search": result["counts"]["feasible"]},
+            "retimed": [{"number": r["number"], **r["retimed"], "feasible": r["feasible"]}
+                        for r in records if r.get("retimed")],
             "verdict": verdict}
     atomic_write_json(out / "auto.json", data)
     write_auto_report(out, data, profile)

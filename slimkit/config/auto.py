@@ -61,8 +61,15 @@ class AutoConfig(StrictModel):
     threads: int | None = Field(None, ge=1, le=1024, description="latency threads (None: all cores)")
     techniques: list[str] | None = Field(None, description="candidate names to consider (default: every "
                                                            "applicable one; see slimkit.auto.CANDIDATES)")
-    finetune_epochs: int = Field(2, ge=0, le=100, description="most recovery epochs a trial may use (0: none)")
+    finetune_epochs: int | None = Field(None, ge=0, le=100, description="most recovery epochs a trial may use (0: "
+                                        "none; None: from the budget and the measured epoch time, see "
+                                        "slimkit.auto.candidates.recovery_epochs)")
     profile_units: int = Field(24, ge=1, le=10_000, description="layers profiled (the most expensive first)")
+    retime_margin: float = Field(0.25, ge=0, lt=1, description="finalists: trials meeting every other constraint "
+                                                              "whose in-search speedup is at least (1 - this) of the "
+                                                              "limit are timed again before they are judged")
+    retime_max: int = Field(6, ge=0, le=1000, description="most finalists re-timed (the fastest in-search first)")
+    retime_rounds: int = Field(5, ge=1, le=100, description="baseline/artifact rounds of a re-timing")
     backend: Literal["local", "ray"] = "local"
     address: str | None = None
     workers: int = Field(1, ge=1, le=4096)

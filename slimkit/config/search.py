@@ -146,6 +146,10 @@ class SearchConfig(StrictModel):
     storage: Literal["memory", "sqlite"] = "memory"
     startup_trials: int | None = Field(None, ge=1, description="random trials before TPE (default: trials/4, 2..10)")
     share_baseline: bool = Field(True, description="train and evaluate the baseline once for every trial")
+    initial: list[dict[str, Any]] = Field(
+        default_factory=list, max_length=100,
+        description="parameter sets tried first, in order ({path: value}; a categorical value as its label or "
+                    "its value; paths left out are sampled): a coarse start the sampler then refines")
 
     @model_validator(mode="after")
     def _backend(self) -> SearchConfig:
@@ -156,6 +160,9 @@ class SearchConfig(StrictModel):
             raise ValueError("the local backend runs one trial at a time; use backend: ray for workers > 1")
         if self.backend == "local" and self.address is not None:
             raise ValueError("address is for backend: ray")
+        unknown = sorted({k for point in self.initial for k in point} - set(self.space))
+        if unknown:
+            raise ValueError(f"initial names paths that are not in space: {unknown}")
         return self
 
     @property
@@ -202,8 +209,9 @@ class SearchPlan:
         """Changes when anything that changes the trials changes (resume refuses a different search)."""
         cfg = self.config.model_dump(mode="json", exclude={"trials", "timeout_s", "workers", "address", "backend"})
         cfg.pop("base", None)
-        if not cfg["objectives"]:  # single-objective searches keep the fingerprint they had before the field
-            cfg.pop("objectives")
+        for key in ("objectives", "initial"):  # searches without them keep the fingerprint they had before
+            if not cfg[key]:
+                cfg.pop(key)
         base = {k: v for k, v in self.base.items() if k != "tracking"}  # logging changes no trial
         blob = json.dumps({"cfg": cfg, "base": base}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -62,18 +62,32 @@ class OptunaStudy:
         self.study = optuna.create_study(directions=[d for _, d in plan.objectives], sampler=sampler,
                                          storage=storage, study_name=cfg.name, load_if_exists=True)
         self._dists = {p.path: distribution(p) for p in plan.params}
-        if storage is not None:
-            for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
-                self.study.tell(t.number, state=TrialState.FAIL)  # left by a killed process
+        fresh = not self.study.get_trials(deepcopy=False)
+        if storage is not None:  # trials left running by a killed process; WAITING ones (enqueued) stay queued
+            for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                self.study.tell(t.number, state=TrialState.FAIL)
         elif records:
             for r in records:
                 if r["state"] in FINISHED:
                     self.study.add_trial(self._frozen(r))
                     r["study_trial"] = len(self.study.get_trials(deepcopy=False)) - 1
+        # the coarse start: queued once in a new study (a stored study keeps the rest queued across a kill);
+        # replayed in memory, the points not asked yet
+        for point in cfg.initial if fresh else [] if storage is not None else cfg.initial[len(records):]:
+            self.study.enqueue_trial(self._labels(point), skip_if_exists=False)
         for r in records:
             if r["state"] == "interrupted" and not r.get("retry_enqueued"):
                 self.study.enqueue_trial(r["params"], skip_if_exists=False)
                 r["retry_enqueued"] = True
+
+    def _labels(self, point: dict[str, Any]) -> dict[str, Any]:
+        """An initial point as Optuna's parameter values (a categorical value given as a value -> its label)."""
+        out = {}
+        for p in self.plan.params:
+            if p.path in point:
+                v = point[p.path]
+                out[p.path] = p.labels[p.values.index(v)] if p.kind == "categorical" and v not in p.labels else v
+        return out
 
     def _frozen(self, r: dict[str, Any]) -> optuna.trial.FrozenTrial:
         params = {k: v for k, v in r["params"].items() if k in self._dists}
