@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -154,7 +155,11 @@ def run_mobilenet(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, 
          "notes": prefix + (f"speedup {med['fp32'] / med['hand']:.2f}x (re-timed); same trained baseline as auto; "
                             f"{hand_s / 60:.1f} min" if ok else f"the hand recipe failed: {hand_rec.get('error')}")},
     ]
+    profile = json.loads((out / "auto" / "profile.json").read_text())
     extra = {"settings": settings, "auto_seconds": round(auto_s, 1), "hand_seconds": round(hand_s, 1),
+             "retimed": result.get("retimed"), "epoch_s": profile.get("epoch_s"), "macs_floor": profile.get("macs_floor"),
+             "recovery_epochs": (search_base["stages"][0].get("prune", {}).get("finetune") or {}).get("epochs")
+             if search_base["stages"] else None,
              "latency_rounds_ms": lat["rounds"], "front": result["front"], "constraints": result["constraints"],
              "recipe": mobilenet_recipe(args)}
     return rows, extra
@@ -167,8 +172,8 @@ def run_minilm(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, Any
 
     settings = {"runtime": "onnxruntime", "max_latency_ratio": 0.4, "min_fidelity": 0.98,
                 "budget": args.minilm_budget, "trials": args.minilm_trials, "threads": args.threads, "batch": 8,
-                "profile_units": args.minilm_profile_units, "latency_repeats": args.repeats, "finetune_epochs": 0,
-                "techniques": args.minilm_techniques}
+                "profile_units": args.minilm_profile_units, "latency_repeats": args.minilm_repeats, "finetune_epochs": 0,
+                "techniques": args.minilm_techniques, "retime_max": 2}
     out = work / ("minilm" if not args.minilm_techniques else "minilm-" + "-".join(args.minilm_techniques))
     t0 = time.perf_counter()
     result = slimkit.auto(minilm_recipe(args), out=out / "auto", resume=(out / "auto" / "auto-search.yaml").exists(),
@@ -200,8 +205,109 @@ def run_minilm(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, Any
     ]
     best_cos = max(((p["quality"], p["number"]) for p in result["points"]), default=None)
     extra = {"settings": settings, "auto_seconds": round(auto_s, 1), "latency_rounds_ms": lat["rounds"],
+             "retimed": result.get("retimed"),
              "front": result["front"], "points": result["points"], "constraints": result["constraints"],
              "best_cosine_point": best_cos}
+    return rows, extra
+
+
+RAY_DRIVER = """
+import json, sys
+import ray
+import slimkit
+
+recipe, out, settings = json.loads(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
+ray.init(address=settings["address"], logging_level="WARNING", log_to_driver=False)
+try:
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    result = slimkit.auto(recipe, out=out, resume=sys.argv[4] == "resume", **settings)
+finally:
+    ray.shutdown()
+print(json.dumps({"nodes": len(nodes), "cpus": sum(n["Resources"].get("CPU", 0) for n in nodes)}))
+"""
+
+
+def run_ray(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The MobileNetV2 case on a two-node loopback Ray cluster (trials as Ray tasks, 2 workers of 1 CPU), on
+    the mobilenet case's trained baseline when it exists: the driver is killed (SIGKILL) once a trial has
+    finished and another runs, then resumed; finished trials must not run again (their reports untouched)."""
+    import shutil
+    import signal
+    import subprocess
+
+    from _loopback_ray import loopback_cluster
+
+    from slimkit.config.recipe import DataConfig
+    from slimkit.data import load_data
+
+    out = work / "ray" / "auto"
+    if out.exists():  # a fresh search every run: the kill and the resume are what this case shows
+        shutil.rmtree(out)
+    shared = work / "mobilenet" / "auto" / "baseline"
+    if (shared / "report.json").exists():
+        shutil.copytree(shared, out / "baseline")
+    settings = {"runtime": "onnxruntime", "max_latency_ratio": 0.5, "max_accuracy_drop": 0.01,
+                "budget": args.ray_budget, "trials": args.ray_trials, "threads": args.threads,
+                "finetune_epochs": args.finetune_epochs, "profile_units": args.profile_units,
+                "latency_repeats": args.repeats, "batch": 1, "backend": "ray", "workers": 2}
+    recipe = mobilenet_recipe(args)
+    t0 = time.perf_counter()
+    with loopback_cluster(ROOT) as (address, env):
+        settings["address"] = address
+        cmd = [sys.executable, "-c", RAY_DRIVER, json.dumps(recipe), str(out), json.dumps(settings)]
+        proc = subprocess.Popen([*cmd, "fresh"], env=env, cwd=ROOT)
+        before: list[dict[str, Any]] = []
+        while proc.poll() is None:
+            try:
+                before = json.loads((out / "search.json").read_text())["trials"]
+            except (OSError, ValueError, KeyError):
+                before = []
+            if any(t["state"] == "complete" for t in before) and any(t["state"] == "running" for t in before):
+                break
+            time.sleep(0.5)
+        killed = proc.poll() is None
+        if killed:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            before = json.loads((out / "search.json").read_text())["trials"]
+        done_before = [t for t in before if t["state"] == "complete"]
+        stamps = {t["number"]: os.stat(out / t["dir"] / "report.json").st_mtime_ns for t in done_before}
+        r = subprocess.run([*cmd, "resume"], env=env, cwd=ROOT, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise SystemExit(f"the resumed Ray driver failed: {r.stderr[-3000:]}")
+        seen = json.loads(r.stdout.strip().splitlines()[-1])
+    ray_s = time.perf_counter() - t0
+    result = json.loads((out / "auto.json").read_text())
+    after = json.loads((out / "search.json").read_text())["trials"]
+    untouched = all(os.stat(out / t["dir"] / "report.json").st_mtime_ns == stamps[t["number"]] for t in done_before)
+    same = all(after[t["number"]] | {"retry_enqueued": None} == t | {"retry_enqueued": None} for t in done_before)
+    if result["chosen"] is None:
+        raise SystemExit(f"no Ray trial finished: {result['verdict']}")
+    tdir, trial = _trial_report(out, result)
+    example = load_data(DataConfig.model_validate(recipe["data"])).example_inputs
+    lat = retime({"fp32": tdir / "baseline.onnx", "auto": tdir / "model.onnx"}, example, 1, args.threads,
+                 args.rounds, 30)
+    med = lat["median"]
+    b_acc = trial["baseline"]["accuracy"]
+    stages = ", ".join(s["pass"] for s in trial["stages"]) or "no stage"
+    kill = (f"driver killed (SIGKILL) with {len(done_before)} trial(s) finished and "
+            f"{sum(t['state'] == 'running' for t in before)} running; resumed: the finished ones kept "
+            f"(reports untouched: {untouched}; records equal: {same}), the interrupted ones retried"
+            if killed else "the search ended before it could be killed")
+    rows = [{"system": "slimkit", "variant": f"mobilenetv2-fmnist auto on a 2-node loopback Ray cluster "
+                                             f"({'chosen' if result['feasible'] else 'closest'}: {stages}, {_precision(trial)})",
+             "size_bytes": trial["final"]["size_bytes"], "latency_ms": {"b1": med["auto"]},
+             "quality": {"accuracy": trial["final"]["accuracy"],
+                         "accuracy_drop_points": round(100 * (b_acc - trial["final"]["accuracy"]), 3)},
+             "notes": f"speedup {med['fp32'] / med['auto']:.2f}x over its fp32 ONNX (re-timed after the run, "
+                      f"{med['fp32']:.4g} ms); {seen['nodes']} nodes, {seen['cpus']:.0f} CPUs, 2 workers; "
+                      f"{len(after)} trials ({result['trials']['feasible']} feasible), {ray_s / 60:.1f} min; {kill}; "
+                      f"{result['verdict']}"}]
+    extra = {"settings": {k: v for k, v in settings.items() if k != "address"}, "seconds": round(ray_s, 1),
+             "killed": killed, "finished_before_kill": [t["number"] for t in done_before],
+             "reports_untouched": untouched, "records_equal": same,
+             "states_after": [t["state"] for t in after], "latency_rounds_ms": lat["rounds"],
+             "retimed": result.get("retimed"), "nodes": seen["nodes"]}
     return rows, extra
 
 
@@ -222,7 +328,8 @@ def render_doc(result: dict[str, Any]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small forms; writes bench/_work/auto-quick.json")
-    ap.add_argument("--case", choices=["mobilenet", "minilm", "both"], default="both")
+    ap.add_argument("--case", choices=["mobilenet", "minilm", "ray", "both"], default="both",
+                    help="both: mobilenet and minilm; ray: the mobilenet case on a 2-node loopback Ray cluster")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=20)
@@ -230,13 +337,17 @@ def main() -> None:
     ap.add_argument("--train-n", type=int, default=3000)
     ap.add_argument("--test-n", type=int, default=1000)
     ap.add_argument("--epochs", type=int, default=1)
-    ap.add_argument("--budget", default="25m", help="the whole auto run, baseline transfer included")
-    ap.add_argument("--trials", type=int, default=40)
-    ap.add_argument("--finetune-epochs", type=int, default=1)
+    ap.add_argument("--budget", default="14m", help="the whole auto run, baseline transfer included")
+    ap.add_argument("--trials", type=int, default=20)
+    ap.add_argument("--finetune-epochs", type=int, default=None,
+                    help="most recovery epochs (default: auto sizes them from the budget and a measured epoch)")
+    ap.add_argument("--ray-budget", default="8m")
+    ap.add_argument("--ray-trials", type=int, default=4)
     ap.add_argument("--profile-units", type=int, default=8)
-    ap.add_argument("--minilm-budget", default="40m")
-    ap.add_argument("--minilm-trials", type=int, default=8)
-    ap.add_argument("--minilm-profile-units", type=int, default=12)
+    ap.add_argument("--minilm-budget", default="12m")
+    ap.add_argument("--minilm-trials", type=int, default=4)
+    ap.add_argument("--minilm-profile-units", type=int, default=4)
+    ap.add_argument("--minilm-repeats", type=int, default=5, help="calls per latency round at b8 x s128")
     ap.add_argument("--minilm-techniques", nargs="*", default=None,
                     help="restrict auto's candidates (e.g. svd int8-onnx; default: every applicable one)")
     ap.add_argument("--minilm-test-n", type=int, default=None, help="held-out sentences scored (default all 200)")
@@ -245,19 +356,22 @@ def main() -> None:
         args.train_n, args.test_n, args.epochs, args.budget, args.trials = 500, 300, 1, "8m", 2
         args.profile_units, args.repeats, args.rounds = 4, 5, 2
         args.minilm_budget, args.minilm_trials, args.minilm_profile_units, args.minilm_test_n = "8m", 2, 2, 48
+        args.ray_budget, args.ray_trials = "8m", 3
     work = WORK / ("auto-quick" if args.quick else "auto")
     path = WORK / "auto-quick.json" if args.quick else RESULTS / "auto.json"
     rows: list[dict[str, Any]] = []
     extra: dict[str, Any] = {}
-    for case, fn in (("mobilenet", run_mobilenet), ("minilm", run_minilm)):
-        if args.case in (case, "both"):
+    for case, fn in (("mobilenet", run_mobilenet), ("minilm", run_minilm), ("ray", run_ray)):
+        if args.case == case or (args.case == "both" and case != "ray"):
+            load0 = os.getloadavg()
             new, info = fn(args, work)
             rows += new
-            extra[case] = info | {"command": command_line()}
+            extra[case] = info | {"command": command_line(), "load_average": {"start": load0, "end": os.getloadavg()}}
     if args.case != "both" and path.exists():  # keep the other case's rows (read now: the cases may run at once)
         old = json.loads(path.read_text())
-        other = "mobilenetv2" if args.case == "minilm" else "minilm"
-        rows = [r for r in old.get("rows", []) if r["variant"].startswith(other)] + rows
+        mine = {"mobilenet": lambda v: v.startswith("mobilenetv2") and "Ray" not in v,
+                "minilm": lambda v: v.startswith("minilm"), "ray": lambda v: "Ray" in v}[args.case]
+        rows = [r for r in old.get("rows", []) if not mine(r["variant"])] + rows
         extra = {k: v for k, v in old.get("cases", {}).items() if k != args.case} | extra
     out = {"bench": "auto", "command": command_line(), "machine": machine_info(args.threads) | {"shared": True},
            "rows": rows, "quick": args.quick, "cases": extra,

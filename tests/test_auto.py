@@ -80,7 +80,7 @@ def test_without_training_the_space_prunes_post_training():
 
 
 def test_recovery_epochs_follow_the_budget_and_the_coarse_start_is_asked_first():
-    """Without finetune_epochs, the recovery a trial may search is what fits in a tenth of the budget at the
+    """Without finetune_epochs, the recovery a trial may search is what fits in a fifth of the budget at the
     measured epoch time (1 to 8 epochs); the coarse start (int8 alone, then pruning at three depths with the
     most recovery) is what the search proposes first, before the sampler (no compute)."""
     from slimkit.auto.candidates import Context, recovery_epochs
@@ -94,8 +94,8 @@ def test_recovery_epochs_follow_the_budget_and_the_coarse_start_is_asked_first()
     def epochs(epoch_s: float | None, labelled: bool = True) -> int:
         return recovery_epochs(Context(cfg, labelled, {"epoch_s": epoch_s}))
 
-    assert [epochs(20.0), epochs(15.0), epochs(1.0), epochs(100.0), epochs(5.0, False)] == [3, 4, 8, 1, 0]
-    profile = {"cost": {"layers": []}, "sensitivity": {"layers": []}, "epoch_s": 20.0}
+    assert [epochs(30.0), epochs(20.0), epochs(1.0), epochs(150.0), epochs(5.0, False)] == [4, 6, 8, 1, 0]
+    profile = {"cost": {"layers": []}, "sensitivity": {"layers": []}, "epoch_s": 40.0}
     config = build_space(base, cfg, profile, labelled=True, name="t")
     assert config["base"]["stages"][0]["prune"]["finetune"]["epochs"] == 3
     assert config["space"]["stages[prune].finetune.epochs"] == {"low": 1, "high": 3}

@@ -49,14 +49,14 @@ def sensitive_units(profile: dict[str, Any], fraction: float = 0.25) -> list[str
     return [r["unit"] for r in rows[:max(1, math.ceil(fraction * len(rows)))]] if rows else []
 
 
-RECOVERY_SHARE = 0.1     # one trial's recovery takes at most this share of the budget ...
+RECOVERY_SHARE = 0.2     # one trial's recovery takes at most this share of the budget ...
 MAX_RECOVERY_EPOCHS = 8  # ... and at most this many epochs
 MACS_RANGE = (0.25, 0.8)  # structured pruning: the fraction of the MACs kept, searched in this range
 
 
 def recovery_epochs(c: Context) -> int:
     """The most fine-tuning epochs a trial may spend recovering: ``finetune_epochs`` when given; without it,
-    as many as fit in a tenth of the budget at the measured epoch time (profile ``epoch_s``), 1 to 8; 0
+    as many as fit in a fifth of the budget at the measured epoch time (profile ``epoch_s``), 1 to 8; 0
     without labels."""
     if not c.labelled:
         return 0
