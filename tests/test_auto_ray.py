@@ -1,88 +1,44 @@
 """slimkit auto on a two-node Ray cluster on the loopback address: `ray start --head` and a worker node on
-127.0.0.1 (each with one CPU, in their own temp dir), two tiny trials as Ray tasks, the cluster stopped in
-teardown by the process ids this test started (never `ray stop`, which would stop other clusters too).
+127.0.0.1 (each with one CPU, in their own temp dir; bench/_loopback_ray.py), two tiny trials as Ray tasks, the
+cluster stopped in teardown by the process ids it started (never `ray stop`, which would stop other clusters too).
 The driver runs in a subprocess: Ray keeps its authentication settings for the life of a process, and this
 cluster's token must not leak into the other Ray tests of the same pytest process."""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
+ROOT = Path(__file__).resolve().parents[1]
 RAY = Path(sys.executable).with_name("ray")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _pids_with(marker: str) -> list[int]:
-    """Processes whose command line names this test's Ray temp dir or port (the ones it started)."""
-    out = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit() or int(d.name) == os.getpid():
-            continue
-        try:
-            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if marker in cmd:
-            out.append(int(d.name))
-    return out
-
-
-def _signal(markers: list[str], sig: int) -> None:
-    for marker in markers:
-        for pid in _pids_with(marker):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
 
 
 @pytest.fixture
 def cluster():
     if not RAY.exists():
         pytest.skip("the ray command is not installed")
-    port = _free_port()
-    tmp = Path(tempfile.mkdtemp(prefix="rk", dir="/tmp"))  # short: Ray's socket paths have a length limit
-    # token authentication with a token of this test's own (Ray 2.60 refuses a second node without one
-    # when a ~/.ray/auth_token exists); the driver subprocess gets the same variables
-    import secrets
-
-    (tmp / "token").write_text(secrets.token_hex(32))
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(tmp / "token"), "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
-                                                                    os.environ.get("PYTHONPATH")])),
-           "RAY_USAGE_STATS_ENABLED": "0"}
-    markers = [str(tmp), f"127.0.0.1:{port}"]
+    sys.path.insert(0, str(ROOT / "bench"))
     try:
-        head = subprocess.run([str(RAY), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
-                               "--num-cpus=1", "--include-dashboard=false", f"--temp-dir={tmp}", "--disable-usage-stats"],
-                              env=env, capture_output=True, text=True, timeout=180)
-        if head.returncode != 0:
-            pytest.skip(f"ray start --head failed here: {head.stderr[-500:]}")
-        worker = subprocess.run([str(RAY), "start", f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1",
-                                 "--num-cpus=1", "--disable-usage-stats"], env=env, capture_output=True, text=True,
-                                timeout=180)
-        assert worker.returncode == 0, worker.stderr[-2000:]
-        yield f"127.0.0.1:{port}", env
+        from _loopback_ray import (
+            loopback_cluster,  # the one loopback cluster (bench/auto.py --case ray uses it)
+        )
     finally:
-        for sig in (signal.SIGTERM, signal.SIGTERM, signal.SIGKILL):
-            _signal(markers, sig)
-            time.sleep(1)
-        shutil.rmtree(tmp, ignore_errors=True)
+        sys.path.remove(str(ROOT / "bench"))
+    cm = loopback_cluster(ROOT)
+    try:
+        address, env = cm.__enter__()
+    except RuntimeError as exc:  # the head cannot start on this machine: skip; a worker that cannot join: fail
+        if "--head" in str(exc):
+            pytest.skip(str(exc)[-500:])
+        raise
+    try:
+        yield address, env
+    finally:
+        cm.__exit__(None, None, None)
 
 
 DRIVER = """
