@@ -17,6 +17,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from slimkit.errors import SlimkitError
 from slimkit.search.trial import violations
 
 log = logging.getLogger(__name__)
@@ -44,17 +45,19 @@ def finalists(records: list[dict[str, Any]], margin: float, most: int) -> list[d
 
 def _measure(out: Path, record: dict[str, Any], base: dict[str, Any], rounds: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """(baseline, artifact) latency records of one trial, measured alternately in this process."""
-    from slimkit.config.recipe import DataConfig, LatencyConfig
+    from slimkit.config.recipe import parse_recipe
     from slimkit.evaluation.latency import ort_latency, paired_latency, torch_latency
 
-    lat = LatencyConfig.model_validate(base["evaluate"]["latency"])
+    recipe = parse_recipe(base, source="auto-search.yaml base")  # as a trial reads it (data defaults filled)
+    lat = recipe.evaluate.latency
+    assert lat is not None
     tdir = out / record["dir"]
     if lat.runtime == "onnxruntime":
         from slimkit.data import load_data
 
         report = json.loads((tdir / "report.json").read_text())
         onnx = next(e for e in report["exports"] if e.get("format") == "onnx")
-        xs = load_data(DataConfig.model_validate(base["data"])).example_inputs
+        xs = load_data(recipe.data).example_inputs
         base_onnx, artifact = tdir / "baseline.onnx", tdir / onnx["artifact"]
         return paired_latency(lambda: ort_latency(base_onnx, xs, lat), lambda: ort_latency(artifact, xs, lat),
                               rounds=rounds)
@@ -82,7 +85,7 @@ def retime(out: Path, records: list[dict[str, Any]], base: dict[str, Any], *, ma
             continue
         try:
             b_lat, f_lat = _measure(out, r, base, rounds)
-        except (OSError, StopIteration, KeyError) as exc:
+        except (OSError, StopIteration, KeyError, SlimkitError) as exc:
             log.warning("trial %s could not be re-timed (%s); its in-search latency stands", r["number"], exc)
             result.append(r)
             continue
