@@ -200,8 +200,8 @@ def run_minilm(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, Any
          "size_bytes": trial["final"]["size_bytes"], "latency_ms": {"b8_s128": med["auto"]},
          "quality": {"cosine": fid.get("cosine"), "cosine_min": fid.get("cosine_min")},
          "notes": prefix + f"speedup {med['fp32'] / med['auto']:.2f}x (re-timed); {result['trials']['finished']} "
-                  f"trials ({result['trials']['feasible']} feasible), {auto_s / 60:.1f} min; measured under load "
-                  f"(nice 19, shared 2 cores); {result['verdict']}"},
+                  f"trials ({result['trials']['feasible']} feasible), {auto_s / 60:.1f} min; "
+                  f"shared 2 cores (load average in cases.minilm.load_average); {result['verdict']}"},
     ]
     best_cos = max(((p["quality"], p["number"]) for p in result["points"]), default=None)
     extra = {"settings": settings, "auto_seconds": round(auto_s, 1), "latency_rounds_ms": lat["rounds"],
