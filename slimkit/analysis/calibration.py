@@ -179,6 +179,17 @@ def block_of(name: str) -> str:
     return name
 
 
+def hooked_forward(model: nn.Module, inputs: Any, handles: Iterable[Any]) -> None:
+    """One eval-mode, no-grad forward of ``model`` on ``inputs`` (a batch's inputs, as ``call_model`` takes
+    them) for the hooks already registered as ``handles``, which are removed afterwards, also on error."""
+    try:
+        with eval_mode(model), torch.no_grad():
+            call_model(model, inputs, model_device(model))
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def input_groups(model: nn.Module, layers: Mapping[str, nn.Module], calibration: Iterable[object]) -> list[list[str]]:
     """``layers`` in the order they run on the first calibration batch, consecutive layers that read the same
     input tensor (attention query, key and value) in one group; layers never called come last, alone."""
@@ -191,13 +202,8 @@ def input_groups(model: nn.Module, layers: Mapping[str, nn.Module], calibration:
                 calls.append((name, (x.data_ptr(), tuple(x.shape), x.stride(), x._version)))
         return hook
 
-    handles = [m.register_forward_pre_hook(hook_for(n)) for n, m in layers.items()]
-    try:
-        with eval_mode(model), torch.no_grad():
-            call_model(model, split_batch(next(iter(calibration)))[0], model_device(model))
-    finally:
-        for h in handles:
-            h.remove()
+    hooked_forward(model, split_batch(next(iter(calibration)))[0],
+                   [m.register_forward_pre_hook(hook_for(n)) for n, m in layers.items()])
     groups: list[list[str]] = []
     for i, (name, key) in enumerate(calls):
         if i and key == calls[i - 1][1]:
