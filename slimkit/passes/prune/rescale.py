@@ -201,17 +201,4 @@ def tune_scales(reference: nn.Module, model: nn.Module, consumer: str, units: li
     return before, after, s
 
 
-def execution_order(model: nn.Module, names: list[str], example: Any) -> list[str]:
-    """``names`` in the order the modules run on ``example``."""
-    order: list[str] = []
-    handles = []
-    for name in names:
-        def hook(mod: nn.Module, args: Any, name: str = name) -> None:
-            if name not in order:
-                order.append(name)
-        handles.append(model.get_submodule(name).register_forward_pre_hook(hook))
-    hooked_forward(model, example, handles)
-    return order + [n for n in names if n not in order]
-
-
-__all__ = ["execution_order", "residual_parent", "solve_scales", "solve_weights", "tune_scales"]
+__all__ = ["residual_parent", "solve_scales", "solve_weights", "tune_scales"]
