@@ -72,7 +72,8 @@ def test_without_training_the_space_prunes_post_training():
     profile = {"cost": {"layers": [{"unit": "features.0.0", "share": 0.5}]},
                "sensitivity": {"layers": [{"unit": "features.0.0", "prune_loss": 0.1, "prunable_alone": True}]}}
     config = build_space(base, cfg, profile, labelled=True, name="t")
-    assert config["base"]["stages"][0] == {"prune": {"method": "posttrain", "target_macs": 0.6}}
+    assert config["base"]["stages"][0] == {"prune": {"method": "posttrain", "target_macs": 0.6,
+                                                     "block_refit": {"steps": 200}}}
     assert "stages[prune].target_macs" in config["space"] and "stages[prune].ratio" not in config["space"]
     assert config["space"]["stages[prune].skip"] == {"choices": [[], ["features.0.0"]]}
     plan = parse_search(config)
