@@ -136,6 +136,16 @@ def _n_input(res: dict[str, Any]) -> int:
     return len(res["smoothed"]) - _n_output(res)
 
 
+def _muls(res: dict[str, Any]) -> str:
+    """How many smoothing Muls ``smooth_select`` kept, and the exact rewrites that remove work."""
+    sel = res.get("smoothing_selection")
+    total = len(sel["without"]) or len(sel["kept"]) if sel else 0
+    kept = (f"smoothing Mul kept on {len(sel['kept'])} of {total} LayerNorm outputs (smooth_select)" if sel
+            else "every smoothing Mul")
+    return (f"{kept}; token-type lookups folded into the position table: {res['rewrites'].get('token_type_fold', 0)}; "
+            f"scalar weight zero points: {res['settings'].get('scalar_zero_points')}")
+
+
 def _kept_patterns(res: dict[str, Any], cfg: EncoderInt8Config) -> tuple[str, ...]:
     """The outlier side paths ``res`` kept, as exact-name patterns (another build with the same paths)."""
     sel = res.get("outlier_selection")
@@ -329,7 +339,7 @@ def main() -> None:
             "attention output projections (folded into the value columns, no op), "
             f"{fcfg.outlier_channels} outlier GELU channels in fp32 on the FFN output projections of "
             f"{_layers(fres)}, per-channel dynamic int8 (QAttention, QEmbedLayerNormalization, MatMulInteger); "
-            f"{f_seconds:.0f} s to quantize")
+            f"{_muls(fres)}; {f_seconds:.0f} s to quantize")
     paths[("slimkit", "int8-smooth-outlier-mixed")] = res["artifact"]
     notes[("slimkit", "int8-smooth-outlier-mixed")] = (
         f"quantize_encoder_int8: SmoothQuant alpha {cfg.smooth_alpha} on {_n_input(res)} Q/K/V and FFN input "
@@ -340,7 +350,7 @@ def main() -> None:
         f"{[n.split('/')[3] + '/' + '/'.join(n.split('/')[4:-1]) for n in res['weight_only']] or 'none'}; "
         f"exact rewrites: {res['rewrites']['static_reshapes']} Reshape targets constant, "
         f"{res['rewrites']['sum_before_layernorm']} residual Add -> Sum (no SkipLayerNormalization); "
-        f"{q_seconds:.0f} s to quantize")
+        f"{_muls(res)}; {q_seconds:.0f} s to quantize")
 
     # fidelity to the fp32 embeddings on held-out sentences
     def embed_onnx(path: Path) -> np.ndarray:

@@ -92,7 +92,8 @@ def test_int8_with_rewrites_keeps_cosine(tiny_onnx, tmp_path) -> None:
     from slimkit.exporters.onnx_transformer import ort_embed
 
     calib = [dict(zip(("input_ids", "attention_mask"), _feeds(8, 24, seed=s), strict=True)) for s in range(3)]
-    cfg = EncoderInt8Config(weight_only=(), outlier_channels=4, outlier_select=False, smooth_select=False)
+    cfg = EncoderInt8Config(weight_only=(), outlier_channels=4, outlier_select=False, smooth_select=False,
+                            fold_token_types=True)  # on the unfused graph only when asked
     res = quantize_encoder_int8(tiny_onnx, tmp_path / "int8.onnx", calibration=calib, config=cfg)
     assert res["rewrites"]["static_reshapes"] >= 4 and res["rewrites"]["sum_before_layernorm"] == 5
     assert res["rewrites"]["token_type_fold"] == 1
@@ -105,6 +106,7 @@ def test_int8_with_rewrites_keeps_cosine(tiny_onnx, tmp_path) -> None:
     plain = quantize_encoder_int8(tiny_onnx, tmp_path / "plain.onnx", calibration=calib,
                                   config=EncoderInt8Config(weight_only=(), outlier_channels=4, outlier_select=False,
                                                            smooth_select=False, static_shapes=False,
+                                                           fold_token_types=True,
                                                            block_skip_layernorm=False))
     same = cosine_stats(ort_embed(plain["artifact"], ids, mask), ort_embed(res["artifact"], ids, mask))
     assert same["cosine_min"] > 0.99999  # the rewrites do not change what int8 computes
