@@ -298,7 +298,7 @@ def main() -> None:
         paths[("onnxruntime", "int8-matmulnbits-8bit")] = _matmul_nbits(fp32, work)
         notes[("onnxruntime", "int8-matmulnbits-8bit")] = ("MatMulNBitsQuantizer bits=8, block 128, symmetric, "
                                                            "accuracy_level 4 on every MatMul; Gather dynamic int8")
-    cfg = (EncoderInt8Config(weight_only=(), outlier_select=False) if args.quick  # quick: no per-layer builds
+    cfg = (EncoderInt8Config(weight_only=(), outlier_select=False, smooth_select=False) if args.quick  # no selection
            else EncoderInt8Config(rank_sensitivity=True))
     fused_info: dict[str, Any] = {}
     t0 = time.time()
