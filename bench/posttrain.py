@@ -135,6 +135,9 @@ def mobilenet(args: argparse.Namespace) -> list[dict[str, Any]]:
             agree = float((logits(m).argmax(1) == ref.argmax(1)).float().mean())
         print(f"MobileNetV2 {name}: top-1 agreement {agree:.4f}, {post_macs / base_macs:.4f} of the MACs, "
               f"{secs} s", flush=True)
+        if args.mobilenet_refit_steps:
+            add_block_refit(models, meta, name, base, cal, args.mobilenet_refit_steps, args.quick,
+                            "each block (features.0-18, classifier)", lr=1e-4)
         for crit in ("l2", "taylor"):
             mm = copy.deepcopy(base)
             _, secs = _seconds(lambda mm=mm, crit=crit, t=target: sk.prune_(
@@ -191,6 +194,26 @@ def mobilenet(args: argparse.Namespace) -> list[dict[str, Any]]:
                                f"onnxruntime, {args.threads} thread, median of {args.rounds} round-robin rounds on "
                                f"a shared 2-core machine{verdict}")})
     return rows
+
+
+def add_block_refit(models: dict[str, torch.nn.Module], meta: dict[str, dict[str, Any]], name: str,
+                    original: torch.nn.Module, cal: list, steps: int, quick: bool, what: str, lr: float = 3e-4) -> None:
+    """A ``name+blockfit`` row: ``name``'s model, then each block refit to ``original``'s block output on the
+    same calibration batches: what ``PostTrainPruneConfig(..., block_refit=BlockRefitConfig(steps, lr))`` does
+    after its own refit, applied to the row's model instead of pruning a second time."""
+    from slimkit.passes.blockfit import refit_blocks
+
+    cfg = sk.BlockRefitConfig(steps=min(steps, 10) if quick else steps, lr=lr)
+    m = copy.deepcopy(models[name])
+    rows, secs = _seconds(lambda: refit_blocks(m, original, cal, cfg))
+    models[f"{name}+blockfit"] = m
+    kept = sum(r["kept"] for r in rows)
+    meta[f"{name}+blockfit"] = dict(meta[name], seconds=round(meta[name]["seconds"] + secs, 2), note=(
+        f"{meta[name]['note']}; then block_refit=BlockRefitConfig(steps={cfg.steps}, lr={cfg.lr}): {what} refit "
+        f"by Adam to the original's block output on the same calibration data, the pruned model's own inputs "
+        f"({kept} of {len(rows)} blocks kept: their held-out calibration batches improved; {secs:.0f} s of the "
+        f"row's seconds); gradient-based reconstruction, no labels"))
+    print(f"{name}+blockfit: {kept}/{len(rows)} blocks kept in {secs:.0f} s", flush=True)
 
 
 def _posttrain(model: torch.nn.Module, cfg: Any, cal: list, x: tuple, out: dict[str, Any]) -> None:
@@ -255,6 +278,9 @@ def minilm(args: argparse.Namespace) -> list[dict[str, Any]]:
         "note": f"PostTrainPruneConfig(target_macs={target}, criterion='{args.minilm_criterion}', loss='mse', "
                 f"refit_passes={args.minilm_refit_passes}) -> refit='{info.get('refit')}' on {len(cal_texts)} "
                 f"unlabelled sentences ({tokens} tokens), no labels, no training"}
+    if args.minilm_refit_steps:
+        add_block_refit(models, meta, f"posttrain-heads-ffn-{tag}", base, cal, args.minilm_refit_steps, args.quick,
+                        "each encoder layer")
     l2 = copy.deepcopy(base)
     _, secs = _seconds(lambda: sk.prune_(l2, sk.StructuredPruneConfig(target_macs=target), example_inputs=x))
     models[f"l2-heads-ffn-{tag}"] = l2
@@ -431,6 +457,8 @@ def main() -> None:
     ap.add_argument("--minilm-criterion", default="reconstruction", choices=("reconstruction", "fisher"))
     ap.add_argument("--minilm-macs", type=float, default=0.6, help="fraction of the encoder FLOPs to keep")
     ap.add_argument("--minilm-refit-passes", type=int, default=1, help="sweeps of the per-unit scale refit")
+    ap.add_argument("--minilm-refit-steps", type=int, default=400, help="block_refit steps per layer (0: no row)")
+    ap.add_argument("--mobilenet-refit-steps", type=int, default=100, help="block_refit steps per block (0: no row)")
     ap.add_argument("--sparse-only", nargs="*", default=None,
                     help="sections of bench/posttrain_sparse.py to run (ffn-lowrank-50 unstructured-50 2:4)")
     ap.add_argument("--skip", nargs="*", default=[], choices=("mobilenet", "resnet", "minilm", "sparse"))

@@ -58,6 +58,10 @@ N_CALIBRATION = 1000
 EXCLUDE = ["*pooler*"]  # the pooler is not part of the mean-pooled embedding
 FFN_ONLY = ["*attention*", "*pooler*"]
 SECTIONS = ("ffn-lowrank-50", "unstructured-50", "2:4")
+# block reconstruction (slimkit.passes.blockfit): Adam on each encoder layer's parameters against the original
+# layer's output, the compressed model's own inputs, one calibration batch per step, held-out batches checked
+REFIT = sk.BlockRefitConfig(steps=400, lr=3e-4)
+REFIT_NOTE = "BlockRefitConfig(steps=400, lr=3e-4): gradient reconstruction on the calibration sentences, no labels"
 
 
 def _log(msg: str) -> None:
@@ -77,6 +81,7 @@ def calibration_texts(n: int, held_out: list[str], calib: list[str]) -> list[str
 def variants(quick: bool) -> list[tuple[str, str, Any, str]]:
     """``(section, variant, config, note)`` for every compressed model."""
     lr = dict(rank_ratio=0.5, skip=FFN_ONLY)
+    refit = REFIT.model_copy(update={"steps": 20}) if quick else REFIT
     out = [
         ("ffn-lowrank-50", "ffn-svd-r50", sk.SVDConfig(**lr), "plain truncated SVD of W, no calibration"),
         ("ffn-lowrank-50", "ffn-svd-r50-whitened", sk.SVDConfig(**lr, whiten=True),
@@ -93,6 +98,10 @@ def variants(quick: bool) -> list[tuple[str, str, Any, str]]:
          "smallest |W| per layer, FFN Linears only (attention and pooler dense)"),
         ("unstructured-50", "sparsegpt-50-ffn", sk.SparseGPTConfig(sparsity=0.5, skip=FFN_ONLY),
          "SparseGPT as above, FFN Linears only (attention and pooler dense)"),
+        ("ffn-lowrank-50", "ffn-svd-r50-whitened+blockfit", sk.SVDConfig(**lr, whiten=True, block_refit=refit),
+         f"whitened SVD as above, then each encoder layer refit to the original's output ({REFIT_NOTE})"),
+        ("unstructured-50", "sparsegpt-50+blockfit", sk.SparseGPTConfig(sparsity=0.5, skip=EXCLUDE, block_refit=refit),
+         f"SparseGPT as above, then each encoder layer refit to the original's output, zeros kept ({REFIT_NOTE})"),
         ("2:4", "magnitude-2:4", sk.NMSparsityConfig(n=2, m=4, skip=EXCLUDE), "largest 2 |W| of every 4 inputs"),
         ("2:4", "wanda-2:4", sk.WandaPruneConfig(n=2, m=4, skip=EXCLUDE), "largest 2 |W| * ||x_j|| of every 4"),
         ("2:4", "sparsegpt-2:4", sk.SparseGPTConfig(n=2, m=4, skip=EXCLUDE), "OBS 2:4 mask and update"),

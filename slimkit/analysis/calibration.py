@@ -179,6 +179,32 @@ def block_of(name: str) -> str:
     return name
 
 
+def hooked_forward(model: nn.Module, inputs: Any, handles: Iterable[Any]) -> None:
+    """One eval-mode, no-grad forward of ``model`` on ``inputs`` (a batch's inputs, as ``call_model`` takes
+    them) for the hooks already registered as ``handles``, which are removed afterwards, also on error."""
+    try:
+        with eval_mode(model), torch.no_grad():
+            call_model(model, inputs, model_device(model))
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def execution_order(model: nn.Module, names: list[str], example: Any, *, only_called: bool = False) -> list[str]:
+    """``names`` (module names of ``model``) in the order the modules first run on ``example`` (a batch's
+    inputs); those that do not run come last, or are left out with ``only_called``."""
+    order: list[str] = []
+
+    def hook_for(name: str):  # noqa: ANN202 - a forward pre-hook
+        def hook(mod: nn.Module, args: Any) -> None:
+            if name not in order:
+                order.append(name)
+        return hook
+
+    hooked_forward(model, example, [model.get_submodule(n).register_forward_pre_hook(hook_for(n)) for n in names])
+    return order if only_called else order + [n for n in names if n not in order]
+
+
 def input_groups(model: nn.Module, layers: Mapping[str, nn.Module], calibration: Iterable[object]) -> list[list[str]]:
     """``layers`` in the order they run on the first calibration batch, consecutive layers that read the same
     input tensor (attention query, key and value) in one group; layers never called come last, alone."""
@@ -191,13 +217,8 @@ def input_groups(model: nn.Module, layers: Mapping[str, nn.Module], calibration:
                 calls.append((name, (x.data_ptr(), tuple(x.shape), x.stride(), x._version)))
         return hook
 
-    handles = [m.register_forward_pre_hook(hook_for(n)) for n, m in layers.items()]
-    try:
-        with eval_mode(model), torch.no_grad():
-            call_model(model, split_batch(next(iter(calibration)))[0], model_device(model))
-    finally:
-        for h in handles:
-            h.remove()
+    hooked_forward(model, split_batch(next(iter(calibration)))[0],
+                   [m.register_forward_pre_hook(hook_for(n)) for n, m in layers.items()])
     groups: list[list[str]] = []
     for i, (name, key) in enumerate(calls):
         if i and key == calls[i - 1][1]:
@@ -270,7 +291,7 @@ def replay_batches(source: Iterable[Any], limit: int | None = None) -> SameBatch
     return SameBatches(source, limit)
 
 
-def _token_mask(inputs: object) -> torch.Tensor | None:
+def token_mask(inputs: object) -> torch.Tensor | None:
     if isinstance(inputs, Mapping):
         mask = inputs.get("attention_mask")
         if isinstance(mask, torch.Tensor) and mask.dim() == 2:
@@ -353,7 +374,7 @@ def collect_input_stats(
             source = [calibration] if isinstance(calibration, torch.Tensor) else calibration
             for batch in itertools.islice(source, max_batches):
                 inputs = split_batch(batch)[0]
-                mask[0] = _token_mask(inputs)
+                mask[0] = token_mask(inputs)
                 cache.clear()
                 fired.clear()
                 try:

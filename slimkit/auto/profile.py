@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from slimkit.analysis.calibration import hooked_forward
 from slimkit.config.recipe import LatencyConfig
 from slimkit.progress import track
 
@@ -51,12 +52,8 @@ def _layer_inputs(model: nn.Module, inputs: tuple[torch.Tensor, ...], names: lis
             if name not in seen and args and isinstance(args[0], torch.Tensor):
                 seen[name] = args[0].detach().clone()
         hooks.append(model.get_submodule(name).register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            model.eval()(*inputs)
-    finally:
-        for h in hooks:
-            h.remove()
+    model.eval()
+    hooked_forward(model, inputs, hooks)
     return seen
 
 

@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 from slimkit.config.base import PassConfig
 from slimkit.config.finetune import FinetuneConfig
 from slimkit.config.layers import LayerFilterFn, filter_fn_field, skip_field
+from slimkit.config.posttrain import BlockRefitConfig
 
 
 class SVDConfig(PassConfig):
@@ -52,6 +53,8 @@ class SVDConfig(PassConfig):
                           "of layers that read the same input ('layer': an FFN's second layer sees the first one "
                           "factorized)")
     calibration_batches: int | None = Field(None, ge=1, description="whiten: use at most this many batches")
+    block_refit: BlockRefitConfig | None = Field(None, description="then refit each block to the original's "
+                                                                   "output on the calibration data (needs calibration)")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> SVDConfig:

@@ -6,8 +6,30 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from slimkit.config.base import PassConfig
+from slimkit.config.base import PassConfig, StrictModel
 from slimkit.config.layers import LayerFilterFn, filter_fn_field, skip_field
+
+
+class BlockRefitConfig(StrictModel):
+    """Refit each block of a compressed model so that its output matches the original model's, from
+    unlabelled calibration data only, block after block in the order they run.
+
+    A block is a module whose name ends in its index (``encoder.layer.3``, ``features.7``; see
+    ``slimkit.analysis.calibration.block_of``), or the blocks named in ``blocks``. Each block receives the
+    *compressed* model's inputs (so it also corrects what the blocks before it left) and is fit to the
+    *original* model's block output with Adam on the relative squared error (padding tokens excluded), its
+    structure and its zeros (sparsity) unchanged. The last ``1/holdout`` of the batches are not fit: a
+    block's refit is kept only if their error went down. This is gradient-based reconstruction on the
+    calibration data (BRECQ-style), not training on labels: it needs no labels and changes no shape.
+    Memory: one block's inputs and target outputs over the calibration batches are held at a time."""
+
+    steps: int = Field(300, ge=1, le=100_000, description="Adam steps per block (one calibration batch each)")
+    lr: float = Field(3e-4, gt=0, le=1, description="Adam learning rate")
+    blocks: list[str] = Field(default_factory=list, description="module names to refit, in order; empty: "
+                                                                "every indexed block that holds a weighted layer")
+    holdout: int = Field(10, ge=2, le=100, description="every holdout-th batch (at least one) checks the refit")
+    batches: int | None = Field(None, ge=1, description="use at most this many calibration batches")
+
 
 
 class PostTrainPruneConfig(PassConfig):
@@ -68,6 +90,8 @@ class PostTrainPruneConfig(PassConfig):
                                         "toward the scaled weight with this strength (x mean diagonal of the "
                                         "input covariance); None: scales and bias only")
     macs_tolerance: float = Field(0.02, gt=0, lt=0.5)
+    block_refit: BlockRefitConfig | None = Field(None, description="then refit each block to the original's "
+                                                                   "output on the calibration data")
 
     @model_validator(mode="after")
     def _one_target(self) -> PostTrainPruneConfig:
@@ -76,4 +100,4 @@ class PostTrainPruneConfig(PassConfig):
         return self
 
 
-__all__ = ["PostTrainPruneConfig"]
+__all__ = ["BlockRefitConfig", "PostTrainPruneConfig"]

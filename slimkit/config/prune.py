@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 from slimkit.config.base import PassConfig
 from slimkit.config.finetune import FinetuneConfig
 from slimkit.config.layers import LayerFilterFn, filter_fn_field, skip_field
+from slimkit.config.posttrain import BlockRefitConfig
 
 
 class MagnitudePruneConfig(PassConfig):
@@ -48,6 +49,8 @@ class _OneShotConfig(PassConfig):
     filter_fn: LayerFilterFn | None = filter_fn_field()
     min_numel: int = Field(0, ge=0, description="leave layers with fewer weights than this dense")
     calibration_batches: int | None = Field(None, ge=1, description="use at most this many calibration batches")
+    block_refit: BlockRefitConfig | None = Field(None, description="then refit each block to the original's "
+                                                                   "output on the calibration data (its zeros kept)")
     sequential: bool | Literal["block", "layer"] = Field(
         True, description="'block' (or true): calibrate each block on the inputs of the already pruned blocks "
                           "before it (one calibration pass per block); 'layer': also within a block, each set of "

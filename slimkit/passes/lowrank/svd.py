@@ -15,6 +15,7 @@ output error on the calibration inputs, and the singular values of ``W S`` give 
 
 from __future__ import annotations
 
+import copy
 import itertools
 import logging
 import math
@@ -29,6 +30,7 @@ from slimkit.config.layers import is_skipped
 from slimkit.config.lowrank import SVDConfig
 from slimkit.context import PassContext, PassRecord
 from slimkit.errors import ConfigError, ModelLoadError
+from slimkit.passes.blockfit import refit_blocks, refit_note
 from slimkit.registry import register_pass
 
 log = logging.getLogger(__name__)
@@ -420,6 +422,7 @@ class LowrankRecord(PassRecord):
 
     key: ClassVar[str] = "lowrank"
     layers: list[LayerPlan] = field(default_factory=list)
+    block_refit: list[dict[str, Any]] = field(default_factory=list)
 
     def notes(self, stage: int) -> list[str]:
         done = [p for p in self.layers if p.rank is not None]
@@ -428,15 +431,20 @@ class LowrankRecord(PassRecord):
         if not self.layers:
             return []
         return [f"Low-rank (stage {stage}): {len(done)} of {len(self.layers)} layers factorized; their weights "
-                f"went from {before} to {after} parameters."]
+                f"went from {before} to {after} parameters."] + refit_note(self.block_refit, stage)
 
 
 @register_pass(SVDConfig, default=True, rebuild=_rebuild)
 def svd_handler(model: nn.Module, cfg: SVDConfig, ctx: PassContext) -> nn.Module:
     """Registered handler: factorize, then fine-tune when ``cfg.finetune`` is set (the registry has checked
     that a train loader was given). Its record is a :class:`LowrankRecord` (``ctx.extras["lowrank"]``)."""
+    if cfg.block_refit is not None:
+        ctx.require("calibration", pass_name="lowrank (svd, block_refit)")
+    original = copy.deepcopy(model) if cfg.block_refit is not None else None
     plans = lowrank_model(model, cfg, ctx.calibration)
-    ctx.add(LowrankRecord(plans))
+    record = ctx.add(LowrankRecord(plans))
+    if original is not None and cfg.block_refit is not None:
+        record.block_refit = refit_blocks(model, original, ctx.calibration, cfg.block_refit, seed=ctx.seed)
     ctx.extras["layers"] = [{"layer": p.name, "method": "svd-whiten" if cfg.whiten else "svd", "rank": p.rank,
                              "params_before": p.dense_params, "params_after": p.params, "rel_error": p.rel_error,
                              **({"skipped": p.reason} if p.rank is None else {})} for p in plans]

@@ -21,6 +21,7 @@ output error on the calibration data) go to the ``OneShotRecord`` ``ctx.extras["
 
 from __future__ import annotations
 
+import copy
 import itertools
 import logging
 import time
@@ -34,6 +35,7 @@ from slimkit.analysis.calibration import InputStats, block_of, collect_input_sta
 from slimkit.config.prune import SparseGPTConfig, WandaPruneConfig
 from slimkit.context import PassContext, PassRecord
 from slimkit.errors import ConfigError
+from slimkit.passes.blockfit import refit_blocks, refit_note
 from slimkit.passes.prune.masks import eligible_layers, reparametrized_layers
 from slimkit.passes.prune.unstructured import prune_count
 from slimkit.progress import track
@@ -230,6 +232,7 @@ class OneShotRecord(PassRecord):
     key: ClassVar[str] = "oneshot"
     method: str = ""
     layers: list[dict[str, Any]] = field(default_factory=list)
+    block_refit: list[dict[str, Any]] = field(default_factory=list)
 
     def notes(self, stage: int) -> list[str]:
         done = [r for r in self.layers if "skipped" not in r and r.get("rel_error") is not None]
@@ -237,12 +240,15 @@ class OneShotRecord(PassRecord):
             return []
         worst = max(done, key=lambda r: r["rel_error"])
         return [f"{self.method} (stage {stage}): {len(done)} layers sparsified; largest relative output error on "
-                f"the calibration data {worst['rel_error']:.3g} ({worst['layer']})."]
+                f"the calibration data {worst['rel_error']:.3g} ({worst['layer']})."] + refit_note(self.block_refit, stage)
 
 
 def _handler(model: nn.Module, cfg: OneShotConfig, ctx: PassContext) -> nn.Module:
     ctx.require("calibration", pass_name=f"prune(method={cfg.method})")
+    original = copy.deepcopy(model) if cfg.block_refit is not None else None
     rec = ctx.add(OneShotRecord(cfg.method, oneshot_prune_(model, cfg, ctx.calibration)))
+    if original is not None and cfg.block_refit is not None:
+        rec.block_refit = refit_blocks(model, original, ctx.calibration, cfg.block_refit, seed=ctx.seed)
     ctx.extras["layers"] = rec.layers  # the rows the runner keeps as the stage's per-layer table
     return model
 

@@ -24,12 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slimkit.analysis.calibration import execution_order, token_mask
 from slimkit.config.posttrain import PostTrainPruneConfig
 from slimkit.context import PassContext
 from slimkit.data.batch import call_model, positional_inputs, split_batch
 from slimkit.errors import ConfigError, ConstraintError
 from slimkit.evaluation.metrics import primary_output
 from slimkit.graph import apply_removal, build_dependency_graph, pruned_copy
+from slimkit.passes.blockfit import refit_blocks
 from slimkit.passes.prune.reconstruct import (
     Target,
     consumer_stats,
@@ -43,7 +45,7 @@ from slimkit.passes.prune.reconstruct import (
     refit_no_worse,
     weight_aug,
 )
-from slimkit.passes.prune.rescale import execution_order, residual_parent, tune_scales
+from slimkit.passes.prune.rescale import residual_parent, tune_scales
 from slimkit.passes.prune.structured import count_macs, rebuild_structure
 from slimkit.registry import register_pass
 
@@ -60,10 +62,6 @@ def fidelity_loss(out: torch.Tensor, ref: torch.Tensor, kind: str, mask: torch.T
         keep = mask.bool()
         out, ref = out[keep], ref[keep]
     return float((out - ref).pow(2).sum() / ref.pow(2).sum().clamp_min(1e-30))
-
-
-def _mask_of(inputs: Any) -> torch.Tensor | None:
-    return inputs.get("attention_mask") if isinstance(inputs, dict) else None
 
 
 def _allowed(t: Target, cfg: PostTrainPruneConfig) -> list[int]:
@@ -96,7 +94,7 @@ def _local_refit(t: Target, w: torch.Tensor, h: torch.Tensor, removed: list[int]
 
 def _loss(model: nn.Module, batches: list[Any], refs: list[torch.Tensor], kind: str) -> float:
     with torch.no_grad():
-        return sum(fidelity_loss(primary_output(call_model(model, b)), r, kind, _mask_of(b))
+        return sum(fidelity_loss(primary_output(call_model(model, b)), r, kind, token_mask(b))
                    for b, r in zip(batches, refs, strict=True)) / len(batches)
 
 
@@ -180,7 +178,7 @@ def fisher_scores(model: nn.Module, targets: list[Target], batches: list[Any], k
                     loss = F.cross_entropy(out.reshape(-1, out.shape[-1]), sample.reshape(-1), reduction="sum")
                 else:
                     v = torch.randn(out.shape, generator=gen)
-                    mask = _mask_of(b)
+                    mask = token_mask(b)
                     if mask is not None and out.dim() == 3:
                         v = v * mask[..., None].to(v)
                     loss = (v * out).sum()
@@ -271,6 +269,7 @@ def posttrain_prune(model: nn.Module, cfg: PostTrainPruneConfig, ctx: PassContex
     calib = ctx.calibration
     assert calib is not None
     inputs = _example(model, ctx, calib)
+    original = copy.deepcopy(model) if cfg.block_refit is not None else None
     graph = build_dependency_graph(model, inputs, skip=cfg.skip, filter_fn=cfg.filter_fn)
     targets, skipped = find_targets(model, graph)
     info: dict[str, Any] = {"trace": graph.tracer, "kept_groups": skipped, "groups": []}
@@ -354,6 +353,8 @@ def posttrain_prune(model: nn.Module, cfg: PostTrainPruneConfig, ctx: PassContex
         _tune_scales(model, reference, targets, cfg, calib, info, inputs, parents, removed)
     else:
         _refit_passes(model, reference, targets, cfg, calib, info, mats, rows)
+    if original is not None and cfg.block_refit is not None:
+        info["block_refit"] = refit_blocks(model, original, calib, cfg.block_refit, seed=ctx.seed)
     info.update(macs_before=base, macs_after=count_macs(model, inputs), seconds=round(time.time() - t0, 2),
                 criterion=cfg.criterion)
     ctx.extras["layers"] = layer_rows(info)

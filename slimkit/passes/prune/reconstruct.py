@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from slimkit.analysis.calibration import InputStats, collect_input_stats, layer_rows
+from slimkit.analysis.calibration import InputStats, collect_input_stats, hooked_forward, layer_rows
 from slimkit.graph.core import DependencyGraph, Group
 
 log = logging.getLogger(__name__)
@@ -101,13 +101,9 @@ def find_intercepts(model: nn.Module, targets: list[Target], example_inputs: tup
                     if args and args[0] is out and name not in found:
                         found[name] = bn_name
             handles.append(bn.register_forward_pre_hook(bn_hook))
-    try:
-        if names:
-            from slimkit.context import eval_mode
-
-            with eval_mode(model), torch.no_grad():
-                model(*example_inputs)
-    finally:
+    if names:
+        hooked_forward(model, example_inputs, handles)
+    else:
         for h in handles:
             h.remove()
     for t in targets:

@@ -30,9 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from slimkit.analysis.calibration import collect_input_stats
-from slimkit.context import eval_mode
-from slimkit.data.batch import call_model
+from slimkit.analysis.calibration import collect_input_stats, hooked_forward
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +59,7 @@ def residual_parent(model: nn.Module, consumer: str, example: Any) -> str | None
         seen.setdefault("y", out)
 
     handles = [parent.register_forward_hook(p_hook), model.get_submodule(consumer).register_forward_hook(c_hook)]
-    _forward_once(model, example, handles)
+    hooked_forward(model, example, handles)
     args, out, y = seen.get("args"), seen.get("out"), seen.get("y")
     if not (isinstance(args, tuple) and len(args) >= 2 and isinstance(args[1], torch.Tensor)
             and isinstance(out, torch.Tensor) and isinstance(y, torch.Tensor) and args[1].shape == y.shape):
@@ -203,27 +201,4 @@ def tune_scales(reference: nn.Module, model: nn.Module, consumer: str, units: li
     return before, after, s
 
 
-def execution_order(model: nn.Module, names: list[str], example: Any) -> list[str]:
-    """``names`` in the order the modules run on ``example``."""
-    order: list[str] = []
-    handles = []
-    for name in names:
-        def hook(mod: nn.Module, args: Any, name: str = name) -> None:
-            if name not in order:
-                order.append(name)
-        handles.append(model.get_submodule(name).register_forward_pre_hook(hook))
-    _forward_once(model, example, handles)
-    return order + [n for n in names if n not in order]
-
-
-def _forward_once(model: nn.Module, example: Any, handles: list[Any]) -> None:
-    """One no-grad eval forward of ``model`` on ``example``, then remove the hooks ``handles``."""
-    try:
-        with eval_mode(model), torch.no_grad():
-            call_model(model, example)
-    finally:
-        for h in handles:
-            h.remove()
-
-
-__all__ = ["execution_order", "residual_parent", "solve_scales", "solve_weights", "tune_scales"]
+__all__ = ["residual_parent", "solve_scales", "solve_weights", "tune_scales"]
