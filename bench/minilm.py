@@ -10,6 +10,12 @@ top-5 retrieval overlap). Calibration uses the other 100 sentences.
 
     .venv/bin/python bench/minilm.py            # full: writes bench/results/minilm.json, docs/benchmarks.md
     .venv/bin/python bench/minilm.py --quick    # < 1 minute: bench/_work/minilm/minilm-quick.json only
+    .venv/bin/python bench/minilm.py --ab A.onnx B.onnx ...   # A/B timing of encoder files, nothing written
+
+``--ab`` runs the given files in one process, each round in a new random order, one call per file and shape,
+and prints per file the median over rounds of its time divided by the first file's in the same round (wall
+time at ``--threads``, and the calling thread's CPU time, which load on a shared machine barely changes
+when ``--threads 1``), with the quartiles of those ratios: a gap smaller than their spread is not shown.
 """
 
 from __future__ import annotations
@@ -130,10 +136,26 @@ def _n_input(res: dict[str, Any]) -> int:
     return len(res["smoothed"]) - _n_output(res)
 
 
+def _muls(res: dict[str, Any]) -> str:
+    """How many smoothing Muls ``smooth_select`` kept, and the exact rewrites that remove work."""
+    sel = res.get("smoothing_selection")
+    total = len(sel["without"]) or len(sel["kept"]) if sel else 0
+    kept = (f"smoothing Mul kept on {len(sel['kept'])} of {total} LayerNorm outputs (smooth_select)" if sel
+            else "every smoothing Mul")
+    return (f"{kept}; token-type lookups folded into the position table: {res['rewrites'].get('token_type_fold', 0)}; "
+            f"scalar weight zero points: {res['settings'].get('scalar_zero_points')}")
+
+
 def _kept_patterns(res: dict[str, Any], cfg: EncoderInt8Config) -> tuple[str, ...]:
     """The outlier side paths ``res`` kept, as exact-name patterns (another build with the same paths)."""
     sel = res.get("outlier_selection")
     return tuple(f"^{re.escape(n)}$" for n in sel["kept"]) if sel else cfg.outlier_nodes
+
+
+def _kept_groups(res: dict[str, Any], cfg: EncoderInt8Config) -> tuple[str, ...]:
+    """The MatMuls whose input took a smoothing Mul in ``res`` (after ``smooth_select``), as exact-name patterns."""
+    folded = [n for n in res["smoothed"] if any(re.search(p, n) for p in cfg.smooth_output_nodes)]
+    return tuple(f"^{re.escape(n)}$" for n in res["smoothed"] if n not in folded)
 
 
 def _ort_runner(path: Path, threads: int) -> Any:
@@ -148,12 +170,61 @@ def _torch_runner(model: torch.nn.Module) -> Any:
     return run
 
 
+def ab(paths: list[Path], threads: int, rounds: int) -> dict[str, dict[str, dict[str, float]]]:
+    """Interleaved A/B timing of encoder ONNX files (see the module docstring). Returns, per file and shape,
+    ``{"wall_ms", "cpu_ms", "wall_ratio", "cpu_ratio", "cpu_ratio_q1", "cpu_ratio_q3"}`` (ratios to
+    ``paths[0]``, medians over rounds)."""
+    g = np.random.default_rng(0)
+    inputs = {k: (g.integers(1000, 20000, (b, s)).astype(np.int64), np.ones((b, s), np.int64))
+              for k, (b, s) in SHAPES.items()}
+    sessions = {str(p): _session(p, threads) for p in paths}
+    for sess in sessions.values():  # warm-up
+        for ids, mask in inputs.values():
+            ort_embed(sess, ids, mask)
+    cpu_clock = time.thread_time if threads == 1 else time.process_time
+    wall: dict[str, dict[str, list[float]]] = {n: {k: [] for k in SHAPES} for n in sessions}
+    cpu: dict[str, dict[str, list[float]]] = {n: {k: [] for k in SHAPES} for n in sessions}
+    order = list(sessions)
+    for _ in range(rounds):
+        for key, (ids, mask) in inputs.items():
+            g.shuffle(order)
+            for name in order:
+                c0, t0 = cpu_clock(), time.perf_counter()
+                ort_embed(sessions[name], ids, mask)
+                wall[name][key].append(time.perf_counter() - t0)
+                cpu[name][key].append(cpu_clock() - c0)
+    base = str(paths[0])
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for name in sessions:
+        out[name] = {}
+        for key in SHAPES:
+            cr = np.array(cpu[name][key]) / np.array(cpu[base][key])
+            wr = np.array(wall[name][key]) / np.array(wall[base][key])
+            out[name][key] = {"wall_ms": round(1e3 * float(np.median(wall[name][key])), 2),
+                              "cpu_ms": round(1e3 * float(np.median(cpu[name][key])), 2),
+                              "wall_ratio": round(float(np.median(wr)), 4), "cpu_ratio": round(float(np.median(cr)), 4),
+                              "cpu_ratio_q1": round(float(np.quantile(cr, 0.25)), 4),
+                              "cpu_ratio_q3": round(float(np.quantile(cr, 0.75)), 4)}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small and fast (< 1 minute); numbers not meaningful")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=None, help="interleaved latency rounds (default 12, quick 2)")
+    ap.add_argument("--ab", nargs="+", type=Path, default=None, metavar="ONNX",
+                    help="only A/B-time these encoder files against the first (default 40 rounds); writes nothing")
     args = ap.parse_args()
+    if args.ab:
+        res = ab(args.ab, args.threads, args.rounds or 40)
+        print(f"{len(args.ab)} files, {args.threads} threads, {args.rounds or 40} rounds; ratios to {args.ab[0]} "
+              "(median [quartiles] of same-round ratios); load " + str([round(x, 2) for x in os.getloadavg()]))
+        for name, shapes in res.items():
+            print(name, " | ".join(f"{k}: cpu {v['cpu_ms']} ms x{v['cpu_ratio']:.3f} [{v['cpu_ratio_q1']:.3f}, "
+                                   f"{v['cpu_ratio_q3']:.3f}], wall {v['wall_ms']} ms x{v['wall_ratio']:.3f}"
+                                   for k, v in shapes.items()))
+        return
     rounds = args.rounds or (2 if args.quick else 12)
     reps = 1 if args.quick else 3
     torch.set_num_threads(args.threads)
@@ -227,7 +298,7 @@ def main() -> None:
         paths[("onnxruntime", "int8-matmulnbits-8bit")] = _matmul_nbits(fp32, work)
         notes[("onnxruntime", "int8-matmulnbits-8bit")] = ("MatMulNBitsQuantizer bits=8, block 128, symmetric, "
                                                            "accuracy_level 4 on every MatMul; Gather dynamic int8")
-    cfg = (EncoderInt8Config(weight_only=(), outlier_select=False) if args.quick  # quick: no per-layer builds
+    cfg = (EncoderInt8Config(weight_only=(), outlier_select=False, smooth_select=False) if args.quick  # no selection
            else EncoderInt8Config(rank_sensitivity=True))
     fused_info: dict[str, Any] = {}
     t0 = time.time()
@@ -244,6 +315,9 @@ def main() -> None:
         plain = quantize_encoder_int8(fp32, work / "slimkit-int8-no-rewrites.onnx", calibration=calib,
                                       config=EncoderInt8Config(weight_only=(), block_skip_layernorm=False,
                                                                static_shapes=False, outlier_select=False,
+                                                               fold_token_types=False, scalar_zero_points=False,
+                                                               smooth_select=False,
+                                                               smooth_nodes=_kept_groups(res, cfg),
                                                                outlier_nodes=_kept_patterns(res, cfg)))
         paths[("slimkit", "int8-smooth-outlier-no-rewrites")] = plain["artifact"]
         notes[("slimkit", "int8-smooth-outlier-no-rewrites")] = (
@@ -265,7 +339,7 @@ def main() -> None:
             "attention output projections (folded into the value columns, no op), "
             f"{fcfg.outlier_channels} outlier GELU channels in fp32 on the FFN output projections of "
             f"{_layers(fres)}, per-channel dynamic int8 (QAttention, QEmbedLayerNormalization, MatMulInteger); "
-            f"{f_seconds:.0f} s to quantize")
+            f"{_muls(fres)}; {f_seconds:.0f} s to quantize")
     paths[("slimkit", "int8-smooth-outlier-mixed")] = res["artifact"]
     notes[("slimkit", "int8-smooth-outlier-mixed")] = (
         f"quantize_encoder_int8: SmoothQuant alpha {cfg.smooth_alpha} on {_n_input(res)} Q/K/V and FFN input "
@@ -276,7 +350,7 @@ def main() -> None:
         f"{[n.split('/')[3] + '/' + '/'.join(n.split('/')[4:-1]) for n in res['weight_only']] or 'none'}; "
         f"exact rewrites: {res['rewrites']['static_reshapes']} Reshape targets constant, "
         f"{res['rewrites']['sum_before_layernorm']} residual Add -> Sum (no SkipLayerNormalization); "
-        f"{q_seconds:.0f} s to quantize")
+        f"{_muls(res)}; {q_seconds:.0f} s to quantize")
 
     # fidelity to the fp32 embeddings on held-out sentences
     def embed_onnx(path: Path) -> np.ndarray:

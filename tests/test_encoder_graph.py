@@ -92,18 +92,21 @@ def test_int8_with_rewrites_keeps_cosine(tiny_onnx, tmp_path) -> None:
     from slimkit.exporters.onnx_transformer import ort_embed
 
     calib = [dict(zip(("input_ids", "attention_mask"), _feeds(8, 24, seed=s), strict=True)) for s in range(3)]
-    cfg = EncoderInt8Config(weight_only=(), outlier_channels=4, outlier_select=False)
+    cfg = EncoderInt8Config(weight_only=(), outlier_channels=4, outlier_select=False, smooth_select=False,
+                            fold_token_types=True)  # on the unfused graph only when asked
     res = quantize_encoder_int8(tiny_onnx, tmp_path / "int8.onnx", calibration=calib, config=cfg)
     assert res["rewrites"]["static_reshapes"] >= 4 and res["rewrites"]["sum_before_layernorm"] == 5
+    assert res["rewrites"]["token_type_fold"] == 1
     ids, mask = _feeds(6, 30, seed=7)
     fid = cosine_stats(ort_embed(res["artifact"], ids, mask), ort_embed(tiny_onnx, ids, mask))
     assert fid["cosine"] >= 0.99 and fid["cosine_min"] >= 0.98, fid
     assert "SkipLayerNormalization" not in _session_ops(res["artifact"])
     sums = [len(n.input) for n in onnx.load(str(res["artifact"])).graph.node if n.op_type == "Sum"]
-    assert sorted(sums) == [2, 2, 2, 2, 3]  # a bias Add between (tied biases: Identity) is not folded
+    assert sorted(sums) == [2, 2, 2, 2, 2]  # the token types are in the position table: words + positions
     plain = quantize_encoder_int8(tiny_onnx, tmp_path / "plain.onnx", calibration=calib,
                                   config=EncoderInt8Config(weight_only=(), outlier_channels=4, outlier_select=False,
-                                                           static_shapes=False,
+                                                           smooth_select=False, static_shapes=False,
+                                                           fold_token_types=True,
                                                            block_skip_layernorm=False))
     same = cosine_stats(ort_embed(plain["artifact"], ids, mask), ort_embed(res["artifact"], ids, mask))
     assert same["cosine_min"] > 0.99999  # the rewrites do not change what int8 computes
@@ -113,7 +116,8 @@ def test_per_tensor_nodes_mixes_weight_scales(tiny_onnx, tmp_path) -> None:
     from slimkit.exporters.encoder_int8 import EncoderInt8Config, quantize_encoder_int8
 
     calib = [dict(zip(("input_ids", "attention_mask"), _feeds(8, 24, seed=s), strict=True)) for s in range(2)]
-    cfg = EncoderInt8Config(weight_only=(), outlier_channels=4, per_tensor_nodes=(r"attention/self/query/",))
+    cfg = EncoderInt8Config(weight_only=(), outlier_channels=4, per_tensor_nodes=(r"attention/self/query/",),
+                            scalar_zero_points=False)  # the zero-point vector tells per-channel weights apart
     res = quantize_encoder_int8(tiny_onnx, tmp_path / "mixed.onnx", calibration=calib, config=cfg)
     proto = onnx.load(str(res["artifact"]))
     inits = {t.name: t for t in proto.graph.initializer}
@@ -134,7 +138,8 @@ def test_fused_graph_smoothing_and_outliers_exact_then_int8(tiny_onnx, tmp_path)
     from slimkit.exporters.onnx_transformer import ort_embed
 
     calib = [dict(zip(("input_ids", "attention_mask"), _feeds(8, 24, seed=s), strict=True)) for s in range(3)]
-    cfg = EncoderInt8Config(weight_only=(), outlier_channels=4, fuse_attention_heads=4, outlier_select=False)
+    cfg = EncoderInt8Config(weight_only=(), outlier_channels=4, fuse_attention_heads=4, outlier_select=False,
+                            smooth_select=False)
     proto, info = prepare_encoder_int8(tiny_onnx, calib, cfg, tmp_path)
     assert sorted(n for n in info["smoothed"] if n.startswith("Attention_")) == ["Attention_0", "Attention_1"]
     # packed Q/K/V and FFN input (input Mul), attention output projection (folded into the value columns)
@@ -154,9 +159,10 @@ def test_fused_graph_smoothing_and_outliers_exact_then_int8(tiny_onnx, tmp_path)
 
 
 def test_outlier_paths_selected_per_layer_by_measured_fidelity(tiny_onnx, tmp_path) -> None:
-    """outlier_select measures each side path left out and drops those the calibration floors do not need:
-    with floors any int8 build meets, every path goes (each measured once); with floors none meets, every
-    path stays; a subset of paths (prepare_encoder_int8(outlier_nodes=...)) still computes the fp32 outputs."""
+    """outlier_select measures each side path left out and drops those the calibration floors do not need,
+    and smooth_select then does the same for each smoothing Mul: with floors any int8 build meets, every
+    path and Mul goes (each measured once); with floors none meets, every one stays; a subset of paths
+    (prepare_encoder_int8(outlier_nodes=...)) still computes the fp32 outputs."""
     from slimkit.evaluation.embedding_fidelity import cosine_stats
     from slimkit.exporters.encoder_int8 import EncoderInt8Config, prepare_encoder_int8, quantize_encoder_int8
     from slimkit.exporters.onnx_transformer import ort_embed
@@ -169,12 +175,18 @@ def test_outlier_paths_selected_per_layer_by_measured_fidelity(tiny_onnx, tmp_pa
     assert len(sel["without"]) == 2 and sel["kept"] == [] and res["outlier_side_nodes"] == []
     assert [s["dropped"] for s in sel["steps"]] == [True, True]
     assert [n.op_type for n in onnx.load(str(res["artifact"])).graph.node].count("BiasGelu") == 2  # FFNs only
+    smooth = res["smoothing_selection"]  # then the smoothing Mul of each group (packed QKV, FFN input): all go
+    assert len(smooth["without"]) == 4 and smooth["kept"] == [] and [s["dropped"] for s in smooth["steps"]] == [True] * 4
+    assert not [n for n in onnx.load(str(res["artifact"])).graph.node if n.name.endswith("_SmoothMul")]
+    assert sorted(res["smoothed"]) == [f"/transformer/encoder/layer.{i}/attention/output/dense/MatMul" for i in (0, 1)]
     # the last step's build is the written file: same calibration fidelity
-    assert abs(sel["steps"][-1]["cosine_min"] - res["calibration_fidelity"]["cosine_min"]) < 1e-9
+    assert abs(smooth["steps"][-1]["cosine_min"] - res["calibration_fidelity"]["cosine_min"]) < 1e-9
     strict = EncoderInt8Config(weight_only=(), outlier_channels=4, cosine_floor=1.0, cosine_min_floor=1.0,
                                fuse_attention_heads=4)
     res = quantize_encoder_int8(tiny_onnx, tmp_path / "strict.onnx", calibration=calib, config=strict)
     assert res["outlier_selection"]["without"] == [] and len(res["outlier_side_nodes"]) == 4
+    assert res["smoothing_selection"]["without"] == [] and len(res["smoothing_selection"]["kept"]) == 4
+    assert len([n for n in onnx.load(str(res["artifact"])).graph.node if n.name.endswith("_SmoothMul")]) == 4
     first = "/transformer/encoder/layer.0/output/dense/MatMul"
     proto, info = prepare_encoder_int8(tiny_onnx, calib, strict, tmp_path, outlier_nodes=[first])
     assert info["outlier_targets"] == [first, first.replace("layer.0", "layer.1")]
@@ -184,6 +196,44 @@ def test_outlier_paths_selected_per_layer_by_measured_fidelity(tiny_onnx, tmp_pa
     same = cosine_stats(ort_embed(tmp_path / "one-path.onnx", ids, mask), ort_embed(tiny_onnx, ids, mask))
     assert same["cosine_min"] > 0.99999
 
+
+def test_token_type_fold_and_scalar_zero_points_are_exact(tiny_onnx, tmp_path) -> None:
+    """fold_token_types on the unfused export and on the fused graph (EmbedLayerNormalization loses its
+    segment inputs): outputs equal to float rounding, the token-type lookup and its id subgraph gone;
+    scalar_weight_zero_points on per-channel int8 (MatMulInteger and QAttention): bit-identical outputs."""
+    from onnxruntime.quantization import quantize_dynamic
+
+    from slimkit.exporters.encoder_graph import fold_token_types, scalar_weight_zero_points
+    from slimkit.exporters.onnx_transformer import optimize_encoder_onnx, ort_embed
+
+    fused = tmp_path / "fused.onnx"
+    optimize_encoder_onnx(tiny_onnx, fused, num_heads=4, hidden_size=32)
+    for src in (tiny_onnx, fused):
+        proto = onnx.load(str(src))
+        n_before = len(proto.graph.node)
+        assert fold_token_types(proto) == 1 and fold_token_types(proto) == 0  # nothing left to fold
+        assert len(proto.graph.node) < n_before - 20  # the Shape/Slice/Expand/GatherElements chain is gone
+        assert not [i for i in proto.graph.initializer if "token_type" in i.name]
+        emb = [n for n in proto.graph.node if n.op_type == "EmbedLayerNormalization"]
+        assert all(n.input[1] == "" and n.input[4] == "" for n in emb)
+        out = tmp_path / f"folded-{src.name}"
+        onnx.save(proto, str(out))
+        for b, s in ((1, 5), (3, 40)):
+            ids, mask = _feeds(b, s, seed=2)
+            np.testing.assert_allclose(ort_embed(out, ids, mask), ort_embed(src, ids, mask), rtol=0, atol=1e-6)
+    pc = tmp_path / "pc.onnx"
+    quantize_dynamic(str(tmp_path / "folded-fused.onnx"), str(pc), per_channel=True,
+                     op_types_to_quantize=["MatMul", "Attention", "EmbedLayerNormalization"],
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    proto = onnx.load(str(pc))
+    assert scalar_weight_zero_points(proto) == 2 + 2 * 3  # 2 QAttention; per layer attention output, FFN in, out
+    zps = [n.input[3 if n.op_type == "MatMulInteger" else 7] for n in proto.graph.node
+           if n.op_type in ("MatMulInteger", "QAttention")]
+    inits = {t.name: t for t in proto.graph.initializer}
+    assert zps and all(int(np.prod(inits[z].dims)) == 1 for z in zps)
+    onnx.save(proto, str(tmp_path / "zp.onnx"))
+    ids, mask = _feeds(3, 33, seed=4)
+    np.testing.assert_array_equal(ort_embed(tmp_path / "zp.onnx", ids, mask), ort_embed(pc, ids, mask))
 
 
 def test_output_projection_smoothing_folds_into_values_exactly(tmp_path) -> None:

@@ -30,6 +30,7 @@ from slimkit.exporters.encoder_smooth import (
     outlier_targets,
     smooth_inputs,
     smooth_into_values,
+    smoothing_groups,
     split_outlier_channels,
     weight_matmuls,
 )
@@ -60,6 +61,10 @@ class EncoderInt8Config:
     time, least needed first, while ``cosine_floor`` / ``cosine_min_floor`` hold (the result's
     ``outlier_selection`` has every measurement). Each side path costs run time (two small fp32 MatMuls and
     a BiasGelu); False keeps every match of ``outlier_nodes``.
+    ``smooth_select``: the same measured selection for the smoothing ``Mul`` of each group of
+    ``smooth_nodes`` (one per LayerNorm output: Q/K/V or packed QKV, FFN input), after the side paths (with
+    the side paths kept): a group whose Mul the floors do not need loses it (its weights keep their
+    unsmoothed values); the result's ``smoothing_selection`` has every measurement. False smooths every group.
     ``weight_only``: MatMul names kept as 8-bit ``MatMulNBits`` (block ``block_size``, fp32 activations);
     None = choose them by measured sensitivity on the calibration batches (at most ``max_weight_only``, and
     within ``size_budget`` x fp32 bytes) until ``cosine_floor`` / ``cosine_min_floor`` are met there.
@@ -71,7 +76,13 @@ class EncoderInt8Config:
     sentences but take the calibration minimum under the floor, so the default is none.
     ``block_skip_layernorm`` and ``static_shapes``: the exact rewrites of
     :mod:`slimkit.exporters.encoder_graph` (no SkipLayerNormalization fusion by onnxruntime, whose CPU kernel
-    is slow; constant Reshape targets instead of shape subgraphs).
+    is slow; constant Reshape targets instead of shape subgraphs). ``fold_token_types``: constant token-type
+    ids folded into the position-embedding table (the lookup and its id subgraph go); None = only on the fused
+    graph, where it removes 16 of the nodes onnxruntime runs (on the unfused MiniLM graph it saves less, and
+    the calibration minimum with every side path moved from 0.9936 to 0.9913, under the 0.992 floor, which
+    would start the weight-only search: noise-level, but not taken by default). ``scalar_zero_points``:
+    the all-zero per-channel weight zero points written as one scalar (onnxruntime's int8 GEMM has a slower
+    per-column zero-point path). All four are exact (the fold up to float rounding).
     ``fuse_attention_heads``: when set (the number of attention heads), the graph is first fused by
     :func:`~slimkit.exporters.onnx_transformer.optimize_encoder_onnx` and smoothing (``^Attention_N$``: the packed Q/K/V weight), the outlier
     side paths (``BiasGelu``) and int8 (QAttention, QEmbedLayerNormalization) apply to the fused graph."""
@@ -85,6 +96,7 @@ class EncoderInt8Config:
     outlier_nodes: tuple[str, ...] = (r"layer\.\d+/output/dense",)
     outlier_channels: int = 16
     outlier_select: bool = True
+    smooth_select: bool = True
     weight_only: tuple[str, ...] | None = None
     max_weight_only: int = 4
     block_size: int = 128
@@ -96,6 +108,8 @@ class EncoderInt8Config:
     per_tensor_nodes: tuple[str, ...] = ()
     block_skip_layernorm: bool = True
     static_shapes: bool = True
+    fold_token_types: bool | None = None
+    scalar_zero_points: bool = True
     fuse_attention_heads: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -144,6 +158,12 @@ def _build(smoothed: Path, out: Path, cfg: EncoderInt8Config, reduce_range: bool
                                      nodes_to_exclude=list(keep_fp32), algo_config=algo)
             q.process()
             q.model.save_model_to_file(str(out), False)
+    if cfg.scalar_zero_points:  # exact: per-channel s8 weights are symmetric (all-zero zero points)
+        from slimkit.exporters.encoder_graph import scalar_weight_zero_points
+
+        proto = onnx.load(str(out))
+        if scalar_weight_zero_points(proto):
+            onnx.save_model(proto, str(out))
     return out
 
 
@@ -159,12 +179,14 @@ def _quantize_only(src: Path, out: Path, unit: str, cfg: EncoderInt8Config, redu
     return out
 
 
-def _smoothed_graph(src: Path, batches: Sequence[Any], config: EncoderInt8Config, work: Path
-                    ) -> tuple[Any, list[str], int]:
-    """The fused (when ``config.fuse_attention_heads``) and smoothed fp32 graph with constant Reshape
-    targets, before any outlier side path (they hold no Reshape). Returns ``(proto, smoothed, n_reshapes)``
-    (``smoothed``: the nodes whose weights took smoothing scales, input Mul or folded into values)."""
-    from slimkit.exporters.encoder_graph import static_reshapes
+def _base_graph(src: Path, batches: Sequence[Any], config: EncoderInt8Config, work: Path
+                ) -> tuple[Any, dict[str, np.ndarray], list[str], list[str], dict[str, int]]:
+    """The fp32 graph before smoothing and outlier side paths: fused when ``config.fuse_attention_heads``,
+    with the exact rewrites ``fold_token_types`` and ``static_shapes`` (constant Reshape targets: the side
+    paths hold no Reshape). Returns ``(proto, absmax, smoothing group inputs, outlier targets, rewrites)``;
+    ``absmax`` holds the calibration statistics of every tensor smoothing and the side paths read, measured
+    in one pass (the scale migration is exact, so they hold for any subset of smoothing groups)."""
+    from slimkit.exporters.encoder_graph import fold_token_types, static_reshapes
     from slimkit.exporters.onnx_int8 import load_onnx
 
     if config.fuse_attention_heads:  # onnxruntime's fused Attention/EmbedLayerNormalization/BiasGelu graph
@@ -172,10 +194,29 @@ def _smoothed_graph(src: Path, batches: Sequence[Any], config: EncoderInt8Config
         optimize_encoder_onnx(src, work / "fused.onnx", num_heads=config.fuse_attention_heads, hidden_size=hidden)
         src = work / "fused.onnx"
     proto = load_onnx(src)
-    smoothed = smooth_inputs(proto, config.smooth_nodes, config.smooth_alpha, batches, work) if config.smooth_nodes else []
+    fold = bool(config.fuse_attention_heads) if config.fold_token_types is None else config.fold_token_types
+    rewrites = {"token_type_fold": fold_token_types(proto) if fold else 0,
+                "static_reshapes": static_reshapes(proto) if config.static_shapes else 0}
+    groups = list(smoothing_groups(proto, config.smooth_nodes)) if config.smooth_nodes else []
+    mms = weight_matmuls(proto)
+    targets = outlier_targets(proto, config.outlier_nodes) if config.outlier_channels > 0 else []
+    reads = [*groups, *(mms[t][0].input[0] for t in targets),
+             *(n.input[0] for k, (n, _) in mms.items() if any(re.search(p, k) for p in config.smooth_output_nodes))]
+    absmax = activation_absmax(proto, sorted(set(reads)), batches, work) if reads else {}
+    return proto, absmax, groups, targets, rewrites
+
+
+def _smoothed(base: Any, absmax: dict[str, np.ndarray], config: EncoderInt8Config, groups: Sequence[str]
+              ) -> tuple[Any, list[str]]:
+    """A copy of ``base`` with the smoothing ``Mul`` of ``groups`` (input tensors) and the value-folded
+    smoothing of the attention output projections (no op). Returns ``(proto, smoothed node names)``."""
+    proto = copy.deepcopy(base)
+    smoothed = smooth_inputs(proto, config.smooth_nodes, config.smooth_alpha, [], Path(), stats=absmax,
+                             only=groups) if groups else []
     if config.smooth_output_nodes:
-        smoothed += smooth_into_values(proto, config.smooth_output_nodes, config.smooth_alpha, batches, work)
-    return proto, smoothed, static_reshapes(proto) if config.static_shapes else 0
+        smoothed += smooth_into_values(proto, config.smooth_output_nodes, config.smooth_alpha, [], Path(),
+                                       stats=absmax)
+    return proto, smoothed
 
 
 def _with_outliers(base: Any, targets: Sequence[str], absmax: dict[str, np.ndarray], config: EncoderInt8Config
@@ -189,53 +230,49 @@ def _with_outliers(base: Any, targets: Sequence[str], absmax: dict[str, np.ndarr
     return proto, side, block_skip_layernorm(proto) if config.block_skip_layernorm else 0
 
 
-def _outlier_absmax(base: Any, targets: Sequence[str], batches: Sequence[Any], work: Path) -> dict[str, np.ndarray]:
-    mms = weight_matmuls(base)
-    inputs = sorted({mms[t][0].input[0] for t in targets})
-    return activation_absmax(base, inputs, batches, work) if inputs else {}
-
-
 def prepare_encoder_int8(fp32_onnx: str | os.PathLike[str], calibration: Sequence[Any], config: EncoderInt8Config,
-                         work: str | os.PathLike[str], *, outlier_nodes: Sequence[str] | None = None
-                         ) -> tuple[Any, dict[str, Any]]:
+                         work: str | os.PathLike[str], *, outlier_nodes: Sequence[str] | None = None,
+                         smooth_groups: Sequence[str] | None = None) -> tuple[Any, dict[str, Any]]:
     """The fp32 graph that :func:`quantize_encoder_int8` quantizes, as an ONNX proto: fused first when
-    ``config.fuse_attention_heads`` (:func:`optimize_encoder_onnx`), then SmoothQuant scale migration, the
-    exact rewrites and the outlier side paths of ``outlier_nodes`` (MatMul names; None = every match of
+    ``config.fuse_attention_heads`` (:func:`optimize_encoder_onnx`), then SmoothQuant scale migration (the
+    ``Mul`` of the groups whose input tensors are ``smooth_groups``; None = every group), the exact rewrites
+    and the outlier side paths of ``outlier_nodes`` (MatMul names; None = every match of
     ``config.outlier_nodes``, with no per-layer selection). It computes what ``fp32_onnx`` computes (up to
-    float rounding). Returns ``(proto, {"smoothed", "outlier_targets", "outlier_side_nodes", "rewrites"})``;
-    ``work`` is a scratch directory."""
+    float rounding). Returns ``(proto, {"smoothed", "smoothing_groups", "outlier_targets", "outlier_side_nodes",
+    "rewrites"})``; ``work`` is a scratch directory."""
     work, batches = Path(work), list(calibration)
-    base, smoothed, n_reshapes = _smoothed_graph(Path(fp32_onnx), batches, config, work)
-    targets = outlier_targets(base, config.outlier_nodes)
+    base, absmax, groups, targets, rewrites = _base_graph(Path(fp32_onnx), batches, config, work)
+    proto, smoothed = _smoothed(base, absmax, config,
+                                groups if smooth_groups is None else [g for g in groups if g in set(smooth_groups)])
     chosen = targets if outlier_nodes is None else [t for t in targets if t in set(outlier_nodes)]
-    proto, side, n_sums = _with_outliers(base, chosen, _outlier_absmax(base, chosen, batches, work), config)
-    return proto, {"smoothed": smoothed, "outlier_targets": targets, "outlier_side_nodes": side,
-                   "rewrites": {"static_reshapes": n_reshapes, "sum_before_layernorm": n_sums}}
+    proto, side, n_sums = _with_outliers(proto, chosen, absmax, config)
+    return proto, {"smoothed": smoothed, "smoothing_groups": groups, "outlier_targets": targets,
+                   "outlier_side_nodes": side, "rewrites": {**rewrites, "sum_before_layernorm": n_sums}}
 
 
-def _select_outliers(targets: Sequence[str], fidelity_with: Any, cfg: EncoderInt8Config
-                     ) -> tuple[list[str], dict[str, Any]]:
-    """The outlier side paths the calibration floors need (``EncoderInt8Config.outlier_select``):
-    ``fidelity_with(paths)`` is the calibration fidelity of the int8 build with those side paths. Each path
-    is measured left out of the full set; then they are dropped one at a time, least needed first, while the
-    floors hold. Returns ``(kept, {"all": fidelity, "without": [{"node", "cosine", "cosine_min"}], "steps"})``."""
+def _select_units(units: Sequence[str], fidelity_with: Any, cfg: EncoderInt8Config) -> tuple[list[str], dict[str, Any]]:
+    """The units (outlier side paths, smoothing groups) the calibration floors need: ``fidelity_with(kept)``
+    is the calibration fidelity of the int8 build with only those units. Each unit is measured left out of
+    the full set; then they are dropped one at a time, least needed first, while the floors hold. Returns
+    ``(kept, {"all": fidelity, "without": [{"node", "cosine", "cosine_min"}], "steps", "kept"})``."""
     def margin(f: dict[str, float]) -> float:
         return min(f["cosine"] - cfg.cosine_floor, f["cosine_min"] - cfg.cosine_min_floor)
 
-    full = fidelity_with(list(targets))
-    record: dict[str, Any] = {"all": full, "without": [], "steps": []}
-    if margin(full) < 0:  # the floors need every path (and maybe more: the weight-only search follows)
-        return list(targets), record
-    without = {t: fidelity_with([u for u in targets if u != t]) for t in targets}
+    full = fidelity_with(list(units))
+    record: dict[str, Any] = {"all": full, "without": [], "steps": [], "kept": list(units)}
+    if margin(full) < 0:  # the floors need every unit (and maybe more: the weight-only search follows)
+        return list(units), record
+    without = {t: fidelity_with([u for u in units if u != t]) for t in units}
     record["without"] = [{"node": t, **f} for t, f in without.items()]
-    keep = list(targets)
-    for t in sorted(targets, key=lambda t: -margin(without[t])):
+    keep = list(units)
+    for t in sorted(units, key=lambda t: -margin(without[t])):
         trial = [u for u in keep if u != t]
-        f = without[t] if len(keep) == len(targets) else fidelity_with(trial)
+        f = without[t] if len(keep) == len(units) else fidelity_with(trial)
         dropped = margin(f) >= 0
         record["steps"].append({"drop": t, **f, "dropped": dropped})
         if dropped:
             keep = trial
+    record["kept"] = keep
     return keep, record
 
 
@@ -259,8 +296,8 @@ def quantize_encoder_int8(fp32_onnx: str | os.PathLike[str], out_path: str | os.
        targets, and no SkipLayerNormalization fusion by onnxruntime (:mod:`slimkit.exporters.encoder_graph`).
 
     Returns ``{"artifact", "size_bytes", "size_ratio", "settings", "weight_only", "smoothed", "outlier_side_nodes",
-    "outlier_selection", "rewrites", "sensitivity", "assignment", "calibration_fidelity"}``. Writes ``out_path``
-    atomically."""
+    "outlier_selection", "smoothing_selection", "rewrites", "sensitivity", "assignment", "calibration_fidelity"}``.
+    Writes ``out_path`` atomically."""
     import onnx
 
     from slimkit.analysis.sensitivity import layer_sensitivity, mixed_assignment, sensitivity_table
@@ -277,27 +314,33 @@ def quantize_encoder_int8(fp32_onnx: str | os.PathLike[str], out_path: str | os.
     fp32_bytes = onnx_size_bytes(src)
     with tempfile.TemporaryDirectory(prefix="slimkit-enc-int8-") as td:
         work = Path(td)
-        base, smoothed, n_reshapes = _smoothed_graph(src, batches, cfg, work)
-        targets = outlier_targets(base, cfg.outlier_nodes) if cfg.outlier_channels > 0 else []
-        absmax = _outlier_absmax(base, targets, batches, work)
+        base, absmax, groups, targets, base_rewrites = _base_graph(src, batches, cfg, work)
         ref = _embed_all(src, batches)
         fixed_weight_only = list(cfg.weight_only or ())
 
-        def fidelity_with(paths: Sequence[str]) -> dict[str, float]:
-            proto, side, _ = _with_outliers(base, paths, absmax, cfg)
+        def fidelity_with(smooth: Sequence[str], paths: Sequence[str]) -> dict[str, float]:
+            proto, _, side = _with(smooth, paths)
             onnx.save_model(proto, str(work / "sel.onnx"))
             cand = _build(work / "sel.onnx", work / "cand.onnx", cfg, reduce_range, fixed_weight_only, side)
             return cosine_stats(_embed_all(cand, batches), ref)
 
-        keep, selection = list(targets), None
-        if cfg.outlier_select and targets:
-            keep, selection = _select_outliers(targets, fidelity_with, cfg)
-            selection["kept"] = keep
-        # the selection keeps a set that met the floors whenever the full set did
-        selected_meets = selection is not None and min(selection["all"]["cosine"] - cfg.cosine_floor,
-                                                       selection["all"]["cosine_min"] - cfg.cosine_min_floor) >= 0
-        proto, side, n_sums = _with_outliers(base, keep, absmax, cfg)
-        rewrites = {"static_reshapes": n_reshapes, "sum_before_layernorm": n_sums}
+        def _with(smooth: Sequence[str], paths: Sequence[str]) -> tuple[Any, list[str], list[str]]:
+            proto, smoothed = _smoothed(base, absmax, cfg, smooth)
+            proto, side, _ = _with_outliers(proto, paths, absmax, cfg)
+            return proto, smoothed, side
+
+        keep, selection, keep_groups, smooth_selection = list(targets), None, list(groups), None
+        if cfg.outlier_select and targets:  # side paths first: each costs more run time than a smoothing Mul
+            keep, selection = _select_units(targets, lambda paths: fidelity_with(groups, paths), cfg)
+        if cfg.smooth_select and groups:
+            keep_groups, smooth_selection = _select_units(groups, lambda smooth: fidelity_with(smooth, keep), cfg)
+        # a selection keeps a set that met the floors whenever its full set did
+        selected_meets = any(r is not None and min(r["all"]["cosine"] - cfg.cosine_floor,
+                                                   r["all"]["cosine_min"] - cfg.cosine_min_floor) >= 0
+                             for r in (selection, smooth_selection))
+        proto, smoothed = _smoothed(base, absmax, cfg, keep_groups)
+        proto, side, n_sums = _with_outliers(proto, keep, absmax, cfg)
+        rewrites = {**base_rewrites, "sum_before_layernorm": n_sums}
         names = list(weight_matmuls(proto))
         sm_path = work / "smoothed.onnx"
         onnx.save_model(proto, str(sm_path))
@@ -336,11 +379,12 @@ def quantize_encoder_int8(fp32_onnx: str | os.PathLike[str], out_path: str | os.
 
         atomic_write(out, lambda tmp: onnx.save_model(onnx.load(str(final)), str(tmp)))
     size = onnx_size_bytes(out)
-    log.info("encoder int8 %s: %d bytes (%.1f%% of fp32), outlier paths on %d of %d, weight-only %s, calibration "
-             "cosine %.5f / min %.5f", out, size, 100 * size / fp32_bytes, len(keep), len(targets), weight_only,
-             calib_fid["cosine"], calib_fid["cosine_min"])
+    log.info("encoder int8 %s: %d bytes (%.1f%% of fp32), outlier paths on %d of %d, smoothing Mul on %d of %d, "
+             "weight-only %s, calibration cosine %.5f / min %.5f", out, size, 100 * size / fp32_bytes, len(keep),
+             len(targets), len(keep_groups), len(groups), weight_only, calib_fid["cosine"], calib_fid["cosine_min"])
     return {"artifact": out, "size_bytes": size, "size_ratio": size / fp32_bytes,
             "settings": {**asdict(cfg), "reduce_range": reduce_range, "vnni": bool(cpu_has_vnni())},
             "weight_only": list(weight_only), "smoothed": smoothed, "outlier_side_nodes": side,
-            "outlier_selection": selection, "rewrites": rewrites, "sensitivity": table,
+            "outlier_selection": selection, "smoothing_selection": smooth_selection, "rewrites": rewrites,
+            "sensitivity": table,
             "assignment": plan.to_dict() if plan is not None else None, "calibration_fidelity": calib_fid}

@@ -26,7 +26,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 __all__ = ["activation_absmax", "calibration_feeds", "outlier_targets", "smooth_inputs", "smooth_into_values",
-           "split_outlier_channels", "weight_matmuls"]
+           "smoothing_groups", "split_outlier_channels", "weight_matmuls"]
 
 _ACT_OPS = {"Mul", "Div", "Erf", "Add", "Tanh", "Pow", "Sigmoid", "Gelu", "BiasGelu", "FastGelu"}
 
@@ -66,20 +66,32 @@ def activation_absmax(proto: Any, tensors: list[str], batches: Sequence[Any], wo
     return stats
 
 
-def smooth_inputs(proto: Any, patterns: Sequence[str], alpha: float, batches: Sequence[Any], work: Path) -> list[str]:
+def smoothing_groups(proto: Any, patterns: Sequence[str]) -> dict[str, list[tuple[Any, Any]]]:
+    """The MatMuls (and fused ``Attention``) matching ``patterns`` grouped by input tensor, ``{input:
+    [(node, weight initializer)]}``: one group is one smoothing ``Mul`` of :func:`smooth_inputs`."""
+    groups: dict[str, list[tuple[Any, Any]]] = {}
+    for name, (node, w) in weight_matmuls(proto, ("MatMul", "Attention")).items():
+        if any(re.search(p, name) for p in patterns):
+            groups.setdefault(node.input[0], []).append((node, w))
+    return groups
+
+
+def smooth_inputs(proto: Any, patterns: Sequence[str], alpha: float, batches: Sequence[Any], work: Path, *,
+                  stats: dict[str, np.ndarray] | None = None, only: Sequence[str] | None = None) -> list[str]:
     """SmoothQuant scale migration in place: for each MatMul (or fused ``Attention``) matching ``patterns``,
-    grouped by input, ``s = max|x|^alpha / max|W_row|^(1-alpha)``, ``W <- diag(s) W`` and a ``Mul(x, 1/s)``
-    feeding the group. Returns the names of the smoothed nodes."""
+    grouped by input (:func:`smoothing_groups`), ``s = max|x|^alpha / max|W_row|^(1-alpha)``,
+    ``W <- diag(s) W`` and a ``Mul(x, 1/s)`` feeding the group. ``stats``: the inputs' calibration
+    :func:`activation_absmax` when already measured (then ``batches`` is not used); ``only``: smooth only the
+    groups of these input tensors. Returns the names of the smoothed nodes."""
     from onnx import helper, numpy_helper
 
-    mms = {k: v for k, v in weight_matmuls(proto, ("MatMul", "Attention")).items()
-           if any(re.search(p, k) for p in patterns)}
-    groups: dict[str, list[tuple[Any, Any]]] = {}
-    for node, w in mms.values():
-        groups.setdefault(node.input[0], []).append((node, w))
+    groups = smoothing_groups(proto, patterns)
+    if only is not None:
+        groups = {x: m for x, m in groups.items() if x in set(only)}
     if not groups:
         return []
-    stats = activation_absmax(proto, sorted(groups), batches, work)
+    if stats is None:
+        stats = activation_absmax(proto, sorted(groups), batches, work)
     nodes = list(proto.graph.node)
     for x, members in groups.items():
         weights = [numpy_helper.to_array(w) for _, w in members]
@@ -218,8 +230,8 @@ def _value_projection(proto: Any, tensor: str) -> tuple[Any, Any, slice] | None:
     return w, bias[0], slice(0, int(w.dims[1]))
 
 
-def smooth_into_values(proto: Any, patterns: Sequence[str], alpha: float, batches: Sequence[Any], work: Path
-                       ) -> list[str]:
+def smooth_into_values(proto: Any, patterns: Sequence[str], alpha: float, batches: Sequence[Any], work: Path, *,
+                       stats: dict[str, np.ndarray] | None = None) -> list[str]:
     """SmoothQuant for the attention output projections matching ``patterns``, folded exactly (no run-time
     op): their input is ``softmax(QK^T) @ V``, linear in each value channel, so ``1/s`` goes into the value
     projection's weight columns and bias and ``s`` into the output projection's weight rows. Returns the names
@@ -231,7 +243,8 @@ def smooth_into_values(proto: Any, patterns: Sequence[str], alpha: float, batche
     found = {k: v for k, v in found.items() if v[2] is not None}
     if not found:
         return []
-    stats = activation_absmax(proto, sorted({n.input[0] for n, _, _ in found.values()}), batches, work)
+    if stats is None:
+        stats = activation_absmax(proto, sorted({n.input[0] for n, _, _ in found.values()}), batches, work)
     for n, w, (wv, bv, cols) in found.values():
         w_o = numpy_helper.to_array(w)
         s = np.clip(stats[n.input[0]] ** alpha / np.maximum(np.abs(w_o).max(1), 1e-5) ** (1 - alpha), 1e-5, None)
