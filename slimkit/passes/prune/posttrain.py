@@ -221,6 +221,30 @@ def _allocate(targets: list[Target], curves: dict[int, dict[int, float]], need: 
     return pick(hi)
 
 
+def _fill(targets: list[Target], curves: dict[int, dict[int, float]], ks: dict[int, int], more: float
+          ) -> dict[int, int]:
+    """``ks`` with more units removed, one allowed step at a time, until the estimated saving reaches ``more``
+    MACs: each time in the group with the least cost increase per MAC saved, and for the last step the
+    cheapest one that is enough (so that a large step does not overshoot when a small one would do)."""
+    by = {t.group.index: t for t in targets}
+    saved = 0.0
+    while saved < more:
+        steps = []
+        for g, t in by.items():
+            nxt = [k for k in sorted(curves[g]) if k > ks[g]]
+            if nxt and t.macs_per_unit > 0:
+                k = nxt[0]
+                cost, gain = curves[g][k] - curves[g][ks[g]], (k - ks[g]) * t.macs_per_unit
+                steps.append((cost / gain, cost, gain, g, k))
+        if not steps:
+            break
+        enough = [st for st in steps if saved + st[2] >= more]
+        _, _, _, g, k = min(enough, key=lambda st: st[1]) if enough else min(steps)
+        saved += (k - ks[g]) * by[g].macs_per_unit
+        ks[g] = k
+    return ks
+
+
 def _example(model: nn.Module, ctx: PassContext, calibration: Iterable[Any]) -> tuple[Any, ...]:
     if ctx.example_inputs is not None:
         return tuple(ctx.example_inputs)
@@ -453,6 +477,15 @@ def _solve(model: nn.Module, graph: Any, targets: list[Target], curves: dict[int
             break
         need += macs - target
     assert best is not None
+    for _ in range(6):  # the Lagrangian picks only points on each curve's convex hull: fill the gap greedily
+        if best[2] <= target * (1 + cfg.macs_tolerance):
+            break
+        ks = _fill(targets, curves, dict(best[1]), best[2] - target)
+        removed = {u for t in targets for u in orders[t.group.index][: ks[t.group.index]]}
+        macs = count_macs(pruned_copy(model, graph, removed)[0], inputs)
+        if ks == best[1] or macs >= best[2]:
+            break
+        best = (abs(macs / target - 1), ks, macs)
     if best[2] > target * (1 + cfg.macs_tolerance):
         raise ConstraintError(
             f"target_macs={cfg.target_macs} cannot be reached by pruning the reconstructable groups: the closest "
