@@ -70,3 +70,43 @@ class ToyResNet(nn.Module):
 def all_toys() -> list[nn.Module]:
     torch.manual_seed(0)
     return [ToyMLP(), ToyCNN(), ToyResNet()]
+
+
+def tiny_bert(seed: int = 0) -> nn.Module:
+    """A random 2-layer BERT encoder (hidden 32, 4 heads, FFN 64, no pooler) with trained-like weight scales
+    (6x the 0.02 init outside the embeddings); needs transformers."""
+    import transformers
+
+    torch.manual_seed(seed)
+    cfg = transformers.BertConfig(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=64, max_position_embeddings=32)
+    model = transformers.BertModel(cfg, add_pooling_layer=False).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("weight") and p.dim() == 2 and "embeddings" not in name:
+                p.mul_(6.0)
+    return model
+
+
+def token_batches(seed: int, n: int = 6, bs: int = 8, seq: int = 16) -> list[dict[str, torch.Tensor]]:
+    """``n`` batches of random token ids for :func:`tiny_bert`, half of each batch padded from mid-sequence."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(5, 128, (bs, seq), generator=g)
+        mask = torch.ones(bs, seq, dtype=torch.long)
+        mask[: bs // 2, seq // 2:] = 0  # padding that must not reach the statistics
+        out.append({"input_ids": ids, "attention_mask": mask})
+    return out
+
+
+def hidden_rel_err(model: nn.Module, ref: nn.Module, batches: list[dict[str, torch.Tensor]]) -> float:
+    """Relative squared error of ``model``'s last hidden state against ``ref``'s over the unpadded tokens."""
+    num = den = 0.0
+    with torch.no_grad():
+        for b in batches:
+            keep = b["attention_mask"].bool()
+            a, r = model(**b).last_hidden_state[keep], ref(**b).last_hidden_state[keep]
+            num += float((a - r).pow(2).sum())
+            den += float(r.pow(2).sum())
+    return num / den

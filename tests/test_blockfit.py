@@ -9,6 +9,7 @@ import copy
 
 import pytest
 import torch
+from models import hidden_rel_err, tiny_bert, token_batches
 from torch import nn
 
 import slimkit as sk
@@ -19,41 +20,8 @@ from slimkit.passes.blockfit import default_blocks, refit_blocks
 transformers = pytest.importorskip("transformers")
 
 
-def _bert() -> nn.Module:
-    torch.manual_seed(0)
-    cfg = transformers.BertConfig(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                  intermediate_size=64, max_position_embeddings=32)
-    model = transformers.BertModel(cfg, add_pooling_layer=False).eval()
-    with torch.no_grad():  # trained-like scales: larger weights than the 0.02 init
-        for name, p in model.named_parameters():
-            if name.endswith("weight") and p.dim() == 2 and "embeddings" not in name:
-                p.mul_(6.0)
-    return model
-
-
-def _batches(seed: int, n: int = 10, bs: int = 8, seq: int = 16) -> list[dict[str, torch.Tensor]]:
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        mask = torch.ones(bs, seq, dtype=torch.long)
-        mask[: bs // 2, seq // 2:] = 0
-        out.append({"input_ids": torch.randint(5, 128, (bs, seq), generator=g), "attention_mask": mask})
-    return out
-
-
-def _rel_err(model: nn.Module, ref: nn.Module, batches: list[dict[str, torch.Tensor]]) -> float:
-    num = den = 0.0
-    with torch.no_grad():
-        for b in batches:
-            keep = b["attention_mask"].bool()
-            a, r = model(**b).last_hidden_state[keep], ref(**b).last_hidden_state[keep]
-            num += float((a - r).pow(2).sum())
-            den += float(r.pow(2).sum())
-    return num / den
-
-
 def test_sparsegpt_block_refit_lowers_the_heldout_error_and_keeps_the_zeros() -> None:
-    base, cal, test = _bert(), _batches(1), _batches(2, n=4)
+    base, cal, test = tiny_bert(), token_batches(1, n=10), token_batches(2, n=4)
     plain = copy.deepcopy(base)
     sk.prune_(plain, sk.SparseGPTConfig(sparsity=0.6), calibration=cal)
     fitted = copy.deepcopy(base)
@@ -62,12 +30,12 @@ def test_sparsegpt_block_refit_lowers_the_heldout_error_and_keeps_the_zeros() ->
     for (name, p), q in zip(plain.named_parameters(), fitted.parameters(), strict=True):
         if p.dim() == 2 and "embeddings" not in name:  # the same zeros: the refit never fills one
             assert torch.equal(p == 0, q == 0), name
-    before, after = _rel_err(plain, base, test), _rel_err(fitted, base, test)
+    before, after = hidden_rel_err(plain, base, test), hidden_rel_err(fitted, base, test)
     assert after < 0.8 * before, (before, after)  # measured ~0.5x on these inputs, never seen in the fit
 
 
 def test_block_refit_rows_and_default_blocks() -> None:
-    base, cal = _bert(), _batches(3)
+    base, cal = tiny_bert(), token_batches(3, n=10)
     model = copy.deepcopy(base)
     with torch.no_grad():
         for p in model.encoder.layer[0].intermediate.dense.parameters():
@@ -80,7 +48,7 @@ def test_block_refit_rows_and_default_blocks() -> None:
 
 
 def test_a_refit_that_does_not_help_is_undone() -> None:
-    base, cal = _bert(), _batches(4)
+    base, cal = tiny_bert(), token_batches(4, n=10)
     model = copy.deepcopy(base)  # nothing compressed: the error is 0 and cannot go down
     state = copy.deepcopy(model.state_dict())
     rows = refit_blocks(model, base, cal, sk.BlockRefitConfig(steps=5, lr=1e-2))
@@ -106,14 +74,14 @@ def test_posttrain_and_svd_take_block_refit() -> None:
 
 
 def test_block_refit_errors_are_typed_and_change_nothing() -> None:
-    base = _bert()
+    base = tiny_bert()
     model = copy.deepcopy(base)
     with pytest.raises(ConfigError, match="not modules of both models"):
-        refit_blocks(model, base, _batches(5), sk.BlockRefitConfig(blocks=["encoder.layer.9"]))
+        refit_blocks(model, base, token_batches(5, n=10), sk.BlockRefitConfig(blocks=["encoder.layer.9"]))
     with pytest.raises(SlimkitError, match="calibration"):
         sk.lowrank_(copy.deepcopy(base), sk.SVDConfig(rank_ratio=0.5, block_refit={}))
     with pytest.raises(SlimkitError, match="at least 2 calibration batches"):
-        refit_blocks(model, base, _batches(5, n=1), sk.BlockRefitConfig())
+        refit_blocks(model, base, token_batches(5, n=1), sk.BlockRefitConfig())
     with pytest.raises(RecipeError, match="block_refit.steps"):  # as a recipe stage validates it
         build(sk.SparseGPTConfig, {"sparsity": 0.5, "block_refit": {"steps": 0}})
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), base.state_dict().values(),

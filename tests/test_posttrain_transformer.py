@@ -9,6 +9,7 @@ import copy
 
 import pytest
 import torch
+from models import hidden_rel_err, tiny_bert, token_batches
 
 import slimkit as sk
 from slimkit.analysis.calibration import collect_input_stats
@@ -18,40 +19,6 @@ from slimkit.passes.prune.rescale import solve_scales
 from slimkit.registry import spec_for
 
 transformers = pytest.importorskip("transformers")
-
-
-def _bert(seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    cfg = transformers.BertConfig(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                  intermediate_size=64, max_position_embeddings=32)
-    model = transformers.BertModel(cfg, add_pooling_layer=False).eval()
-    with torch.no_grad():  # trained-like scales: larger weights than the 0.02 init
-        for name, p in model.named_parameters():
-            if name.endswith("weight") and p.dim() == 2 and "embeddings" not in name:
-                p.mul_(6.0)
-    return model
-
-
-def _batches(seed: int, n: int = 6, bs: int = 8, seq: int = 16) -> list[dict[str, torch.Tensor]]:
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        ids = torch.randint(5, 128, (bs, seq), generator=g)
-        mask = torch.ones(bs, seq, dtype=torch.long)
-        mask[: bs // 2, seq // 2:] = 0  # padding that must not reach the statistics
-        out.append({"input_ids": ids, "attention_mask": mask})
-    return out
-
-
-def _rel_err(model: torch.nn.Module, ref: torch.nn.Module, batches: list[dict[str, torch.Tensor]]) -> float:
-    num = den = 0.0
-    with torch.no_grad():
-        for b in batches:
-            keep = b["attention_mask"].bool()
-            a, r = model(**b).last_hidden_state[keep], ref(**b).last_hidden_state[keep]
-            num += float((a - r).pow(2).sum())
-            den += float(r.pow(2).sum())
-    return num / den
 
 
 def test_solve_scales_is_least_squares_over_scales_and_bias() -> None:
@@ -78,8 +45,8 @@ def test_solve_scales_is_least_squares_over_scales_and_bias() -> None:
 
 
 def test_scale_refit_on_a_tiny_bert_heads_and_ffn() -> None:
-    base = _bert()
-    calib, held = _batches(0), _batches(1)
+    base = tiny_bert()
+    calib, held = token_batches(0), token_batches(1)
     x = (calib[0]["input_ids"][:1], calib[0]["attention_mask"][:1])
     results = {}
     for passes in (0, 1):
@@ -101,12 +68,12 @@ def test_scale_refit_on_a_tiny_bert_heads_and_ffn() -> None:
         before, after = r["relative_error"]
         assert after <= before + 1e-12, (name, before, after)  # never worse on the calibration set
     # and the tuned model is closer to the original on held-out inputs than the same pruning untuned
-    tuned, untuned = _rel_err(model, base, held), _rel_err(results[0][0], base, held)
+    tuned, untuned = hidden_rel_err(model, base, held), hidden_rel_err(results[0][0], base, held)
     assert tuned < 0.9 * untuned, (tuned, untuned)
 
 
 def test_early_stop_statistics_equal_full_ones() -> None:
-    model, calib = _bert(), _batches(2, n=2)
+    model, calib = tiny_bert(), token_batches(2, n=2)
     names = ["encoder.layer.0.attention.self.query", "encoder.layer.0.output.dense"]
     full = collect_input_stats(model, calib, names)
     early = collect_input_stats(model, calib, names, stop_early=True)
@@ -116,7 +83,7 @@ def test_early_stop_statistics_equal_full_ones() -> None:
 
 
 def test_true_sequential_sparsegpt_groups_and_beats_magnitude() -> None:
-    base, calib, held = _bert(3), _batches(4, n=8), _batches(5)
+    base, calib, held = tiny_bert(3), token_batches(4, n=8), token_batches(5)
     layers = {n: m for n, m in base.named_modules() if isinstance(m, torch.nn.Linear)}
     groups = input_groups(base, layers, calib)
     pre = "encoder.layer.0."
@@ -130,7 +97,7 @@ def test_true_sequential_sparsegpt_groups_and_beats_magnitude() -> None:
         lins = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
         assert sum(int((m.weight == 0).sum()) for m in lins) / sum(m.weight.numel() for m in lins) \
             == pytest.approx(0.5, abs=0.01)
-        errs[name] = _rel_err(model, base, held)
+        errs[name] = hidden_rel_err(model, base, held)
     assert errs["sparsegpt"] < 0.5 * errs["magnitude"], errs
 
 
@@ -159,7 +126,7 @@ def test_layer_sequential_whitened_lowrank_beats_plain_svd_and_configs_validate(
     from slimkit.config.base import build
     from slimkit.errors import RecipeError
 
-    base, calib, held = _bert(6), _batches(7, n=8), _batches(8)
+    base, calib, held = tiny_bert(6), token_batches(7, n=8), token_batches(8)
     errs = {}
     for name, cfg in (("plain", sk.SVDConfig(rank_ratio=0.5, include=["Linear"])),
                       ("whitened", sk.SVDConfig(rank_ratio=0.5, include=["Linear"], whiten=True,
@@ -167,7 +134,7 @@ def test_layer_sequential_whitened_lowrank_beats_plain_svd_and_configs_validate(
         model = copy.deepcopy(base)
         sk.lowrank_(model, cfg, **({"calibration": calib} if cfg.whiten else {}))
         assert isinstance(model.encoder.layer[1].output.dense, torch.nn.Sequential)
-        errs[name] = _rel_err(model, base, held)
+        errs[name] = hidden_rel_err(model, base, held)
     assert errs["whitened"] < errs["plain"], errs
     for cls, bad in ((sk.PostTrainPruneConfig, {"ratio": 0.5, "refit": "matrices"}),
                      (sk.PostTrainPruneConfig, {"ratio": 0.5, "weight_ridge": 0}),
@@ -183,7 +150,7 @@ def test_targets_between_the_allocator_hull_points_are_reached() -> None:
     after it reaches them, never above the target's tolerance."""
     from slimkit.passes.prune.structured import count_macs
 
-    base, cal = _bert(), _batches(1, n=6)
+    base, cal = tiny_bert(), token_batches(1, n=6)
     x = (cal[0]["input_ids"][:1], cal[0]["attention_mask"][:1])
     for target in (0.95, 0.85):
         model = copy.deepcopy(base)
