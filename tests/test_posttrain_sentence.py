@@ -9,12 +9,12 @@ import copy
 
 import pytest
 import torch
+from models import tiny_bert, token_batches
 
 import slimkit as sk
 from slimkit.evaluation.cost import count_macs
 from slimkit.graph import build_dependency_graph
 from slimkit.models.sentence import SentenceEncoder
-from tests.test_posttrain_transformer import _batches, _bert
 
 pytest.importorskip("transformers")
 
@@ -27,8 +27,8 @@ def _cosine(model: torch.nn.Module, ref: torch.nn.Module, batches: list[dict[str
 
 
 def test_sentence_encoder_graph_is_the_bare_encoder_graph_under_its_prefix() -> None:
-    base = _bert()
-    x = tuple(_batches(0, n=1)[0].values())
+    base = tiny_bert()
+    x = tuple(token_batches(0, n=1)[0].values())
     bare = build_dependency_graph(base, x)
     wrapped = build_dependency_graph(SentenceEncoder(base), x)
     assert bare.tracer == "hf-bert" and wrapped.tracer == "fx+hf-bert" and not wrapped.opaque
@@ -38,9 +38,9 @@ def test_sentence_encoder_graph_is_the_bare_encoder_graph_under_its_prefix() -> 
 
 
 def test_posttrain_prunes_a_sentence_encoder_like_the_bare_encoder() -> None:
-    base = _bert()
+    base = tiny_bert()
     ref = SentenceEncoder(copy.deepcopy(base)).eval()
-    calib, held = _batches(0), _batches(1, n=2)
+    calib, held = token_batches(0), token_batches(1, n=2)
     x = (calib[0]["input_ids"][:1], calib[0]["attention_mask"][:1])
     # a fixed ratio with the reconstruction criterion chooses and refits from each consumer's own statistics:
     # the wrapper must give exactly the bare encoder's result (same groups, statistics over the same tokens)
@@ -56,9 +56,9 @@ def test_posttrain_prunes_a_sentence_encoder_like_the_bare_encoder() -> None:
 
 
 def test_posttrain_sentence_encoder_meets_a_macs_target_and_exports(tmp_path) -> None:
-    base = _bert()
+    base = tiny_bert()
     ref = SentenceEncoder(copy.deepcopy(base)).eval()
-    calib, held = _batches(0), _batches(1, n=2)
+    calib, held = token_batches(0), token_batches(1, n=2)
     x = (calib[0]["input_ids"][:1], calib[0]["attention_mask"][:1])
     cfg = sk.PostTrainPruneConfig(target_macs=0.6, **FAST)
     model = sk.prune_(SentenceEncoder(copy.deepcopy(base)).eval(), cfg, example_inputs=x, calibration=calib)
@@ -92,7 +92,7 @@ def _tiny_sentence_folder(path) -> str:
     path.mkdir()
     (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
     transformers.BertTokenizer(str(path / "vocab.txt")).save_pretrained(path)
-    _bert().save_pretrained(path)
+    tiny_bert().save_pretrained(path)
     return str(path)
 
 
