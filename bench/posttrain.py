@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
+import os
 import statistics
 import sys
 import time
@@ -35,6 +37,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
+    RESULTS,
     ROOT,
     WORK,
     command_line,
@@ -197,15 +200,21 @@ def mobilenet(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def add_block_refit(models: dict[str, torch.nn.Module], meta: dict[str, dict[str, Any]], name: str,
-                    original: torch.nn.Module, cal: list, steps: int, quick: bool, what: str, lr: float = 3e-4) -> None:
+                    original: torch.nn.Module, cal: list, steps: int, quick: bool, what: str, lr: float = 3e-4,
+                    **final: Any) -> None:
     """A ``name+blockfit`` row: ``name``'s model, then each block refit to ``original``'s block output on the
     same calibration batches: what ``PostTrainPruneConfig(..., block_refit=BlockRefitConfig(steps, lr))`` does
-    after its own refit, applied to the row's model instead of pruning a second time."""
-    from slimkit.passes.blockfit import refit_blocks
+    after its own refit, applied to the row's model instead of pruning a second time. With ``final_steps`` in
+    ``final``, also a ``name+blockfit+final`` row: that model, then the whole model's output fit to the
+    original's (``BlockRefitConfig.final_steps``; the same as one refit with both, the block part run once)."""
+    from slimkit.passes.blockfit import refit_blocks, refit_output
 
-    cfg = sk.BlockRefitConfig(steps=min(steps, 10) if quick else steps, lr=lr)
+    cfg = sk.BlockRefitConfig(steps=min(steps, 10) if quick else steps, lr=lr, **final)
+    if quick and cfg.final_steps:
+        cfg = cfg.model_copy(update={"final_steps": min(cfg.final_steps, 10), "final_check": 5})
+    blocks_cfg = cfg.model_copy(update={"final_steps": 0})
     m = copy.deepcopy(models[name])
-    rows, secs = _seconds(lambda: refit_blocks(m, original, cal, cfg))
+    rows, secs = _seconds(lambda: refit_blocks(m, original, cal, blocks_cfg))
     models[f"{name}+blockfit"] = m
     kept = sum(r["kept"] for r in rows)
     meta[f"{name}+blockfit"] = dict(meta[name], seconds=round(meta[name]["seconds"] + secs, 2), note=(
@@ -214,6 +223,25 @@ def add_block_refit(models: dict[str, torch.nn.Module], meta: dict[str, dict[str
         f"({kept} of {len(rows)} blocks kept: their held-out calibration batches improved; {secs:.0f} s of the "
         f"row's seconds); gradient-based reconstruction, no labels"))
     print(f"{name}+blockfit: {kept}/{len(rows)} blocks kept in {secs:.0f} s", flush=True)
+    if not cfg.final_steps:
+        return
+    mf = copy.deepcopy(m)
+    row, fsecs = _seconds(lambda: refit_output(mf, original, cal, cfg))
+    models[f"{name}+blockfit+final"] = mf
+    meta[f"{name}+blockfit+final"] = dict(meta[f"{name}+blockfit"], seconds=round(
+        meta[f"{name}+blockfit"]["seconds"] + fsecs, 2), note=(
+        f"{meta[f'{name}+blockfit']['note']}; then the whole model's output (last hidden state) fit to the "
+        f"original's, every weight trainable, zeros kept (BlockRefitConfig final_steps={cfg.final_steps}, "
+        f"final_lr={cfg.final_lr}, final_check={cfg.final_check}, schedule={cfg.schedule}): {row['steps']} steps, "
+        f"held-out calibration error {row['heldout_before']} -> {row['heldout_after']}, "
+        f"{'kept' if row['kept'] else 'undone (no improvement)'}, {fsecs:.0f} s"))
+    print(f"{name}+blockfit+final: {row}", flush=True)
+
+
+def minilm_final(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``final_*`` settings of BlockRefitConfig the MiniLM refit rows use (the config's defaults unless given)."""
+    return {k: v for k, v in (("final_steps", args.minilm_final_steps), ("final_lr", args.minilm_final_lr))
+            if v is not None}
 
 
 def _posttrain(model: torch.nn.Module, cfg: Any, cal: list, x: tuple, out: dict[str, Any]) -> None:
@@ -280,7 +308,7 @@ def minilm(args: argparse.Namespace) -> list[dict[str, Any]]:
                 f"unlabelled sentences ({tokens} tokens), no labels, no training"}
     if args.minilm_refit_steps:
         add_block_refit(models, meta, f"posttrain-heads-ffn-{tag}", base, cal, args.minilm_refit_steps, args.quick,
-                        "each encoder layer")
+                        "each encoder layer", **minilm_final(args))
     l2 = copy.deepcopy(base)
     _, secs = _seconds(lambda: sk.prune_(l2, sk.StructuredPruneConfig(target_macs=target), example_inputs=x))
     models[f"l2-heads-ffn-{tag}"] = l2
@@ -419,13 +447,14 @@ def resnet(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
-def sparse_rows(quick: bool, threads: int, only: list[str] | None) -> tuple[list[dict[str, Any]], str]:
+def sparse_rows(quick: bool, threads: int, only: list[str] | None,
+                final: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
     """The rows of bench/posttrain_sparse.py (sparsity and low-rank with reconstruction), if present."""
     try:
         from posttrain_sparse import sections
     except ImportError as exc:
         return [], f"bench/posttrain_sparse.py not available ({exc})"
-    return sections(quick, threads=threads, only=only), "included" + (f" (sections {', '.join(only)})" if only else "")
+    return sections(quick, threads=threads, only=only, final=final), "included" + (f" (sections {', '.join(only)})" if only else "")
 
 
 def doc_table(result: dict[str, Any]) -> str:
@@ -443,6 +472,33 @@ def doc_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def ran_sections(args: argparse.Namespace) -> set[str]:
+    """The ``section`` values of the rows this run measures."""
+    from posttrain_sparse import SECTIONS
+
+    ran = {name for key, name in (("mobilenet", "mobilenet_v2"), ("resnet", "resnet_fmnist"), ("minilm", "minilm"))
+           if key not in args.skip}
+    if "sparse" not in args.skip:
+        ran |= {"baseline", *(args.sparse_only or SECTIONS)}
+    return ran
+
+
+def merge_result(new: dict[str, Any], old: dict[str, Any], ran: set[str]) -> dict[str, Any]:
+    """``new`` with the rows of ``old`` whose section ``new``'s run did not measure, first. Each kept row says
+    in ``measured_in`` which run measured it (command, seconds, load average, machine; rows compare within their
+    own run only); ``runs`` lists every run the file's rows come from, this one last."""
+    def run_of(result: dict[str, Any]) -> dict[str, Any]:
+        return {k: result.get(k) for k in ("command", "seconds", "load_average", "machine")}
+
+    kept = [dict(r, measured_in=r.get("measured_in") or run_of(old)) for r in old["rows"]
+            if r.get("section") not in ran]
+    runs: list[dict[str, Any]] = []
+    for r in kept:
+        if r["measured_in"] not in runs:
+            runs.append(r["measured_in"])
+    return dict(new, rows=kept + new["rows"], runs=[*runs, run_of(new) | {"sections": sorted(ran)}])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
@@ -458,14 +514,21 @@ def main() -> None:
     ap.add_argument("--minilm-macs", type=float, default=0.6, help="fraction of the encoder FLOPs to keep")
     ap.add_argument("--minilm-refit-passes", type=int, default=1, help="sweeps of the per-unit scale refit")
     ap.add_argument("--minilm-refit-steps", type=int, default=400, help="block_refit steps per layer (0: no row)")
+    ap.add_argument("--minilm-final-steps", type=int, default=None,
+                    help="BlockRefitConfig.final_steps of the MiniLM refit rows (default: the config's)")
+    ap.add_argument("--minilm-final-lr", type=float, default=None,
+                    help="BlockRefitConfig.final_lr of the MiniLM refit rows (default: the config's)")
     ap.add_argument("--mobilenet-refit-steps", type=int, default=100, help="block_refit steps per block (0: no row)")
     ap.add_argument("--sparse-only", nargs="*", default=None,
                     help="sections of bench/posttrain_sparse.py to run (ffn-lowrank-50 unstructured-50 2:4)")
     ap.add_argument("--skip", nargs="*", default=[], choices=("mobilenet", "resnet", "minilm", "sparse"))
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the rows of bench/results/posttrain.json whose sections this run skips (each keeps "
+                         "the command and run that measured it in 'measured_in'); replace the others")
     args = ap.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(args.work_threads)
-    t0 = time.time()
+    t0, load0 = time.time(), os.getloadavg()
     rows: list[dict[str, Any]] = []
     if "mobilenet" not in args.skip:
         rows += mobilenet(args)
@@ -475,11 +538,13 @@ def main() -> None:
         rows += minilm(args)
     sparse_note = "skipped"
     if "sparse" not in args.skip:
-        extra, sparse_note = sparse_rows(args.quick, args.threads, args.sparse_only)
+        extra, sparse_note = sparse_rows(args.quick, args.threads, args.sparse_only, minilm_final(args))
         rows += extra
     result = {"bench": "posttrain", "command": command_line(), "machine": machine_info(args.threads), "rows": rows,
               "quick": args.quick, "shared_machine": True, "seconds": round(time.time() - t0, 1),
-              "posttrain_sparse": sparse_note}
+              "load_average": {"start": load0, "end": os.getloadavg()}, "posttrain_sparse": sparse_note}
+    if args.merge and not args.quick:
+        result = merge_result(result, json.loads((RESULTS / "posttrain.json").read_text()), ran_sections(args))
     if args.quick:
         path = write_result("posttrain", result, WORK / "posttrain" / "posttrain-quick.json")
         print(f"wrote {path}")

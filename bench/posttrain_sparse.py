@@ -61,7 +61,6 @@ SECTIONS = ("ffn-lowrank-50", "unstructured-50", "2:4")
 # block reconstruction (slimkit.passes.blockfit): Adam on each encoder layer's parameters against the original
 # layer's output, the compressed model's own inputs, one calibration batch per step, held-out batches checked
 REFIT = sk.BlockRefitConfig(steps=400, lr=3e-4)
-REFIT_NOTE = "BlockRefitConfig(steps=400, lr=3e-4): gradient reconstruction on the calibration sentences, no labels"
 
 
 def _log(msg: str) -> None:
@@ -78,10 +77,15 @@ def calibration_texts(n: int, held_out: list[str], calib: list[str]) -> list[str
     return list(dict.fromkeys(calib + extra))[:n]
 
 
-def variants(quick: bool) -> list[tuple[str, str, Any, str]]:
-    """``(section, variant, config, note)`` for every compressed model."""
+def variants(quick: bool, final: dict[str, Any] | None = None) -> list[tuple[str, str, Any, str]]:
+    """``(section, variant, config, note)`` for every compressed model; ``final``: ``final_*`` settings of the
+    block refit (BlockRefitConfig's defaults when not given)."""
     lr = dict(rank_ratio=0.5, skip=FFN_ONLY)
-    refit = REFIT.model_copy(update={"steps": 20}) if quick else REFIT
+    refit = REFIT.model_copy(update=final or {})
+    if quick:
+        refit = refit.model_copy(update={"steps": 20, "final_steps": min(refit.final_steps, 10), "final_check": 5})
+    fin = "+final" if refit.final_steps else ""  # then the whole model's output fit too (final_steps)
+    refit_note = f"{refit!r}: gradient reconstruction on the calibration sentences, no labels"
     out = [
         ("ffn-lowrank-50", "ffn-svd-r50", sk.SVDConfig(**lr), "plain truncated SVD of W, no calibration"),
         ("ffn-lowrank-50", "ffn-svd-r50-whitened", sk.SVDConfig(**lr, whiten=True),
@@ -98,10 +102,10 @@ def variants(quick: bool) -> list[tuple[str, str, Any, str]]:
          "smallest |W| per layer, FFN Linears only (attention and pooler dense)"),
         ("unstructured-50", "sparsegpt-50-ffn", sk.SparseGPTConfig(sparsity=0.5, skip=FFN_ONLY),
          "SparseGPT as above, FFN Linears only (attention and pooler dense)"),
-        ("ffn-lowrank-50", "ffn-svd-r50-whitened+blockfit", sk.SVDConfig(**lr, whiten=True, block_refit=refit),
-         f"whitened SVD as above, then each encoder layer refit to the original's output ({REFIT_NOTE})"),
-        ("unstructured-50", "sparsegpt-50+blockfit", sk.SparseGPTConfig(sparsity=0.5, skip=EXCLUDE, block_refit=refit),
-         f"SparseGPT as above, then each encoder layer refit to the original's output, zeros kept ({REFIT_NOTE})"),
+        ("ffn-lowrank-50", f"ffn-svd-r50-whitened+blockfit{fin}", sk.SVDConfig(**lr, whiten=True, block_refit=refit),
+         f"whitened SVD as above, then each encoder layer refit to the original's output ({refit_note})"),
+        ("unstructured-50", f"sparsegpt-50+blockfit{fin}", sk.SparseGPTConfig(sparsity=0.5, skip=EXCLUDE, block_refit=refit),
+         f"SparseGPT as above, then each encoder layer refit to the original's output, zeros kept ({refit_note})"),
         ("2:4", "magnitude-2:4", sk.NMSparsityConfig(n=2, m=4, skip=EXCLUDE), "largest 2 |W| of every 4 inputs"),
         ("2:4", "wanda-2:4", sk.WandaPruneConfig(n=2, m=4, skip=EXCLUDE), "largest 2 |W| * ||x_j|| of every 4"),
         ("2:4", "sparsegpt-2:4", sk.SparseGPTConfig(n=2, m=4, skip=EXCLUDE), "OBS 2:4 mask and update"),
@@ -115,7 +119,7 @@ def _zero_fraction(model: torch.nn.Module) -> float:
 
 
 def sections(quick: bool, threads: int = 1, rounds: int | None = None,
-             only: list[str] | None = None) -> list[dict[str, Any]]:
+             only: list[str] | None = None, final: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Run every variant (those of the sections in ``only`` when given) and return bench-result rows (``system``, ``variant``, ``size_bytes``,
     ``latency_ms``, ``quality``, ``params``, ``notes``, plus ``section``, ``seconds`` and ``target``)."""
     from slimkit.exporters.onnx_transformer import export_encoder_onnx
@@ -141,7 +145,7 @@ def sections(quick: bool, threads: int = 1, rounds: int | None = None,
     models: dict[str, torch.nn.Module] = {"fp32": base}
     info: dict[str, dict[str, Any]] = {"fp32": {"section": "baseline", "note": "all-MiniLM-L6-v2, offline package",
                                                  "seconds": 0.0, "quality": {"cosine": 1.0, "cosine_min": 1.0}}}
-    for section, name, cfg, note in variants(quick):
+    for section, name, cfg, note in variants(quick, final):
         if only and section not in only:
             continue
         model = copy.deepcopy(base)

@@ -103,3 +103,47 @@ def test_a_block_whose_output_lost_channels_is_left_and_the_next_one_fit() -> No
     assert [r["block"] for r in rows] == ["0", "1", "2"]
     assert all(r["skipped"].startswith("output shape") for r in rows[:2])  # both lost half their channels
     assert rows[2]["heldout_after"] < rows[2]["heldout_before"] and rows[2]["kept"], rows[2]
+
+
+def test_final_steps_fit_the_whole_model_output_keep_zeros_and_lower_the_heldout_error() -> None:
+    base, cal, test = tiny_bert(), token_batches(1, n=10), token_batches(2, n=4)
+    blocks = copy.deepcopy(base)
+    sk.prune_(blocks, sk.SparseGPTConfig(sparsity=0.6), calibration=cal)
+    zeros = {n: p == 0 for n, p in blocks.named_parameters() if p.dim() == 2 and "embeddings" not in n}
+    final = copy.deepcopy(blocks)
+    refit_blocks(blocks, base, cal, sk.BlockRefitConfig(steps=150, lr=1e-3))
+    rows = refit_blocks(final, base, cal, sk.BlockRefitConfig(steps=150, lr=1e-3, final_steps=120, final_check=20))
+    last = rows[-1]
+    assert last["block"] == "(whole model)" and last["kept"], last
+    assert 20 <= last["steps"] <= 120 and last["heldout_after"] < last["heldout_before"], last
+    for name, p in final.named_parameters():
+        if name in zeros:
+            assert torch.equal(p == 0, zeros[name]), name
+    before, after = hidden_rel_err(blocks, base, test), hidden_rel_err(final, base, test)
+    assert after < 0.9 * before, (before, after)  # inputs never seen in any fit
+
+
+def test_final_steps_that_do_not_help_leave_the_model_as_it_was() -> None:
+    base, cal = tiny_bert(), token_batches(4, n=10)
+    model = copy.deepcopy(base)  # nothing compressed: the held-out error is 0 and cannot go down
+    state = copy.deepcopy(model.state_dict())
+    rows = refit_blocks(model, base, cal, sk.BlockRefitConfig(steps=2, lr=1e-2, final_steps=10, final_check=5,
+                                                              final_lr=1e-2))
+    assert rows[-1]["block"] == "(whole model)" and not rows[-1]["kept"]
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
+def test_cosine_schedule_decays_the_block_fit_learning_rate() -> None:
+    base, cal = tiny_bert(), token_batches(3, n=10)
+    noisy = copy.deepcopy(base)
+    with torch.no_grad():
+        for p in noisy.encoder.layer[0].intermediate.dense.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    out = {}
+    for schedule in ("constant", "cosine"):
+        model = copy.deepcopy(noisy)
+        rows = refit_blocks(model, base, cal, sk.BlockRefitConfig(steps=100, lr=1e-3, schedule=schedule))
+        out[schedule] = (rows[0], model.encoder.layer[0].intermediate.dense.weight.detach().clone())
+    first = out["cosine"][0]
+    assert first["kept"] and first["heldout_after"] < 0.5 * first["heldout_before"], first
+    assert not torch.allclose(out["cosine"][1], out["constant"][1])  # the schedule changed the fit

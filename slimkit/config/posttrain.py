@@ -29,6 +29,14 @@ class BlockRefitConfig(StrictModel):
                                                                 "every indexed block that holds a weighted layer")
     holdout: int = Field(10, ge=2, le=100, description="every holdout-th batch (at least one) checks the refit")
     batches: int | None = Field(None, ge=1, description="use at most this many calibration batches")
+    schedule: Literal["constant", "cosine"] = Field("constant", description="learning rate over the steps of "
+                                                    "each fit: constant, or cosine decay to 0")
+    final_steps: int = Field(0, ge=0, le=100_000, description="after the blocks: Adam steps on the whole model's "
+                             "output (last hidden state / logits) against the original's, every weight trainable, "
+                             "zeros kept, the best held-out state kept (0: none)")
+    final_lr: float | None = Field(None, gt=0, le=1, description="learning rate of the final steps (None: lr)")
+    final_check: int = Field(25, ge=1, le=10_000, description="final steps between held-out checks; the fit stops "
+                             "after 3 checks without improvement")
 
 
 

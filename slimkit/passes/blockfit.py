@@ -30,6 +30,7 @@ from slimkit.config.posttrain import BlockRefitConfig
 from slimkit.context import eval_mode, model_device
 from slimkit.data.batch import call_model, split_batch
 from slimkit.errors import ConfigError, DataError
+from slimkit.evaluation.metrics import primary_output
 
 log = logging.getLogger(__name__)
 
@@ -108,17 +109,33 @@ def _terms(y: torch.Tensor, t: torch.Tensor, mask: torch.Tensor | None) -> tuple
     return err.sum(), ref.sum()
 
 
-def refit_blocks(model: nn.Module, original: nn.Module, calibration: Iterable[Any], cfg: BlockRefitConfig,
-                 *, seed: int = 0) -> list[dict[str, Any]]:
-    """Refit ``model``'s blocks in place to ``original``'s block outputs (module docstring). ``original`` is
-    not changed. Returns one row per block: its name, the relative error on the fit and held-out batches
-    before and after, whether the refit was kept, and the seconds it took."""
+def _split(calibration: Iterable[Any], cfg: BlockRefitConfig) -> tuple[list[Any], list[int], list[int]]:
+    """The calibration inputs and the indices of the fit and the held-out batches."""
     batches = [split_batch(b)[0] for b in itertools.islice(iter(calibration), cfg.batches)]
     if len(batches) < 2:
         raise DataError(f"block_refit needs at least 2 calibration batches (one to fit, one to check); got "
                         f"{len(batches)}.", hint="Give more calibration data.")
     held = [i for i in range(len(batches)) if i % cfg.holdout == cfg.holdout - 1] or [len(batches) - 1]
-    fit = [i for i in range(len(batches)) if i not in held]
+    return batches, [i for i in range(len(batches)) if i not in held], held
+
+
+def refit_output(model: nn.Module, original: nn.Module, calibration: Iterable[Any], cfg: BlockRefitConfig,
+                 *, seed: int = 0) -> dict[str, Any]:
+    """Only the final, whole-model step of ``refit_blocks`` (``cfg.final_steps`` Adam steps on ``model``'s output
+    against ``original``'s, zeros kept, the best held-out state kept); returns its row."""
+    if not cfg.final_steps:
+        raise ConfigError("refit_output needs block_refit.final_steps > 0.", hint="Set final_steps, e.g. 200.")
+    batches, fit, held = _split(calibration, cfg)
+    return _refit_model(model, original, batches, fit, held, [token_mask(b) for b in batches], cfg,
+                        torch.Generator().manual_seed(seed))
+
+
+def refit_blocks(model: nn.Module, original: nn.Module, calibration: Iterable[Any], cfg: BlockRefitConfig,
+                 *, seed: int = 0) -> list[dict[str, Any]]:
+    """Refit ``model``'s blocks in place to ``original``'s block outputs (module docstring). ``original`` is
+    not changed. Returns one row per block: its name, the relative error on the fit and held-out batches
+    before and after, whether the refit was kept, and the seconds it took."""
+    batches, fit, held = _split(calibration, cfg)
     names = cfg.blocks or default_blocks(model, batches[0])
     modules = dict(model.named_modules())
     missing = [n for n in names if n not in modules or n not in dict(original.named_modules())]
@@ -148,6 +165,7 @@ def refit_blocks(model: nn.Module, original: nn.Module, calibration: Iterable[An
         for p in params:
             p.requires_grad_(True)
         opt = torch.optim.Adam(params, lr=cfg.lr)
+        sched = _scheduler(opt, cfg.schedule, cfg.steps)
         try:
             with eval_mode(block), torch.enable_grad():
                 for _ in range(cfg.steps):
@@ -157,10 +175,8 @@ def refit_blocks(model: nn.Module, original: nn.Module, calibration: Iterable[An
                     opt.zero_grad(set_to_none=True)
                     (num / den.clamp_min(1e-30)).backward()
                     opt.step()
-                    with torch.no_grad():
-                        for p in params:
-                            if id(p) in zeros:
-                                p.mul_(zeros[id(p)])
+                    sched.step()
+                    _keep_zeros(params, zeros)
         finally:
             for p, flag in flags:
                 p.requires_grad_(flag)
@@ -174,7 +190,85 @@ def refit_blocks(model: nn.Module, original: nn.Module, calibration: Iterable[An
         log.info("block_refit %s: held-out error %.4g -> %.4g (%s)", name, before[1], after[1],
                  "kept" if kept else "undone")
         del ins, outs
+    if cfg.final_steps:
+        rows.append(_refit_model(model, original, batches, fit, held, masks, cfg, gen))
     return rows
+
+
+def _scheduler(opt: torch.optim.Optimizer, schedule: str, steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    if schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1))
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+
+
+def _keep_zeros(params: list[torch.Tensor], zeros: dict[int, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for p in params:
+            if id(p) in zeros:
+                p.mul_(zeros[id(p)])
+
+
+def _model_error(model: nn.Module, batches: list[Any], outs: list[torch.Tensor], masks: list[torch.Tensor | None],
+                 idx: Iterable[int]) -> float:
+    num = den = 0.0
+    device = model_device(model)
+    with eval_mode(model), torch.no_grad():
+        for i in idx:
+            n, d = _terms(primary_output(call_model(model, batches[i], device)), outs[i], masks[i])
+            num, den = num + float(n), den + float(d)
+    return num / max(den, 1e-30)
+
+
+def _refit_model(model: nn.Module, original: nn.Module, batches: list[Any], fit: list[int], held: list[int],
+                 masks: list[torch.Tensor | None], cfg: BlockRefitConfig, gen: torch.Generator) -> dict[str, Any]:
+    """The end-to-end step after the blocks (``cfg.final_steps``): every floating parameter of ``model`` fit
+    with Adam to the relative squared error of its output (``primary_output``: the last hidden state, logits)
+    against ``original``'s on the fit batches, zeros kept; every ``final_check`` steps the held-out batches are
+    measured and the best state is kept (the fit stops after 3 checks without improvement; the state before the
+    fit when none improved)."""
+    t0 = time.time()
+    device = model_device(model)
+    with eval_mode(original), torch.no_grad():
+        outs = [primary_output(call_model(original, b, model_device(original))).detach() for b in batches]
+    params = [p for p in model.parameters() if p.dtype.is_floating_point]
+    zeros = {id(p): p != 0 for p in params if p.dim() > 1 and bool((p == 0).any())}
+    before = (_model_error(model, batches, outs, masks, fit), _model_error(model, batches, outs, masks, held))
+    best, best_state, bad, done = before[1], copy.deepcopy(model.state_dict()), 0, 0
+    flags = [(p, p.requires_grad) for p in params]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(params, lr=cfg.final_lr or cfg.lr)
+    sched = _scheduler(opt, cfg.schedule, cfg.final_steps)
+    try:
+        for step in range(1, cfg.final_steps + 1):
+            i = fit[int(torch.randint(len(fit), (1,), generator=gen))]
+            with eval_mode(model), torch.enable_grad():
+                num, den = _terms(primary_output(call_model(model, batches[i], device)), outs[i], masks[i])
+                opt.zero_grad(set_to_none=True)
+                (num / den.clamp_min(1e-30)).backward()
+            opt.step()
+            sched.step()
+            _keep_zeros(params, zeros)
+            done = step
+            if step % cfg.final_check == 0 or step == cfg.final_steps:
+                err = _model_error(model, batches, outs, masks, held)
+                if err < best:
+                    best, best_state, bad = err, copy.deepcopy(model.state_dict()), 0
+                else:
+                    bad += 1
+                    if bad >= 3:
+                        break
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        opt.zero_grad(set_to_none=True)
+    model.load_state_dict(best_state)
+    after = (_model_error(model, batches, outs, masks, fit), best)
+    kept = after[1] < before[1]
+    log.info("block_refit final (whole model): held-out error %.4g -> %.4g after %d steps", before[1], after[1], done)
+    return {"block": "(whole model)", "error_before": round(before[0], 6), "error_after": round(after[0], 6),
+            "heldout_before": round(before[1], 6), "heldout_after": round(after[1], 6), "kept": kept,
+            "steps": done, "seconds": round(time.time() - t0, 2)}
 
 
 def refit_note(rows: list[dict[str, Any]], stage: int) -> list[str]:
@@ -192,4 +286,4 @@ def refit_note(rows: list[dict[str, Any]], stage: int) -> list[str]:
             f"relative error {err:.3g} ({worst['block']}), {sum(r['seconds'] for r in rows):.0f} s."]
 
 
-__all__ = ["default_blocks", "refit_blocks", "refit_note"]
+__all__ = ["default_blocks", "refit_blocks", "refit_note", "refit_output"]
