@@ -15,7 +15,7 @@ from torch import nn
 import slimkit as sk
 from slimkit.config.base import build
 from slimkit.errors import ConfigError, RecipeError, SlimkitError
-from slimkit.passes.blockfit import default_blocks, refit_blocks
+from slimkit.passes.blockfit import default_blocks, refit_blocks, refit_output
 
 transformers = pytest.importorskip("transformers")
 
@@ -130,7 +130,11 @@ def test_final_steps_that_do_not_help_leave_the_model_as_it_was() -> None:
     rows = refit_blocks(model, base, cal, sk.BlockRefitConfig(steps=2, lr=1e-2, final_steps=10, final_check=5,
                                                               final_lr=1e-2))
     assert rows[-1]["block"] == "(whole model)" and not rows[-1]["kept"]
+    row = refit_output(model, base, cal, sk.BlockRefitConfig(final_steps=10, final_check=5, final_lr=1e-2))
+    assert not row["kept"] and row["steps"] == 10  # 2 checks, neither improved: the state is restored
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+    with pytest.raises(ConfigError, match="final_steps"):
+        refit_output(model, base, cal, sk.BlockRefitConfig())
 
 
 def test_cosine_schedule_decays_the_block_fit_learning_rate() -> None:
