@@ -18,6 +18,12 @@
 
     flock /tmp/slimkit-bench.lock .venv/bin/python bench/posttrain.py
     .venv/bin/python bench/posttrain.py --quick      # smoke run: small sets, JSON written to bench/_work/
+    flock /tmp/slimkit-bench.lock .venv/bin/python bench/posttrain.py --skip mobilenet resnet sparse --merge \
+        --minilm-final-steps 200 --minilm-final-lr 3e-5   # MiniLM section only, the other rows kept
+
+``--merge`` keeps the rows of the sections a run skips from bench/results/posttrain.json, each with the run that
+measured it (``measured_in``: command, seconds, load average, machine); ``runs`` lists those runs. Compare rows
+within one run only.
 """
 
 from __future__ import annotations
