@@ -559,7 +559,8 @@ def main() -> None:
     body = ("`bench/posttrain.py`: compression with unlabelled calibration data only, no labels and no training "
             "(issue 11). MobileNetV2 quality is agreement with the unpruned model on held-out photo crops; MiniLM "
             "quality is the cosine of mean-pooled embeddings on held-out sentences. Timings were taken on a "
-            "shared 2-core machine.\n\n" + doc_table(result))
+            "shared 2-core machine. A file written with `--merge` holds rows of several runs (`runs`; each kept row's "
+            "`measured_in`): compare latencies within one section only.\n\n" + doc_table(result))
     update_doc_section(ROOT / "docs" / "benchmarks.md", "Post-training compression (no labels, no training)", body)
     print(f"wrote {path}")
 
