@@ -11,7 +11,7 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -22,7 +22,8 @@ from slimkit.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["batched", "cpu_flags", "cpu_has_vnni", "environment", "measure_latency", "ort_latency", "paired_latency", "throughput", "torch_latency"]
+__all__ = ["batched", "cpu_flags", "cpu_has_vnni", "environment", "measure_latency", "ort_compare",
+           "ort_latency", "paired_latency", "throughput", "torch_latency"]
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
@@ -241,3 +242,47 @@ def ort_latency(onnx_path: str | os.PathLike[str], inputs: Any, cfg: LatencyConf
     return measure_latency(lambda: session.run(None, feed), warmup=cfg.warmup, repeats=cfg.repeats,
                            batch=cfg.batch, runtime="onnxruntime", threads=cfg.threads)
 
+
+
+def ort_compare(files: Mapping[str, str | os.PathLike[str]], inputs: Any, cfg: LatencyConfig, *,
+                rounds: int) -> dict[str, dict[str, Any]]:
+    """The one way slimkit compares ONNX files' latency (an artifact against its fp32 baseline: a run's
+    deployed numbers, int8 against fp32 at export, auto's finalist re-timing, bench/auto.py's columns).
+
+    Each file gets one session (:func:`ort_session`, ``cfg.threads`` intra-op threads, idle threads not
+    spinning so one session's pool cannot steal the cores of the next) and ``cfg.warmup`` untimed calls
+    on ``inputs`` repeated to ``cfg.batch``; then ``rounds`` rounds of ``cfg.repeats`` calls per file, the
+    files' calls alternating one by one with the order reversed every other time (A B, B A, A B, ...), so a
+    change of the machine's load between two calls hits every file alike (timing each file in blocks of
+    whole seconds, as before, let the load of one block decide a ratio: 1.47x vs 2.37x for the same two
+    files, back to back, at load 8 on 2 cores). Returns per name ``{"median"`` (of the rounds' medians),
+    ``"p90"`` (of all calls), ``"batch", "runtime", "rounds"`` (each round's median), ``"cpu_median"}``: the
+    median process CPU time of a call, which leaves out the time another process held the core."""
+    if rounds < 1 or cfg.repeats < 1:
+        raise ConfigError(f"ort_compare needs rounds >= 1 and repeats >= 1 (got {rounds}, {cfg.repeats}).")
+    names = list(files)
+    sessions = {n: ort_session(files[n], cfg.threads, spinning=False) for n in names}
+    feeds = {n: ort_feed(sessions[n], batched(inputs, cfg.batch)) for n in names}
+    for n in names:
+        for _ in range(cfg.warmup):
+            sessions[n].run(None, feeds[n])
+    wall: dict[str, list[list[float]]] = {n: [[] for _ in range(rounds)] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}
+    step = 0
+    for r in range(rounds):
+        for _ in range(cfg.repeats):
+            for n in (names if step % 2 == 0 else names[::-1]):
+                w0, c0 = time.perf_counter(), time.process_time()
+                sessions[n].run(None, feeds[n])
+                wall[n][r].append((time.perf_counter() - w0) * 1e3)
+                cpu[n].append((time.process_time() - c0) * 1e3)
+            step += 1
+
+    def record(n: str) -> dict[str, Any]:
+        medians = [float(statistics.median(x)) for x in wall[n]]
+        calls = sorted(t for x in wall[n] for t in x)
+        return {"median": float(statistics.median(medians)), "p90": float(_percentile(calls, 0.9)),
+                "batch": int(cfg.batch), "runtime": "onnxruntime", "rounds": medians,
+                "cpu_median": float(statistics.median(cpu[n]))}
+
+    return {n: record(n) for n in names}
