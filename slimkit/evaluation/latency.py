@@ -254,8 +254,8 @@ def ort_compare(files: Mapping[str, str | os.PathLike[str]], inputs: Any, cfg: L
     on ``inputs`` repeated to ``cfg.batch``; then ``rounds`` rounds of ``cfg.repeats`` calls per file, the
     files' calls alternating one by one with the order reversed every other time (A B, B A, A B, ...), so a
     change of the machine's load between two calls hits every file alike (timing each file in blocks of
-    whole seconds, as before, let the load of one block decide a ratio: 1.47x vs 2.37x for the same two
-    files, back to back, at load 8 on 2 cores). Returns per name ``{"median"`` (of the rounds' medians),
+    whole seconds let the load of one block decide a ratio: docs/auto.md, "Why two timings of one file
+    disagreed"). Returns per name ``{"median"`` (of the rounds' medians),
     ``"p90"`` (of all calls), ``"batch", "runtime", "rounds"`` (each round's median), ``"cpu_median"}``: the
     median process CPU time of a call, which leaves out the time another process held the core."""
     if rounds < 1 or cfg.repeats < 1:
