@@ -5,8 +5,9 @@ while the machine may be busy; a point a few percent short of ``min_speedup`` ca
 under load, and a point just above it can be the reverse. After the search, every finished trial that meets
 every other constraint and whose in-search speedup is at least ``(1 - retime_margin)`` of the limit is a
 finalist (the fastest ``retime_max`` of them): its deployed artifact and the fp32 baseline are timed again,
-alternately, ``retime_rounds`` rounds (:func:`slimkit.evaluation.latency.paired_latency`), and the re-timed
-speedup decides ``min_speedup``, the trial's feasibility and which feasible trial is chosen.
+alternately, ``retime_rounds`` rounds (:func:`time_deployed`, i.e. :func:`slimkit.evaluation.latency.ort_compare`
+with the search's latency settings; bench/auto.py times its columns the same way), and the re-timed speedup
+decides ``min_speedup``, the trial's feasibility and which feasible trial is chosen.
 """
 
 from __future__ import annotations
@@ -45,14 +46,20 @@ def finalists(records: list[dict[str, Any]], margin: float, most: int) -> list[d
     return sorted(out, key=lambda r: -float(_row(r)["value"]))[:most]  # type: ignore[index]
 
 
-def deployed_timing(out: Path, base: dict[str, Any]) -> tuple[Any, Any]:
+def _recipe(base: dict[str, Any]) -> Any:
+    from slimkit.config.recipe import parse_recipe
+
+    recipe = parse_recipe(base, source="auto-search.yaml base")  # as a trial reads it (data defaults filled)
+    assert recipe.evaluate.latency is not None
+    return recipe
+
+
+def deployed_timing(base: dict[str, Any]) -> tuple[Any, Any]:
     """(LatencyConfig, example inputs) of an auto run's latency: the search base's ``evaluate.latency`` and
     its data's example inputs, as a trial reads them (data defaults filled)."""
-    from slimkit.config.recipe import parse_recipe
     from slimkit.data import load_data
 
-    recipe = parse_recipe(base, source="auto-search.yaml base")
-    assert recipe.evaluate.latency is not None
+    recipe = _recipe(base)
     return recipe.evaluate.latency, load_data(recipe.data).example_inputs
 
 
@@ -67,7 +74,7 @@ def time_deployed(out: Path, files: dict[str, Path], *, rounds: int, base: dict[
 
     if base is None:
         base = yaml.safe_load((out / "auto-search.yaml").read_text())["base"]
-    lat, xs = deployed_timing(out, base)
+    lat, xs = deployed_timing(base)
     return ort_compare(files, xs, lat, rounds=rounds)
 
 
@@ -87,7 +94,7 @@ def _measure(out: Path, record: dict[str, Any], base: dict[str, Any], rounds: in
     from slimkit.evaluation.latency import paired_latency, torch_latency
     from slimkit.pipeline.artifacts import load_saved
 
-    lat, _ = deployed_timing(out, base)
+    lat = _recipe(base).evaluate.latency
     baseline, xs = load_saved(out / "baseline", "baseline")
     final, _ = load_saved(out / record["dir"], "final")
     return paired_latency(lambda: torch_latency(baseline.eval(), xs, lat), lambda: torch_latency(final.eval(), xs, lat),
