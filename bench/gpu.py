@@ -4,6 +4,15 @@ matmul-heavy layers, on one CUDA device.
     .venv/bin/python bench/gpu.py            # bench/results/gpu.json + the "GPU" section of docs/benchmarks.md
     .venv/bin/python bench/gpu.py --quick    # small, into bench/_work/gpu.json; numbers not meaningful
     .venv/bin/python bench/gpu.py --render   # only re-render the docs section from bench/results/gpu.json
+    .venv/bin/python bench/gpu.py --pack DIR # a copy of MiniLM small enough to send to a GPU machine (below)
+    python3 bench/gpu.py --model DIR/minilm --out OUT/gpu.json   # on the GPU machine; then copy the JSON to
+                                             # bench/results/gpu.json and run --render here
+
+``--pack`` exists because the GPU machines lent to this project take at most 64 MiB of files and the model is
+87 MiB: it keeps every tensor exactly except the rows of the word-embedding table whose token ids never occur in
+the bench's sentences (stored sparsely; zero on unpacking). On every input the bench feeds, the unpacked model
+computes exactly what the original does (an embedding lookup reads only the rows of its ids), which ``--pack``
+checks here before writing; its settings record how many rows were kept.
 
 Rows (latency: the median of per-call CUDA-event times, slimkit.evaluation.latency, at batch 1 and 32 of
 sequence 128; quality: fidelity of the sentence embeddings to the fp32 model on held-out sentences):
@@ -15,7 +24,9 @@ sequence 128; quality: fidelity of the sentence embeddings to the fp32 model on 
   32x128 token rows, the dense fp16 matmul against ``to_sparse_semi_structured`` weights
   (``slimkit.passes.prune.nm.gpu_speed_check``);
 - slimkit 2:4 end to end: ``prune_(model, NMSparsityConfig())`` then fp16, its Linear weights swapped for
-  semi-structured tensors, against the dense fp16 model.
+  semi-structured tensors, against the dense fp16 model;
+- slimkit int8 dynamic (``quantize_(model, DynamicConfig())``, torchao's int8 weights and per-token int8
+  activations) where torchao imports on the machine; its absence is recorded, not hidden.
 
 On a machine without a CUDA device it says so and exits without writing anything (status 0, so ``make bench``
 goes on). The fp32 model's own latency is measured in the same process, interleaved with every variant.
@@ -146,6 +157,119 @@ def _sparse_model_rows(encoder: Any, sentences: list[str], batches: dict[int, di
     return rows
 
 
+PACKED = "model.packed.safetensors"
+WORD_EMB = "embeddings.word_embeddings.weight"
+
+
+def _bench_token_ids(tokenizer: Any) -> torch.Tensor:
+    """Every token id the bench can feed the model: all of slimkit's sentences and the special tokens."""
+    from slimkit.data.sentences import sentences
+
+    ids = set(tokenizer.all_special_ids)
+    for s in sentences():
+        ids.update(tokenizer(s)["input_ids"])
+    return torch.tensor(sorted(ids), dtype=torch.long)
+
+
+def pack_minilm(out_dir: Path) -> Path:
+    """Write ``out_dir/minilm``: the MiniLM folder with the word-embedding rows the bench never reads left out
+    (see the module docstring); checked here to give the original's outputs on the bench's sentences."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from slimkit.models.hf import resolve_hf_source
+    from slimkit.models.sentence import MINILM, load_sentence_encoder
+
+    src = resolve_hf_source(MINILM)
+    assert src is not None
+    dst = out_dir / "minilm"
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("model.safetensors", "*.bin", "onnx", "openvino"))
+    state = load_file(str(src / "model.safetensors"))
+    original = load_sentence_encoder(str(src))
+    ids = _bench_token_ids(original.tokenizer)
+    table = state.pop(WORD_EMB)
+    state[WORD_EMB + ".ids"], state[WORD_EMB + ".rows"] = ids, table[ids].contiguous()
+    save_file(state, str(dst / PACKED), metadata={"format": "pt", "rows": str(table.shape[0]),
+                                                  "dim": str(table.shape[1])})
+    packed = load_packed_minilm(dst)
+    from slimkit.data.sentences import sentences
+
+    with torch.no_grad():
+        same = torch.equal(packed.encode(sentences()), original.encode(sentences()))
+    if not same:
+        raise SystemExit("bench/gpu.py --pack: the packed model does not reproduce MiniLM on the bench's sentences")
+    print(f"packed {dst} ({sum(f.stat().st_size for f in dst.rglob('*') if f.is_file()) / 2**20:.1f} MiB, "
+          f"{len(ids)} of {table.shape[0]} word-embedding rows kept; outputs identical on all sentences)")
+    return dst
+
+
+def packed_info(path: Path) -> tuple[dict[str, str], int]:
+    """(metadata, rows kept) of a file written by :func:`pack_minilm`."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return f.metadata(), f.get_slice(WORD_EMB + ".ids").get_shape()[0]
+
+
+def load_packed_minilm(folder: Path) -> Any:
+    """A SentenceEncoder from a folder written by :func:`pack_minilm` (or a plain model folder)."""
+    import shutil
+    import tempfile
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from slimkit.models.sentence import load_sentence_encoder
+
+    if not (folder / PACKED).exists():
+        return load_sentence_encoder(str(folder))
+    with safe_open(str(folder / PACKED), "pt") as f:
+        meta = f.metadata()
+    state = load_file(str(folder / PACKED))
+    ids, rows = state.pop(WORD_EMB + ".ids"), state.pop(WORD_EMB + ".rows")
+    table = torch.zeros(int(meta["rows"]), int(meta["dim"]), dtype=rows.dtype)
+    table[ids] = rows
+    state[WORD_EMB] = table
+    tmp = Path(tempfile.mkdtemp(prefix="slimkit-minilm-"))
+    shutil.copytree(folder, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(PACKED))
+    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    return load_sentence_encoder(str(tmp))
+
+
+def _int8_rows(encoder: Any, sentences: list[str], batches: dict[int, dict[str, torch.Tensor]], repeats: int,
+               device: torch.device, ref: torch.Tensor) -> tuple[list[dict[str, Any]], str | None]:
+    """slimkit dynamic int8 (torchao) on the GPU, or why it could not run."""
+    import slimkit as sk
+    from slimkit.evaluation.embedding_fidelity import embedding_fidelity
+    from slimkit.passes.quantize.packing import state_nbytes
+
+    try:
+        model = sk.quantize_(copy.deepcopy(encoder).to(device), sk.DynamicConfig())
+        with torch.no_grad():
+            emb = model.encode(sentences)
+            lat = {}
+            for b, enc in batches.items():
+                ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+                lat[f"b{b}"] = _latency(lambda m=model, i=ids, a=mask: m(i, a), b, repeats, device)
+    except Exception as exc:  # a result: torchao missing or its kernels absent for this torch/GPU
+        return [], f"int8 dynamic skipped: {type(exc).__name__}: {str(exc)[:300]}"
+    fid = embedding_fidelity(emb.float(), ref)
+    try:
+        import torchao
+
+        version = torchao.__version__
+    except Exception:  # noqa: BLE001
+        version = "?"
+    return [{"system": "slimkit", "variant": "int8-dynamic", "size_bytes": state_nbytes(model.state_dict()),
+             "latency_ms": lat, "quality": {"cosine": fid["cosine"], "cosine_min": fid["cosine_min"],
+                                            "top1_agreement": fid["top1_agreement"]},
+             "notes": f"quantize_(model, DynamicConfig()): torchao {version} int8 weights, per-token int8 "
+                      "activations"}], None
+
+
 def render(result: dict[str, Any]) -> str:
     m = result["machine"]
     lines = [f"`{result['command']}` on {m.get('gpu')} (torch {m['torch']}); numbers from "
@@ -164,7 +288,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small and fast; results under bench/_work/")
     ap.add_argument("--render", action="store_true", help="only re-render docs/benchmarks.md from the JSON")
+    ap.add_argument("--pack", type=Path, metavar="DIR", help="write DIR/minilm, a copy of MiniLM under 64 MiB "
+                                                             "(see the module docstring), and exit")
+    ap.add_argument("--model", type=Path, metavar="DIR", help="load MiniLM from this folder (plain or --pack'ed) "
+                                                              "instead of the installed package")
+    ap.add_argument("--out", type=Path, metavar="FILE", help="write the JSON here and leave docs/ alone")
     args = ap.parse_args(argv)
+    if args.pack:
+        pack_minilm(args.pack)
+        return 0
     doc = ROOT / "docs" / "benchmarks.md"
     if args.render:
         import json
@@ -182,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.time()
     device = torch.device("cuda")
-    encoder = load_minilm()
+    encoder = load_packed_minilm(args.model) if args.model else load_minilm()
     _, sentences = split_sentences(100)
     sentences = sentences[:48] if args.quick else sentences
     repeats = 10 if args.quick else 100
@@ -190,11 +322,21 @@ def main(argv: list[str] | None = None) -> int:
     rows = _encoder_rows(encoder, sentences, batches, repeats, device)
     rows += _sparse_layer_rows(encoder, repeats)
     rows += _sparse_model_rows(encoder, sentences, batches, repeats, device)
+    int8, skipped = _int8_rows(encoder, sentences, batches, repeats, device,
+                               encoder.to(device).eval().encode(sentences))
+    rows += int8
+    settings: dict[str, Any] = {"sequence": SEQ, "repeats": repeats, "sentences": len(sentences),
+                                "seconds": round(time.time() - t0, 1)}
+    if args.model and (args.model / PACKED).exists():
+        meta, kept = packed_info(args.model / PACKED)
+        settings["model"] = (f"MiniLM from bench/gpu.py --pack: {kept} of {meta['rows']} word-embedding rows kept "
+                             "(all the bench's token ids), the rest zero; identical outputs on the bench's inputs")
+    if skipped:
+        settings["skipped"] = [skipped]
     result = {"bench": "gpu", "command": command_line(), "machine": machine_info(torch.get_num_threads()),
-              "rows": rows, "settings": {"sequence": SEQ, "repeats": repeats, "sentences": len(sentences),
-                                         "seconds": round(time.time() - t0, 1)}}
-    out = write_result("gpu", result, WORK / "gpu.json" if args.quick else None)
-    if not args.quick:
+              "rows": rows, "settings": settings}
+    out = write_result("gpu", result, args.out or (WORK / "gpu.json" if args.quick else None))
+    if not args.quick and not args.out:
         update_doc_section(doc, HEADING, render(result))
     print(f"wrote {out}")
     return 0
