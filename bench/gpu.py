@@ -14,8 +14,9 @@ the bench's sentences (stored sparsely; zero on unpacking). On every input the b
 computes exactly what the original does (an embedding lookup reads only the rows of its ids), which ``--pack``
 checks here before writing; its settings record how many rows were kept.
 
-Rows (latency: the median of per-call CUDA-event times, slimkit.evaluation.latency, at batch 1 and 32 of
-sequence 128; quality: fidelity of the sentence embeddings to the fp32 model on held-out sentences):
+Rows (latency: the median of per-call CUDA-event times, slimkit.evaluation.latency.cuda_latency_forms, at
+batch 1 and 32 of sequence 128, each model in its fastest form: eager or replayed as a CUDA graph, both kept in
+``latency_forms``; quality: fidelity of the sentence embeddings to the fp32 model on held-out sentences):
 
 - torch fp32; torch autocast fp16 and bf16 (fp32 weights, ``torch.autocast``): the peer;
 - slimkit fp16 and bf16 (``quantize_(model, FP16Config() / BF16Config())``: half-precision weights, norms in
@@ -50,11 +51,15 @@ HEADING = "GPU"
 SEQ = 128
 
 
-def _latency(fn: Any, batch: int, repeats: int, device: torch.device) -> float:
-    from slimkit.evaluation.latency import measure_latency
+def _latency(fn: Any, batch: int, repeats: int, device: torch.device, forms: dict[str, Any], key: str) -> float:
+    """Median ms of ``fn`` in its fastest form (eager or CUDA graph); both forms are kept in ``forms[key]``."""
+    from slimkit.evaluation.latency import cuda_latency_forms
 
-    return round(measure_latency(fn, warmup=10, repeats=repeats, batch=batch, runtime="torch-cuda",
-                                 device=device)["median"], 4)
+    res = cuda_latency_forms(fn, warmup=10, repeats=repeats, batch=batch, device=device)
+    forms[key] = {k: None if v is None else round(v, 4) for k, v in res["forms"].items()}
+    if res.get("graph_error"):
+        forms[key]["graph_error"] = res["graph_error"]
+    return round(res["median"], 4)
 
 
 def _encoder_rows(encoder: Any, sentences: list[str], batches: dict[int, dict[str, torch.Tensor]], repeats: int,
@@ -80,79 +85,103 @@ def _encoder_rows(encoder: Any, sentences: list[str], batches: dict[int, dict[st
         def ctx(dtype: torch.dtype | None = autocast) -> Any:
             return torch.autocast("cuda", dtype=dtype) if dtype is not None else torch.autocast("cuda", enabled=False)
 
+        forms: dict[str, Any] = {}
         with torch.no_grad(), ctx():
             emb = model.encode(sentences)
             lat = {}
             for b, enc in batches.items():
                 ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
-                lat[f"b{b}"] = _latency(lambda m=model, i=ids, a=mask: m(i, a), b, repeats, device)
+                lat[f"b{b}"] = _latency(lambda m=model, i=ids, a=mask: m(i, a), b, repeats, device, forms, f"b{b}")
         fid = embedding_fidelity(emb.float(), ref)
         rows.append({"system": system, "variant": variant, "size_bytes": state_nbytes(model.state_dict()), "latency_ms": lat,
-                     "quality": {"cosine": fid["cosine"], "cosine_min": fid["cosine_min"],
-                                 "top1_agreement": fid["top1_agreement"]}, "notes": note})
+                     "latency_forms": forms, "quality": {"cosine": fid["cosine"], "cosine_min": fid["cosine_min"],
+                                                         "top1_agreement": fid["top1_agreement"]}, "notes": note})
     return rows
 
 
 def _sparse_layer_rows(encoder: Any, repeats: int) -> list[dict[str, Any]]:
-    """Dense fp16 vs 2:4 semi-structured matmul for each distinct Linear shape of the encoder."""
+    """Dense fp16 vs 2:4 semi-structured matmul (each backend) for each distinct Linear shape of the encoder,
+    plus one large layer (4096x4096) where sparse tensor cores are expected to pay."""
     from slimkit.passes.prune.nm import gpu_speed_check
 
     shapes: dict[tuple[int, int], list[str]] = {}
     for name, mod in encoder.named_modules():
         if isinstance(mod, torch.nn.Linear) and ".layer.0." in name:
             shapes.setdefault((mod.in_features, mod.out_features), []).append(name.split(".layer.0.")[1])
+    shapes[(4096, 4096)] = ["a large reference layer, not in MiniLM"]
     rows = []
     for (fin, fout), names in shapes.items():
         res = gpu_speed_check(fin, fout, 32 * SEQ, repeats=repeats)
-        if "skipped" in res:
+        if "dense_ms" not in res:
             print(f"2:4 {fin}x{fout}: skipped: {res['skipped']}", file=sys.stderr)
             continue
-        for variant, ms in (("dense-fp16", res["dense_ms"]), ("2:4-fp16", res["sparse_ms"])):
-            rows.append({"system": "torch" if variant == "dense-fp16" else "slimkit",
-                         "variant": f"linear-{fin}x{fout}-{variant}", "size_bytes": None,
-                         "latency_ms": {f"rows{32 * SEQ}": round(ms, 4)},
-                         "quality": {"max_abs_diff": res["max_abs_diff"] if variant != "dense-fp16" else 0.0},
-                         "notes": f"{', '.join(names)} (one layer of 6); speed-up {res['speedup']:.2f}x"})
+        where = ", ".join(names) + (" (one layer of 6)" if fin != 4096 else "")
+        rows.append({"system": "torch", "variant": f"linear-{fin}x{fout}-dense-fp16", "size_bytes": None,
+                     "latency_ms": {f"rows{32 * SEQ}": round(res["dense_ms"], 4)}, "quality": {"max_abs_diff": 0.0},
+                     "notes": f"{where}; fastest form {res['dense_form']}"})
+        for backend, r in res["backends"].items():
+            if "sparse_ms" not in r:
+                print(f"2:4 {fin}x{fout} {backend}: skipped: {r['skipped']}", file=sys.stderr)
+                rows.append({"system": "slimkit", "variant": f"linear-{fin}x{fout}-2:4-fp16-{backend}",
+                             "size_bytes": None, "latency_ms": {f"rows{32 * SEQ}": None}, "quality": {},
+                             "notes": f"{where}; failed: {r['skipped']}"})
+                continue
+            rows.append({"system": "slimkit", "variant": f"linear-{fin}x{fout}-2:4-fp16-{backend}", "size_bytes": None,
+                         "latency_ms": {f"rows{32 * SEQ}": round(r["sparse_ms"], 4)},
+                         "quality": {"max_abs_diff": r["max_abs_diff"]},
+                         "notes": f"{where}; speed-up {r['speedup']:.2f}x over dense; fastest form {r['form']}"})
     return rows
 
 
 def _sparse_model_rows(encoder: Any, sentences: list[str], batches: dict[int, dict[str, torch.Tensor]],
                        repeats: int, device: torch.device) -> list[dict[str, Any]]:
-    """The whole encoder: dense fp16 against 2:4-pruned fp16 with semi-structured Linear weights."""
+    """The whole encoder: dense fp16 against 2:4-pruned fp16 with semi-structured Linear weights (each
+    backend of torch.sparse), at batch 32."""
     import slimkit as sk
     from slimkit.evaluation.embedding_fidelity import embedding_fidelity
 
     ref = encoder.to(device).eval().encode(sentences)
     dense = sk.quantize_(copy.deepcopy(encoder), sk.FP16Config())
-    sparse = sk.quantize_(sk.prune_(copy.deepcopy(encoder), sk.NMSparsityConfig()), sk.FP16Config())
+    pruned = sk.quantize_(sk.prune_(copy.deepcopy(encoder), sk.NMSparsityConfig()), sk.FP16Config())
+    variants: list[tuple[str, Any, str]] = [("dense-fp16", dense, "fp16, dense")]
     try:
-        from torch.sparse import to_sparse_semi_structured
-
-        swapped = 0
-        for mod in sparse.modules():
-            if isinstance(mod, torch.nn.Linear) and mod.weight.dtype == torch.float16:
-                mod.weight = torch.nn.Parameter(to_sparse_semi_structured(mod.weight.detach()), requires_grad=False)
-                swapped += 1
-    except Exception as exc:  # kernels missing for this build or device: a result, not a crash
-        print(f"2:4 end to end: skipped: {type(exc).__name__}: {exc}", file=sys.stderr)
+        from torch.sparse import SparseSemiStructuredTensorCUSPARSELT, SparseSemiStructuredTensorCUTLASS
+    except ImportError as exc:
+        print(f"2:4 end to end: skipped: {exc}", file=sys.stderr)
         return []
+    for backend, cls in (("cutlass", SparseSemiStructuredTensorCUTLASS),
+                         ("cusparselt", SparseSemiStructuredTensorCUSPARSELT)):
+        model = copy.deepcopy(pruned)
+        try:
+            swapped = 0
+            for mod in model.modules():
+                if isinstance(mod, torch.nn.Linear) and mod.weight.dtype == torch.float16:
+                    mod.weight = torch.nn.Parameter(cls.from_dense(mod.weight.detach()), requires_grad=False)
+                    swapped += 1
+        except Exception as exc:  # kernels missing for this build or device: a result, not a crash
+            print(f"2:4 end to end ({backend}): skipped: {type(exc).__name__}: {exc}", file=sys.stderr)
+            continue
+        variants.append((f"2:4-fp16-{backend}", model,
+                         f"prune_(NMSparsityConfig()) + fp16, {swapped} Linear weights as {cls.__name__}; one-shot "
+                         "magnitude 2:4 without fine-tuning, so the fidelity shows its cost (it is about speed here)"))
     rows = []
-    variants: list[tuple[str, Any, str]] = [
-        ("dense-fp16", dense, "fp16, dense"),
-        ("2:4-fp16", sparse, f"prune_(NMSparsityConfig()) + fp16, {swapped} Linear weights as "
-                             "to_sparse_semi_structured; one-shot magnitude 2:4 without fine-tuning, so the "
-                             "fidelity shows its cost (it is about speed here)")]
     for variant, model, note in variants:
-        with torch.no_grad():
-            fid = embedding_fidelity(model.encode(sentences).float(), ref)
-            lat = {}
-            for b, enc in batches.items():
-                if b < 32:
-                    continue  # sparse kernels pay off on many token rows
-                ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
-                lat[f"b{b}"] = _latency(lambda m=model, i=ids, a=mask: m(i, a), b, repeats, device)
+        forms: dict[str, Any] = {}
+        try:
+            with torch.no_grad():
+                fid = embedding_fidelity(model.encode(sentences).float(), ref)
+                lat = {}
+                for b, enc in batches.items():
+                    if b < 32:
+                        continue  # sparse kernels pay off on many token rows
+                    ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+                    lat[f"b{b}"] = _latency(lambda m=model, i=ids, a=mask: m(i, a), b, repeats, device, forms,
+                                            f"b{b}")
+        except Exception as exc:  # noqa: BLE001 - a backend that cannot run the model: recorded
+            print(f"2:4 end to end {variant}: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            continue
         rows.append({"system": "torch" if variant == "dense-fp16" else "slimkit", "variant": f"minilm-{variant}",
-                     "size_bytes": None, "latency_ms": lat,
+                     "size_bytes": None, "latency_ms": lat, "latency_forms": forms,
                      "quality": {"cosine": fid["cosine"], "cosine_min": fid["cosine_min"]}, "notes": note})
     return rows
 
@@ -248,12 +277,13 @@ def _int8_rows(encoder: Any, sentences: list[str], batches: dict[int, dict[str, 
 
     try:
         model = sk.quantize_(copy.deepcopy(encoder).to(device), sk.DynamicConfig())
+        forms: dict[str, Any] = {}
         with torch.no_grad():
             emb = model.encode(sentences)
             lat = {}
             for b, enc in batches.items():
                 ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
-                lat[f"b{b}"] = _latency(lambda m=model, i=ids, a=mask: m(i, a), b, repeats, device)
+                lat[f"b{b}"] = _latency(lambda m=model, i=ids, a=mask: m(i, a), b, repeats, device, forms, f"b{b}")
     except Exception as exc:  # a result: torchao missing or its kernels absent for this torch/GPU
         return [], f"int8 dynamic skipped: {type(exc).__name__}: {str(exc)[:300]}"
     fid = embedding_fidelity(emb.float(), ref)
@@ -264,8 +294,9 @@ def _int8_rows(encoder: Any, sentences: list[str], batches: dict[int, dict[str, 
     except Exception:  # noqa: BLE001
         version = "?"
     return [{"system": "slimkit", "variant": "int8-dynamic", "size_bytes": state_nbytes(model.state_dict()),
-             "latency_ms": lat, "quality": {"cosine": fid["cosine"], "cosine_min": fid["cosine_min"],
-                                            "top1_agreement": fid["top1_agreement"]},
+             "latency_ms": lat, "latency_forms": forms,
+             "quality": {"cosine": fid["cosine"], "cosine_min": fid["cosine_min"],
+                         "top1_agreement": fid["top1_agreement"]},
              "notes": f"quantize_(model, DynamicConfig()): torchao {version} int8 weights, per-token int8 "
                       "activations"}], None
 
@@ -274,11 +305,19 @@ def render(result: dict[str, Any]) -> str:
     m = result["machine"]
     lines = [f"`{result['command']}` on {m.get('gpu')} (torch {m['torch']}); numbers from "
              "[bench/results/gpu.json](../bench/results/gpu.json). Latency: median of per-call CUDA-event times "
-             f"(sequence {SEQ}); quality: sentence-embedding fidelity to the fp32 model.", "",
+             f"(sequence {SEQ}), each model in its fastest form (eager, or replayed as a CUDA graph: named in "
+             "brackets; both forms are in the JSON); quality: sentence-embedding fidelity to the fp32 model.", "",
              "| system | variant | size | latency | quality | notes |", "|---|---|---|---|---|---|"]
     for r in result["rows"]:
         size = "—" if r["size_bytes"] is None else f"{r['size_bytes'] / 2**20:.1f} MiB"
-        lat = ", ".join(f"{k}: {v:.3f} ms" for k, v in r["latency_ms"].items() if v is not None) or "—"
+        forms = r.get("latency_forms", {})
+
+        def form(key: str, forms: dict[str, Any] = forms) -> str:
+            f = forms.get(key) or {}
+            times = {k: v for k, v in f.items() if k in ("eager", "cuda-graph") and v is not None}
+            return f" ({min(times, key=times.__getitem__)})" if times else ""
+
+        lat = ", ".join(f"{k}: {v:.3f} ms{form(k)}" for k, v in r["latency_ms"].items() if v is not None) or "—"
         q = ", ".join(f"{k} {v:.4f}" for k, v in r["quality"].items() if v is not None) or "—"
         lines.append(f"| {r['system']} | {r['variant']} | {size} | {lat} | {q} | {r.get('notes', '')} |")
     return "\n".join(lines)

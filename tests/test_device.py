@@ -155,3 +155,15 @@ def test_benchmarks_doc_has_a_gpu_table_only_with_a_result():
     has_result = (root / "bench" / "results" / "gpu.json").exists()
     has_section = "\n## GPU\n" in (root / "docs" / "benchmarks.md").read_text()
     assert has_section == has_result
+
+
+@needs_cuda
+def test_cuda_latency_forms_keeps_both_and_reports_the_fastest():
+    from slimkit.evaluation.latency import cuda_latency_forms
+
+    x = torch.randn(64, 64, device="cuda")
+    out = cuda_latency_forms(lambda: torch.relu(x @ x + 1), warmup=2, repeats=10, device="cuda")
+    assert out["forms"]["eager"] > 0 and out["forms"]["cuda-graph"] is not None and "graph_error" not in out
+    assert out["median"] == min(out["forms"].values()) and out["form"] in ("eager", "cuda-graph")
+    bad = cuda_latency_forms(lambda: float((x @ x).sum()), warmup=1, repeats=3, device="cuda")  # host sync
+    assert bad["form"] == "eager" and bad["forms"]["cuda-graph"] is None and bad["graph_error"]

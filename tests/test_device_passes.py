@@ -62,11 +62,12 @@ def _batches(device: str, labels: bool, n: int = 4) -> list[Any]:
 
 def _compressed(name: str, device: str) -> nn.Module:
     torch.manual_seed(0)
-    model = ToyCNN().to(device)
-    with torch.no_grad():  # trained-like BatchNorm statistics, the same on both devices
+    model = ToyCNN()
+    with torch.no_grad():  # trained-like BatchNorm statistics, drawn on CPU: the same on both devices
         for bn in (model.bn1, model.bn2):
             bn.running_mean.uniform_(-0.2, 0.2)
             bn.running_var.uniform_(0.5, 1.5)
+    model = model.to(device)
     return registry.apply_pass(model, CASES[name](), example_inputs=(torch.randn(2, 1, 8, 8).to(device),),
                                calibration=_batches(device, False), train_loader=_batches(device, True),
                                teacher=copy.deepcopy(model), num_classes=10, seed=0)
