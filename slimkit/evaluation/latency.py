@@ -112,11 +112,20 @@ def cuda_latency_forms(fn: Callable[[], Any], *, warmup: int = 10, repeats: int 
     eager = measure_latency(fn, warmup=warmup, repeats=repeats, batch=batch, runtime="torch-cuda", device=device)
     forms: dict[str, float | None] = {"eager": eager["median"], "cuda-graph": None}
     best, form, error = eager, "eager", None
-    try:
-        replay = cuda_graph(fn, device)
-    except Exception as exc:  # noqa: BLE001 - not capturable: the eager form is the only one
-        error = f"{type(exc).__name__}: {str(exc)[:200]}"
-    else:
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")  # a call that syncs with the host cannot be captured: try it first,
+    try:  # since a failed capture leaves torch's CUDA generator unusable in this process
+        fn()
+    except RuntimeError as exc:
+        error = f"not captured: the call synchronizes with the host ({str(exc)[:160]})"
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+    if error is None:
+        try:
+            replay = cuda_graph(fn, device)
+        except Exception as exc:  # noqa: BLE001 - not capturable: the eager form is the only one
+            error = f"{type(exc).__name__}: {str(exc)[:200]}"
+    if error is None:
         graphed = measure_latency(replay, warmup=warmup, repeats=repeats, batch=batch, runtime="torch-cuda",
                                   device=device)
         forms["cuda-graph"] = graphed["median"]
