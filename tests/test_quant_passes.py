@@ -196,3 +196,16 @@ def test_qscheme_conventions_for_exporters() -> None:
     codes = qs.quantize(w, wfq.scale, wfq.zero_point, wfq.qmin, wfq.qmax, axis=0)
     assert codes.dtype == torch.int8
     assert torch.allclose(qs.dequantize(codes, wfq.scale, wfq.zero_point, axis=0), q.fc1.quantized_weight())
+
+
+def test_state_nbytes_counts_what_a_tensor_subclass_stores():
+    """torchao's Int8Tensor says dtype float32; its bytes are the int8 data and the scales it holds."""
+    m = nn.Sequential(nn.Linear(64, 32))
+    assert state_nbytes(m.state_dict()) == (64 * 32 + 32) * 4
+    sk.quantize_(m, sk.DynamicConfig())
+    w = m[0].weight
+    if not hasattr(w, "__tensor_flatten__"):
+        pytest.skip("torch.ao fallback: the weights are packed params, not a state-dict tensor subclass")
+    inner = sum(getattr(w, n).numel() * getattr(w, n).element_size() for n in w.__tensor_flatten__()[0])
+    assert state_nbytes(m.state_dict()) == inner + 32 * 4
+    assert 64 * 32 <= inner < 64 * 32 * 2  # int8 data plus per-row scales, far below fp32's 8 KiB
