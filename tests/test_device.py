@@ -167,3 +167,21 @@ def test_cuda_latency_forms_keeps_both_and_reports_the_fastest():
     assert out["median"] == min(out["forms"].values()) and out["form"] in ("eager", "cuda-graph")
     bad = cuda_latency_forms(lambda: float((x @ x).sum()), warmup=1, repeats=3, device="cuda")  # host sync
     assert bad["form"] == "eager" and bad["forms"]["cuda-graph"] is None and bad["graph_error"]
+
+
+@needs_cuda
+@pytest.mark.parametrize(("method", "precision"), [("fp16", "fp16"), ("bf16", "fp16"), ("ptq", "int8")])
+def test_quantized_artifacts_from_a_cuda_run(tmp_path, method, precision):
+    """fp16/bf16 and int8 artifacts of a run computed on CUDA: the safetensors checkpoint and the ONNX of the
+    requested precision, parity-checked in onnxruntime, as small as the CPU run's."""
+    recipe = tiny_recipe(stages=[{"quantize": {"method": method}}],
+                         export={"formats": ["safetensors", "onnx"], "onnx": {"precision": precision}})
+    gpu = run_recipe({**recipe, "device": "cuda"}, out=tmp_path / "cuda")
+    cpu = run_recipe({**recipe, "device": "cpu"}, out=tmp_path / "cpu")
+    assert gpu["environment"]["device"] == "cuda"
+    by = {e["format"]: e for e in gpu["exports"]}
+    ref = {e["format"]: e for e in cpu["exports"]}
+    assert by["onnx"]["precision"] == precision and by["onnx"]["parity"]["ok"]
+    assert (tmp_path / "cuda" / by["onnx"]["artifact"]).exists()
+    for fmt in ("safetensors", "onnx"):
+        assert by[fmt]["size_bytes"] == pytest.approx(ref[fmt]["size_bytes"], rel=0.02)
