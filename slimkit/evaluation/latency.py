@@ -88,6 +88,54 @@ def _cuda_times(fn: Callable[[], Any], repeats: int, device: torch.device) -> li
         return [float(s.elapsed_time(e)) for s, e in pairs]
 
 
+def cuda_graph(fn: Callable[[], Any], device: torch.device | str, warmup: int = 3) -> Callable[[], Any]:
+    """``fn`` captured once in a CUDA graph; the returned callable replays it. The replay reads and writes the
+    same tensors every call (what CUDA graphs require): ``fn`` must use fixed inputs, as a latency closure does.
+    Raises RuntimeError (or what torch raises) where ``fn`` cannot be captured, e.g. a host synchronization."""
+    dev = torch.device(device)
+    side = torch.cuda.Stream(device=dev)
+    side.wait_stream(torch.cuda.current_stream(dev))
+    with torch.cuda.stream(side):  # warm-up off the capture stream, as torch.cuda.graphs asks
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream(dev).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
+def cuda_latency_forms(fn: Callable[[], Any], *, warmup: int = 10, repeats: int = 30, batch: int = 1,
+                       device: torch.device | str = "cuda") -> dict[str, Any]:
+    """:func:`measure_latency` of ``fn`` on CUDA in each of its forms, eager (one launch per kernel from
+    Python) and replayed as a CUDA graph (:func:`cuda_graph`): the fastest form's record, with ``"form"``,
+    ``"forms": {"eager": ms, "cuda-graph": ms or None}`` and ``"graph_error"`` where capture failed."""
+    eager = measure_latency(fn, warmup=warmup, repeats=repeats, batch=batch, runtime="torch-cuda", device=device)
+    forms: dict[str, float | None] = {"eager": eager["median"], "cuda-graph": None}
+    best, form, error = eager, "eager", None
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")  # a call that syncs with the host cannot be captured: try it first,
+    try:  # since a failed capture leaves torch's CUDA generator unusable in this process
+        fn()
+    except RuntimeError as exc:
+        error = f"not captured: the call synchronizes with the host ({str(exc)[:160]})"
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+    if error is None:
+        try:
+            replay = cuda_graph(fn, device)
+        except Exception as exc:  # noqa: BLE001 - not capturable: the eager form is the only one
+            error = f"{type(exc).__name__}: {str(exc)[:200]}"
+    if error is None:
+        graphed = measure_latency(replay, warmup=warmup, repeats=repeats, batch=batch, runtime="torch-cuda",
+                                  device=device)
+        forms["cuda-graph"] = graphed["median"]
+        if graphed["median"] < eager["median"]:
+            best, form = graphed, "cuda-graph"
+    out = {**best, "form": form, "forms": forms}
+    return {**out, "graph_error": error} if error else out
+
+
 def throughput(latency: dict[str, Any] | None) -> float | None:
     """Samples per second implied by a latency result: ``batch / median seconds``."""
     if not latency or not latency.get("median"):
