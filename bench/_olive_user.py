@@ -84,8 +84,8 @@ def embedding_cosine(model: Any, device: Any, execution_providers: Any, data_pat
 
 
 def _patch_olive() -> None:
-    """Two bugs of Olive 0.13.0 stop any ``olive run`` workflow with a custom metric and an evaluator before a
-    pass runs; each patched function does what it was written to do, nothing else of Olive is changed:
+    """Four bugs of Olive 0.13.0 (with pydantic 2.14) stop an ``olive run`` search with a custom metric; each
+    patched function does what it was written to do, nothing else of Olive is changed:
 
     - ``Metric.validate_backend`` sets a custom metric's backend to None and ``Metric.serialize_backend``
       then calls ``None.model_dump()`` (PydanticSerializationError when the run config is serialized);
@@ -95,9 +95,14 @@ def _patch_olive() -> None:
     - Olive's configs are dumped and rebuilt between its steps (``model_dump`` then validate), and pydantic
       2.14 dumps a metric's ``user_config`` by its declared type (``ConfigBase``, no fields), so
       ``evaluate_func`` is lost ("evaluate_func or metric_func is not specified in the metric config").
-      ``ConfigBase.model_dump`` now defaults to ``serialize_as_any=True`` (each config dumped as what it is).
+      ``ConfigBase.model_dump`` now defaults to ``serialize_as_any=True`` (each config dumped as what it is);
+    - a search step whose pass output is in Olive's cache records it with ``FootprintNode.update(model_config=
+      ...)``, a field whose name is ``model_config_data`` (``model_config`` is its alias, reserved by pydantic):
+      ValueError, the step is dropped as FAILED, so every step after the first failed. ``update`` now maps
+      the alias to the field.
     """
     from olive.common import config_utils
+    from olive.engine import footprint
     from olive.evaluator import metric
 
     def serialize_backend(self: Any, backend: Any) -> Any:
@@ -120,6 +125,12 @@ def _patch_olive() -> None:
         return dump(self, **kwargs)
 
     config_utils.ConfigBase.model_dump = model_dump
+
+    def update(self: Any, **kwargs: Any) -> None:
+        for k, v in kwargs.items():
+            setattr(self, "model_config_data" if k == "model_config" else k, v)
+
+    footprint.FootprintNode.update = update
     config_utils.CaseInsensitiveEnum._missing_.__func__.__code__ = _missing_.__code__
 
 
