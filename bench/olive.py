@@ -88,20 +88,21 @@ def prepare(work: Path, threads: int, auto_dir: Path | None) -> dict[str, Any]:
              calib_input_ids=tok_c["input_ids"].numpy(), calib_attention_mask=tok_c["attention_mask"].numpy(),
              reference=ref)
     example = (tok_c["input_ids"][:BATCH], tok_c["attention_mask"][:BATCH])
-    chosen = json.loads((auto_dir / "auto.json").read_text()).get("chosen") if auto_dir and (auto_dir / "auto.json").exists() else None
-    if chosen:
+    int8 = work / "slimkit-int8.onnx"
+    if not int8.exists():
+        # calibration as mappings: a plain (input_ids, attention_mask) tuple reads as (x, y) in the parity check
+        batches = [{"input_ids": tok_c["input_ids"][i:i + BATCH], "attention_mask": tok_c["attention_mask"][i:i + BATCH]}
+                   for i in range(0, N_CALIB, BATCH)]
+        slimkit.export(enc, int8, example_inputs=example, precision="int8", quantize="auto", calibration=batches)
+    files = {"fp32": int8.with_name("slimkit-int8.fp32.onnx"), "slimkit-int8": int8}
+    auto = json.loads((auto_dir / "auto.json").read_text()) if auto_dir and (auto_dir / "auto.json").exists() else {}
+    chosen = auto.get("chosen")
+    if chosen:  # auto's own fp32 baseline is the same network exported by the same function
         tdir = auto_dir / chosen["dir"]
-        slim, base, how = tdir / "model.onnx", tdir / "baseline.onnx", f"slimkit auto's deployed artifact ({tdir})"
-    else:
-        slim = work / "slimkit-int8.onnx"
-        if not slim.exists():
-            # calibration as mappings: a plain (input_ids, attention_mask) tuple reads as (x, y) in the parity check
-            batches = [{"input_ids": tok_c["input_ids"][i:i + BATCH], "attention_mask": tok_c["attention_mask"][i:i + BATCH]}
-                       for i in range(0, N_CALIB, BATCH)]
-            slimkit.export(enc, slim, example_inputs=example, precision="int8", quantize="auto", calibration=batches)
-        base, how = slim.with_name("slimkit-int8.fp32.onnx"), "slimkit.export(..., precision='int8', quantize='auto') (no auto artifact)"
-    return {"encoder": enc, "held": tok_e, "reference": ref, "example": example, "slimkit": slim, "baseline": base,
-            "slimkit_how": how, "baseline_ms": ort_latency_ms(base, example, batch=BATCH, threads=threads, repeats=5)}
+        files |= {"fp32": tdir / "baseline.onnx", "slimkit-auto": tdir / "model.onnx"}
+    return {"encoder": enc, "held": tok_e, "reference": ref, "example": example, "files": files, "auto": chosen,
+            "auto_dir": auto_dir, "baseline_ms": ort_latency_ms(files["fp32"], example, batch=BATCH, threads=threads,
+                                                                 repeats=5)}
 
 
 def workflow(work: Path, model_dir: str, out: Path, threads: int, latency_limit_ms: float, max_iter: int,
@@ -113,7 +114,10 @@ def workflow(work: Path, model_dir: str, out: Path, threads: int, latency_limit_
     def dc(name: str, split: str) -> dict[str, Any]:
         return {"name": name, "user_script": script,
                 "load_dataset_config": {"type": "minilm_sentences", "params": {"data_path": data, "split": split}},
-                "dataloader_config": {"type": "default_dataloader", "params": {"batch_size": BATCH}}}
+                # whole batches only: onnxruntime's calibrator stacks the batches' outputs (a last batch of 4
+                # fails every static point with "inhomogeneous shape")
+                "dataloader_config": {"type": "default_dataloader", "params": {"batch_size": BATCH,
+                                                                               "drop_last": True}}}
 
     return {
         "input_model": {"type": "HfModel", "model_path": model_dir, "task": "feature-extraction",
@@ -309,7 +313,7 @@ def main() -> int:
     elif (olive_out / "runs.json").exists():  # the runs that made the reused outputs
         runs = json.loads((olive_out / "runs.json").read_text())
     versions = olive_versions(args.olive_venv) if (args.olive_venv / "bin" / "python").exists() else None
-    files = {"fp32": prep["baseline"], "slimkit": prep["slimkit"]}
+    files = dict(prep["files"])
     olive_models = {k: find_model(olive_out / k) for k in ("auto-opt", "search")}
     files |= {f"olive-{k}": v for k, v in olive_models.items() if v is not None}
     from auto import retime
@@ -329,8 +333,11 @@ def main() -> int:
     for key, path in files.items():
         speed = med["fp32"] / med[key]
         met = speed >= 1 / MAX_LATENCY_RATIO and fid[key]["cosine"] >= MIN_COSINE
-        system = "onnxruntime" if key == "fp32" else "slimkit" if key == "slimkit" else "olive"
-        variant = {"fp32": "minilm fp32 (baseline)", "slimkit": f"minilm {prep['slimkit_how']}",
+        system = "onnxruntime" if key == "fp32" else key.split("-")[0]
+        stages = ", ".join(f"{k.split('.')[-1]} {v}" for k, v in ((prep["auto"] or {}).get("params") or {}).items())
+        variant = {"fp32": "minilm fp32 (baseline)",
+                   "slimkit-int8": "minilm slimkit int8 alone (slimkit.export precision int8, quantize auto)",
+                   "slimkit-auto": f"minilm slimkit auto, chosen ({stages})",
                    "olive-auto-opt": "minilm olive auto-opt int8 (conversion, fusion, dynamic int8; no search)",
                    "olive-search": f"minilm olive search best of {len(points)} footprint nodes "
                                    "(OnnxQuantization space, TPE)"}[key]
