@@ -56,6 +56,8 @@ USER_SCRIPT = Path(__file__).resolve().parent / "_olive_user.py"
 USER_SCRIPT_COPY = "olive_user.py"
 BATCH, SEQ, N_CALIB = 8, 128, 100
 MIN_COSINE, MAX_LATENCY_RATIO = 0.98, 0.4
+QUANT_KEYS = ("quant_mode", "precision", "per_channel", "reduce_range", "quant_preprocess", "calibrate_method",
+              "quant_format", "activation_type")
 OLIVE_ENV = {"OLIVE_DISABLE_TELEMETRY": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
              "HF_DATASETS_OFFLINE": "1"}
 
@@ -168,22 +170,45 @@ def run_olive(argv: list[str], log: Path, timeout: int) -> dict[str, Any]:
 
 
 def tried(search_out: Path) -> list[dict[str, Any]]:
-    """Every point Olive's search measured (footprint.json): the passes and their settings, the metrics."""
+    """Every model Olive's search made (footprint.json: model id -> node): the pass and its settings, whether
+    it failed, its metrics when evaluated, and whether it met both goals."""
     fp = search_out / "footprint.json"
     if not fp.exists():
         return []
-    nodes = json.loads(fp.read_text()).get("nodes", {})
+    data = json.loads(fp.read_text())
+    nodes = data.get("nodes", data)
     rows = []
     for mid, node in nodes.items():
-        fc = node.get("from_pass_config") or {}
+        config = node.get("pass_run_config") or {}
         metrics = ((node.get("metrics") or {}).get("value") or {})
-        rows.append({"model_id": mid, "parent": node.get("parent_model_id"), "pass": fc.get("type"),
-                     "config": {k: v for k, v in (fc.get("config") or {}).items()
-                                if k in ("quant_mode", "precision", "per_channel", "reduce_range", "quant_format",
-                                         "calibrate_method", "activation_type", "quant_preprocess",
-                                         "execution_mode_list", "opt_level_list", "intra_thread_num_list")},
-                     "metrics": {k: (v.get("value") if isinstance(v, dict) else v) for k, v in metrics.items()}})
+        model = node.get("model_config_data") or node.get("model_config") or {}
+        rows.append({"model_id": mid, "parent": node.get("parent_model_id"), "pass": node.get("from_pass"),
+                     "config": {k: config[k] for k in QUANT_KEYS if k in config},
+                     "failed": bool(model.get("is_pruned")) if isinstance(model, dict) else False,
+                     "metrics": {k: (v.get("value") if isinstance(v, dict) else v) for k, v in metrics.items()},
+                     "goals_met": (node.get("metrics") or {}).get("if_goals_met"),
+                     "pareto": node.get("is_pareto_frontier")})
     return rows
+
+
+def search_steps(log: Path) -> list[dict[str, Any]]:
+    """The steps of Olive's search from its log: the quantization settings of each sampled point (values
+    Olive marks ignored left out) and the error that stopped it, if any."""
+    import re
+
+    if not log.exists():
+        return []
+    steps: list[dict[str, Any]] = []
+    for line in log.read_text(errors="replace").splitlines():
+        m = re.search(r"Step (\d+) with search point SearchPoint\(\d+, (.*)\) \.\.\.$", line)
+        if m:
+            q = re.search(r"quantization\[0\]: \{([^}]*)\}", m.group(2))
+            pairs = re.findall(r"(\w+)\[\d+\]: ([^,]+)", q.group(1) if q else "")
+            steps.append({"step": int(m.group(1)), "error": None,
+                          "settings": {k: v.strip() for k, v in pairs if "IGNORED" not in v and k in QUANT_KEYS}})
+        elif steps and steps[-1]["error"] is None and re.match(r"^(\w+\.)*\w*(Error|Exception)\b", line):
+            steps[-1]["error"] = line[:300]
+    return steps
 
 
 def ops(path: Path) -> dict[str, int]:
@@ -245,12 +270,22 @@ def render_doc(result: dict[str, Any]) -> str:
                   "Olive 0.13.0 bugs that stop a custom-metric search (listed there)."]
     for name, run in olive.get("runs", {}).items():
         lines.append(f"- `{name}`: exit {run['rc']} after {run['seconds'] / 60:.1f} min (log: {run['log']}).")
-    tried_rows = [t for t in olive.get("tried", []) if t.get("pass")]
-    if tried_rows:
-        lines.append(f"- Olive's search measured {len(tried_rows)} pass outputs (footprint.json), e.g.:")
-        for t in tried_rows[:16]:
-            m = {k.split("-")[-1]: round(v, 4) for k, v in t["metrics"].items() if isinstance(v, (int, float))}
-            lines.append(f"  - {t['pass']} {json.dumps(t['config'])}: {json.dumps(m) if m else 'not evaluated'}")
+    quant = [t for t in olive.get("tried", []) if (t.get("pass") or "").lower().endswith("quantization")]
+
+    def measured(settings: dict[str, str]) -> str:
+        for t in quant:
+            if all(str(t["config"].get(k)).lower() == v.lower() for k, v in settings.items() if k in t["config"]):
+                m = {k: round(v, 4) for k, v in t["metrics"].items() if isinstance(v, (int, float))}
+                return json.dumps(m) if m else "not evaluated"
+        return "no footprint node"
+
+    steps = olive.get("steps", [])
+    if steps:
+        lines.append(f"- What Olive's search tried ({len(steps)} steps; search.log, footprint.json; latency as "
+                     "Olive measured it during its niced search, not comparable with the table):")
+        for st in steps:
+            what = f"failed: {st['error'][:160]}" if st["error"] else measured(st["settings"])
+            lines.append(f"  - step {st['step']} {json.dumps(st['settings'])}: {what.replace('|', '/')}")
     lines += [f"- {n}" for n in result.get("notes", [])]
     return "\n".join(lines)
 
@@ -328,7 +363,7 @@ def main() -> int:
     med = lat["median"]
     fid = {k: fidelity(p, prep, args.threads) for k, p in files.items()}
     size = {k: onnx_size_bytes(p) for k, p in files.items()}
-    points = tried(olive_out / "search")
+    points, steps = tried(olive_out / "search"), search_steps(olive_out / "search.log")
     rows = []
     for key, path in files.items():
         speed = med["fp32"] / med[key]
@@ -339,8 +374,8 @@ def main() -> int:
                    "slimkit-int8": "minilm slimkit int8 alone (slimkit.export precision int8, quantize auto)",
                    "slimkit-auto": f"minilm slimkit auto, chosen ({stages})",
                    "olive-auto-opt": "minilm olive auto-opt int8 (conversion, fusion, dynamic int8; no search)",
-                   "olive-search": f"minilm olive search best of {len(points)} footprint nodes "
-                                   "(OnnxQuantization space, TPE)"}[key]
+                   "olive-search": f"minilm olive search output ({len(steps)} TPE steps over OnnxQuantization's "
+                                   "space, goals cosine >= 0.98 and latency)"}[key]
         contrib = sorted({o for o in ops(path) if o.startswith("com.microsoft:")})
         rows.append({"system": system, "variant": variant, "size_bytes": size[key],
                      "latency_ms": {"b8_s128": med[key]}, "quality": fid[key],
@@ -350,7 +385,7 @@ def main() -> int:
     out = {"bench": "olive", "command": command_line(),
            "machine": machine_info(args.threads) | {"shared": True},
            "rows": rows, "olive": {"versions": versions, "runs": runs,
-                                   "tried": points, "ops": {k: ops(p) for k, p in files.items()}},
+                                   "tried": points, "steps": steps, "ops": {k: ops(p) for k, p in files.items()}},
            "latency_rounds_ms": lat["rounds"], "load_average": {"start": load0, "end": os.getloadavg()},
            "notes": ["2 shared CPU cores; latencies are noisy (interleaved rounds, medians), fidelity and bytes "
                      "are not. All files timed in one slimkit process with slimkit.evaluation.latency.ort_latency "
