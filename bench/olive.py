@@ -11,25 +11,29 @@ twice, offline:
 - ``olive run`` on a workflow this script writes, Olive's own search: conversion, transformer optimization,
   ``OnnxQuantization`` with Olive's default search space (dynamic or static, int8/uint8, per-channel,
   reduce-range, calibration method, QOperator/QDQ, ...; static calibration on the 100 calibration
-  sentences), sampled by TPE with two goals: cosine >=
-  0.98 (a custom metric, ``bench/_olive_user.py``) and latency at most 0.4x the fp32 ONNX's (measured here
-  just before). Everything it tried is kept (``footprint.json``), and Olive's log.
+  sentences), sampled by TPE with two goals: cosine >= 0.98 (a custom metric, ``bench/_olive_user.py``)
+  and latency at most 0.4x the fp32 ONNX's (measured here just before). Everything it tried is kept
+  (``footprint.json``), and Olive's log; the JSON lists each step's settings and metrics or error.
 
-Then, in THIS process (slimkit's environment and onnxruntime), the fp32 ONNX, Olive's outputs and slimkit's
-MiniLM artifact (slimkit auto's deployed model when ``--auto-dir`` holds one, else
-``slimkit.export(..., precision="int8")``) are timed in interleaved rounds with the same function as
+Then, in THIS process (slimkit's environment and onnxruntime), the fp32 ONNX, Olive's outputs (auto-opt's, the
+search's output and the search candidate Olive measured fastest at cosine >= 0.98) and slimkit's MiniLM
+artifacts (int8 alone by ``slimkit.export(..., precision="int8")``, and slimkit auto's deployed model when
+``--auto-dir`` holds an auto run) are timed in interleaved rounds with the same function as
 bench/auto.py (``slimkit.evaluation.latency.ort_latency``), and scored on the 200 held-out sentences
 (cosine of the sentence embeddings to the fp32 PyTorch model's) and bytes on disk.
 
     .venv/bin/python bench/olive.py                       # runs Olive, writes bench/results/olive.json
     .venv/bin/python bench/olive.py --olive-out DIR       # reuse Olive's outputs (DIR/auto-opt, DIR/search)
+    .venv/bin/python bench/olive.py --auto-dir RUN        # slimkit auto's artifact from RUN/auto.json too
 
-How to make the Olive environment (docs/benchmarks.md, "Olive"):
+How to make the Olive environment (docs/benchmarks.md, "Olive beside slimkit (MiniLM)"):
 
     python3.11 -m venv /work/olive-venv
     /work/olive-venv/bin/pip install olive-ai==0.13.0 onnxruntime==1.31.1 "transformers<5" requests psutil
 
-Without that environment (and without ``--olive-out``) the script says so, writes nothing and exits 0.
+Without that environment (and without ``--olive-out``), or with an ``--olive-out`` that holds no Olive output,
+the script says so, writes nothing and exits 0. Olive's own latencies (its search) were measured while it ran
+at nice 19; the table's come from this process only.
 """
 
 from __future__ import annotations
