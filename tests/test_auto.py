@@ -78,6 +78,22 @@ def test_without_training_the_space_prunes_post_training():
     assert config["space"]["stages[prune].skip"] == {"choices": [[], ["features.0.0"]]}
     plan = parse_search(config)
     assert {p.path for p in plan.params} >= {"stages", "stages[prune].target_macs", "export.onnx.precision"}
+    assert config["space"]["stages[prune].target_macs"] == {"low": 0.3, "high": 0.95}
+    assert_initial_inside(config)
+    assert [p.get("stages[prune].target_macs") for p in config["initial"]] == [None, 0.92, 0.85]
+
+
+def assert_initial_inside(config: dict) -> None:
+    """Every coarse-start point asks only values the space holds (Optuna warns and samples outside otherwise)."""
+    for point in config["initial"]:
+        for key, value in point.items():
+            dist = config["space"][key]
+            if key == "stages":  # a stage list is asked by its label: passes joined by '+', or 'none'
+                assert value in {"+".join(c) or "none" for c in dist["choices"]}, (key, value)
+            elif "choices" in dist:
+                assert value in dist["choices"], (key, value)
+            else:
+                assert dist["low"] <= value <= dist["high"], (key, value, dist)
 
 
 def test_recovery_epochs_follow_the_budget_and_the_coarse_start_is_asked_first():
@@ -100,6 +116,7 @@ def test_recovery_epochs_follow_the_budget_and_the_coarse_start_is_asked_first()
     config = build_space(base, cfg, profile, labelled=True, name="t")
     assert config["base"]["stages"][0]["prune"]["finetune"]["epochs"] == 3
     assert config["space"]["stages[prune].finetune.epochs"] == {"low": 1, "high": 3}
+    assert_initial_inside(config)
     first = propose(config, 5)
     assert first[0] == {"stages": "none", "export.onnx.precision": "int8"}
     assert [(p["stages"], p.get("stages[prune].target_macs"), p.get("stages[prune].finetune.epochs"),
@@ -141,6 +158,50 @@ def test_finalists_are_retimed_and_the_retimed_speedup_judges(finished):
     best = best_feasible(again)
     assert best is not None and best["feasible"] and best["violations"] == [0.0, 0.0]
     assert all(r.get("retimed") for r in again if r["state"] == "complete")
+
+
+def test_auto_and_its_benchmark_time_the_deployed_file_one_way(finished, monkeypatch):
+    """auto's finalist re-timing and bench/auto.py's columns call the same function
+    (evaluation.latency.ort_compare) with the same latency settings, example inputs, rounds and files: the
+    two can no longer disagree except by noise (no timing: the calls are recorded)."""
+    import importlib.util
+    import sys
+
+    import torch
+
+    import slimkit.evaluation.latency as latency
+    from slimkit.auto.retime import retime
+
+    out, result = finished
+    calls: list[tuple] = []
+
+    def recorded(files, inputs, cfg, *, rounds):
+        calls.append((dict(files), inputs, cfg, rounds))
+        return {k: {"median": 2.0 if k == "fp32" else 1.0, "p90": 0.0, "batch": cfg.batch, "rounds": [1.0],
+                    "cpu_median": 1.0}
+                for k in files}
+
+    monkeypatch.setattr(latency, "ort_compare", recorded)
+    records = json.loads((out / "search.json").read_text())["trials"]
+    base = yaml.safe_load((out / "auto-search.yaml").read_text())["base"]
+    chosen = next(r for r in records if r["number"] == result["chosen"]["number"])
+    rounds = result["settings"]["retime_rounds"]
+    again = retime(out, [chosen], base, margin=0.999, most=1, rounds=rounds)
+    assert again[0]["retimed"]["speedup"] == 2.0
+    bench_dir = Path(__file__).resolve().parents[1] / "bench"
+    monkeypatch.syspath_prepend(str(bench_dir))
+    spec = importlib.util.spec_from_file_location("bench_auto", bench_dir / "auto.py")
+    mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_auto", mod)
+    spec.loader.exec_module(mod)
+    timed = mod.retime(out, result)
+    assert timed["median"] == {"fp32": 2.0, "auto": 1.0}
+    (files_a, xs_a, cfg_a, rounds_a), (files_b, xs_b, cfg_b, rounds_b) = calls
+    tdir = out / chosen["dir"]
+    assert list(files_a.values()) == list(files_b.values()) == [tdir / "baseline.onnx", tdir / "model.onnx"]
+    assert cfg_a == cfg_b and cfg_a.runtime == "onnxruntime" and cfg_a.repeats == SETTINGS["latency_repeats"]
+    assert rounds_a == rounds_b == rounds
+    assert len(xs_a) == len(xs_b) and all(torch.equal(a, b) for a, b in zip(xs_a, xs_b, strict=True))
 
 
 def test_front_is_non_dominated(finished):

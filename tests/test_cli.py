@@ -51,9 +51,11 @@ def test_missing_recipe_file(tmp_path):
 
 
 def test_missing_weights_named(tmp_path):
-    r = slimkit("run", str(write(tmp_path, {**BASE, "model": {"arch": "mlp", "weights": "gone.safetensors"}})),
-                cwd=tmp_path)
-    assert r.returncode == 2 and "gone.safetensors" in r.stderr
+    deep = tmp_path / ("a-long-folder-name-" * 6)  # the whole path, unbroken, even where it is wider than 80 columns
+    deep.mkdir()
+    r = slimkit("run", str(write(deep, {**BASE, "model": {"arch": "mlp", "weights": "gone.safetensors"}})),
+                cwd=deep)
+    assert r.returncode == 2 and str(deep / "gone.safetensors") in r.stderr
 
 
 class _Evil:

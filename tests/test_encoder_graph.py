@@ -84,6 +84,13 @@ def test_optimizer_fuses_attention_without_skip_layernorm(tiny_onnx, tmp_path) -
     full = tmp_path / "full.onnx"
     assert optimize_encoder_onnx(tiny_onnx, full, num_heads=4, hidden_size=32,
                                  skip_layer_norm=True)["SkipLayerNormalization"] == 4
+    # bias_gelu=False: the FFN bias Add stays before Gelu (for int8: the bias folds into the quantized MatMul)
+    plain = tmp_path / "no-bias-gelu.onnx"
+    stats = optimize_encoder_onnx(tiny_onnx, plain, num_heads=4, hidden_size=32, bias_gelu=False)
+    assert stats["Attention"] == 2 and stats["BiasGelu"] == 0 and stats["Gelu"] == 2
+    assert stats == {**optimize_encoder_onnx(tiny_onnx, fused, num_heads=4, hidden_size=32), "BiasGelu": 0, "Gelu": 2}
+    ids, mask = _feeds(3, 40, seed=1)
+    np.testing.assert_allclose(ort_embed(plain, ids, mask), ort_embed(tiny_onnx, ids, mask), rtol=0, atol=1e-4)
 
 
 def test_int8_with_rewrites_keeps_cosine(tiny_onnx, tmp_path) -> None:
@@ -146,7 +153,8 @@ def test_fused_graph_smoothing_and_outliers_exact_then_int8(tiny_onnx, tmp_path)
     assert len(info["smoothed"]) == 6 and len(info["outlier_side_nodes"]) == 4  # 2 layers: up + down each
     assert sum("attention/output/dense" in n for n in info["smoothed"]) == 2
     ops = [n.op_type for n in proto.graph.node]
-    assert ops.count("Attention") == 2 and ops.count("BiasGelu") == 4  # 2 fused + 2 on the side paths
+    # BiasGelu on the 2 side paths only: the FFNs keep MatMul + bias Add + Gelu (the bias folds into the int8 MatMul)
+    assert ops.count("Attention") == 2 and ops.count("BiasGelu") == 2 and ops.count("Gelu") == 2
     onnx.save_model(proto, str(tmp_path / "prepared.onnx"))
     ids, mask = _feeds(6, 30, seed=7)
     np.testing.assert_allclose(ort_embed(tmp_path / "prepared.onnx", ids, mask), ort_embed(tiny_onnx, ids, mask),
@@ -154,6 +162,8 @@ def test_fused_graph_smoothing_and_outliers_exact_then_int8(tiny_onnx, tmp_path)
     res = quantize_encoder_int8(tiny_onnx, tmp_path / "int8.onnx", calibration=calib, config=cfg)
     q_ops = [n.op_type for n in onnx.load(str(res["artifact"])).graph.node]
     assert q_ops.count("QAttention") == 2 and "QEmbedLayerNormalization" in q_ops
+    run = _session_ops(res["artifact"])  # what onnxruntime runs: the FFN biases inside DynamicQuantizeMatMul
+    assert run.get("Gelu") == 2 and run.get("BiasGelu") == 2 and run.get("DynamicQuantizeMatMul") == 6
     fid = cosine_stats(ort_embed(res["artifact"], ids, mask), ort_embed(tiny_onnx, ids, mask))
     assert fid["cosine"] >= 0.99 and fid["cosine_min"] >= 0.98, fid
 
@@ -174,7 +184,7 @@ def test_outlier_paths_selected_per_layer_by_measured_fidelity(tiny_onnx, tmp_pa
     sel = res["outlier_selection"]
     assert len(sel["without"]) == 2 and sel["kept"] == [] and res["outlier_side_nodes"] == []
     assert [s["dropped"] for s in sel["steps"]] == [True, True]
-    assert [n.op_type for n in onnx.load(str(res["artifact"])).graph.node].count("BiasGelu") == 2  # FFNs only
+    assert [n.op_type for n in onnx.load(str(res["artifact"])).graph.node].count("BiasGelu") == 0  # no side path
     smooth = res["smoothing_selection"]  # then the smoothing Mul of each group (packed QKV, FFN input): all go
     assert len(smooth["without"]) == 4 and smooth["kept"] == [] and [s["dropped"] for s in smooth["steps"]] == [True] * 4
     assert not [n for n in onnx.load(str(res["artifact"])).graph.node if n.name.endswith("_SmoothMul")]

@@ -13,7 +13,7 @@ from slimkit.analysis.figures import figure, png_bytes
 from slimkit.context import eval_mode
 from slimkit.errors import DataError, RecipeError
 from slimkit.evaluation.agreement import argmax_agreement, row_cosine
-from slimkit.evaluation.latency import cpu_flags, cpu_has_vnni, paired_latency
+from slimkit.evaluation.latency import cpu_flags, cpu_has_vnni, ort_compare, paired_latency
 
 
 def test_paired_latency_alternates_and_takes_the_median_round() -> None:
@@ -36,6 +36,41 @@ def test_paired_latency_alternates_and_takes_the_median_round() -> None:
     assert ra["median"] == 2.0 and rb["median"] == 20.0
     with pytest.raises(ValueError):
         paired_latency(a, b, rounds=0)
+
+
+def test_ort_compare_alternates_calls_one_by_one(monkeypatch) -> None:
+    """Each file: one session, warmed up, then its calls alternate with the other files' call by call, the
+    order reversed every other time; per-round medians, p90 of all calls, CPU time recorded (no timing)."""
+    import types
+
+    import slimkit.evaluation.latency as latency
+    from slimkit.config.recipe import LatencyConfig
+
+    calls: list[str] = []
+    opened: list[tuple] = []
+
+    class Session:
+        def __init__(self, path, threads, spinning=True):
+            self.name = str(path)
+            opened.append((self.name, threads, spinning))
+
+        def get_inputs(self):
+            return [types.SimpleNamespace(name="x", type="tensor(float)")]
+
+        def run(self, _, feed):
+            assert feed["x"].shape == (4, 3)
+            calls.append(self.name)
+
+    monkeypatch.setattr(latency, "ort_session", Session)
+    cfg = LatencyConfig(batch=4, warmup=1, repeats=2, threads=1, runtime="onnxruntime")
+    got = ort_compare({"a": "A", "b": "B"}, (torch.zeros(1, 3),), cfg, rounds=3)
+    assert opened == [("A", 1, False), ("B", 1, False)]
+    assert "".join(calls) == "AB" + "ABBA" * 3  # warm-up, then A B, B A, ... over the rounds
+    for r in got.values():
+        assert len(r["rounds"]) == 3 and r["batch"] == 4 and r["runtime"] == "onnxruntime"
+        assert r["median"] == sorted(r["rounds"])[1] and r["cpu_median"] >= 0 and r["p90"] >= min(r["rounds"])
+    with pytest.raises(Exception, match="rounds"):
+        ort_compare({"a": "A"}, (torch.zeros(1, 3),), cfg, rounds=0)
 
 
 def test_agreement() -> None:

@@ -196,3 +196,15 @@ def test_qscheme_conventions_for_exporters() -> None:
     codes = qs.quantize(w, wfq.scale, wfq.zero_point, wfq.qmin, wfq.qmax, axis=0)
     assert codes.dtype == torch.int8
     assert torch.allclose(qs.dequantize(codes, wfq.scale, wfq.zero_point, axis=0), q.fc1.quantized_weight())
+
+
+def test_state_nbytes_counts_what_a_tensor_subclass_stores():
+    """torchao's Int8Tensor says dtype float32; its bytes are the int8 data and the scales it holds."""
+    m = nn.Sequential(nn.Linear(64, 32))
+    assert state_nbytes(m.state_dict()) == (64 * 32 + 32) * 4
+    sk.quantize_(m, sk.DynamicConfig())
+    w = m[0].weight
+    if not hasattr(w, "__tensor_flatten__"):
+        pytest.skip("torch.ao fallback: the weights are packed params, not a state-dict tensor subclass")
+    total = state_nbytes(m.state_dict())  # int8 data (2 KiB) + per-row scales + the fp32 bias; fp32 was 8 KiB + bias
+    assert 64 * 32 + 32 * 4 + 32 * 4 <= total < 64 * 32 * 2

@@ -5,8 +5,9 @@ while the machine may be busy; a point a few percent short of ``min_speedup`` ca
 under load, and a point just above it can be the reverse. After the search, every finished trial that meets
 every other constraint and whose in-search speedup is at least ``(1 - retime_margin)`` of the limit is a
 finalist (the fastest ``retime_max`` of them): its deployed artifact and the fp32 baseline are timed again,
-alternately, ``retime_rounds`` rounds (:func:`slimkit.evaluation.latency.paired_latency`), and the re-timed
-speedup decides ``min_speedup``, the trial's feasibility and which feasible trial is chosen.
+alternately, ``retime_rounds`` rounds (:func:`time_deployed`, i.e. :func:`slimkit.evaluation.latency.ort_compare`
+with the search's latency settings; bench/auto.py times its columns the same way), and the re-timed speedup
+decides ``min_speedup``, the trial's feasibility and which feasible trial is chosen.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import json
 import logging
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from slimkit.errors import SlimkitError
 from slimkit.search.trial import violations
@@ -43,28 +46,57 @@ def finalists(records: list[dict[str, Any]], margin: float, most: int) -> list[d
     return sorted(out, key=lambda r: -float(_row(r)["value"]))[:most]  # type: ignore[index]
 
 
-def _measure(out: Path, record: dict[str, Any], base: dict[str, Any], rounds: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(baseline, artifact) latency records of one trial, measured alternately in this process."""
+def _recipe(base: dict[str, Any]) -> Any:
     from slimkit.config.recipe import parse_recipe
-    from slimkit.evaluation.latency import ort_latency, paired_latency, torch_latency
 
     recipe = parse_recipe(base, source="auto-search.yaml base")  # as a trial reads it (data defaults filled)
-    lat = recipe.evaluate.latency
-    assert lat is not None
-    tdir = out / record["dir"]
-    if lat.runtime == "onnxruntime":
-        from slimkit.data import load_data
+    assert recipe.evaluate.latency is not None
+    return recipe
 
-        report = json.loads((tdir / "report.json").read_text())
-        onnx = next(e for e in report["exports"] if e.get("format") == "onnx")
-        xs = load_data(recipe.data).example_inputs
-        base_onnx, artifact = tdir / "baseline.onnx", tdir / onnx["artifact"]
-        return paired_latency(lambda: ort_latency(base_onnx, xs, lat), lambda: ort_latency(artifact, xs, lat),
-                              rounds=rounds)
+
+def deployed_timing(base: dict[str, Any]) -> tuple[Any, Any]:
+    """(LatencyConfig, example inputs) of an auto run's latency: the search base's ``evaluate.latency`` and
+    its data's example inputs, as a trial reads them (data defaults filled)."""
+    from slimkit.data import load_data
+
+    recipe = _recipe(base)
+    return recipe.evaluate.latency, load_data(recipe.data).example_inputs
+
+
+def time_deployed(out: Path, files: dict[str, Path], *, rounds: int, base: dict[str, Any] | None = None
+                  ) -> dict[str, dict[str, Any]]:
+    """ONNX ``files`` of an auto run in ``out`` timed as auto re-times its finalists: the search's latency
+    settings and example inputs (:func:`deployed_timing`), interleaved in ``rounds`` rounds
+    (:func:`slimkit.evaluation.latency.ort_compare`). bench/auto.py times its rows through this too, so auto's
+    verdict and the benchmark's column are one measurement procedure. ``base``: the search base recipe
+    (default: read from ``out/auto-search.yaml``)."""
+    from slimkit.evaluation.latency import ort_compare
+
+    if base is None:
+        base = yaml.safe_load((out / "auto-search.yaml").read_text())["base"]
+    lat, xs = deployed_timing(base)
+    return ort_compare(files, xs, lat, rounds=rounds)
+
+
+def deployed_files(out: Path, record: dict[str, Any]) -> dict[str, Path]:
+    """``{"fp32": baseline.onnx, "artifact": the trial's deployed ONNX}`` of a finished onnxruntime trial."""
+    tdir = out / record["dir"]
+    report = json.loads((tdir / "report.json").read_text())
+    onnx = next(e for e in report["exports"] if e.get("format") == "onnx")
+    return {"fp32": tdir / "baseline.onnx", "artifact": tdir / onnx["artifact"]}
+
+
+def _measure(out: Path, record: dict[str, Any], base: dict[str, Any], rounds: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(baseline, artifact) latency records of one trial, measured alternately in this process."""
+    if (base["evaluate"].get("latency") or {}).get("runtime") == "onnxruntime":
+        timed = time_deployed(out, deployed_files(out, record), rounds=rounds, base=base)
+        return timed["fp32"], timed["artifact"]
+    from slimkit.evaluation.latency import paired_latency, torch_latency
     from slimkit.pipeline.artifacts import load_saved
 
+    lat = _recipe(base).evaluate.latency
     baseline, xs = load_saved(out / "baseline", "baseline")
-    final, _ = load_saved(tdir, "final")
+    final, _ = load_saved(out / record["dir"], "final")
     return paired_latency(lambda: torch_latency(baseline.eval(), xs, lat), lambda: torch_latency(final.eval(), xs, lat),
                           rounds=rounds)
 
@@ -112,4 +144,4 @@ def best_feasible(records: list[dict[str, Any]]) -> dict[str, Any] | None:
     return max(ok, key=lambda r: (r["retimed"]["speedup"], -r["number"])) if ok else None
 
 
-__all__ = ["best_feasible", "finalists", "retime"]
+__all__ = ["best_feasible", "deployed_files", "deployed_timing", "finalists", "retime", "time_deployed"]

@@ -214,12 +214,13 @@ def _os_error(exc: OSError) -> str | None:
 def main() -> None:
     """Console entry point: typer app with typed errors turned into exit codes. Never exits 0 after a
     failure or an interruption (Ctrl-C: 130 and how to resume)."""
+    # errors print with soft_wrap: a long path is never broken across lines (it stays copyable)
     try:
         rv = app(standalone_mode=False)
     except SlimkitError as exc:
         if _state["verbose"]:
             traceback.print_exc()
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         _interrupted()
@@ -236,7 +237,7 @@ def main() -> None:
             traceback.print_exc()
         fs = _os_error(exc) if isinstance(exc, OSError) else None
         if fs is not None:
-            err_console.print(f"[bold red]error:[/] {escape(fs)}", highlight=False)
+            err_console.print(f"[bold red]error:[/] {escape(fs)}", highlight=False, soft_wrap=True)
             sys.exit(2)
         if isinstance(exc, (RecursionError, MemoryError)):
             err_console.print(f"[bold red]error:[/] the input is too large or too deeply nested "
@@ -244,7 +245,7 @@ def main() -> None:
             sys.exit(2)
         err_console.print(f"[bold red]internal error[/] ({type(exc).__name__}): {escape(str(exc))}\n"
                           "This is a bug in slimkit; run with --verbose for the traceback and report it.",
-                          highlight=False)
+                          highlight=False, soft_wrap=True)
         sys.exit(1)
     # under standalone_mode=False typer *returns* exit codes: 130 for a KeyboardInterrupt inside a
     # command, N for typer.Exit(N); never let them turn into 0

@@ -11,7 +11,7 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -22,7 +22,8 @@ from slimkit.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["batched", "cpu_flags", "cpu_has_vnni", "environment", "measure_latency", "ort_latency", "paired_latency", "throughput", "torch_latency"]
+__all__ = ["batched", "cpu_flags", "cpu_has_vnni", "environment", "measure_latency", "ort_compare",
+           "ort_latency", "paired_latency", "throughput", "torch_latency"]
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
@@ -85,6 +86,54 @@ def _cuda_times(fn: Callable[[], Any], repeats: int, device: torch.device) -> li
             end.synchronize()  # one call at a time: the next call does not overlap this one
             pairs.append((start, end))
         return [float(s.elapsed_time(e)) for s, e in pairs]
+
+
+def cuda_graph(fn: Callable[[], Any], device: torch.device | str, warmup: int = 3) -> Callable[[], Any]:
+    """``fn`` captured once in a CUDA graph; the returned callable replays it. The replay reads and writes the
+    same tensors every call (what CUDA graphs require): ``fn`` must use fixed inputs, as a latency closure does.
+    Raises RuntimeError (or what torch raises) where ``fn`` cannot be captured, e.g. a host synchronization."""
+    dev = torch.device(device)
+    side = torch.cuda.Stream(device=dev)
+    side.wait_stream(torch.cuda.current_stream(dev))
+    with torch.cuda.stream(side):  # warm-up off the capture stream, as torch.cuda.graphs asks
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream(dev).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay
+
+
+def cuda_latency_forms(fn: Callable[[], Any], *, warmup: int = 10, repeats: int = 30, batch: int = 1,
+                       device: torch.device | str = "cuda") -> dict[str, Any]:
+    """:func:`measure_latency` of ``fn`` on CUDA in each of its forms, eager (one launch per kernel from
+    Python) and replayed as a CUDA graph (:func:`cuda_graph`): the fastest form's record, with ``"form"``,
+    ``"forms": {"eager": ms, "cuda-graph": ms or None}`` and ``"graph_error"`` where capture failed."""
+    eager = measure_latency(fn, warmup=warmup, repeats=repeats, batch=batch, runtime="torch-cuda", device=device)
+    forms: dict[str, float | None] = {"eager": eager["median"], "cuda-graph": None}
+    best, form, error = eager, "eager", None
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")  # a call that syncs with the host cannot be captured: try it first,
+    try:  # since a failed capture leaves torch's CUDA generator unusable in this process
+        fn()
+    except RuntimeError as exc:
+        error = f"not captured: the call synchronizes with the host ({str(exc)[:160]})"
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+    if error is None:
+        try:
+            replay = cuda_graph(fn, device)
+        except Exception as exc:  # noqa: BLE001 - not capturable: the eager form is the only one
+            error = f"{type(exc).__name__}: {str(exc)[:200]}"
+    if error is None:
+        graphed = measure_latency(replay, warmup=warmup, repeats=repeats, batch=batch, runtime="torch-cuda",
+                                  device=device)
+        forms["cuda-graph"] = graphed["median"]
+        if graphed["median"] < eager["median"]:
+            best, form = graphed, "cuda-graph"
+    out = {**best, "form": form, "forms": forms}
+    return {**out, "graph_error": error} if error else out
 
 
 def throughput(latency: dict[str, Any] | None) -> float | None:
@@ -241,3 +290,47 @@ def ort_latency(onnx_path: str | os.PathLike[str], inputs: Any, cfg: LatencyConf
     return measure_latency(lambda: session.run(None, feed), warmup=cfg.warmup, repeats=cfg.repeats,
                            batch=cfg.batch, runtime="onnxruntime", threads=cfg.threads)
 
+
+
+def ort_compare(files: Mapping[str, str | os.PathLike[str]], inputs: Any, cfg: LatencyConfig, *,
+                rounds: int) -> dict[str, dict[str, Any]]:
+    """The one way slimkit compares ONNX files' latency (an artifact against its fp32 baseline: a run's
+    deployed numbers, int8 against fp32 at export, auto's finalist re-timing, bench/auto.py's columns).
+
+    Each file gets one session (:func:`ort_session`, ``cfg.threads`` intra-op threads, idle threads not
+    spinning so one session's pool cannot steal the cores of the next) and ``cfg.warmup`` untimed calls
+    on ``inputs`` repeated to ``cfg.batch``; then ``rounds`` rounds of ``cfg.repeats`` calls per file, the
+    files' calls alternating one by one with the order reversed every other time (A B, B A, A B, ...), so a
+    change of the machine's load between two calls hits every file alike (timing each file in blocks of
+    whole seconds let the load of one block decide a ratio: docs/auto.md, "Why two timings of one file
+    disagreed"). Returns per name ``{"median"`` (of the rounds' medians),
+    ``"p90"`` (of all calls), ``"batch", "runtime", "rounds"`` (each round's median), ``"cpu_median"}``: the
+    median process CPU time of a call, which leaves out the time another process held the core."""
+    if rounds < 1 or cfg.repeats < 1:
+        raise ConfigError(f"ort_compare needs rounds >= 1 and repeats >= 1 (got {rounds}, {cfg.repeats}).")
+    names = list(files)
+    sessions = {n: ort_session(files[n], cfg.threads, spinning=False) for n in names}
+    feeds = {n: ort_feed(sessions[n], batched(inputs, cfg.batch)) for n in names}
+    for n in names:
+        for _ in range(cfg.warmup):
+            sessions[n].run(None, feeds[n])
+    wall: dict[str, list[list[float]]] = {n: [[] for _ in range(rounds)] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}
+    step = 0
+    for r in range(rounds):
+        for _ in range(cfg.repeats):
+            for n in (names if step % 2 == 0 else names[::-1]):
+                w0, c0 = time.perf_counter(), time.process_time()
+                sessions[n].run(None, feeds[n])
+                wall[n][r].append((time.perf_counter() - w0) * 1e3)
+                cpu[n].append((time.process_time() - c0) * 1e3)
+            step += 1
+
+    def record(n: str) -> dict[str, Any]:
+        medians = [float(statistics.median(x)) for x in wall[n]]
+        calls = sorted(t for x in wall[n] for t in x)
+        return {"median": float(statistics.median(medians)), "p90": float(_percentile(calls, 0.9)),
+                "batch": int(cfg.batch), "runtime": "onnxruntime", "rounds": medians,
+                "cpu_median": float(statistics.median(cpu[n]))}
+
+    return {n: record(n) for n in names}

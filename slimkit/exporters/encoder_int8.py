@@ -191,7 +191,8 @@ def _base_graph(src: Path, batches: Sequence[Any], config: EncoderInt8Config, wo
 
     if config.fuse_attention_heads:  # onnxruntime's fused Attention/EmbedLayerNormalization/BiasGelu graph
         hidden = next(iter(weight_matmuls(load_onnx(src)).values()))[1].dims[0]
-        optimize_encoder_onnx(src, work / "fused.onnx", num_heads=config.fuse_attention_heads, hidden_size=hidden)
+        optimize_encoder_onnx(src, work / "fused.onnx", num_heads=config.fuse_attention_heads, hidden_size=hidden,
+                              bias_gelu=False)
         src = work / "fused.onnx"
     proto = load_onnx(src)
     fold = bool(config.fuse_attention_heads) if config.fold_token_types is None else config.fold_token_types

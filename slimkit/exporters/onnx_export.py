@@ -60,7 +60,9 @@ def prepare_for_export(model: nn.Module, example_inputs: Any, precision: str = "
 
 
 def _param_bytes(model: nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    from slimkit.passes.quantize.packing import tensor_nbytes
+
+    return sum(tensor_nbytes(t) for t in [*model.parameters(), *model.buffers()])
 
 
 def _where(exc: BaseException) -> str:

@@ -90,14 +90,6 @@ def _has_conv(model: nn.Module) -> bool:
 
 
 # ------------------------------------------------------------------------------------------- export entry
-def _paired_ort_latency(a: Path, b: Path, inputs: tuple[torch.Tensor, ...], cfg: Any,
-                        rounds: int = 3) -> tuple[dict[str, Any], dict[str, Any]]:
-    """onnxruntime latency of two files, alternated in this process (evaluation.latency.paired_latency)."""
-    from slimkit.evaluation.latency import ort_latency, paired_latency
-
-    return paired_latency(lambda: ort_latency(a, inputs, cfg), lambda: ort_latency(b, inputs, cfg), rounds=rounds)
-
-
 def _speed_note(ratio: float | None, vnni: bool | None, route: str, has_conv: bool) -> str:
     if ratio is None:
         return "latency not measured (the recipe has no evaluate.latency section)."
@@ -168,7 +160,10 @@ def export_quantized_onnx(model: nn.Module, path: str | Path, *, example_inputs:
     fp32_bytes = onnx_size_bytes(fp32_path)
     lat = lat32 = None
     if latency is not None:
-        lat, lat32 = _paired_ort_latency(path, fp32_path, example_inputs, latency)
+        from slimkit.evaluation.latency import ort_compare
+
+        timed = ort_compare({"int8": path, "fp32": fp32_path}, example_inputs, latency, rounds=3)
+        lat, lat32 = timed["int8"], timed["fp32"]
     ratio = (lat32["median"] / lat["median"]) if lat and lat32 and lat["median"] > 0 else None
     size = onnx_size_bytes(path)
     note = _speed_note(ratio, vnni, route, _has_conv(floating))

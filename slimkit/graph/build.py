@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from slimkit.config.layers import LayerFilterFn, is_skipped
-from slimkit.context import eval_mode
+from slimkit.context import eval_mode, model_device
 from slimkit.errors import GraphError
 from slimkit.graph.core import FIXED, DependencyGraph, Member, SlotTable, build_groups
 from slimkit.graph.labels import varying_dims
@@ -64,6 +64,8 @@ def build_dependency_graph(model: nn.Module, example_inputs: tuple[Any, ...], *,
 
     if not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
+    device = model_device(model)  # recipes give CPU example inputs; the model may live on CUDA
+    example_inputs = tuple(x.to(device) if isinstance(x, torch.Tensor) else x for x in example_inputs)
     with eval_mode(model), torch.no_grad():
         if hf.is_bert_like(model):
             return hf.build_bert_graph(model, example_inputs, skip=skip, filter_fn=filter_fn)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
-from slimkit.context import eval_mode
+from slimkit.context import eval_mode, model_device
 from slimkit.errors import GraphError
 from slimkit.graph.attention import PrunedMultiheadAttention
 from slimkit.graph.core import DependencyGraph
@@ -174,7 +174,8 @@ def _shapes(out: Any) -> list[tuple[int, ...]]:
 
 
 def _call(model: nn.Module, inputs: tuple[Any, ...]) -> Any:
-    out = model(*inputs)
+    device = model_device(model)
+    out = model(*(x.to(device) if isinstance(x, torch.Tensor) else x for x in inputs))
     if hasattr(out, "to_tuple"):
         out = out.to_tuple()
     return out

@@ -1,7 +1,7 @@
 """A run's final numbers measured on the deployed artifact: ``evaluate.latency.runtime: onnxruntime``.
 
 The baseline is exported to ``baseline.onnx`` (fp32) beside the run's ``model.onnx``; both are timed in
-onnxruntime alternately in this process (:func:`slimkit.evaluation.latency.paired_latency`), and the
+onnxruntime alternately in this process (:func:`slimkit.evaluation.latency.ort_compare`), and the
 artifact's accuracy, F1 and fidelity are measured by running the ONNX file itself, so int8 rounding done
 at export counts against the constraints like any other change."""
 
@@ -21,7 +21,7 @@ def deployed_metrics(run_dir: Path, recipe: Any, bundle: Any, baseline_model: nn
     """Return (baseline, final) METRICS with accuracy, f1, fidelity, size_bytes, artifact, latency_ms and
     throughput taken from the ONNX files in onnxruntime (params and MACs stay the PyTorch model's)."""
     from slimkit.evaluation import evaluate_model
-    from slimkit.evaluation.latency import ort_latency, paired_latency, throughput
+    from slimkit.evaluation.latency import ort_compare, throughput
     from slimkit.exporters import export_model
 
     onnx = next((e for e in exports if e.get("format") == "onnx"), None)
@@ -42,7 +42,8 @@ def deployed_metrics(run_dir: Path, recipe: Any, bundle: Any, baseline_model: nn
                        artifact=artifact, run_dir=run_dir, reference=reference,
                        fidelity_loader=loader if reference is not None else None)
     lat, xs = recipe.evaluate.latency, bundle.example_inputs
-    b_lat, f_lat = paired_latency(lambda: ort_latency(base_onnx, xs, lat), lambda: ort_latency(artifact, xs, lat))
+    timed = ort_compare({"fp32": base_onnx, "artifact": artifact}, xs, lat, rounds=3)
+    b_lat, f_lat = timed["fp32"], timed["artifact"]
     baseline, final = dict(baseline), dict(final)
     keys = ("accuracy", "f1", "size_bytes", "artifact")
     baseline.update({k: b[k] for k in keys}, latency_ms=b_lat, throughput=throughput(b_lat))

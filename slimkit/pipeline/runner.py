@@ -20,6 +20,7 @@ from slimkit.config.tracking import TrackingConfig
 from slimkit.context import PassContext, resolve_device
 from slimkit.errors import DivergenceError, ModelLoadError, RecipeError, RunError
 from slimkit.evaluation.latency import environment
+from slimkit.passes.quantize.packing import state_nbytes
 from slimkit.pipeline.constraints import check_constraints, choose_delivery, verdict
 from slimkit.pipeline.state import RunLock, RunState, recipe_hash
 from slimkit.progress import track
@@ -272,7 +273,7 @@ def _run_locked(r: Recipe, run_dir: Path, *, resume: bool, need: dict[str, int])
     run.build = lambda: build_model(r.model, input_shape=run.bundle.input_shape, num_classes=run.bundle.num_classes,
                                     seed=r.seed).to(run.device)
     baseline_model = _baseline(run, state)
-    need["bytes"] = sum(t.numel() * t.element_size() for t in baseline_model.state_dict().values())
+    need["bytes"] = state_nbytes(baseline_model.state_dict())
     baseline_metrics = dict(state.data["baseline"])
     teacher = copy.deepcopy(baseline_model).eval()
     run.reference = teacher

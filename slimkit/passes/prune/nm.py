@@ -18,7 +18,7 @@ from slimkit.config.layers import is_skipped
 from slimkit.config.structured import NMSparsityConfig
 from slimkit.context import PassContext
 from slimkit.errors import ConfigError
-from slimkit.evaluation.latency import measure_latency
+from slimkit.evaluation.latency import cuda_latency_forms
 from slimkit.registry import register_pass
 
 log = logging.getLogger(__name__)
@@ -80,8 +80,11 @@ def nm_sparsify(model: nn.Module, cfg: NMSparsityConfig, ctx: PassContext) -> nn
 
 
 def gpu_speed_check(in_features: int = 4096, out_features: int = 4096, batch: int = 4096, *,
-                    repeats: int = 50) -> dict[str, Any]:
-    """Time a 2:4-sparse fp16 Linear against the dense one on CUDA. Returns timings and the speed-up, or
+                    repeats: int = 50, backends: tuple[str, ...] = ("cutlass", "cusparselt")) -> dict[str, Any]:
+    """Time a 2:4-sparse fp16 Linear against the dense one on CUDA, each in its fastest form (eager or CUDA
+    graph, :func:`slimkit.evaluation.latency.cuda_latency_forms`), with each semi-structured backend of
+    ``torch.sparse`` (CUTLASS, cuSPARSELt). Returns the dense time, each backend's time or why it failed
+    (``backends``), and the best backend's ``sparse_ms``, ``speedup`` and ``max_abs_diff``; or
     ``{"skipped": reason}`` when no suitable GPU or kernel is available."""
     if not torch.cuda.is_available():
         return {"skipped": "no CUDA device: 2:4 sparse kernels need an NVIDIA GPU (Ampere or newer)"}
@@ -89,25 +92,37 @@ def gpu_speed_check(in_features: int = 4096, out_features: int = 4096, batch: in
     if major < 8:
         return {"skipped": f"compute capability {major}.x < 8.0: no sparse tensor cores"}
     try:
-        from torch.sparse import to_sparse_semi_structured
+        from torch.sparse import SparseSemiStructuredTensorCUSPARSELT, SparseSemiStructuredTensorCUTLASS
     except ImportError as exc:  # pragma: no cover
-        return {"skipped": f"torch.sparse.to_sparse_semi_structured unavailable: {exc}"}
+        return {"skipped": f"torch.sparse semi-structured tensors unavailable: {exc}"}
+    classes = {"cutlass": SparseSemiStructuredTensorCUTLASS, "cusparselt": SparseSemiStructuredTensorCUSPARSELT}
     dev = torch.device("cuda")
     w = torch.randn(out_features, in_features, device=dev, dtype=torch.float16)
     w = w * nm_mask(w, 2, 4)
     x = torch.randn(batch, in_features, device=dev, dtype=torch.float16)
 
-    def bench(fn: Any) -> float:
-        return measure_latency(fn, warmup=10, repeats=repeats, batch=batch, runtime="torch-cuda",
-                               device=dev)["median"]
+    def bench(fn: Any) -> dict[str, Any]:
+        return cuda_latency_forms(fn, warmup=10, repeats=repeats, batch=batch, device=dev)
 
-    dense_ms = bench(lambda: torch.nn.functional.linear(x, w))
-    try:
-        ws = to_sparse_semi_structured(w)
-        out_sparse = torch.nn.functional.linear(x, ws)
-        sparse_ms = bench(lambda: torch.nn.functional.linear(x, ws))
-    except Exception as exc:  # kernels missing for this build/device
-        return {"skipped": f"semi-structured kernel failed: {type(exc).__name__}: {exc}", "dense_ms": dense_ms}
-    err = float((out_sparse - torch.nn.functional.linear(x, w)).abs().max())
-    return {"device": torch.cuda.get_device_name(), "shape": [batch, in_features, out_features],
-            "dense_ms": dense_ms, "sparse_ms": sparse_ms, "speedup": dense_ms / sparse_ms, "max_abs_diff": err}
+    dense = bench(lambda: torch.nn.functional.linear(x, w))
+    ref = torch.nn.functional.linear(x, w)
+    results: dict[str, Any] = {}
+    for name in backends:
+        try:
+            ws = classes[name].from_dense(w)
+            err = float((torch.nn.functional.linear(x, ws) - ref).abs().max())
+            t = bench(lambda ws=ws: torch.nn.functional.linear(x, ws))
+        except Exception as exc:  # noqa: BLE001 - kernels missing for this build/device: a result
+            results[name] = {"skipped": f"{type(exc).__name__}: {str(exc)[:200]}"}
+            continue
+        results[name] = {"sparse_ms": t["median"], "form": t["form"], "speedup": dense["median"] / t["median"],
+                         "max_abs_diff": err}
+    ok = {k: v for k, v in results.items() if "sparse_ms" in v}
+    out: dict[str, Any] = {"device": torch.cuda.get_device_name(), "shape": [batch, in_features, out_features],
+                           "dense_ms": dense["median"], "dense_form": dense["form"], "backends": results}
+    if not ok:
+        return {**out, "skipped": "semi-structured kernels failed: " + "; ".join(
+            f"{k}: {v['skipped']}" for k, v in results.items())}
+    best = min(ok, key=lambda k: ok[k]["sparse_ms"])
+    return {**out, "backend": best, "sparse_ms": ok[best]["sparse_ms"], "speedup": ok[best]["speedup"],
+            "max_abs_diff": ok[best]["max_abs_diff"]}

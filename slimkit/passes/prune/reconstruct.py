@@ -294,7 +294,7 @@ class _Paired(nn.Module):
                 z = torch.cat([got["cur"][name], got["ref"][name]], -1)
                 probe = self.probes.get(name)
                 if probe is None:
-                    probe = self.probes[name] = nn.Linear(z.shape[-1], 1, bias=False)
+                    probe = self.probes[name] = nn.Linear(z.shape[-1], 1, bias=False, device=z.device)
                 probe(z)
 
 

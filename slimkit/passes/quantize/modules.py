@@ -115,6 +115,10 @@ def wrap_layers(model: nn.Module, layers: list[tuple[str, nn.Module]],
     for name, layer in layers:
         if id(layer) not in done:
             wfq, ifq = make(name, layer)
+            device = layer.weight.device  # quantizers are made on CPU: they live where the layer lives
+            for fq in (wfq, ifq):
+                if fq is not None:
+                    fq.to(device)
             done[id(layer)] = wrapper_class(layer)(layer, wfq, ifq)
         model.set_submodule(name, done[id(layer)])
         out[name] = done[id(layer)]

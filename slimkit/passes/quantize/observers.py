@@ -184,7 +184,7 @@ class EntropyObserver(HistogramObserver):
 
     def range(self) -> tuple[torch.Tensor, torch.Tensor]:
         half = self.bins // 2
-        absh = (self.hist[half:] + self.hist[:half].flip(0)).numpy()
+        absh = (self.hist[half:] + self.hist[:half].flip(0)).cpu().numpy()
         r = float(self.bound)
         t = _kl_threshold(absh, (self.qmax - self.qmin + 1) // 2) * r / half
         lo = max(-t, float(self.min_val))

@@ -164,5 +164,15 @@ def unpack_state_dict(sd: dict[str, torch.Tensor], meta: dict[str, dict[str, Any
 
 
 def state_nbytes(sd: dict[str, torch.Tensor]) -> int:
-    """Total tensor bytes of a state dict."""
-    return sum(t.numel() * t.element_size() for t in sd.values())
+    """Total tensor bytes of a state dict. A wrapper tensor subclass (torchao's ``Int8Tensor``, whose ``dtype``
+    says float32) counts the bytes of the tensors it holds (``__tensor_flatten__``), not its nominal dtype."""
+    return sum(tensor_nbytes(t) for t in sd.values())
+
+
+def tensor_nbytes(t: torch.Tensor) -> int:
+    """Bytes a tensor stores: its inner tensors' for a wrapper subclass, else ``numel * element_size``."""
+    flatten = getattr(t, "__tensor_flatten__", None)
+    if flatten is not None:
+        names, _ = flatten()
+        return sum(tensor_nbytes(getattr(t, n)) for n in names if isinstance(getattr(t, n, None), torch.Tensor))
+    return t.numel() * t.element_size()
