@@ -18,8 +18,8 @@ twice, offline:
 Then, in THIS process (slimkit's environment and onnxruntime), the fp32 ONNX, Olive's outputs (auto-opt's, the
 search's output and the search candidate Olive measured fastest at cosine >= 0.98) and slimkit's MiniLM
 artifacts (int8 alone by ``slimkit.export(..., precision="int8")``, and slimkit auto's deployed model when
-``--auto-dir`` holds an auto run) are timed in interleaved rounds with the same function as
-bench/auto.py (``slimkit.evaluation.latency.ort_latency``), and scored on the 200 held-out sentences
+``--auto-dir`` holds an auto run) are timed with the function bench/auto.py and slimkit auto use
+(``slimkit.evaluation.latency.ort_compare``: calls alternated one by one over rounds, and CPU time per call), and scored on the 200 held-out sentences
 (cosine of the sentence embeddings to the fp32 PyTorch model's) and bytes on disk.
 
     .venv/bin/python bench/olive.py                       # runs Olive, writes bench/results/olive.json
@@ -367,21 +367,25 @@ def main() -> int:
     fastest = min(ok, key=lambda t: t["metrics"].get("latency-avg") or float("inf"), default=None)
     if fastest is not None:
         files["olive-fastest"] = Path(fastest["model_path"])
-    from auto import retime
-
     from slimkit.exporters.onnx_int8 import onnx_size_bytes
 
     ex = prep["example"]
     import torch
 
     example = (*ex, torch.zeros_like(ex[0]))  # token_type_ids for Olive's graphs (slimkit's take the first two)
-    lat = retime(files, example, BATCH, args.threads, args.rounds, args.repeats)
-    med = lat["median"]
+    from slimkit.config.recipe import LatencyConfig
+    from slimkit.evaluation.latency import ort_compare
+
+    lat = ort_compare(files, example, LatencyConfig(batch=BATCH, warmup=5, repeats=args.repeats, threads=args.threads),
+                      rounds=args.rounds)
+    med = {k: round(v["median"], 3) for k, v in lat.items()}
+    cpu = {k: v.get("cpu_median") for k, v in lat.items()}
     fid = {k: fidelity(p, prep, args.threads) for k, p in files.items()}
     size = {k: onnx_size_bytes(p) for k, p in files.items()}
     rows = []
     for key, path in files.items():
         speed = med["fp32"] / med[key]
+        cpu_ratio = f"{cpu['fp32'] / cpu[key]:.2f}x" if cpu.get(key) and cpu.get("fp32") else "n/a"
         met = speed >= 1 / MAX_LATENCY_RATIO and fid[key]["cosine"] >= MIN_COSINE
         system = "onnxruntime" if key == "fp32" else key.split("-")[0]
         stages = ", ".join(f"{k.split('.')[-1]} {v}" for k, v in ((prep["auto"] or {}).get("params") or {}).items())
@@ -396,17 +400,20 @@ def main() -> int:
         contrib = sorted({o for o in ops(path) if o.startswith("com.microsoft:")})
         rows.append({"system": system, "variant": variant, "size_bytes": size[key],
                      "latency_ms": {"b8_s128": med[key]}, "quality": fid[key],
-                     "notes": f"{speed:.2f}x vs fp32 ONNX (re-timed, {args.rounds} interleaved rounds); "
+                     "notes": f"{speed:.2f}x vs fp32 ONNX (ort_compare, {args.rounds} rounds of calls alternated "
+                              f"one by one; by CPU time per call {cpu_ratio}); "
                               f"target {'met' if met else 'not met'} (>= 2.5x at cosine >= 0.98); "
                               f"contrib ops: {', '.join(contrib) or 'none'}; {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}"})
     out = {"bench": "olive", "command": command_line(),
            "machine": machine_info(args.threads) | {"shared": True},
            "rows": rows, "olive": {"versions": versions, "runs": runs,
                                    "tried": points, "steps": steps, "ops": {k: ops(p) for k, p in files.items()}},
-           "latency_rounds_ms": lat["rounds"], "load_average": {"start": load0, "end": os.getloadavg()},
+           "latency_rounds_ms": {k: v["rounds"] for k, v in lat.items()},
+           "cpu_ms_per_call": cpu, "load_average": {"start": load0, "end": os.getloadavg()},
            "notes": ["2 shared CPU cores; latencies are noisy (interleaved rounds, medians), fidelity and bytes "
-                     "are not. All files timed in one slimkit process with slimkit.evaluation.latency.ort_latency "
-                     "(one intra-op thread, all ORT graph optimizations), inputs batch 8 x 128 tokens."]}
+                     "are not. All files timed in one slimkit process with slimkit.evaluation.latency.ort_compare "
+                     "(calls alternated one by one over rounds; one intra-op thread, all ORT graph optimizations), "
+                     "inputs batch 8 x 128 tokens; cpu_ms_per_call is each file's median process CPU time per call."]}
     write_result("olive", out, path=args.out)
     print(json.dumps(rows, indent=1))
     if args.out == RESULTS / "olive.json":
