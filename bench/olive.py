@@ -69,7 +69,7 @@ OLIVE_ENV = {"OLIVE_DISABLE_TELEMETRY": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMER
 def olive_versions(venv: Path) -> dict[str, str]:
     """The versions of the packages that matter, as installed in Olive's environment."""
     code = ("import importlib.metadata as m, json; print(json.dumps({p: m.version(p) for p in "
-            "('olive-ai', 'onnxruntime', 'onnx', 'torch', 'transformers', 'optuna', 'onnxscript')}))")
+            "('olive-ai', 'onnxruntime', 'onnx', 'torch', 'transformers', 'optuna', 'onnxscript', 'pydantic')}))")
     out = subprocess.run([str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
 
