@@ -23,7 +23,7 @@ Two cases, each its own ``slimkit.auto(...)`` run with only the constraints give
 
 A case run alone replaces its own rows in bench/results/auto.json and keeps the other case's rows (each row's
 notes say when and how it was measured). Latency is measured on a shared 2-core machine: compare rows of
-the same case only. Olive (olive-ai) is not run: see ``OLIVE_NOTE``.
+the same case only. Olive (olive-ai) beside these cases: bench/olive.py (``OLIVE_NOTE``).
 """
 
 from __future__ import annotations
@@ -43,12 +43,8 @@ from _common import RESULTS, ROOT, WORK, command_line, machine_info, update_doc_
 DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "Automatic compression (slimkit auto)"
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
-OLIVE_NOTE = ("Olive not run. `pip download olive-ai` (0.13.0, py3-none-any) shows loose pins (torch, onnx, "
-              "onnxruntime via the cpu extra, optuna, transformers, pydantic>=2, onnxscript>=0.5.3), so it would "
-              "install into a separate venv under /tmp; the side-by-side was not run in this session: an Olive "
-              "workflow for this task (ONNX conversion, OrtSessionParamsTuning, OnnxQuantization with an accuracy "
-              "evaluator on Fashion-MNIST / an embedding-cosine evaluator on the sentences) was not written, and "
-              "the 2 shared cores had no room for a third 30-minute run.")
+OLIVE_NOTE = ("Olive (olive-ai) is run beside slimkit by bench/olive.py in its own environment (MiniLM case, "
+              "the same constraints): bench/results/olive.json, docs/benchmarks.md 'Olive beside slimkit (MiniLM)'.")
 
 
 def mobilenet_recipe(args: argparse.Namespace) -> dict[str, Any]:

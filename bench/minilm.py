@@ -12,7 +12,9 @@ top-5 retrieval overlap). Calibration uses the other 100 sentences.
     .venv/bin/python bench/minilm.py --quick    # < 1 minute: bench/_work/minilm/minilm-quick.json only
     .venv/bin/python bench/minilm.py --ab A.onnx B.onnx ...   # A/B timing of encoder files, nothing written
 
-``--ab`` runs the given files in one process, each round in a new random order, one call per file and shape,
+Latency is timed by ``slimkit.evaluation.latency.interleaved_times``, the one place slimkit times: every
+(system, shape) is called once per step, the order reversed every other step. ``--ab`` runs the given files in
+one process the same way, one call per file and shape each round, in a new random order (seed 0) each round,
 and prints per file the median over rounds of its time divided by the first file's in the same round (wall
 time at ``--threads``, and the calling thread's CPU time, which load on a shared machine barely changes
 when ``--threads 1``), with the quartiles of those ratios: a gap smaller than their spread is not shown.
@@ -28,6 +30,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
 import copy  # noqa: E402
+import functools  # noqa: E402
 import re  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
@@ -44,6 +47,7 @@ from _common import ROOT, WORK, command_line, machine_info, update_doc_section, 
 
 from slimkit.data.sentences import split_sentences  # noqa: E402
 from slimkit.evaluation.embedding_fidelity import embedding_fidelity  # noqa: E402
+from slimkit.evaluation.latency import interleaved_times, ort_session, paired_ratios  # noqa: E402
 from slimkit.exporters.encoder_int8 import EncoderInt8Config, quantize_encoder_int8  # noqa: E402
 from slimkit.exporters.onnx_int8 import onnx_size_bytes, quantize_onnx, quantize_onnx_ort_defaults  # noqa: E402
 from slimkit.exporters.onnx_transformer import export_encoder_onnx, optimize_encoder_onnx, ort_embed  # noqa: E402
@@ -59,45 +63,32 @@ SHAPES = {"b1_s128": (1, 128), "b8_s128": (8, 128)}
 def _session(path: Path, threads: int) -> Any:
     """An onnxruntime CPU session with ``threads`` intra-op threads that do not spin between runs (idle
     spinning threads of one session would steal the cores from the next system in an interleaved round)."""
-    from slimkit.evaluation.latency import ort_session
-
     return ort_session(path, threads, spinning=False)
 
 
-def _latency(runners: dict[Any, Any], threads: int, rounds: int, reps: int
-             ) -> tuple[dict[Any, dict[str, float]], dict[Any, list[dict[str, float]]]]:
-    """Interleaved rounds (the order reversed every other round, against drift): in each round every system
-    runs ``reps`` timed calls per shape. Returns the median over all calls and each round's median."""
-    torch.set_num_threads(threads)
+def _inputs() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Token ids and attention masks for every shape (the same each run: seed 0)."""
     g = np.random.default_rng(0)
-    inputs = {k: (g.integers(1000, 20000, (b, s)).astype(np.int64), np.ones((b, s), np.int64))
-              for k, (b, s) in SHAPES.items()}
-    times: dict[Any, dict[str, list[float]]] = {n: {k: [] for k in SHAPES} for n in runners}
-    per_round: dict[Any, list[dict[str, float]]] = {n: [] for n in runners}
-    for fn in runners.values():  # warm-up
-        for ids, mask in inputs.values():
-            fn(ids, mask)
-            fn(ids, mask)
-    names = list(runners)
-    for r in range(rounds):
-        for name in (names if r % 2 == 0 else names[::-1]):
-            this: dict[str, float] = {}
-            for key, (ids, mask) in inputs.items():
-                ts = []
-                for _ in range(reps):
-                    t0 = time.perf_counter()
-                    runners[name](ids, mask)
-                    ts.append((time.perf_counter() - t0) * 1e3)
-                times[name][key] += ts
-                this[key] = statistics.median(ts)
-            per_round[name].append(this)
-    return {n: {k: round(statistics.median(v), 2) for k, v in d.items()} for n, d in times.items()}, per_round
+    return {k: (g.integers(1000, 20000, (b, s)).astype(np.int64), np.ones((b, s), np.int64))
+            for k, (b, s) in SHAPES.items()}
 
 
-def _paired_ratio(per_round: dict[Any, list[dict[str, float]]], name: Any, base: Any) -> dict[str, float]:
+def _latency(runners: dict[Any, Any], threads: int, rounds: int, reps: int
+             ) -> tuple[dict[Any, dict[str, float]], dict[Any, dict[str, list[float]]]]:
+    """Every system at every shape timed by ``interleaved_times``: two warm-up calls each, then ``rounds``
+    rounds of ``reps`` steps, a step calling each (system, shape) once, the order reversed every other step
+    (against drift). Returns per system and shape the median over all calls and each round's median."""
+    inputs = _inputs()
+    fns = {(name, key): functools.partial(fn, ids, mask) for name, fn in runners.items()
+           for key, (ids, mask) in inputs.items()}
+    timed = interleaved_times(fns, rounds=rounds, repeats=reps, warmup=2, threads=threads)
+    lat = {n: {k: round(statistics.median(timed[n, k]["calls"]), 2) for k in SHAPES} for n in runners}
+    return lat, {n: {k: timed[n, k]["rounds"] for k in SHAPES} for n in runners}
+
+
+def _paired_ratio(per_round: dict[Any, dict[str, list[float]]], name: Any, base: Any) -> dict[str, float]:
     """Median over rounds of (this system's round median / the base system's, same round)."""
-    return {k: round(statistics.median(a[k] / b[k] for a, b in zip(per_round[name], per_round[base], strict=True)), 3)
-            for k in SHAPES}
+    return {k: round(paired_ratios(per_round[name][k], per_round[base][k])["median"], 3) for k in SHAPES}
 
 
 def _matmul_nbits(fp32: Path, work: Path) -> Path:
@@ -174,37 +165,20 @@ def ab(paths: list[Path], threads: int, rounds: int) -> dict[str, dict[str, dict
     """Interleaved A/B timing of encoder ONNX files (see the module docstring). Returns, per file and shape,
     ``{"wall_ms", "cpu_ms", "wall_ratio", "cpu_ratio", "cpu_ratio_q1", "cpu_ratio_q3"}`` (ratios to
     ``paths[0]``, medians over rounds)."""
-    g = np.random.default_rng(0)
-    inputs = {k: (g.integers(1000, 20000, (b, s)).astype(np.int64), np.ones((b, s), np.int64))
-              for k, (b, s) in SHAPES.items()}
     sessions = {str(p): _session(p, threads) for p in paths}
-    for sess in sessions.values():  # warm-up
-        for ids, mask in inputs.values():
-            ort_embed(sess, ids, mask)
-    cpu_clock = time.thread_time if threads == 1 else time.process_time
-    wall: dict[str, dict[str, list[float]]] = {n: {k: [] for k in SHAPES} for n in sessions}
-    cpu: dict[str, dict[str, list[float]]] = {n: {k: [] for k in SHAPES} for n in sessions}
-    order = list(sessions)
-    for _ in range(rounds):
-        for key, (ids, mask) in inputs.items():
-            g.shuffle(order)
-            for name in order:
-                c0, t0 = cpu_clock(), time.perf_counter()
-                ort_embed(sessions[name], ids, mask)
-                wall[name][key].append(time.perf_counter() - t0)
-                cpu[name][key].append(cpu_clock() - c0)
+    fns = {(name, key): functools.partial(ort_embed, sess, ids, mask) for name, sess in sessions.items()
+           for key, (ids, mask) in _inputs().items()}
+    timed = interleaved_times(fns, rounds=rounds, repeats=1, warmup=1, order="shuffle", threads=threads)
     base = str(paths[0])
     out: dict[str, dict[str, dict[str, float]]] = {}
     for name in sessions:
         out[name] = {}
         for key in SHAPES:
-            cr = np.array(cpu[name][key]) / np.array(cpu[base][key])
-            wr = np.array(wall[name][key]) / np.array(wall[base][key])
-            out[name][key] = {"wall_ms": round(1e3 * float(np.median(wall[name][key])), 2),
-                              "cpu_ms": round(1e3 * float(np.median(cpu[name][key])), 2),
-                              "wall_ratio": round(float(np.median(wr)), 4), "cpu_ratio": round(float(np.median(cr)), 4),
-                              "cpu_ratio_q1": round(float(np.quantile(cr, 0.25)), 4),
-                              "cpu_ratio_q3": round(float(np.quantile(cr, 0.75)), 4)}
+            t, b = timed[name, key], timed[base, key]
+            cr, wr = paired_ratios(t["cpu_calls"], b["cpu_calls"]), paired_ratios(t["calls"], b["calls"])
+            out[name][key] = {"wall_ms": round(statistics.median(t["calls"]), 2), "cpu_ms": round(t["cpu_median"], 2),
+                              "wall_ratio": round(wr["median"], 4), "cpu_ratio": round(cr["median"], 4),
+                              "cpu_ratio_q1": round(cr["q1"], 4), "cpu_ratio_q3": round(cr["q3"], 4)}
     return out
 
 

@@ -38,6 +38,7 @@ BENCHES = {
     "auto": "auto.py",
     "reliability": "reliability.py",
     "gpu": "gpu.py",  # on a machine without CUDA it says so and writes nothing
+    "olive": "olive.py",  # without Olive's separate environment it says so and writes nothing
 }
 QUICK_SKIP = {"prune_mobilenet"}  # its quick form is prune_resnet --quick
 

@@ -109,6 +109,28 @@ def test_fp16_parity_default_and_a_failed_file_is_set_aside(tmp_path):
     assert not bad.exists() and (tmp_path / "strict.parity-failed.onnx").exists()
 
 
+def test_int8_export_of_a_two_input_encoder_without_calibration(tmp_path, monkeypatch):
+    """Its parity check runs on the example inputs as one unlabelled batch (a 2-tuple was read as (x, y) and
+    onnxruntime raised 'attention_mask missing'), and a file that fails in any way is set aside."""
+    from models import tiny_bert, token_batches
+
+    import slimkit as sk
+    from slimkit.exporters import onnx_int8
+
+    b = token_batches(0)[0]
+    x = (b["input_ids"], b["attention_mask"])
+    res = sk.export(tiny_bert(), tmp_path / "m.onnx", example_inputs=x, precision="int8", quantize="auto")
+    assert res["parity"]["ok"] and res["parity"]["n"] == 8 and (tmp_path / "m.onnx").exists()
+
+    def broken(*args, **kwargs):
+        raise ValueError("the runtime refused the file")
+
+    monkeypatch.setattr(onnx_int8, "int8_parity", broken)
+    with pytest.raises(ValueError, match="refused"):
+        sk.export(tiny_bert(), tmp_path / "bad.onnx", example_inputs=x, precision="int8", quantize="auto")
+    assert not (tmp_path / "bad.onnx").exists() and (tmp_path / "bad.parity-failed.onnx").exists()
+
+
 def test_export_summary_reads_like_sentences():
     from slimkit.cli.quantize import export_summary
 

@@ -3,6 +3,9 @@ mode restore, YAML errors, figures as PNG, CPU flags."""
 
 from __future__ import annotations
 
+import statistics
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -11,9 +14,16 @@ from torch import nn
 from slimkit._io import read_yaml
 from slimkit.analysis.figures import figure, png_bytes
 from slimkit.context import eval_mode
-from slimkit.errors import DataError, RecipeError
+from slimkit.errors import ConfigError, DataError, RecipeError
 from slimkit.evaluation.agreement import argmax_agreement, row_cosine
-from slimkit.evaluation.latency import cpu_flags, cpu_has_vnni, ort_compare, paired_latency
+from slimkit.evaluation.latency import (
+    cpu_flags,
+    cpu_has_vnni,
+    interleaved_times,
+    ort_compare,
+    paired_latency,
+    paired_ratios,
+)
 
 
 def test_paired_latency_alternates_and_takes_the_median_round() -> None:
@@ -71,6 +81,58 @@ def test_ort_compare_alternates_calls_one_by_one(monkeypatch) -> None:
         assert r["median"] == sorted(r["rounds"])[1] and r["cpu_median"] >= 0 and r["p90"] >= min(r["rounds"])
     with pytest.raises(Exception, match="rounds"):
         ort_compare({"a": "A"}, (torch.zeros(1, 3),), cfg, rounds=0)
+
+
+def test_interleaved_times_order_counts_and_cpu_time() -> None:
+    """Warm-up per name, then every step calls each name once: alternating A B C, C B A, ... or shuffled by a
+    seed (the same seed, the same order); per-call wall and CPU lists aligned by step; CPU time is CPU time (a
+    sleeping call's is far below its wall time, a spinning call's is not); torch threads restored."""
+    calls: list[str] = []
+
+    def fake(name: str):
+        return lambda: calls.append(name)
+
+    fns = {"a": fake("a"), "b": fake("b"), "c": fake("c")}
+    got = interleaved_times(fns, rounds=2, repeats=2, warmup=1)
+    assert "".join(calls) == "abc" + "abccba" * 2
+    for r in got.values():
+        assert len(r["rounds"]) == 2 and len(r["calls"]) == len(r["cpu_calls"]) == 4
+        assert r["median"] == statistics.median(r["rounds"]) and r["p90"] <= max(r["calls"])
+        assert r["cpu_clock"] == "process_time" and r["cpu_median"] >= 0
+
+    def shuffled(seed: int) -> list[str]:
+        calls.clear()
+        interleaved_times(fns, rounds=3, repeats=2, warmup=0, order="shuffle", seed=seed)
+        steps = [calls[i:i + 3] for i in range(0, 18, 3)]
+        assert all(sorted(s) == ["a", "b", "c"] for s in steps)  # each step calls every name once
+        return calls.copy()
+
+    assert shuffled(1) == shuffled(1) and len({"".join(shuffled(s)) for s in range(8)}) > 1
+
+    threads = torch.get_num_threads()
+
+    def spin() -> None:
+        end = time.thread_time() + 0.003
+        while time.thread_time() < end:
+            pass
+
+    got = interleaved_times({"sleep": lambda: time.sleep(0.003), "spin": spin}, rounds=2, repeats=2, threads=1)
+    assert torch.get_num_threads() == threads
+    assert got["sleep"]["cpu_clock"] == "thread_time" and got["spin"]["cpu_median"] >= 2.9
+    assert got["sleep"]["median"] >= 2.9 and got["sleep"]["cpu_median"] < 1.5
+    with pytest.raises(ConfigError, match="rounds"):
+        interleaved_times(fns, rounds=0)
+    with pytest.raises(ConfigError, match="order"):
+        interleaved_times(fns, rounds=1, order="random")
+
+
+def test_paired_ratios_median_and_quartiles() -> None:
+    r = paired_ratios([2.0, 4.0, 6.0, 8.0, 10.0], [1.0, 1.0, 1.0, 1.0, 2.0])
+    np.testing.assert_allclose([r["q1"], r["median"], r["q3"]],
+                               np.quantile([2.0, 4.0, 6.0, 8.0, 5.0], [0.25, 0.5, 0.75]))
+    assert paired_ratios([1.0], [0.0])["median"] == float("inf")
+    with pytest.raises(ConfigError, match="equally long"):
+        paired_ratios([1.0, 2.0], [1.0])
 
 
 def test_agreement() -> None:

@@ -6,13 +6,15 @@ one place slimkit times anything."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
+import random
 import statistics
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -21,9 +23,10 @@ from slimkit.config.recipe import LatencyConfig
 from slimkit.errors import ConfigError
 
 log = logging.getLogger(__name__)
+K = TypeVar("K", bound=Hashable)
 
-__all__ = ["batched", "cpu_flags", "cpu_has_vnni", "environment", "measure_latency", "ort_compare",
-           "ort_latency", "paired_latency", "throughput", "torch_latency"]
+__all__ = ["batched", "cpu_flags", "cpu_has_vnni", "environment", "interleaved_times", "measure_latency",
+           "ort_compare", "ort_latency", "paired_latency", "paired_ratios", "throughput", "torch_latency"]
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
@@ -291,6 +294,77 @@ def ort_latency(onnx_path: str | os.PathLike[str], inputs: Any, cfg: LatencyConf
                            batch=cfg.batch, runtime="onnxruntime", threads=cfg.threads)
 
 
+def interleaved_times(fns: Mapping[K, Callable[[], Any]], *, rounds: int, repeats: int = 1, warmup: int = 0,
+                      order: str = "alternate", seed: int = 0, threads: int | None = None) -> dict[K, dict[str, Any]]:
+    """The one way slimkit times several things against each other in one process, call by call.
+
+    Each named zero-argument callable first gets ``warmup`` untimed calls (the names in the given order, one
+    name's calls together); then ``rounds`` rounds of ``repeats`` steps, a step calling every name once, one
+    after the other: in the given order reversed on every other step, counted across rounds (A B, B A, A B,
+    ...; ``order="alternate"``) or in a new random order each step (``order="shuffle"``,
+    ``random.Random(seed)``), so that a change of the machine's load between two calls hits every name alike.
+    Each call is timed on the host's wall clock (``perf_counter``) and its CPU time is read: the calling
+    thread's (``time.thread_time``) when ``threads == 1``, the process's (``time.process_time``) otherwise;
+    either leaves out the time another process held the core. ``threads`` also pins
+    ``torch.set_num_threads`` for the measurement (restored afterwards; None keeps it).
+
+    Returns per name ``{"median"`` (of the rounds' medians, ms), ``"p90"`` (of all calls), ``"rounds"`` (each
+    round's median), ``"cpu_median"`` (of all calls), ``"cpu_clock"``, ``"calls", "cpu_calls"}``: every
+    timed call's wall and CPU milliseconds in call order, so the i-th entries of two names come from the same
+    step (:func:`paired_ratios` of two names' lists)."""
+    if rounds < 1 or repeats < 1 or warmup < 0 or not fns or order not in ("alternate", "shuffle"):
+        raise ConfigError(f"interleaved_times needs rounds >= 1, repeats >= 1, warmup >= 0, at least one callable "
+                          f"and order 'alternate' or 'shuffle' (got {rounds}, {repeats}, {warmup}, {len(fns)} "
+                          f"callables, {order!r}).", hint="Pass rounds and repeats of 1 or more.")
+    names = list(fns)
+    cpu_clock = time.thread_time if threads == 1 else time.process_time
+    rng = random.Random(seed)
+    wall: dict[K, list[list[float]]] = {n: [[] for _ in range(rounds)] for n in names}
+    cpu: dict[K, list[float]] = {n: [] for n in names}
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        for n in names:
+            for _ in range(warmup):
+                fns[n]()
+        step = 0
+        for r in range(rounds):
+            for _ in range(repeats):
+                if order == "shuffle":
+                    sequence = rng.sample(names, len(names))
+                else:
+                    sequence = names if step % 2 == 0 else names[::-1]
+                for n in sequence:
+                    w0, c0 = time.perf_counter(), cpu_clock()
+                    fns[n]()
+                    wall[n][r].append((time.perf_counter() - w0) * 1e3)
+                    cpu[n].append((cpu_clock() - c0) * 1e3)
+                step += 1
+    finally:
+        torch.set_num_threads(previous)
+
+    def record(n: K) -> dict[str, Any]:
+        medians = [float(statistics.median(x)) for x in wall[n]]
+        calls = [t for x in wall[n] for t in x]
+        return {"median": float(statistics.median(medians)), "p90": float(_percentile(sorted(calls), 0.9)),
+                "rounds": medians, "cpu_median": float(statistics.median(cpu[n])), "cpu_clock": cpu_clock.__name__,
+                "calls": calls, "cpu_calls": cpu[n]}
+
+    return {n: record(n) for n in names}
+
+
+def paired_ratios(values: Sequence[float], base: Sequence[float]) -> dict[str, float]:
+    """Same-step ratios ``values[i] / base[i]`` (two names' ``calls``, ``cpu_calls`` or ``rounds`` from
+    :func:`interleaved_times`): their median and quartiles ``{"median", "q1", "q3"}``, linear interpolation
+    as numpy's default. A zero in ``base`` gives an infinite ratio."""
+    if len(values) != len(base) or not values:
+        raise ConfigError(f"paired_ratios needs two equally long, non-empty lists (got {len(values)} and {len(base)}).",
+                          hint="Pair the lists of two names of one interleaved_times call.")
+    ratios = sorted(v / b if b else math.inf for v, b in zip(values, base, strict=True))
+    return {"median": float(statistics.median(ratios)), "q1": float(_percentile(ratios, 0.25)),
+            "q3": float(_percentile(ratios, 0.75))}
+
 
 def ort_compare(files: Mapping[str, str | os.PathLike[str]], inputs: Any, cfg: LatencyConfig, *,
                 rounds: int) -> dict[str, dict[str, Any]]:
@@ -298,39 +372,22 @@ def ort_compare(files: Mapping[str, str | os.PathLike[str]], inputs: Any, cfg: L
     deployed numbers, int8 against fp32 at export, auto's finalist re-timing, bench/auto.py's columns).
 
     Each file gets one session (:func:`ort_session`, ``cfg.threads`` intra-op threads, idle threads not
-    spinning so one session's pool cannot steal the cores of the next) and ``cfg.warmup`` untimed calls
-    on ``inputs`` repeated to ``cfg.batch``; then ``rounds`` rounds of ``cfg.repeats`` calls per file, the
-    files' calls alternating one by one with the order reversed every other time (A B, B A, A B, ...), so a
-    change of the machine's load between two calls hits every file alike (timing each file in blocks of
-    whole seconds let the load of one block decide a ratio: docs/auto.md, "Why two timings of one file
-    disagreed"). Returns per name ``{"median"`` (of the rounds' medians),
+    spinning so one session's pool cannot steal the cores of the next) called on ``inputs`` repeated to
+    ``cfg.batch``, timed by :func:`interleaved_times`: ``cfg.warmup`` untimed calls per file, then ``rounds``
+    rounds of ``cfg.repeats`` calls per file, the files' calls alternating one by one with the order reversed
+    every other time (A B, B A, A B, ...), so a change of the machine's load between two calls hits every file
+    alike (timing each file in blocks of whole seconds let the load of one block decide a ratio: docs/auto.md,
+    "Why two timings of one file disagreed"). Returns per name ``{"median"`` (of the rounds' medians),
     ``"p90"`` (of all calls), ``"batch", "runtime", "rounds"`` (each round's median), ``"cpu_median"}``: the
     median process CPU time of a call, which leaves out the time another process held the core."""
     if rounds < 1 or cfg.repeats < 1:
-        raise ConfigError(f"ort_compare needs rounds >= 1 and repeats >= 1 (got {rounds}, {cfg.repeats}).")
+        raise ConfigError(f"ort_compare needs rounds >= 1 and repeats >= 1 (got {rounds}, {cfg.repeats}).",
+                          hint="Set evaluate.latency.repeats >= 1 and pass rounds >= 1.")
     names = list(files)
     sessions = {n: ort_session(files[n], cfg.threads, spinning=False) for n in names}
-    feeds = {n: ort_feed(sessions[n], batched(inputs, cfg.batch)) for n in names}
-    for n in names:
-        for _ in range(cfg.warmup):
-            sessions[n].run(None, feeds[n])
-    wall: dict[str, list[list[float]]] = {n: [[] for _ in range(rounds)] for n in names}
-    cpu: dict[str, list[float]] = {n: [] for n in names}
-    step = 0
-    for r in range(rounds):
-        for _ in range(cfg.repeats):
-            for n in (names if step % 2 == 0 else names[::-1]):
-                w0, c0 = time.perf_counter(), time.process_time()
-                sessions[n].run(None, feeds[n])
-                wall[n][r].append((time.perf_counter() - w0) * 1e3)
-                cpu[n].append((time.process_time() - c0) * 1e3)
-            step += 1
-
-    def record(n: str) -> dict[str, Any]:
-        medians = [float(statistics.median(x)) for x in wall[n]]
-        calls = sorted(t for x in wall[n] for t in x)
-        return {"median": float(statistics.median(medians)), "p90": float(_percentile(calls, 0.9)),
-                "batch": int(cfg.batch), "runtime": "onnxruntime", "rounds": medians,
-                "cpu_median": float(statistics.median(cpu[n]))}
-
-    return {n: record(n) for n in names}
+    calls = {n: functools.partial(sessions[n].run, None, ort_feed(sessions[n], batched(inputs, cfg.batch)))
+             for n in names}
+    # threads=None: torch's threads are not ORT's, and the process's CPU time counts ORT's intra-op pool
+    timed = interleaved_times(calls, rounds=rounds, repeats=cfg.repeats, warmup=cfg.warmup)
+    return {n: {"median": r["median"], "p90": r["p90"], "batch": int(cfg.batch), "runtime": "onnxruntime",
+                "rounds": r["rounds"], "cpu_median": r["cpu_median"]} for n, r in timed.items()}

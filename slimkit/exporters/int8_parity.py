@@ -17,6 +17,7 @@ from slimkit.data.batch import call_model, split_batch
 from slimkit.errors import ExportError
 from slimkit.evaluation.agreement import argmax_agreement, row_cosine
 from slimkit.evaluation.latency import ort_session
+from slimkit.evaluation.metrics import primary_output
 
 
 def batch_arrays(batch: Any) -> list[np.ndarray]:
@@ -69,7 +70,8 @@ def _torch_predict(model: nn.Module, batches: Iterable[Any]) -> np.ndarray:
     outs = []
     with eval_mode(model), torch.no_grad():
         for batch in batches:
-            outs.append(call_model(model, split_batch(batch)[0], model_device(model)).float().cpu().numpy())
+            out = primary_output(call_model(model, split_batch(batch)[0], model_device(model)))
+            outs.append(out.float().cpu().numpy())
     return np.concatenate(outs, axis=0)
 
 

@@ -68,11 +68,11 @@ def failed_path(path: Path) -> Path:
 
 @contextlib.contextmanager
 def _set_aside_on_failure(path: Path) -> Iterator[None]:
-    """On an ExportError, move the file (and its ``.data``) to :func:`failed_path`, so nothing at ``path``
-    looks like a finished, checked export; the error says where the file went."""
+    """On any error, move the file (and its ``.data``) to :func:`failed_path`, so nothing at ``path`` looks
+    like a finished, checked export; an ExportError's hint says where the file went."""
     try:
         yield
-    except ExportError as exc:
+    except Exception as exc:
         if not path.exists():
             raise
         bad = failed_path(path)
@@ -80,6 +80,8 @@ def _set_aside_on_failure(path: Path) -> Iterator[None]:
         data = path.with_name(path.name + ".data")
         if data.exists():
             os.replace(data, bad.with_name(bad.name + ".data"))
+        if not isinstance(exc, ExportError):
+            raise
         hint = f"{exc.hint + ' ' if exc.hint else ''}The failed file was moved to {bad} for inspection."
         raise ExportError(exc.message, hint=hint) from exc
 

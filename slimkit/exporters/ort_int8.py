@@ -87,7 +87,7 @@ def export_int8_onnx(model: nn.Module, path: str | Path, *, example_inputs: Sequ
         quantize_exported(fp32, path, cfg, calibration=batches)
         # the fp32 size the ratio is taken against gets the same lossless compaction as the int8 file
         fp32_bytes = onnx_size_bytes(compacted_copy(fp32, Path(td) / "fp32-compact.onnx") if cfg.compact else fp32)
-    parity_inputs = batches[:_PARITY_BATCHES] or [inputs]
+    parity_inputs = batches[:_PARITY_BATCHES] or [(inputs, None)]  # one unlabelled batch of all the inputs
     parity = int8_parity(path, model, parity_inputs, min_top1=cfg.parity_min_top1, min_cosine=cfg.parity_min_cosine)
     size = onnx_size_bytes(path)
     log.info("int8 ONNX %s: %d bytes (%.1f%% of fp32), top-1 agreement %.3f, cosine %.4f", path, size,
