@@ -51,15 +51,25 @@ HEADING = "GPU"
 SEQ = 128
 
 
-def _latency(fn: Any, batch: int, repeats: int, device: torch.device, forms: dict[str, Any], key: str) -> float:
-    """Median ms of ``fn`` in its fastest form (eager or CUDA graph); both forms are kept in ``forms[key]``."""
+def _time_batches(model: Any, batches: dict[int, dict[str, torch.Tensor]], repeats: int, device: torch.device,
+                  min_batch: int = 1) -> tuple[dict[str, float], dict[str, Any]]:
+    """``(latency_ms, latency_forms)`` of ``model(input_ids, attention_mask)`` at each batch size from
+    ``min_batch`` up: the median ms of its fastest form (eager or CUDA graph), and both forms per batch."""
     from slimkit.evaluation.latency import cuda_latency_forms
 
-    res = cuda_latency_forms(fn, warmup=10, repeats=repeats, batch=batch, device=device)
-    forms[key] = {k: None if v is None else round(v, 4) for k, v in res["forms"].items()}
-    if res.get("graph_error"):
-        forms[key]["graph_error"] = res["graph_error"]
-    return round(res["median"], 4)
+    lat: dict[str, float] = {}
+    forms: dict[str, Any] = {}
+    for b, enc in batches.items():
+        if b < min_batch:
+            continue
+        ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+        res = cuda_latency_forms(lambda i=ids, a=mask: model(i, a), warmup=10, repeats=repeats, batch=b,
+                                 device=device)
+        forms[f"b{b}"] = {k: None if v is None else round(v, 4) for k, v in res["forms"].items()}
+        if res.get("graph_error"):
+            forms[f"b{b}"]["graph_error"] = res["graph_error"]
+        lat[f"b{b}"] = round(res["median"], 4)
+    return lat, forms
 
 
 def _encoder_rows(encoder: Any, sentences: list[str], batches: dict[int, dict[str, torch.Tensor]], repeats: int,
@@ -85,13 +95,9 @@ def _encoder_rows(encoder: Any, sentences: list[str], batches: dict[int, dict[st
         def ctx(dtype: torch.dtype | None = autocast) -> Any:
             return torch.autocast("cuda", dtype=dtype) if dtype is not None else torch.autocast("cuda", enabled=False)
 
-        forms: dict[str, Any] = {}
         with torch.no_grad(), ctx():
             emb = model.encode(sentences)
-            lat = {}
-            for b, enc in batches.items():
-                ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
-                lat[f"b{b}"] = _latency(lambda m=model, i=ids, a=mask: m(i, a), b, repeats, device, forms, f"b{b}")
+            lat, forms = _time_batches(model, batches, repeats, device)
         fid = embedding_fidelity(emb.float(), ref)
         rows.append({"system": system, "variant": variant, "size_bytes": state_nbytes(model.state_dict()), "latency_ms": lat,
                      "latency_forms": forms, "quality": {"cosine": fid["cosine"], "cosine_min": fid["cosine_min"],
@@ -144,13 +150,9 @@ def _sparse_model_rows(encoder: Any, sentences: list[str], batches: dict[int, di
     dense = sk.quantize_(copy.deepcopy(encoder), sk.FP16Config())
     pruned = sk.quantize_(sk.prune_(copy.deepcopy(encoder), sk.NMSparsityConfig()), sk.FP16Config())
     variants: list[tuple[str, Any, str]] = [("dense-fp16", dense, "fp16, dense")]
-    try:
-        from torch.sparse import SparseSemiStructuredTensorCUSPARSELT, SparseSemiStructuredTensorCUTLASS
-    except ImportError as exc:
-        print(f"2:4 end to end: skipped: {exc}", file=sys.stderr)
-        return []
-    for backend, cls in (("cutlass", SparseSemiStructuredTensorCUTLASS),
-                         ("cusparselt", SparseSemiStructuredTensorCUSPARSELT)):
+    from slimkit.passes.prune.nm import semi_structured_backends
+
+    for backend, cls in semi_structured_backends().items():
         model = copy.deepcopy(pruned)
         try:
             swapped = 0
@@ -166,17 +168,11 @@ def _sparse_model_rows(encoder: Any, sentences: list[str], batches: dict[int, di
                          "magnitude 2:4 without fine-tuning, so the fidelity shows its cost (it is about speed here)"))
     rows = []
     for variant, model, note in variants:
-        forms: dict[str, Any] = {}
         try:
             with torch.no_grad():
                 fid = embedding_fidelity(model.encode(sentences).float(), ref)
-                lat = {}
-                for b, enc in batches.items():
-                    if b < 32:
-                        continue  # sparse kernels pay off on many token rows (if at all)
-                    ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
-                    lat[f"b{b}"] = _latency(lambda m=model, i=ids, a=mask: m(i, a), b, repeats, device, forms,
-                                            f"b{b}")
+                # sparse kernels pay off on many token rows (if at all)
+                lat, forms = _time_batches(model, batches, repeats, device, min_batch=32)
         except Exception as exc:  # noqa: BLE001 - a backend that cannot run the model: recorded
             print(f"2:4 end to end {variant}: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
             continue
@@ -277,13 +273,9 @@ def _int8_rows(encoder: Any, sentences: list[str], batches: dict[int, dict[str, 
 
     try:
         model = sk.quantize_(copy.deepcopy(encoder).to(device), sk.DynamicConfig())
-        forms: dict[str, Any] = {}
         with torch.no_grad():
             emb = model.encode(sentences)
-            lat = {}
-            for b, enc in batches.items():
-                ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
-                lat[f"b{b}"] = _latency(lambda m=model, i=ids, a=mask: m(i, a), b, repeats, device, forms, f"b{b}")
+            lat, forms = _time_batches(model, batches, repeats, device)
     except Exception as exc:  # a result: torchao missing or its kernels absent for this torch/GPU
         return [], f"int8 dynamic skipped: {type(exc).__name__}: {str(exc)[:300]}"
     fid = embedding_fidelity(emb.float(), ref)

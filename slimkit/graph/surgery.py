@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils._pytree import tree_flatten
 
 from slimkit.context import eval_mode, model_device
+from slimkit.data.batch import call_model
 from slimkit.errors import GraphError
 from slimkit.graph.attention import PrunedMultiheadAttention
 from slimkit.graph.core import DependencyGraph
@@ -174,8 +175,7 @@ def _shapes(out: Any) -> list[tuple[int, ...]]:
 
 
 def _call(model: nn.Module, inputs: tuple[Any, ...]) -> Any:
-    device = model_device(model)
-    out = model(*(x.to(device) if isinstance(x, torch.Tensor) else x for x in inputs))
+    out = call_model(model, inputs, model_device(model))
     if hasattr(out, "to_tuple"):
         out = out.to_tuple()
     return out
