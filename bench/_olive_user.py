@@ -8,6 +8,12 @@ never in slimkit's, and imports neither slimkit nor anything of bench/. Olive lo
 - ``embedding_cosine``: the custom metric, mean cosine (and minimum) of the mean-pooled sentence embeddings of
   the candidate model to the fp32 PyTorch model's (``reference`` in data.npz, computed by slimkit), the same
   quality bench/auto.py scores. It accepts the ONNX candidates and Olive's PyTorch input model.
+- dataset ``fmnist_images`` (bench/olive.py --case mobilenet): the Fashion-MNIST images bench/olive.py saved
+  (``images.npz``, preprocessed as the fp32 baseline expects: 3 channels, ImageNet normalization, the case's
+  size): the calibration images (``split="calib"``, slimkit's calibration set, drawn from the training
+  images) or the test images (``"test"``), as ``({input_name: image}, label)`` items.
+- ``image_accuracy``: the custom metric, top-1 accuracy of the ONNX candidate on the test images, the
+  accuracy bench/auto.py scores (the same images, in the same order).
 """
 
 from __future__ import annotations
@@ -81,6 +87,38 @@ def embedding_cosine(model: Any, device: Any, execution_providers: Any, data_pat
     emb = np.concatenate(embs).astype(np.float64)
     cos = (emb * ref).sum(1) / (np.linalg.norm(emb, axis=1) * np.linalg.norm(ref, axis=1) + 1e-12)
     return {"cosine": float(cos.mean()), "cosine_min": float(cos.min())}
+
+
+class _Images:
+    def __init__(self, x: np.ndarray, y: np.ndarray, input_name: str) -> None:
+        self.x, self.y, self.name = x, y, input_name
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> tuple[dict[str, Any], int]:
+        import torch
+
+        return {self.name: torch.from_numpy(self.x[i])}, int(self.y[i])
+
+
+@Registry.register_dataset("fmnist_images")
+def fmnist_images(data_path: str, split: str = "test", input_name: str = "x", **_: Any) -> _Images:
+    data = np.load(data_path)
+    return _Images(data[f"{split}_x"].astype(np.float32), data[f"{split}_y"].astype(np.int64), input_name)
+
+
+def image_accuracy(model: Any, device: Any, execution_providers: Any, data_path: str, batch_size: int = 64,
+                   threads: int = 1) -> dict[str, float]:
+    """``{"accuracy"}``: top-1 accuracy of an ONNX classifier on the saved test images."""
+    data = np.load(data_path)
+    x, y = data["test_x"].astype(np.float32), data["test_y"].astype(np.int64)
+    settings = {"session_options": {"intra_op_num_threads": threads, "inter_op_num_threads": 1}}
+    sess = model.prepare_session(inference_settings=settings, device=device, execution_providers=execution_providers)
+    name = sess.get_inputs()[0].name
+    pred = np.concatenate([sess.run(None, {name: x[s:s + batch_size]})[0].argmax(-1)
+                           for s in range(0, len(x), batch_size)])
+    return {"accuracy": float((pred == y).mean())}
 
 
 def _patch_olive() -> None:

