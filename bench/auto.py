@@ -43,8 +43,9 @@ from _common import RESULTS, ROOT, WORK, command_line, machine_info, update_doc_
 DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "Automatic compression (slimkit auto)"
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
-OLIVE_NOTE = ("Olive (olive-ai) is run beside slimkit by bench/olive.py in its own environment (MiniLM case, "
-              "the same constraints): bench/results/olive.json, docs/benchmarks.md 'Olive beside slimkit (MiniLM)'.")
+OLIVE_NOTE = ("Olive (olive-ai 0.13.0, its own environment) is run beside both cases at the same constraints by "
+              "bench/olive.py (--case minilm, --case mobilenet, on the same fp32 ONNX files): bench/results/olive.json, "
+              "docs/benchmarks.md 'Olive beside slimkit (MiniLM)' and 'Olive beside slimkit (MobileNetV2-FMNIST)'.")
 
 
 def mobilenet_recipe(args: argparse.Namespace) -> dict[str, Any]:
