@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import ROOT
-from _olive_run import USER_SCRIPT_COPY, collect, ops, run_both, steps_lines
+from _olive_run import USER_SCRIPT_COPY, collect, data_config, ops, run_both, search_workflow, steps_lines
 
 SECTION = "Olive beside slimkit (MobileNetV2-FMNIST)"
 MAX_DROP, MIN_SPEEDUP = 0.01, 2.0
@@ -79,42 +79,28 @@ def workflow(work: Path, model: Path, out: Path, threads: int, input_name: str, 
     """Olive's search workflow (see the module docstring)."""
     data, script = str(work / "images.npz"), str(work / USER_SCRIPT_COPY)
     session = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
+    metrics = [
+        {"name": "accuracy", "type": "custom",
+         "sub_types": [{"name": "accuracy", "priority": 1, "higher_is_better": True, "metric_config": {},
+                        "goal": {"type": "max-degradation", "value": MAX_DROP}}],
+         "user_config": {"user_script": script, "evaluate_func": "image_accuracy",
+                         "evaluate_func_kwargs": {"data_path": data, "threads": threads}}},
+        {"name": "latency", "type": "latency", "data_config": "fmnist_b1",
+         "sub_types": [{"name": "avg", "priority": 2,
+                        "goal": {"type": "percent-min-improvement", "value": 100 * (1 - 1 / MIN_SPEEDUP)},
+                        "metric_config": {"warmup_num": 20, "repeat_test_num": 300}}, {"name": "p50"}],
+         "user_config": {"inference_settings": {"onnx": {"session_options": session}}}},
+    ]
+    passes = {"peephole": {"type": "OnnxPeepholeOptimizer"},
+              "quantization": {"type": "OnnxQuantization", "data_config": "fmnist_calib"}}
 
-    def dc(name: str, split: str, batch: int) -> dict[str, Any]:
-        return {"name": name, "user_script": script,
-                "load_dataset_config": {"type": "fmnist_images",
-                                        "params": {"data_path": data, "split": split, "input_name": input_name}},
-                # whole batches only: onnxruntime's calibrator stacks the batches' outputs
-                "dataloader_config": {"type": "default_dataloader", "params": {"batch_size": batch,
-                                                                               "drop_last": True}}}
+    def params(split: str) -> dict[str, Any]:
+        return {"data_path": data, "split": split, "input_name": input_name}
 
-    return {
-        "input_model": {"type": "ONNXModel", "model_path": str(model)},
-        "systems": {"local_system": {"type": "LocalSystem", "accelerators": [
-            {"device": "cpu", "execution_providers": ["CPUExecutionProvider"]}]}},
-        "data_configs": [dc("fmnist_calib", "calib", CALIB_BATCH), dc("fmnist_b1", "test", 1)],
-        "evaluators": {"accuracy_latency": {"metrics": [
-            {"name": "accuracy", "type": "custom",
-             "sub_types": [{"name": "accuracy", "priority": 1, "higher_is_better": True, "metric_config": {},
-                            "goal": {"type": "max-degradation", "value": MAX_DROP}}],
-             "user_config": {"user_script": script, "evaluate_func": "image_accuracy",
-                             "evaluate_func_kwargs": {"data_path": data, "threads": threads}}},
-            {"name": "latency", "type": "latency", "data_config": "fmnist_b1",
-             "sub_types": [{"name": "avg", "priority": 2,
-                            "goal": {"type": "percent-min-improvement", "value": 100 * (1 - 1 / MIN_SPEEDUP)},
-                            "metric_config": {"warmup_num": 20, "repeat_test_num": 300}}, {"name": "p50"}],
-             "user_config": {"inference_settings": {"onnx": {"session_options": session}}}},
-        ]}},
-        "passes": {
-            "peephole": {"type": "OnnxPeepholeOptimizer"},
-            "quantization": {"type": "OnnxQuantization", "data_config": "fmnist_calib"},
-            # no OrtSessionParamsTuning: with the thread count fixed by the constraints its space is empty
-        },
-        "search_strategy": {"execution_order": "joint", "sampler": "tpe", "max_iter": max_iter,
-                            "max_time": max_time, "sampler_config": {"seed": 0}},
-        "evaluator": "accuracy_latency", "host": "local_system", "target": "local_system",
-        "cache_dir": str(out.parent / ".olive-cache"), "output_dir": str(out), "log_severity_level": 1,
-    }
+    dcs = [data_config("fmnist_calib", script, "fmnist_images", params("calib"), CALIB_BATCH),
+           data_config("fmnist_b1", script, "fmnist_images", params("test"), 1)]
+    return search_workflow({"type": "ONNXModel", "model_path": str(model)}, dcs, "accuracy_latency", metrics,
+                           passes, out, max_iter, max_time)
 
 
 def last_error(log: Path) -> str | None:

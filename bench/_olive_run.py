@@ -78,6 +78,34 @@ def run_both(venv: Path, work: Path, olive_out: Path, model: str, auto_opt_args:
     return runs
 
 
+def data_config(name: str, script: str, dataset: str, params: dict[str, Any], batch: int) -> dict[str, Any]:
+    """An Olive data config: the user script's registered ``dataset`` with ``params``, whole batches only
+    (onnxruntime's calibrator stacks the batches' outputs: a short last batch fails every static point with
+    "inhomogeneous shape")."""
+    return {"name": name, "user_script": script, "load_dataset_config": {"type": dataset, "params": params},
+            "dataloader_config": {"type": "default_dataloader", "params": {"batch_size": batch, "drop_last": True}}}
+
+
+def search_workflow(input_model: dict[str, Any], data_configs: list[dict[str, Any]], evaluator: str,
+                    metrics: list[dict[str, Any]], passes: dict[str, Any], out: Path, max_iter: int,
+                    max_time: int) -> dict[str, Any]:
+    """An ``olive run`` workflow: ``passes`` on ``input_model`` on the local CPU EP, searched jointly by TPE
+    (seed 0, ``max_iter`` samples, ``max_time`` seconds), every candidate scored by ``metrics`` (the
+    evaluator ``evaluator``); Olive's cache beside ``out``. No OrtSessionParamsTuning: with the thread count
+    fixed by the constraints its default space (execution mode, optimization level: [None]) is empty, and it
+    cost 2.5 min a step on MiniLM."""
+    return {
+        "input_model": input_model,
+        "systems": {"local_system": {"type": "LocalSystem", "accelerators": [
+            {"device": "cpu", "execution_providers": ["CPUExecutionProvider"]}]}},
+        "data_configs": data_configs, "evaluators": {evaluator: {"metrics": metrics}}, "passes": passes,
+        "search_strategy": {"execution_order": "joint", "sampler": "tpe", "max_iter": max_iter,
+                            "max_time": max_time, "sampler_config": {"seed": 0}},
+        "evaluator": evaluator, "host": "local_system", "target": "local_system",
+        "cache_dir": str(out.parent / ".olive-cache"), "output_dir": str(out), "log_severity_level": 1,
+    }
+
+
 def tried(search_out: Path) -> list[dict[str, Any]]:
     """Every model Olive's search made (footprint.json: model id -> node): the pass and its settings, whether
     it failed, its metrics when evaluated, and whether it met both goals."""

@@ -60,8 +60,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import RESULTS, ROOT, WORK, command_line, machine_info, ort_latency_ms, update_doc_section, write_result  # noqa: E402,I001
 import _olive_mnv2  # noqa: E402
-from _olive_run import (DEFAULT_VENV, USER_SCRIPT_COPY, collect, find_model, has_olive, merge, olive_versions,  # noqa: E402
-                        ops, run_both, steps_lines)
+from _olive_run import (DEFAULT_VENV, USER_SCRIPT_COPY, collect, data_config, find_model, has_olive, merge,  # noqa: E402
+                        olive_versions, ops, run_both, search_workflow, steps_lines)
 
 DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "Olive beside slimkit (MiniLM)"
@@ -111,46 +111,27 @@ def workflow(work: Path, model_dir: str, out: Path, threads: int, latency_limit_
     """Olive's search workflow (see the module docstring)."""
     data, script = str(work / "data.npz"), str(work / USER_SCRIPT_COPY)
     session = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
-
-    def dc(name: str, split: str) -> dict[str, Any]:
-        return {"name": name, "user_script": script,
-                "load_dataset_config": {"type": "minilm_sentences", "params": {"data_path": data, "split": split}},
-                # whole batches only: onnxruntime's calibrator stacks the batches' outputs (a last batch of 4
-                # fails every static point with "inhomogeneous shape")
-                "dataloader_config": {"type": "default_dataloader", "params": {"batch_size": BATCH,
-                                                                               "drop_last": True}}}
-
-    return {
-        "input_model": {"type": "HfModel", "model_path": model_dir, "task": "feature-extraction",
-                        "load_kwargs": {"attn_implementation": "eager"}},
-        "systems": {"local_system": {"type": "LocalSystem", "accelerators": [
-            {"device": "cpu", "execution_providers": ["CPUExecutionProvider"]}]}},
-        "data_configs": [dc("sentences_eval", "eval"), dc("sentences_calib", "calib")],
-        "evaluators": {"fidelity_latency": {"metrics": [
-            {"name": "fidelity", "type": "custom",
-             # metric_config {}: Olive 0.13.0 fails to serialize a custom sub-metric without one
-             "sub_types": [{"name": "cosine", "priority": 1, "higher_is_better": True, "metric_config": {},
-                            "goal": {"type": "threshold", "value": MIN_COSINE}},
-                           {"name": "cosine_min", "higher_is_better": True, "metric_config": {}}],
-             "user_config": {"user_script": script, "evaluate_func": "embedding_cosine",
-                             "evaluate_func_kwargs": {"data_path": data, "batch_size": BATCH, "threads": threads}}},
-            {"name": "latency", "type": "latency", "data_config": "sentences_eval",
-             "sub_types": [{"name": "avg", "priority": 2, "goal": {"type": "threshold", "value": latency_limit_ms},
-                            "metric_config": {"warmup_num": 3, "repeat_test_num": 10}}, {"name": "p50"}],
-             "user_config": {"inference_settings": {"onnx": {"session_options": session}}}},
-        ]}},
-        "passes": {
-            "conversion": {"type": "OnnxConversion"},
-            "transformers_optimization": {"type": "OrtTransformersOptimization"},
-            "quantization": {"type": "OnnxQuantization", "data_config": "sentences_calib"},
-            # no OrtSessionParamsTuning: with the thread count fixed by the constraints its default space
-            # (execution mode, optimization level: [None]) is empty, and it cost 2.5 min a step here
-        },
-        "search_strategy": {"execution_order": "joint", "sampler": "tpe", "max_iter": max_iter,
-                            "max_time": max_time, "sampler_config": {"seed": 0}},
-        "evaluator": "fidelity_latency", "host": "local_system", "target": "local_system",
-        "cache_dir": str(out.parent / ".olive-cache"), "output_dir": str(out), "log_severity_level": 1,
-    }
+    metrics = [
+        {"name": "fidelity", "type": "custom",
+         # metric_config {}: Olive 0.13.0 fails to serialize a custom sub-metric without one
+         "sub_types": [{"name": "cosine", "priority": 1, "higher_is_better": True, "metric_config": {},
+                        "goal": {"type": "threshold", "value": MIN_COSINE}},
+                       {"name": "cosine_min", "higher_is_better": True, "metric_config": {}}],
+         "user_config": {"user_script": script, "evaluate_func": "embedding_cosine",
+                         "evaluate_func_kwargs": {"data_path": data, "batch_size": BATCH, "threads": threads}}},
+        {"name": "latency", "type": "latency", "data_config": "sentences_eval",
+         "sub_types": [{"name": "avg", "priority": 2, "goal": {"type": "threshold", "value": latency_limit_ms},
+                        "metric_config": {"warmup_num": 3, "repeat_test_num": 10}}, {"name": "p50"}],
+         "user_config": {"inference_settings": {"onnx": {"session_options": session}}}},
+    ]
+    passes = {"conversion": {"type": "OnnxConversion"},
+              "transformers_optimization": {"type": "OrtTransformersOptimization"},
+              "quantization": {"type": "OnnxQuantization", "data_config": "sentences_calib"}}
+    model = {"type": "HfModel", "model_path": model_dir, "task": "feature-extraction",
+             "load_kwargs": {"attn_implementation": "eager"}}
+    dcs = [data_config(f"sentences_{split}", script, "minilm_sentences", {"data_path": data, "split": split}, BATCH)
+           for split in ("eval", "calib")]
+    return search_workflow(model, dcs, "fidelity_latency", metrics, passes, out, max_iter, max_time)
 
 
 def fidelity(path: Path, prep: dict[str, Any], threads: int) -> dict[str, float]:
