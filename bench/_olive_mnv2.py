@@ -34,7 +34,17 @@ from pathlib import Path
 from typing import Any
 
 from _common import ROOT
-from _olive_run import USER_SCRIPT_COPY, collect, data_config, ops, run_both, search_workflow, steps_lines
+from _olive_run import (
+    USER_SCRIPT_COPY,
+    collect,
+    data_config,
+    latency_metric,
+    ops,
+    run_both,
+    runs_lines,
+    search_workflow,
+    steps_lines,
+)
 
 SECTION = "Olive beside slimkit (MobileNetV2-FMNIST)"
 MAX_DROP, MIN_SPEEDUP = 0.01, 2.0
@@ -78,18 +88,14 @@ def workflow(work: Path, model: Path, out: Path, threads: int, input_name: str, 
              max_time: int) -> dict[str, Any]:
     """Olive's search workflow (see the module docstring)."""
     data, script = str(work / "images.npz"), str(work / USER_SCRIPT_COPY)
-    session = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
     metrics = [
         {"name": "accuracy", "type": "custom",
          "sub_types": [{"name": "accuracy", "priority": 1, "higher_is_better": True, "metric_config": {},
                         "goal": {"type": "max-degradation", "value": MAX_DROP}}],
          "user_config": {"user_script": script, "evaluate_func": "image_accuracy",
                          "evaluate_func_kwargs": {"data_path": data, "threads": threads}}},
-        {"name": "latency", "type": "latency", "data_config": "fmnist_b1",
-         "sub_types": [{"name": "avg", "priority": 2,
-                        "goal": {"type": "percent-min-improvement", "value": 100 * (1 - 1 / MIN_SPEEDUP)},
-                        "metric_config": {"warmup_num": 20, "repeat_test_num": 300}}, {"name": "p50"}],
-         "user_config": {"inference_settings": {"onnx": {"session_options": session}}}},
+        latency_metric("fmnist_b1", {"type": "percent-min-improvement", "value": 100 * (1 - 1 / MIN_SPEEDUP)},
+                       threads, 20, 300),
     ]
     passes = {"peephole": {"type": "OnnxPeepholeOptimizer"},
               "quantization": {"type": "OnnxQuantization", "data_config": "fmnist_calib"}}
@@ -206,10 +212,6 @@ def render(rows: list[dict[str, Any]], case: dict[str, Any]) -> str:
                   f"Static points calibrated on slimkit's {data.get('calibration_images', '?')} calibration images "
                   "(training set, the baseline's preprocessing); goals resolved by Olive against its own measurement "
                   "of the input model (accuracy max-degradation 0.01, latency percent-min-improvement 50)."]
-    for name, run in olive.get("runs", {}).items():
-        err = (olive.get("errors") or {}).get(name)
-        lines.append(f"- `{name}`: exit {run['rc']} after {run['seconds'] / 60:.1f} min (log: {run['log']})"
-                     + (f"; last error: `{err}`" if err else "") + ".")
-    lines += steps_lines(olive)
+    lines += runs_lines(olive) + steps_lines(olive)
     lines += [f"- {n}" for n in case.get("notes", [])]
     return "\n".join(lines)

@@ -86,6 +86,16 @@ def data_config(name: str, script: str, dataset: str, params: dict[str, Any], ba
             "dataloader_config": {"type": "default_dataloader", "params": {"batch_size": batch, "drop_last": True}}}
 
 
+def latency_metric(data_config: str, goal: dict[str, Any], threads: int, warmup: int, repeats: int) -> dict[str, Any]:
+    """Olive's latency metric (``avg`` with ``goal``, second priority; ``p50`` recorded) on the first batch of
+    ``data_config``, in a session of ``threads`` intra-op threads and one inter-op thread."""
+    session = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
+    return {"name": "latency", "type": "latency", "data_config": data_config,
+            "sub_types": [{"name": "avg", "priority": 2, "goal": goal,
+                           "metric_config": {"warmup_num": warmup, "repeat_test_num": repeats}}, {"name": "p50"}],
+            "user_config": {"inference_settings": {"onnx": {"session_options": session}}}}
+
+
 def search_workflow(input_model: dict[str, Any], data_configs: list[dict[str, Any]], evaluator: str,
                     metrics: list[dict[str, Any]], passes: dict[str, Any], out: Path, max_iter: int,
                     max_time: int) -> dict[str, Any]:
@@ -172,6 +182,16 @@ def ops(path: Path) -> dict[str, int]:
 
     proto = onnx.load(str(path), load_external_data=False)
     return dict(Counter(f"{n.domain}:{n.op_type}" if n.domain else n.op_type for n in proto.graph.node))
+
+
+def runs_lines(olive: dict[str, Any]) -> list[str]:
+    """Doc bullets: each Olive command's exit, minutes, log and (when it made no model) its last error."""
+    lines = []
+    for name, run in olive.get("runs", {}).items():
+        err = (olive.get("errors") or {}).get(name)
+        lines.append(f"- `{name}`: exit {run['rc']} after {run['seconds'] / 60:.1f} min (log: {run['log']})"
+                     + (f"; last error: `{err}`" if err else "") + ".")
+    return lines
 
 
 def steps_lines(olive: dict[str, Any]) -> list[str]:

@@ -61,7 +61,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, ROOT, WORK, command_line, machine_info, ort_latency_ms, update_doc_section, write_result  # noqa: E402,I001
 import _olive_mnv2  # noqa: E402
 from _olive_run import (DEFAULT_VENV, USER_SCRIPT_COPY, collect, data_config, find_model, has_olive, merge,  # noqa: E402
-                        olive_versions, ops, run_both, search_workflow, steps_lines)
+                        latency_metric, olive_versions, ops, run_both, runs_lines, search_workflow,
+                        steps_lines)
 
 DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "Olive beside slimkit (MiniLM)"
@@ -110,7 +111,6 @@ def workflow(work: Path, model_dir: str, out: Path, threads: int, latency_limit_
              max_time: int) -> dict[str, Any]:
     """Olive's search workflow (see the module docstring)."""
     data, script = str(work / "data.npz"), str(work / USER_SCRIPT_COPY)
-    session = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
     metrics = [
         {"name": "fidelity", "type": "custom",
          # metric_config {}: Olive 0.13.0 fails to serialize a custom sub-metric without one
@@ -119,10 +119,7 @@ def workflow(work: Path, model_dir: str, out: Path, threads: int, latency_limit_
                        {"name": "cosine_min", "higher_is_better": True, "metric_config": {}}],
          "user_config": {"user_script": script, "evaluate_func": "embedding_cosine",
                          "evaluate_func_kwargs": {"data_path": data, "batch_size": BATCH, "threads": threads}}},
-        {"name": "latency", "type": "latency", "data_config": "sentences_eval",
-         "sub_types": [{"name": "avg", "priority": 2, "goal": {"type": "threshold", "value": latency_limit_ms},
-                        "metric_config": {"warmup_num": 3, "repeat_test_num": 10}}, {"name": "p50"}],
-         "user_config": {"inference_settings": {"onnx": {"session_options": session}}}},
+        latency_metric("sentences_eval", {"type": "threshold", "value": latency_limit_ms}, threads, 3, 10),
     ]
     passes = {"conversion": {"type": "OnnxConversion"},
               "transformers_optimization": {"type": "OrtTransformersOptimization"},
@@ -177,9 +174,7 @@ def render_minilm(rows: list[dict[str, Any]], case: dict[str, Any]) -> str:
                   "(`BertModel.forward() got multiple values for argument 'use_cache'`); `requests` and `psutil` are "
                   "imported but not declared). Its search runs through bench/_olive_user.py, which patches four "
                   "Olive 0.13.0 bugs that stop a custom-metric search (listed there)."]
-    for name, run in olive.get("runs", {}).items():
-        lines.append(f"- `{name}`: exit {run['rc']} after {run['seconds'] / 60:.1f} min (log: {run['log']}).")
-    lines += steps_lines(olive)
+    lines += runs_lines(olive) + steps_lines(olive)
     lines += [f"- {n}" for n in case.get("notes", [])]
     return "\n".join(lines)
 
