@@ -33,9 +33,19 @@ def test_secant_through_the_closest_trial_and_its_neighbour():
             record(3, 0.6, 1.9, -0.05, other=2)]
     point, start = step(recs)
     assert start == 0
-    # the line through (0.65, 1.978) and (0.5, 1.67) reaches 2.0 * 1.05 = 2.1 at x = 0.65 + 0.122 / 2.0533
-    assert point[KNOB] == pytest.approx(0.65 + (2.1 - 1.978) * (0.5 - 0.65) / (1.67 - 1.978), abs=1e-6)
+    # the line through (0.65, 1.978) and (0.5, 1.67) reaches 2.0 * 1.1 = 2.2 at x = 0.65 + 0.222 / 2.0533
+    assert point[KNOB] == pytest.approx(0.65 + (2.2 - 1.978) * (0.5 - 0.65) / (1.67 - 1.978), abs=1e-6)
     assert point["epochs"] == 1  # the other settings of the closest trial, not of trial 3
+
+
+def test_a_trial_that_passes_by_less_than_half_the_margin_is_stepped_past_it():
+    # the second MobileNetV2 run: 2.08x in the search, 1.98x when re-timed; nothing else feasible
+    recs = [record(0, 0.65, 2.08, -0.05), record(1, 0.5, 1.75, -0.05)]
+    assert recs[0]["feasible"]
+    point, start = step(recs)
+    assert start == 0 and point[KNOB] == pytest.approx(0.65 + (2.2 - 2.08) * 0.15 / (2.08 - 1.75), abs=1e-6)
+    assert step([record(0, 0.65, 2.12, -0.05), record(1, 0.5, 1.75, -0.05)]) is None  # 6% inside: enough
+    assert step(recs, margin=0.05) is None  # 4% inside half of a 5% margin
 
 
 def test_too_inaccurate_moves_the_other_way_and_fixed_step_without_neighbour():
@@ -89,8 +99,8 @@ def test_the_search_queues_the_step_when_nothing_is_feasible(tmp_path, monkeypat
     assert [t.get("proposed_by") for t in trials[:2]] == ["initial", "initial"]
     third = trials[2]
     assert third["proposed_by"] == "refine" and third["refined_from"] == 1 and third["refine"] == KNOB
-    # the line through (0.35, 1.538) and (0.2, 1.25) reaches 2.1 at 0.35 + 0.562 * 0.15 / 0.288
-    assert third["params"][KNOB] == pytest.approx(0.35 + (2.1 - 1 / 0.65) * 0.15 / (1 / 0.65 - 1.25), abs=1e-5)
+    # the line through (0.35, 1.538) and (0.2, 1.25) reaches 2.2 at 0.35 + 0.662 * 0.15 / 0.288
+    assert third["params"][KNOB] == pytest.approx(0.35 + (2.2 - 1 / 0.65) * 0.15 / (1 / 0.65 - 1.25), abs=1e-5)
     assert third["feasible"] and result["best"]["number"] == 2
     assert "refined from 1" in (tmp_path / "s" / "search.md").read_text()
     # once a trial is feasible the sampler alone proposes the rest

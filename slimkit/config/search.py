@@ -136,7 +136,8 @@ class RefineSpec(StrictModel):
     faster: Literal["low", "high"] = Field(description="the end of the knob that helps the `helps` constraints")
     helps: list[str] = Field(min_length=1, description="constraint names this end helps, e.g. min_speedup")
     max_steps: int = Field(3, ge=1, le=20, description="refinement trials at most")
-    margin: float = Field(0.05, ge=0, lt=1, description="aim this fraction of the limit past it")
+    margin: float = Field(0.1, ge=0, lt=1, description="aim this fraction of the limit past it; a helped "
+                          "constraint met by less than half of it counts as short")
 
 
 class SearchConfig(StrictModel):

@@ -10,6 +10,7 @@ one point on the knob, the rest of the settings copied from the closest trial:
   toward ``faster``, to where the straight line through that trial and its nearest neighbour with the same
   other settings reaches the limit with a ``margin``; with no neighbour, a fixed step;
 - it misses only the other constraints (too inaccurate): the same toward the slower end;
+- it meets every constraint but a helped one by less than half the margin: as if that one were missed;
 - it misses both kinds, or the point was tried already: nothing (the sampler goes on alone).
 
 This is analysis only (records in, a parameter set out); the Optuna study queues the point
@@ -35,39 +36,41 @@ def _target(row: dict[str, Any], margin: float) -> float:
     return limit + margin * abs(limit) if row["name"].startswith("min_") else limit - margin * abs(limit)
 
 
-def _excess(row: dict[str, Any]) -> float:
-    """How far a missed constraint is from its limit, relative to the limit (0 when met)."""
-    if row["met"] is True:
-        return 0.0
+def _slack(row: dict[str, Any]) -> float:
+    """How far a constraint's value is inside its limit, relative to the limit (negative when missed)."""
     if row["value"] is None:
-        return float("inf")
+        return float("-inf")
     limit, value = float(row["limit"]), float(row["value"])
-    over = value - limit if row["name"].startswith("max_") else limit - value
-    return max(over, 0.0) / max(abs(limit), 1e-6)
+    inside = limit - value if row["name"].startswith("max_") else value - limit
+    return inside / max(abs(limit), 1e-6)
 
 
 def next_point(records: list[dict[str, Any]], *, param: str, faster: str, helps: list[str], low: float,
-               high: float, integer: bool = False, margin: float = 0.05) -> tuple[dict[str, Any], int] | None:
+               high: float, integer: bool = False, margin: float = 0.1) -> tuple[dict[str, Any], int] | None:
     """The next parameter set along ``param`` and the number of the trial it starts from, or None.
 
     ``records``: the search's trial records (state, params, constraints rows with name/limit/value/met).
-    ``faster``: ``"low"`` or ``"high"``, the end of the knob that helps the constraints named in ``helps``."""
+    ``faster``: ``"low"`` or ``"high"``, the end of the knob that helps the constraints named in ``helps``.
+    A helped constraint met by less than ``margin / 2`` of its limit counts as short too: measured latency
+    moves by a few percent between the search and the re-timing of its finalists, so a point that just
+    passes is stepped past the limit by ``margin``."""
     done = [r for r in records if r.get("state") == "complete" and param in (r.get("params") or {}) and _rows(r)]
-    if not done or any(r.get("feasible") for r in records if r.get("state") == "complete"):
+
+    def short(r: dict[str, Any], helped: bool) -> list[dict[str, Any]]:
+        return [row for row in _rows(r) if (row["name"] in helps) == helped
+                and (row["met"] is not True or (helped and _slack(row) < margin / 2))]
+
+    if not done or any(r.get("feasible") and not short(r, True) for r in records if r.get("state") == "complete"):
         return None
-
-    def missed(r: dict[str, Any], helped: bool) -> list[dict[str, Any]]:
-        return [row for row in _rows(r) if row["met"] is not True and (row["name"] in helps) == helped]
-
     # too slow but accurate enough -> toward `faster`; else accurate-enough-missing -> toward the other end
     for helped in (True, False):
-        cands = [r for r in done if missed(r, helped) and not missed(r, not helped)]
+        cands = [r for r in done if short(r, helped) and not short(r, not helped)]
         if cands:
             break
     else:
         return None
-    best = min(cands, key=lambda r: max(_excess(row) for row in missed(r, helped)))
-    row = max(missed(best, helped), key=_excess)
+    best = max(cands, key=lambda r: min(_slack(row) for row in short(r, helped)))
+    row = min(short(best, helped), key=_slack)
     if row["value"] is None:
         return None
     toward_low = (faster == "low") == helped
