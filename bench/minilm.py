@@ -325,6 +325,21 @@ def main() -> None:
             f"{fcfg.outlier_channels} outlier GELU channels in fp32 on the FFN output projections of "
             f"{_layers(fres)}, per-channel dynamic int8 (QAttention, QEmbedLayerNormalization, MatMulInteger); "
             f"{_muls(fres)}; {f_seconds:.0f} s to quantize")
+        # the same fused graph and the same smoothing Muls, no outlier side path at all (no run-time op beyond the
+        # smoothing Muls): issue 13's held-out measurement that the side paths are not needed for the targets
+        scfg = EncoderInt8Config(weight_only=(), fuse_attention_heads=12, outlier_channels=0, outlier_select=False,
+                                 smooth_select=False, smooth_nodes=_kept_groups(fres, fcfg))
+        t0 = time.time()
+        sres = quantize_encoder_int8(fp32, work / "slimkit-int8-fused-smooth.onnx", calibration=calib, config=scfg)
+        fused_info["no_side_paths"] = {kk: sres[kk] for kk in ("calibration_fidelity", "smoothed", "rewrites")}
+        paths[("slimkit", "int8-fused-smooth")] = sres["artifact"]
+        notes[("slimkit", "int8-fused-smooth")] = (
+            f"the row int8-fused-smooth-outlier without any outlier side path (outlier_channels=0): the same "
+            f"{_n_input(sres)} smoothing-Mul-fed weights (that row's smooth_select result) and {_n_output(sres)} "
+            f"value-folded attention output projections, per-channel dynamic int8; calibration fidelity "
+            f"{sres['calibration_fidelity']['cosine']:.5f} / min {sres['calibration_fidelity']['cosine_min']:.5f} "
+            f"(under quantize_encoder_int8's own calibration floor 0.992, so its selection would not take this "
+            f"form by itself); {time.time() - t0:.0f} s to quantize")
     paths[("slimkit", "int8-smooth-outlier-mixed")] = res["artifact"]
     notes[("slimkit", "int8-smooth-outlier-mixed")] = (
         f"quantize_encoder_int8: SmoothQuant alpha {cfg.smooth_alpha} on {_n_input(res)} Q/K/V and FFN input "

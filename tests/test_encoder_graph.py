@@ -168,6 +168,30 @@ def test_fused_graph_smoothing_and_outliers_exact_then_int8(tiny_onnx, tmp_path)
     assert fid["cosine"] >= 0.99 and fid["cosine_min"] >= 0.98, fid
 
 
+def test_fused_int8_without_side_paths_runs_only_the_smoothing_muls_extra(tiny_onnx, tmp_path) -> None:
+    """outlier_channels=0 on the fused graph (bench/minilm.py's int8-fused-smooth row): no fp32 side MatMul,
+    no BiasGelu; beyond what the peer's fused int8 graph runs, only the smoothing Muls (one per smoothed
+    LayerNorm output); the int8 output keeps a cosine floor against fp32."""
+    from slimkit.evaluation.embedding_fidelity import cosine_stats
+    from slimkit.exporters.encoder_int8 import EncoderInt8Config, quantize_encoder_int8
+    from slimkit.exporters.onnx_transformer import ort_embed
+
+    calib = [_feeds(8, 24, seed=s) for s in range(3)]
+    cfg = EncoderInt8Config(weight_only=(), outlier_channels=0, fuse_attention_heads=4, outlier_select=False,
+                            smooth_select=False)
+    res = quantize_encoder_int8(tiny_onnx, tmp_path / "int8.onnx", calibration=calib, config=cfg)
+    assert res["outlier_side_nodes"] == [] and len(res["smoothed"]) == 6
+    run = _session_ops(res["artifact"])
+    assert run.get("QAttention") == 2 and run.get("DynamicQuantizeMatMul") == 6 and run.get("Gelu") == 2
+    # the only extra Muls are the smoothing ones: 2 layers x (packed QKV input, FFN input)
+    assert "BiasGelu" not in run and "MatMul" not in run
+    smooth_muls = [n.name for n in onnx.load(str(res["artifact"])).graph.node if n.name.endswith("_SmoothMul")]
+    assert len(smooth_muls) == 4 and run.get("Mul", 0) == 4 + 1  # + 1 Mul of the fp32 graph
+    ids, mask = _feeds(6, 30, seed=7)
+    fid = cosine_stats(ort_embed(res["artifact"], ids, mask), ort_embed(tiny_onnx, ids, mask))
+    assert fid["cosine"] >= 0.99 and fid["cosine_min"] >= 0.98, fid
+
+
 def test_outlier_paths_selected_per_layer_by_measured_fidelity(tiny_onnx, tmp_path) -> None:
     """outlier_select measures each side path left out and drops those the calibration floors do not need,
     and smooth_select then does the same for each smoothing Mul: with floors any int8 build meets, every
