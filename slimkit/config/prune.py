@@ -51,6 +51,14 @@ class _OneShotConfig(PassConfig):
     calibration_batches: int | None = Field(None, ge=1, description="use at most this many calibration batches")
     block_refit: BlockRefitConfig | None = Field(None, description="then refit each block to the original's "
                                                                    "output on the calibration data (its zeros kept)")
+    allocation: Literal["uniform", "owl", "sensitivity"] = Field(
+        "uniform", description="unstructured: 'uniform' (every layer at sparsity); 'sensitivity' (blocks whose "
+                               "Wanda pruning alone changes the output most get less sparsity) or 'owl' (Yin et al. "
+                               "2024: blocks with more outlier Wanda scores get less), within +-owl_lambda, the "
+                               "weight-weighted mean staying at sparsity")
+    owl_lambda: float = Field(0.08, gt=0, lt=0.5, description="allocation: largest deviation of a block's sparsity")
+    owl_m: float = Field(5.0, gt=1, le=100, description="owl: a score is an outlier above owl_m x its block's mean")
+    sensitivity_batches: int = Field(2, ge=1, le=64, description="sensitivity: calibration batches measured")
     sequential: bool | Literal["block", "layer"] = Field(
         True, description="'block' (or true): calibrate each block on the inputs of the already pruned blocks "
                           "before it (one calibration pass per block); 'layer': also within a block, each set of "
@@ -65,6 +73,8 @@ class _OneShotConfig(PassConfig):
         if (self.sparsity is None) == (self.n is None):
             raise ValueError("give exactly one of sparsity (unstructured) or n and m (N:M), "
                              f"got sparsity={self.sparsity}, n:m={nm[0]}:{nm[1]}")
+        if self.allocation != "uniform" and self.sparsity is None:
+            raise ValueError(f"allocation={self.allocation!r} needs unstructured sparsity, not n:m")
         if self.n is not None and self.m is not None and self.n >= self.m:
             raise ValueError(f"n must be smaller than m, got n={self.n}, m={self.m}")
         return self

@@ -31,10 +31,19 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from slimkit.analysis.calibration import InputStats, block_of, collect_input_stats, input_groups, reiterable
+from slimkit.analysis.calibration import (
+    InputStats,
+    block_of,
+    collect_input_stats,
+    input_groups,
+    reiterable,
+    token_mask,
+)
 from slimkit.config.prune import SparseGPTConfig, WandaPruneConfig
-from slimkit.context import PassContext, PassRecord
+from slimkit.context import PassContext, PassRecord, eval_mode
+from slimkit.data.batch import call_model, split_batch
 from slimkit.errors import ConfigError
+from slimkit.evaluation.metrics import primary_output
 from slimkit.passes.blockfit import refit_blocks, refit_note
 from slimkit.passes.prune.masks import eligible_layers, reparametrized_layers
 from slimkit.passes.prune.unstructured import prune_count
@@ -162,6 +171,75 @@ def _pattern(cfg: OneShotConfig) -> str:
     return f"{cfg.n}:{cfg.m}" if cfg.sparsity is None else "unstructured"
 
 
+def _blocks(layers: dict[str, nn.Module]) -> dict[str, list[str]]:
+    blocks: dict[str, list[str]] = {}
+    for name in layers:
+        blocks.setdefault(block_of(name), []).append(name)
+    return blocks
+
+
+def _wanda_scores(layer: nn.Module, stats: InputStats) -> torch.Tensor:
+    w = layer.weight.detach().to("cpu", torch.float64).reshape(stats.groups, -1, stats.dim)
+    return w.abs() * stats.col_norms().to(torch.float64)[:, None, :]
+
+
+def spread_sparsity(score: dict[str, float], numel: dict[str, int], sparsity: float, lam: float
+                    ) -> dict[str, float]:
+    """Per-block sparsity from a per-block score (higher: prune less), as OWL maps it: ``sparsity - lam * (2 (s -
+    min s) / (max s - min s) - 1)``, shifted so that the ``numel``-weighted mean is exactly ``sparsity``."""
+    lo, hi = min(score.values()), max(score.values())
+    if hi - lo <= 0:
+        return {b: sparsity for b in score}
+    dev = {b: lam * (2 * (v - lo) / (hi - lo) - 1) for b, v in score.items()}
+    mean = sum(dev[b] * numel[b] for b in dev) / sum(numel.values())
+    return {b: min(max(sparsity - (dev[b] - mean), 0.0), 0.99) for b in dev}
+
+
+def block_sparsities(model: nn.Module, layers: dict[str, nn.Module], calibration: Any, cfg: OneShotConfig
+                     ) -> dict[str, float]:
+    """Per-layer unstructured sparsity for ``cfg.allocation`` (the same for every layer of a block,
+    :func:`block_of`; the weight-weighted mean is ``cfg.sparsity``, deviations within ``+-owl_lambda``):
+
+    - ``owl`` (Yin et al. 2024, "Outlier Weighed Layerwise sparsity"): a block's score is the fraction of its
+      layers' Wanda scores ``|W_ij| * ||x_j||`` (inputs of the unpruned model) above ``owl_m`` times the block's
+      mean score; the blocks with the most outliers are pruned least.
+    - ``sensitivity``: a block's score is the measured relative error of the model's output (last hidden
+      state / logits, padding excluded) on the first ``sensitivity_batches`` calibration batches when that
+      block alone is Wanda-pruned at ``sparsity`` (weights restored after); the most sensitive blocks are
+      pruned least.
+    """
+    from slimkit.passes.prune.posttrain import fidelity_loss
+
+    assert cfg.sparsity is not None
+    stats = collect_input_stats(model, calibration, layers, full=False, max_batches=cfg.calibration_batches)
+    blocks = _blocks(layers)
+    numel = {b: sum(layers[n].weight.numel() for n in names) for b, names in blocks.items()}
+    score: dict[str, float] = {}
+    if cfg.allocation == "owl":
+        for b, names in blocks.items():
+            s = torch.cat([_wanda_scores(layers[n], stats[n]).flatten() for n in names])
+            score[b] = float((s > cfg.owl_m * s.mean()).double().mean())
+    else:
+        probe = [split_batch(x)[0] for x in itertools.islice(iter(calibration), cfg.sensitivity_batches)]
+        with eval_mode(model), torch.no_grad():
+            refs = [primary_output(call_model(model, x)) for x in probe]
+            for b, names in blocks.items():
+                saved = {n: layers[n].weight.detach().clone() for n in names}
+                for n in names:
+                    st = stats[n]
+                    w = layers[n].weight
+                    keep = torch.stack([wanda_keep(g, st.col_norms()[gi], sparsity=cfg.sparsity) for gi, g in
+                                        enumerate(w.detach().reshape(st.groups, -1, st.dim))])
+                    w.mul_(keep.reshape(w.shape).to(w.dtype))
+                score[b] = sum(fidelity_loss(primary_output(call_model(model, x)), r, "mse", token_mask(x))
+                               for x, r in zip(probe, refs, strict=True)) / max(len(probe), 1)
+                for n in names:
+                    layers[n].weight.copy_(saved[n])
+    log.info("%s allocation: block scores %s", cfg.allocation, {b: round(v, 5) for b, v in score.items()})
+    per_block = spread_sparsity(score, numel, cfg.sparsity, cfg.owl_lambda)
+    return {n: per_block[block_of(n)] for n in layers}
+
+
 def _prune_layer(name: str, module: nn.Module, stats: InputStats, cfg: OneShotConfig) -> dict[str, Any]:
     weight = module.weight
     g = stats.groups
@@ -203,6 +281,7 @@ def oneshot_prune_(model: nn.Module, cfg: OneShotConfig, calibration: Any) -> li
         blocks = [list(group) for _, group in itertools.groupby(layers, key=block_of)]
     else:
         blocks = [list(layers)]
+    sparsity = block_sparsities(model, layers, calibration, cfg) if cfg.allocation != "uniform" else {}
     records: list[dict[str, Any]] = []
     with track(f"prune:{cfg.method}", total=len(layers)) as task:
         for block in blocks:
@@ -214,7 +293,8 @@ def oneshot_prune_(model: nn.Module, cfg: OneShotConfig, calibration: Any) -> li
                                     "numel": layers[name].weight.numel(), "skipped": "never called on calibration"})
                     task.advance()
                     continue
-                rec = _prune_layer(name, layers[name], stats[name], cfg)
+                lcfg = cfg.model_copy(update={"sparsity": sparsity[name]}) if name in sparsity else cfg
+                rec = _prune_layer(name, layers[name], stats[name], lcfg)
                 log.info("%s %s: %s removed %d/%d, relative output error %.3g", cfg.method, rec["pattern"], name,
                          rec["removed"], rec["numel"], rec.get("rel_error", float("nan")))
                 records.append(rec)
