@@ -38,11 +38,15 @@ browser:
 demo: setup
 	$(BIN)/slimkit demo
 
+# The suite runs on TEST_JOBS worker processes (pytest-xdist), whole files per worker (module fixtures built
+# once); every test sets torch to one thread (tests/conftest.py), so 2 workers use the 2 cores of the CI machine.
+TEST_JOBS ?= 2
+
 test: setup
-	$(BIN)/python -m pytest -q -x --timeout=600 -p no:cacheprovider
+	$(BIN)/python -m pytest -q -x --timeout=600 -p no:cacheprovider -n $(TEST_JOBS) --dist loadfile
 
 test-full: setup
-	SLIMKIT_FULL=1 $(BIN)/python -m pytest -q --timeout=3600
+	SLIMKIT_FULL=1 $(BIN)/python -m pytest -q --timeout=3600 -n $(TEST_JOBS) --dist loadfile
 
 # Full benchmarks (about two hours on 2 cores), each with the command recorded in its bench/results/*.json.
 bench: setup

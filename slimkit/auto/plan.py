@@ -98,8 +98,12 @@ def build_space(base: dict[str, Any], cfg: AutoConfig, profile: dict[str, Any], 
     if cfg.multi_objective:  # the front is searched: quality and bytes beside the primary objective
         more = ["maximize accuracy" if labelled else "maximize fidelity"]
         more += ["minimize size_ratio"] if cfg.max_latency_ratio is not None else ["maximize speedup"]
+    # while nothing is feasible, the pruning depth is stepped toward the limit that binds (slimkit.search.refine)
+    helps = [c for c in ("min_speedup", "max_size_ratio") if c in recipe["constraints"]]
+    refine = [{"param": "stages[prune].target_macs", "faster": "low", "helps": helps}
+              ] if helps and "stages[prune].target_macs" in space else []
     return {"name": name, "base": recipe, "space": space, "objective": objective, "objectives": more,
-            "trials": cfg.trials, "initial": initial,
+            "trials": cfg.trials, "initial": initial, "refine": refine,
             "timeout_s": cfg.budget_s, "seed": cfg.seed, "storage": "sqlite", "backend": cfg.backend,
             "address": cfg.address, "workers": cfg.workers, "share_baseline": True}
 

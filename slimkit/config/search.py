@@ -128,6 +128,18 @@ class ObjectiveConfig(StrictModel):
         return self.direction or OBJECTIVE_METRICS[self.metric]
 
 
+class RefineSpec(StrictModel):
+    """A knob that trades quality for speed or size: when the queued trials are done and none is feasible, a
+    point along it is tried next (:mod:`slimkit.search.refine`)."""
+
+    param: str = Field(description="a numeric path of `space`")
+    faster: Literal["low", "high"] = Field(description="the end of the knob that helps the `helps` constraints")
+    helps: list[str] = Field(min_length=1, description="constraint names this end helps, e.g. min_speedup")
+    max_steps: int = Field(3, ge=1, le=20, description="refinement trials at most")
+    margin: float = Field(0.1, ge=0, lt=1, description="aim this fraction of the limit past it; a helped "
+                          "constraint met by less than half of it counts as short")
+
+
 class SearchConfig(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     base: Path | dict[str, Any] = Field(description="a recipe file, or an inline recipe mapping")
@@ -150,6 +162,9 @@ class SearchConfig(StrictModel):
         default_factory=list, max_length=100,
         description="parameter sets tried first, in order ({path: value}; a categorical value as its label or "
                     "its value; paths left out are sampled): a coarse start the sampler then refines")
+    refine: list[RefineSpec] = Field(
+        default_factory=list, max_length=8,
+        description="knobs stepped toward the binding constraint while no trial is feasible (a secant step)")
 
     @model_validator(mode="after")
     def _backend(self) -> SearchConfig:
@@ -163,6 +178,10 @@ class SearchConfig(StrictModel):
         unknown = sorted({k for point in self.initial for k in point} - set(self.space))
         if unknown:
             raise ValueError(f"initial names paths that are not in space: {unknown}")
+        for r in self.refine:
+            spec = self.space.get(r.param)
+            if spec is None or spec.choices is not None:
+                raise ValueError(f"refine names {r.param!r}, which is not a numeric path of space")
         return self
 
     @property
@@ -209,7 +228,7 @@ class SearchPlan:
         """Changes when anything that changes the trials changes (resume refuses a different search)."""
         cfg = self.config.model_dump(mode="json", exclude={"trials", "timeout_s", "workers", "address", "backend"})
         cfg.pop("base", None)
-        for key in ("objectives", "initial"):  # searches without them keep the fingerprint they had before
+        for key in ("objectives", "initial", "refine"):  # searches without them keep the fingerprint they had before
             if not cfg[key]:
                 cfg.pop(key)
         base = {k: v for k, v in self.base.items() if k != "tracking"}  # logging changes no trial
@@ -395,5 +414,5 @@ def load_search(path: str | Path) -> Any:
     return parse_search(read_yaml(path), source=str(path), base_dir=Path.cwd())
 
 
-__all__ = ["OBJECTIVE_METRICS", "ObjectiveConfig", "ParamSpec", "SearchConfig", "SearchPlan", "build_plan", "check_search",
+__all__ = ["OBJECTIVE_METRICS", "ObjectiveConfig", "ParamSpec", "RefineSpec", "SearchConfig", "SearchPlan", "build_plan", "check_search",
            "coerce_plan", "load_search", "parse_search", "search_error"]

@@ -74,7 +74,7 @@ class OptunaStudy:
         # the coarse start: queued once in a new study (a stored study keeps the rest queued across a kill);
         # replayed in memory, the points not asked yet
         for point in cfg.initial if fresh else [] if storage is not None else cfg.initial[len(records):]:
-            self.study.enqueue_trial(self._labels(point), skip_if_exists=False)
+            self.study.enqueue_trial(self._labels(point), user_attrs={"proposed_by": "initial"}, skip_if_exists=False)
         for r in records:
             if r["state"] == "interrupted" and not r.get("retry_enqueued"):
                 self.study.enqueue_trial(r["params"], skip_if_exists=False)
@@ -102,6 +102,30 @@ class OptunaStudy:
         """The objective value(s) Optuna is told for a record (None: not measured)."""
         values = r.get("objectives") if self.multi else [r.get("objective")]
         return None if not values or any(v is None for v in values) else [float(v) for v in values]
+
+    def refine(self, records: list[dict[str, Any]]) -> int | None:
+        """With nothing queued and no feasible trial, queue the next point along a ``refine`` knob
+        (:func:`slimkit.search.refine.next_point`); returns the trial number it starts from, or None."""
+        from slimkit.search.refine import next_point
+
+        if self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            return None
+        params = {p.path: p for p in self.plan.params}
+        for spec in self.plan.config.refine:
+            if sum(r.get("refine") == spec.param for r in records) >= spec.max_steps:
+                continue
+            p = params[spec.param]
+            assert p.low is not None and p.high is not None  # SearchConfig: a numeric path of the space
+            got = next_point(records, param=spec.param, faster=spec.faster, helps=spec.helps, low=float(p.low),
+                             high=float(p.high), integer=p.kind == "int", margin=spec.margin)
+            if got is not None:
+                point, start = got
+                self.study.enqueue_trial({k: v for k, v in point.items() if k in self._dists},
+                                         user_attrs={"proposed_by": "refine", "refine": spec.param,
+                                                     "refined_from": start}, skip_if_exists=False)
+                log.info("refine: %s=%s from trial %d", spec.param, point[spec.param], start)
+                return start
+        return None
 
     def ask(self) -> tuple[optuna.trial.Trial, dict[str, Any], dict[str, Any]]:
         """A new trial: (handle, proposed recipe dict, {path: sampled value})."""

@@ -117,7 +117,9 @@ def search(config: Any, out: str | Path | None = None, *, resume: bool = False,
                     records.append({"number": n, "state": "running", "params": sampled,
                                     "stages": stage_names(data), "dir": f"trials/{n}", "metrics": None,
                                     "constraints": None, "feasible": False, "objective": None, "error": None,
-                                    "study_trial": handle.number})
+                                    "study_trial": handle.number,
+                                    **{k: handle.user_attrs[k] for k in ("proposed_by", "refine", "refined_from")
+                                       if k in handle.user_attrs}})
                     inflight[n] = handle
                     book.write()
                     executor.submit(n, data, str(out / "trials" / str(n)), **kwargs)
@@ -128,6 +130,7 @@ def search(config: Any, out: str | Path | None = None, *, resume: bool = False,
                 records[n].update(result)
                 records[n].pop("baseline", None)
                 study.tell(inflight.pop(n), records[n])
+                study.refine(records)
                 book.front = study.front(records)
                 data_now = book.write()
                 task.advance()

@@ -29,6 +29,8 @@ def _rows(data: dict[str, Any]) -> list[list[str]]:
         m = r.get("metrics") or {}
         params = ", ".join(f"{k}={_param(v)}" for k, v in r["params"].items())
         status = r["state"] if r["state"] != "complete" else ("feasible" if r.get("feasible") else "infeasible")
+        if r.get("proposed_by") == "refine":  # a secant step along a knob (slimkit.search.refine)
+            status += f" (refined from {r.get('refined_from')})"
         out.append([f"{r['number']}{' (best)' if r['number'] == best else ''}", status, params,
                     _obj(r.get("objective")), *(fmt(k, m) if m else "n/a" for k, _ in _COLS),
                     (r.get("error") or "")[:160]])
