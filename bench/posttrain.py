@@ -104,7 +104,8 @@ def _deploy(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def mobilenet(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from slimkit.data.sample_images import photo_batches, photo_crops
+    from slimkit.data.sample_images import photo_batches, photo_crops, photo_specs
+    from slimkit.evaluation.agreement import agreement_interval
     from slimkit.exporters import export_onnx
     from slimkit.models.pretrained import mobilenet_v2_imagenet
 
@@ -167,10 +168,18 @@ def mobilenet(args: argparse.Namespace) -> list[dict[str, Any]]:
                     + " ratio bisected to the MACs of the posttrain row (at most, within 2%)"}
         print(f"MobileNetV2 {target}: done", flush=True)
     quality = {}
+    photos = [s.photo for s in photo_specs("heldout")[:len(held)]]
     for name, m in models.items():
         out = logits(m)
+        hits = (out.argmax(1) == ref.argmax(1)).float()
+        # 95% intervals: Wilson over crops, and a bootstrap over photos (crops of one photo are not independent);
+        # quality values are numbers (the bench-result schema), so each interval is two keys
+        crops_ci, photos_ci = agreement_interval(hits), agreement_interval(hits, photos)
         quality[name] = {
-            "top1_agreement": round(float((out.argmax(1) == ref.argmax(1)).float().mean()), 4),
+            "top1_agreement": round(float(hits.mean()), 4),
+            "top1_agreement_ci95_low": round(crops_ci[0], 4), "top1_agreement_ci95_high": round(crops_ci[1], 4),
+            "top1_agreement_ci95_photos_low": round(photos_ci[0], 4),
+            "top1_agreement_ci95_photos_high": round(photos_ci[1], 4),
             "top5_contains_top1": round(float((top5 == out.argmax(1, keepdim=True)).any(1).float().mean()), 4),
             "logit_cosine": round(float(F.cosine_similarity(out, ref).mean()), 4)}
         print(name, quality[name], flush=True)
@@ -199,7 +208,8 @@ def mobilenet(args: argparse.Namespace) -> list[dict[str, Any]]:
                      "latency_ms": med, "quality": q, "macs": macs, "params": sum(p.numel() for p in m.parameters()),
                      "section": "mobilenet_v2", "seconds": meta[n]["seconds"],
                      "notes": (f"{meta[n]['note']}; {macs / base_macs:.3f} of the MACs; quality on {len(held)} held-out "
-                               f"crops (other halves of the photos than calibration); latency: eager BN-folded and "
+                               f"crops of {len(set(photos))} photos (other halves of the photos than calibration; top1_agreement_ci95_low/high: "
+                               f"Wilson over crops, _photos_low/high: bootstrap over photos); latency: eager BN-folded and "
                                f"onnxruntime, {args.threads} thread, median of {args.rounds} round-robin rounds on "
                                f"a shared 2-core machine{verdict}")})
     return rows

@@ -269,3 +269,33 @@ def test_posttrain_on_inverted_residuals_keeps_shapes_and_onnx_parity(tmp_path) 
     path = export_onnx(model, tmp_path / "m.onnx", x)
     parity = check_parity(model, path, held[0][:4], atol=1e-4, rtol=1e-4)
     assert parity["ok"], parity
+
+
+def test_sequential_refit_takes_the_consumers_one_at_a_time_in_execution_order(monkeypatch) -> None:
+    # sequential: one paired forward per consumer and pass, in the order they run, each seeing the refits
+    # before it; joint: one paired forward per pass for all of them. Both keep the output close on held-out data.
+    import slimkit.passes.prune.posttrain as pt
+
+    base = InvertedResidual()
+    calib, held = _data(2, 6), _data(5, 2)
+    x = (calib[0][:1],)
+    calls: list[list[str]] = []
+    real = pt.paired_stats
+
+    def spy(reference, current, names, calibration, max_batches):  # noqa: ANN001, ANN202
+        calls.append(list(names))
+        return real(reference, current, names, calibration, max_batches)
+
+    monkeypatch.setattr(pt, "paired_stats", spy)
+    errs = {}
+    for order in ("joint", "sequential"):
+        calls.clear()
+        model = copy.deepcopy(base)
+        sk.prune_(model, sk.PostTrainPruneConfig(ratio=0.5, loss="mse", refit_passes=2, refit_order=order),
+                  calibration=calib, example_inputs=x)
+        errs[order] = _rel_mse(model, base, held)
+        if order == "joint":
+            assert len(calls) == 2 and sorted(calls[0]) == ["b1.0", "b1.6", "b2.6"], calls
+        else:
+            assert calls == [["b1.0"], ["b1.6"], ["b2.6"]] * 2, calls
+    assert errs["sequential"] < 0.05 and errs["joint"] < 0.05, errs

@@ -93,6 +93,9 @@ class PostTrainPruneConfig(PassConfig):
     ridge: float = Field(1e-3, ge=0, lt=1)
     refit: Literal["auto", "weights", "scales"] = "auto"
     refit_passes: int = Field(2, ge=0, le=10)
+    refit_order: Literal["sequential", "joint"] = Field(
+        "sequential", description="refit='weights': the paired refits one consumer at a time in execution order, "
+                                  "each on inputs that carry the refits before it, or all from one paired forward")
     weight_ridge: float | None = Field(
         None, gt=0, le=100, description="refit='scales': then also refit each consumer's whole kept weight, ridge "
                                         "toward the scaled weight with this strength (x mean diagonal of the "

@@ -12,7 +12,7 @@ import numpy as np
 
 from slimkit.errors import DataError
 
-__all__ = ["argmax_agreement", "as_rows", "row_cosine"]
+__all__ = ["agreement_interval", "argmax_agreement", "as_rows", "row_cosine"]
 
 
 def as_rows(x: Any) -> np.ndarray:
@@ -43,3 +43,38 @@ def argmax_agreement(a: Any, b: Any) -> float:
     if x.shape != y.shape:
         raise DataError(f"outputs of shape {x.shape} and {y.shape} cannot be compared.")
     return float((x.argmax(-1) == y.argmax(-1)).mean())
+
+
+def agreement_interval(hits: Any, groups: Any = None, *, level: float = 0.95, resamples: int = 2000,
+                       seed: int = 0) -> tuple[float, float]:
+    """A ``level`` confidence interval for the fraction of true values in ``hits`` (per-sample agreement, 0/1).
+
+    Without ``groups``: the Wilson score interval (samples independent). With ``groups`` (one label per
+    sample, e.g. the photograph a crop was cut from): a cluster bootstrap that resamples whole groups, since
+    crops of one photo agree or disagree together and count as far fewer than ``n`` independent samples.
+    Raises DataError on an empty input or a ``groups`` of another length."""
+    h = np.asarray(hits.detach().cpu().numpy() if hasattr(hits, "detach") else hits, dtype=np.float64).reshape(-1)
+    if h.size == 0:
+        raise DataError("agreement_interval: no samples.", hint="Pass one 0/1 value per compared sample.")
+    if not 0 < level < 1:
+        raise DataError(f"agreement_interval: level={level}; expected a value in (0, 1).")
+    alpha = 1 - level
+    if groups is None:
+        from statistics import NormalDist
+
+        z = NormalDist().inv_cdf(1 - alpha / 2)
+        n, p = h.size, float(h.mean())
+        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+        half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+        return max(0.0, float(centre - half)), min(1.0, float(centre + half))
+    g = np.asarray(groups)
+    if g.shape[0] != h.size:
+        raise DataError(f"agreement_interval: {h.size} samples but {g.shape[0]} group labels.",
+                        hint="Give one group label per sample.")
+    _, idx = np.unique(g, return_inverse=True)
+    sums, counts = np.bincount(idx, weights=h), np.bincount(idx).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(0, len(sums), size=(resamples, len(sums)))
+    stats = sums[pick].sum(1) / counts[pick].sum(1)
+    lo, hi = np.quantile(stats, [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)

@@ -376,7 +376,7 @@ def posttrain_prune(model: nn.Module, cfg: PostTrainPruneConfig, ctx: PassContex
     if scales:
         _tune_scales(model, reference, targets, cfg, calib, info, inputs, parents, removed)
     else:
-        _refit_passes(model, reference, targets, cfg, calib, info, mats, rows)
+        _refit_passes(model, reference, targets, cfg, calib, info, mats, rows, inputs)
     if original is not None and cfg.block_refit is not None:
         info["block_refit"] = refit_blocks(model, original, calib, cfg.block_refit, seed=ctx.seed)
     info.update(macs_before=base, macs_after=count_macs(model, inputs), seconds=round(time.time() - t0, 2),
@@ -402,27 +402,42 @@ def layer_rows(info: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _refit_passes(model: nn.Module, reference: nn.Module, targets: list[Target], cfg: PostTrainPruneConfig,
                   calib: Iterable[Any], info: dict[str, Any], mats: dict[int, tuple[torch.Tensor, torch.Tensor]],
-                  rows: dict[int, torch.Tensor | None]) -> None:
+                  rows: dict[int, torch.Tensor | None], inputs: tuple[Any, ...]) -> None:
     """Refit every consumer on the pruned model's own inputs against the original outputs. ``reference``
-    carries the first refit in its consumers; the original weights are put back into it first."""
+    carries the first refit in its consumers; the original weights are put back into it first.
+    ``refit_order="sequential"``: one consumer at a time in execution order, each on inputs that already carry
+    the refits before it (one paired forward per consumer, stopped at it); ``"joint"``: every consumer from one
+    paired forward per pass."""
     for t in targets:
         install(reference, t, mats[t.group.index][0])
     records = {r["group"]: r for r in info["groups"]}
-    names = [t.consumer for t in targets]
+    by_name = {t.consumer: t for t in targets}
+    names = list(by_name)
+    if cfg.refit_order == "sequential":
+        chunks = [[n] for n in execution_order(model, names, inputs)]
+    else:
+        chunks = [names]
     for _ in range(cfg.refit_passes):
-        stats = paired_stats(reference, model, names, calib, cfg.calibration_batches)
-        for t in targets:
-            st = stats.get(t.consumer)
-            if st is None or st.count == 0:
-                continue
-            d_cur = model.get_submodule(t.consumer).weight[0].numel()
-            hxx, hxz, hzz = joint_moments(st, d_cur)
-            w = weight_aug(reference, t)
-            if rows[t.group.index] is not None:
-                w = w[rows[t.group.index]]
-            v, err = refit_no_worse(w, weight_aug(model, t), hxx, hxz, hzz, cfg.ridge, t.intercept is not None)
-            install(model, t, v)
-            records[t.group.index]["relative_error"].append(round(err, 6))
+        for chunk in chunks:
+            _refit_chunk(model, reference, [by_name[n] for n in chunk], cfg, calib, records, rows)
+
+
+def _refit_chunk(model: nn.Module, reference: nn.Module, targets: list[Target], cfg: PostTrainPruneConfig,
+                 calib: Iterable[Any], records: dict[int, dict[str, Any]], rows: dict[int, torch.Tensor | None]
+                 ) -> None:
+    stats = paired_stats(reference, model, [t.consumer for t in targets], calib, cfg.calibration_batches)
+    for t in targets:
+        st = stats.get(t.consumer)
+        if st is None or st.count == 0:
+            continue
+        d_cur = model.get_submodule(t.consumer).weight[0].numel()
+        hxx, hxz, hzz = joint_moments(st, d_cur)
+        w = weight_aug(reference, t)
+        if rows[t.group.index] is not None:
+            w = w[rows[t.group.index]]
+        v, err = refit_no_worse(w, weight_aug(model, t), hxx, hxz, hzz, cfg.ridge, t.intercept is not None)
+        install(model, t, v)
+        records[t.group.index]["relative_error"].append(round(err, 6))
 
 
 def _tune_scales(model: nn.Module, reference: nn.Module, targets: list[Target], cfg: PostTrainPruneConfig,

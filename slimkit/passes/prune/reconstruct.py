@@ -266,6 +266,10 @@ def consumer_stats(model: nn.Module, targets: list[Target], calibration: Iterabl
                                max_batches=max_batches)
 
 
+class _Enough(Exception):
+    """Ends a paired forward once every consumer has seen its input."""
+
+
 class _Paired(nn.Module):
     """Runs the original and the pruned model on the same batch and feeds each consumer's probe the rows
     ``[pruned input, original input]``, so the shared collector accumulates their joint moments."""
@@ -282,10 +286,15 @@ class _Paired(nn.Module):
             for name in self.names:
                 def hook(mod: nn.Module, a: Any, key: str = key, name: str = name) -> None:
                     got[key][name] = _rows(mod, a[0])
+                    if len(got[key]) == len(self.names):
+                        raise _Enough  # every consumer's input is in: the rest of the forward is not needed
                 handles.append(model.get_submodule(name).register_forward_pre_hook(hook))
         try:
-            self.reference(*args, **kwargs)
-            self.current(*args, **kwargs)
+            for model in (self.reference, self.current):
+                try:
+                    model(*args, **kwargs)
+                except _Enough:
+                    pass
         finally:
             for h in handles:
                 h.remove()
