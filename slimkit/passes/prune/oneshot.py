@@ -56,6 +56,22 @@ OneShotConfig = WandaPruneConfig | SparseGPTConfig
 
 
 # ------------------------------------------------------------------------------------------------ criteria
+def wanda_score(weight: torch.Tensor, col_norms: torch.Tensor) -> torch.Tensor:
+    """The Wanda score ``|W_ij| * ||x_j||`` in float64 of a ``[..., rows, d]`` weight and ``[..., d]`` input norms."""
+    w = weight.detach().to(torch.float64)
+    return w.abs() * col_norms.to(w)[..., None, :]
+
+
+def grouped_keep(weight: torch.Tensor, stats: InputStats, *, sparsity: float | None = None, n: int | None = None,
+                 m: int | None = None) -> torch.Tensor:
+    """:func:`wanda_keep` of each input group of a layer's weight (``stats.groups``, e.g. a grouped conv), as one
+    keep-mask of the weight's shape."""
+    w = weight.detach().to("cpu", torch.float64).reshape(stats.groups, -1, stats.dim)
+    norms = stats.col_norms()
+    return torch.stack([wanda_keep(w[gi], norms[gi], sparsity=sparsity, n=n, m=m)
+                        for gi in range(stats.groups)]).reshape(weight.shape)
+
+
 def wanda_keep(weight: torch.Tensor, col_norms: torch.Tensor, *, sparsity: float | None = None,
                n: int | None = None, m: int | None = None) -> torch.Tensor:
     """Keep-mask (``True`` = keep) of a ``[rows, d]`` weight by the Wanda score ``|W| * col_norms``.
@@ -64,8 +80,7 @@ def wanda_keep(weight: torch.Tensor, col_norms: torch.Tensor, *, sparsity: float
     consecutive inputs of a row keeps its ``n`` highest scores. Weights that are zero are removed first.
     """
     w = weight.detach().to(torch.float64)
-    score = w.abs() * col_norms.to(w)[None, :]
-    score = score.masked_fill(w == 0, -1.0)
+    score = wanda_score(w, col_norms).masked_fill(w == 0, -1.0)
     rows, d = score.shape
     if sparsity is not None:
         k = prune_count(sparsity, d)
@@ -178,11 +193,6 @@ def _blocks(layers: dict[str, nn.Module]) -> dict[str, list[str]]:
     return blocks
 
 
-def _wanda_scores(layer: nn.Module, stats: InputStats) -> torch.Tensor:
-    w = layer.weight.detach().to("cpu", torch.float64).reshape(stats.groups, -1, stats.dim)
-    return w.abs() * stats.col_norms().to(torch.float64)[:, None, :]
-
-
 def spread_sparsity(score: dict[str, float], numel: dict[str, int], sparsity: float, lam: float
                     ) -> dict[str, float]:
     """Per-block sparsity from a per-block score (higher: prune less), as OWL maps it: ``sparsity - lam * (2 (s -
@@ -217,7 +227,8 @@ def block_sparsities(model: nn.Module, layers: dict[str, nn.Module], calibration
     score: dict[str, float] = {}
     if cfg.allocation == "owl":
         for b, names in blocks.items():
-            s = torch.cat([_wanda_scores(layers[n], stats[n]).flatten() for n in names])
+            s = torch.cat([wanda_score(layers[n].weight.detach().cpu().reshape(stats[n].groups, -1, stats[n].dim),
+                                       stats[n].col_norms()).flatten() for n in names])
             score[b] = float((s > cfg.owl_m * s.mean()).double().mean())
     else:
         probe = [split_batch(x)[0] for x in itertools.islice(iter(calibration), cfg.sensitivity_batches)]
@@ -226,11 +237,8 @@ def block_sparsities(model: nn.Module, layers: dict[str, nn.Module], calibration
             for b, names in blocks.items():
                 saved = {n: layers[n].weight.detach().clone() for n in names}
                 for n in names:
-                    st = stats[n]
                     w = layers[n].weight
-                    keep = torch.stack([wanda_keep(g, st.col_norms()[gi], sparsity=cfg.sparsity) for gi, g in
-                                        enumerate(w.detach().reshape(st.groups, -1, st.dim))])
-                    w.mul_(keep.reshape(w.shape).to(w.dtype))
+                    w.mul_(grouped_keep(w, stats[n], sparsity=cfg.sparsity).to(w.device, w.dtype))
                 score[b] = sum(fidelity_loss(primary_output(call_model(model, x)), r, "mse", token_mask(x))
                                for x, r in zip(probe, refs, strict=True)) / max(len(probe), 1)
                 for n in names:
@@ -251,15 +259,12 @@ def _prune_layer(name: str, module: nn.Module, stats: InputStats, cfg: OneShotCo
         record.update(removed=int((weight == 0).sum()), rel_error=0.0, skipped=f"input dim {stats.dim} is not a "
                       f"multiple of m={cfg.m}")
         return record
-    new = torch.empty_like(w)
-    for gi in range(g):
-        if isinstance(cfg, SparseGPTConfig):
-            new[gi], _ = sparsegpt_prune(w[gi], stats.xtx[gi], sparsity=cfg.sparsity, n=cfg.n, m=cfg.m,  # type: ignore[index]
-                                         dampening=cfg.dampening, block_size=cfg.block_size)
-        else:
-            keep = wanda_keep(w[gi], stats.col_norms()[gi], sparsity=cfg.sparsity, n=cfg.n, m=cfg.m)
-            new[gi] = w[gi] * keep
-    new_weight = new.reshape(weight.shape)
+    if isinstance(cfg, SparseGPTConfig):
+        new_weight = torch.stack([sparsegpt_prune(w[gi], stats.xtx[gi], sparsity=cfg.sparsity, n=cfg.n, m=cfg.m,  # type: ignore[index]
+                                                  dampening=cfg.dampening, block_size=cfg.block_size)[0]
+                                  for gi in range(g)]).reshape(weight.shape)
+    else:
+        new_weight = w.reshape(weight.shape) * grouped_keep(weight, stats, sparsity=cfg.sparsity, n=cfg.n, m=cfg.m)
     if stats.xtx is not None:
         record["rel_error"] = stats.output_error(weight, new_weight, getattr(module, "bias", None))
     with torch.no_grad():
