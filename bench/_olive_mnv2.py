@@ -43,6 +43,7 @@ from _olive_run import (
     run_both,
     runs_lines,
     search_workflow,
+    table_rows,
 )
 
 SECTION = "Olive beside slimkit (MobileNetV2-FMNIST)"
@@ -234,12 +235,7 @@ def render(rows: list[dict[str, Any]], case: dict[str, Any]) -> str:
              f"{data.get('test_images', '?')} test images ({'x'.join(map(str, data.get('image', [])))}).", "",
              "| system | variant | accuracy (drop, points) | bytes | b1 ms | speedup | notes |",
              "|---|---|---|---|---|---|---|"]
-    base = next(r for r in rows if r["system"] == "onnxruntime")["latency_ms"]["b1"]
-    for r in rows:
-        q, ms = r["quality"], r["latency_ms"]["b1"]
-        notes = r.get("notes", "").split("); ", 1)[-1].replace("|", "/")
-        lines.append(f"| {r['system']} | {r['variant']} | {q['accuracy']:.4f} ({q['accuracy_drop_points']:+.2f}) | "
-                     f"{r['size_bytes']:,} | {ms:.4g} | {base / ms:.2f}x | {notes} |")
+    lines += table_rows(rows, "b1", lambda q: f"{q['accuracy']:.4f} ({q['accuracy_drop_points']:+.2f})", ".4g", "); ")
     versions = ", ".join(f"{k} {v}" for k, v in (olive.get("versions") or {}).items())
     lines += ["", f"- Olive environment: {versions or 'not recorded'} (made as in 'Olive beside slimkit (MiniLM)'). "
                   f"Static points calibrated on slimkit's {data.get('calibration_images', '?')} calibration images "

@@ -216,6 +216,20 @@ def steps_lines(olive: dict[str, Any]) -> list[str]:
     return lines
 
 
+def table_rows(rows: list[dict[str, Any]], latency_key: str, quality: Any, ms_format: str, notes_after: str
+               ) -> list[str]:
+    """A case's markdown table rows: system, variant, ``quality(row["quality"])``, bytes, latency (``ms_format``),
+    speedup over the onnxruntime baseline row, and the notes after their first ``notes_after``."""
+    base = next(r for r in rows if r["system"] == "onnxruntime")["latency_ms"][latency_key]
+    out = []
+    for r in rows:
+        ms = r["latency_ms"][latency_key]
+        notes = r.get("notes", "").split(notes_after, 1)[-1].replace("|", "/")
+        out.append(f"| {r['system']} | {r['variant']} | {quality(r['quality'])} | {r['size_bytes']:,} | "
+                   f"{ms:{ms_format}} | {base / ms:.2f}x | {notes} |")
+    return out
+
+
 def case_of(row: dict[str, Any]) -> str | None:
     return next((c for c, prefix in CASES.items() if row["variant"].startswith(prefix)), None)
 

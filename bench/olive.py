@@ -62,7 +62,7 @@ from _common import RESULTS, ROOT, WORK, command_line, machine_info, ort_latency
 import _olive_mnv2  # noqa: E402
 from _olive_run import (DEFAULT_VENV, USER_SCRIPT_COPY, collect, data_config, find_model, has_olive, merge,  # noqa: E402
                         latency_metric, olive_versions, ops, run_both, runs_lines, search_workflow,
-                        steps_lines)
+                        steps_lines, table_rows)
 
 DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "Olive beside slimkit (MiniLM)"
@@ -161,12 +161,7 @@ def render_minilm(rows: list[dict[str, Any]], case: dict[str, Any]) -> str:
              "0.98). Every file re-timed in one slimkit process (interleaved rounds, median) on a shared 2-core "
              "machine; cosine to the fp32 PyTorch model on the 200 held-out sentences.", "",
              "| system | variant | cosine (min) | bytes | b8 x s128 ms | speedup | notes |", "|---|---|---|---|---|---|---|"]
-    base = next(r for r in rows if r["system"] == "onnxruntime")["latency_ms"]["b8_s128"]
-    for r in rows:
-        q, ms = r["quality"], r["latency_ms"]["b8_s128"]
-        notes = r.get("notes", "").split("; ", 1)[-1].replace("|", "/")
-        lines.append(f"| {r['system']} | {r['variant']} | {q['cosine']:.4f} ({q['cosine_min']:.3f}) | "
-                     f"{r['size_bytes']:,} | {ms:.1f} | {base / ms:.2f}x | {notes} |")
+    lines += table_rows(rows, "b8_s128", lambda q: f"{q['cosine']:.4f} ({q['cosine_min']:.3f})", ".1f", "; ")
     versions = ", ".join(f"{k} {v}" for k, v in (olive.get("versions") or {}).items())
     lines += ["", f"- Olive environment: {versions or 'not recorded'}; made with `python3.11 -m venv "
                   "/work/olive-venv && /work/olive-venv/bin/pip install olive-ai==0.13.0 onnxruntime==1.31.1 "
