@@ -74,8 +74,10 @@ def next_point(records: list[dict[str, Any]], *, param: str, faster: str, helps:
     if row["value"] is None:
         return None
     toward_low = (faster == "low") == helped
-    others = {k: v for k, v in best["params"].items() if k != param}
-    group = [r for r in done if {k: v for k, v in r["params"].items() if k != param} == others]
+    def others(r: dict[str, Any]) -> dict[str, Any]:  # every setting but the knob
+        return {k: v for k, v in (r.get("params") or {}).items() if k != param}
+
+    group = [r for r in done if others(r) == others(best)]
     x0, v0 = float(best["params"][param]), float(row["value"])
     span = high - low
     step = -STEP * span if toward_low else STEP * span
@@ -95,8 +97,8 @@ def next_point(records: list[dict[str, Any]], *, param: str, faster: str, helps:
     x = min(high, max(low, x0 + step))
     if integer:
         x = float(round(x))
-    tried = [float(r["params"][param]) for r in records if param in (r.get("params") or {})
-             and {k: v for k, v in r["params"].items() if k != param} == others]
+    tried = [float(r["params"][param]) for r in records
+             if param in (r.get("params") or {}) and others(r) == others(best)]
     if any(abs(x - t) <= 1e-3 * max(span, 1e-9) for t in tried):
         return None
     return {**best["params"], param: int(x) if integer else round(x, 6)}, int(best["number"])
