@@ -96,6 +96,10 @@ class PostTrainPruneConfig(PassConfig):
     refit_order: Literal["sequential", "joint"] = Field(
         "sequential", description="refit='weights': the paired refits one consumer at a time in execution order, "
                                   "each on inputs that carry the refits before it, or all from one paired forward")
+    stream_target: bool = Field(
+        True, description="refit='weights': a consumer whose output (after its BatchNorm) is added to a residual "
+                          "stream is refit to the original output plus the original stream minus the pruned "
+                          "model's, so each block also corrects the drift that reached it")
     weight_ridge: float | None = Field(
         None, gt=0, le=100, description="refit='scales': then also refit each consumer's whole kept weight, ridge "
                                         "toward the scaled weight with this strength (x mean diagonal of the "

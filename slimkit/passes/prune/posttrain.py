@@ -36,6 +36,7 @@ from slimkit.passes.prune.reconstruct import (
     Target,
     consumer_stats,
     find_intercepts,
+    find_streams,
     find_targets,
     greedy_order,
     install,
@@ -43,6 +44,7 @@ from slimkit.passes.prune.reconstruct import (
     moments,
     paired_stats,
     refit_no_worse,
+    stream_factor,
     weight_aug,
 )
 from slimkit.passes.prune.rescale import residual_parent, tune_scales
@@ -302,6 +304,8 @@ def posttrain_prune(model: nn.Module, cfg: PostTrainPruneConfig, ctx: PassContex
         raise ConstraintError("posttrain pruning found no reconstructable group (one weighted consumer each); "
                               "nothing was changed.", hint="Use method: structured for this model.")
     find_intercepts(model, targets, inputs)
+    if cfg.stream_target:
+        find_streams(model, targets, inputs)
     base = count_macs(model, inputs)
     for t in targets:
         half = t.group.units[: max(1, len(t.group) // 2)]
@@ -363,7 +367,7 @@ def posttrain_prune(model: nn.Module, cfg: PostTrainPruneConfig, ctx: PassContex
         info["groups"].append({
             "group": gi, "kind": t.group.kind, "producers": t.group.producers, "consumer": t.consumer,
             "units": len(t.group), "removed": len(drop), "removed_consumer_channels": chans,
-            "intercept": t.intercept, "macs_per_unit": t.macs_per_unit, "cost": curves[gi].get(len(drop)),
+            "intercept": t.intercept, "stream": t.stream, "macs_per_unit": t.macs_per_unit, "cost": curves[gi].get(len(drop)),
             "relative_error": [] if scales else [round(err, 6)]})
     reference = copy.deepcopy(model)  # refit targets: the original outputs (restored below)
     keep = graph.keep_indices(removed)
@@ -425,7 +429,12 @@ def _refit_passes(model: nn.Module, reference: nn.Module, targets: list[Target],
 def _refit_chunk(model: nn.Module, reference: nn.Module, targets: list[Target], cfg: PostTrainPruneConfig,
                  calib: Iterable[Any], records: dict[int, dict[str, Any]], rows: dict[int, torch.Tensor | None]
                  ) -> None:
-    stats = paired_stats(reference, model, [t.consumer for t in targets], calib, cfg.calibration_batches)
+    """One paired forward for ``targets``, then each consumer refit to the original's output (plus, with a
+    residual ``stream``, the original stream minus the pruned model's, so it also corrects what reached it)."""
+    streams = {t.consumer: (t.stream, stream_factor(model, t)) for t in targets
+               if t.stream is not None and rows[t.group.index] is None}
+    stats = paired_stats(reference, model, [t.consumer for t in targets], calib, cfg.calibration_batches,
+                         streams=streams)
     for t in targets:
         st = stats.get(t.consumer)
         if st is None or st.count == 0:
@@ -435,6 +444,8 @@ def _refit_chunk(model: nn.Module, reference: nn.Module, targets: list[Target], 
         w = weight_aug(reference, t)
         if rows[t.group.index] is not None:
             w = w[rows[t.group.index]]
+        if t.consumer in streams:  # target W x + drift: the drift columns follow x in the paired rows
+            w = torch.cat([w[:, :-1], torch.eye(w.shape[0], dtype=w.dtype), w[:, -1:]], 1)
         v, err = refit_no_worse(w, weight_aug(model, t), hxx, hxz, hzz, cfg.ridge, t.intercept is not None)
         install(model, t, v)
         records[t.group.index]["relative_error"].append(round(err, 6))

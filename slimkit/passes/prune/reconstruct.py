@@ -47,6 +47,9 @@ class Target:
     """Per output row of the consumer, how much the BatchNorm that reads it scales it (``gamma / sqrt(var +
     eps)``; None without one). The refit solves each row on its own, so the scale does not change it; the
     *choice* of what to remove sums errors over rows, and is made on the post-BatchNorm output."""
+    stream: str | None = None
+    """The module around the consumer whose output is its own input plus the consumer's output (after the
+    intercept BatchNorm): a residual block ``A(r) = r + y`` (:func:`find_streams`); None without one."""
     record: dict[str, Any] = field(default_factory=dict)
 
 
@@ -116,6 +119,59 @@ def find_intercepts(model: nn.Module, targets: list[Target], example_inputs: tup
                 if bn.affine:
                     scale = scale * bn.weight.detach().to("cpu", torch.float64).abs()
                 t.row_scale = scale
+
+
+def find_streams(model: nn.Module, targets: list[Target], example_inputs: tuple[Any, ...]) -> None:
+    """Set ``target.stream``: the innermost module enclosing the consumer whose output equals its input plus
+    the consumer's output (the output of the intercept BatchNorm when there is one), checked on one forward
+    (a MobileNetV2 / ResNet-style residual block); call after :func:`find_intercepts`."""
+    seen: dict[str, dict[str, Any]] = {}
+    handles = []
+
+    def record(name: str) -> None:
+        if name in seen:
+            return
+        seen[name] = {}
+        mod = model.get_submodule(name)
+
+        def pre(m: nn.Module, args: Any) -> None:
+            seen[name].setdefault("in", args[0] if args else None)
+
+        def post(m: nn.Module, args: Any, out: Any) -> None:
+            seen[name].setdefault("out", out)
+        handles.extend([mod.register_forward_pre_hook(pre), mod.register_forward_hook(post)])
+
+    outs = {t.consumer: t.intercept if t.intercept not in (None, "bias") else t.consumer for t in targets}
+    parts = {t.consumer: t.consumer.split(".") for t in targets}
+    for t in targets:
+        record(outs[t.consumer])
+        for i in range(len(parts[t.consumer]) - 1, 0, -1):
+            record(".".join(parts[t.consumer][:i]))
+    if targets:
+        hooked_forward(model, example_inputs, handles)
+    for t in targets:
+        y = seen[outs[t.consumer]].get("out")
+        for i in range(len(parts[t.consumer]) - 1, 0, -1):
+            name = ".".join(parts[t.consumer][:i])
+            r, out = seen[name].get("in"), seen[name].get("out")
+            if all(isinstance(v, torch.Tensor) for v in (y, r, out)) and r.shape == y.shape == out.shape \
+                    and torch.allclose(r + y, out, atol=1e-5, rtol=1e-4):
+                t.stream = name
+                break
+
+
+def stream_factor(model: nn.Module, t: Target) -> torch.Tensor:
+    """Per output channel of ``t``'s consumer: 1 / the scale of the BatchNorm between it and the residual add
+    (``gamma / sqrt(var + eps)``; 0 where that scale is ~0), 1 without one: a drift of the stream in the
+    consumer's output units."""
+    width = model.get_submodule(t.consumer).weight.shape[0]
+    if t.intercept in (None, "bias"):
+        return torch.ones(width, dtype=torch.float64)
+    bn = model.get_submodule(t.intercept)
+    a = 1.0 / (bn.running_var.detach().to("cpu", torch.float64) + bn.eps).sqrt()
+    if bn.affine:
+        a = a * bn.weight.detach().to("cpu", torch.float64)
+    return torch.where(a.abs() > 1e-8, 1.0 / a, torch.zeros_like(a))
 
 
 def weight_aug(model: nn.Module, t: Target) -> torch.Tensor:
@@ -272,17 +328,26 @@ class _Enough(Exception):
 
 class _Paired(nn.Module):
     """Runs the original and the pruned model on the same batch and feeds each consumer's probe the rows
-    ``[pruned input, original input]``, so the shared collector accumulates their joint moments."""
+    ``[pruned input, original input]``, so the shared collector accumulates their joint moments; for a
+    consumer in ``streams`` (``{consumer: (residual module, per-output-channel factor)}``) also the drift of
+    the residual stream, ``(original stream - pruned stream) * factor``, in the consumer's output rows."""
 
-    def __init__(self, reference: nn.Module, current: nn.Module, names: list[str]) -> None:
+    def __init__(self, reference: nn.Module, current: nn.Module, names: list[str],
+                 streams: dict[str, tuple[str, torch.Tensor]] | None = None) -> None:
         super().__init__()
         self.reference, self.current, self.names = reference, current, names
+        self.streams = {n: v for n, v in (streams or {}).items() if n in names}
         self.probes: dict[str, nn.Linear] = {}
 
     def forward(self, *args: Any, **kwargs: Any) -> None:
         got: dict[str, dict[str, torch.Tensor]] = {"ref": {}, "cur": {}}
+        drift: dict[str, dict[str, torch.Tensor]] = {"ref": {}, "cur": {}}
         handles = []
         for key, model in (("ref", self.reference), ("cur", self.current)):
+            for name, (block, _) in self.streams.items():
+                def stream_hook(mod: nn.Module, a: Any, key: str = key, name: str = name) -> None:
+                    drift[key][name] = a[0]
+                handles.append(model.get_submodule(block).register_forward_pre_hook(stream_hook))
             for name in self.names:
                 def hook(mod: nn.Module, a: Any, key: str = key, name: str = name) -> None:
                     got[key][name] = _rows(mod, a[0])
@@ -300,11 +365,22 @@ class _Paired(nn.Module):
                 h.remove()
         for name in self.names:
             if name in got["ref"] and name in got["cur"]:
-                z = torch.cat([got["cur"][name], got["ref"][name]], -1)
+                parts = [got["cur"][name], got["ref"][name]]
+                if name in self.streams:
+                    parts.append(_stream_rows(drift["ref"][name] - drift["cur"][name], self.streams[name][1]))
+                z = torch.cat(parts, -1)
                 probe = self.probes.get(name)
                 if probe is None:
                     probe = self.probes[name] = nn.Linear(z.shape[-1], 1, bias=False, device=z.device)
                 probe(z)
+
+
+def _stream_rows(delta: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """``delta`` (a residual stream, channels at dim 1 for images, last for tokens) as rows of the consumer's
+    output, each channel times ``factor``."""
+    if delta.dim() == 4:
+        delta = delta.permute(0, 2, 3, 1).reshape(-1, delta.shape[1])
+    return delta * factor.to(delta)
 
 
 def _rows(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -314,9 +390,11 @@ def _rows(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def paired_stats(reference: nn.Module, current: nn.Module, names: list[str], calibration: Iterable[Any],
-                 max_batches: int | None) -> dict[str, InputStats]:
-    """Joint input statistics of ``[current input, reference input]`` at every consumer in ``names``."""
-    paired = _Paired(reference, current, names)
+                 max_batches: int | None, streams: dict[str, tuple[str, torch.Tensor]] | None = None
+                 ) -> dict[str, InputStats]:
+    """Joint input statistics of ``[current input, reference input]`` at every consumer in ``names``, with
+    ``[..., stream drift]`` for those in ``streams`` (see :class:`_Paired`)."""
+    paired = _Paired(reference, current, names, streams)
     first = next(iter(calibration))
     from slimkit.data.batch import call_model, split_batch
 
