@@ -137,8 +137,11 @@ def mobilenet(args: argparse.Namespace) -> list[dict[str, Any]]:
         kept = ctx_info.get("kept_groups", [])
         meta[name] = {"system": "slimkit", "seconds": secs, "target": target,
                       "note": (f"PostTrainPruneConfig(target_macs={target}, criterion='reconstruction', loss='kl', "
-                               f"round_to=8, refit_passes={args.refit_passes}): {len(ctx_info.get('groups', []))} "
+                               f"round_to=8, refit_passes={args.refit_passes}; defaults refit_order='{cfg.refit_order}', "
+                               f"stream_target={cfg.stream_target}): {len(ctx_info.get('groups', []))} "
                                f"reconstructable groups pruned, {len(kept)} kept (residual streams); "
+                               f"{sum(1 for g in ctx_info.get('groups', []) if g.get('stream'))} consumers refit to "
+                               f"the residual stream's drift too; "
                                f"{n_cal} calibration crops, no labels, no training")}
         post_macs = count_macs(m, x)
         with torch.no_grad():
