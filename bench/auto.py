@@ -110,7 +110,7 @@ def run_mobilenet(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, 
     settings = {"runtime": "onnxruntime", "max_latency_ratio": 0.5, "max_accuracy_drop": 0.01, "budget": args.budget,
                 "trials": args.trials, "threads": args.threads, "finetune_epochs": args.finetune_epochs,
                 "profile_units": args.profile_units, "latency_repeats": args.repeats, "batch": 1,
-                "retime_rounds": args.rounds, "timing": TIMING}
+                "retime_rounds": args.rounds}
     out = work / "mobilenet"
     t0 = time.perf_counter()
     result = slimkit.auto(mobilenet_recipe(args), out=out / "auto", resume=(out / "auto" / "auto-search.yaml").exists(),
@@ -154,7 +154,7 @@ def run_mobilenet(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, 
                             f"{hand_s / 60:.1f} min" if ok else f"the hand recipe failed: {hand_rec.get('error')}")},
     ]
     profile = json.loads((out / "auto" / "profile.json").read_text())
-    extra = {"settings": settings, "auto_seconds": round(auto_s, 1), "hand_seconds": round(hand_s, 1),
+    extra = {"settings": settings, "timing": TIMING, "auto_seconds": round(auto_s, 1), "hand_seconds": round(hand_s, 1),
              "retimed": result.get("retimed"), "epoch_s": profile.get("epoch_s"), "macs_floor": profile.get("macs_floor"),
              "recovery_epochs": (search_base["stages"][0].get("prune", {}).get("finetune") or {}).get("epochs")
              if search_base["stages"] else None,
@@ -169,8 +169,7 @@ def run_minilm(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, Any
     settings = {"runtime": "onnxruntime", "max_latency_ratio": 0.4, "min_fidelity": 0.98,
                 "budget": args.minilm_budget, "trials": args.minilm_trials, "threads": args.threads, "batch": 8,
                 "profile_units": args.minilm_profile_units, "latency_repeats": args.minilm_repeats, "finetune_epochs": 0,
-                "techniques": args.minilm_techniques, "retime_max": 2, "retime_rounds": args.minilm_rounds,
-                "timing": TIMING}
+                "techniques": args.minilm_techniques, "retime_max": 2, "retime_rounds": args.minilm_rounds}
     out = work / ("minilm" if not args.minilm_techniques else "minilm-" + "-".join(args.minilm_techniques))
     t0 = time.perf_counter()
     result = slimkit.auto(minilm_recipe(args), out=out / "auto", resume=(out / "auto" / "auto-search.yaml").exists(),
@@ -198,7 +197,7 @@ def run_minilm(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, Any
                   f"shared 2 cores (load average in cases.minilm.load_average); {result['verdict']}"},
     ]
     best_cos = max(((p["quality"], p["number"]) for p in result["points"]), default=None)
-    extra = {"settings": settings, "auto_seconds": round(auto_s, 1), "latency_rounds_ms": lat["rounds"],
+    extra = {"settings": settings, "timing": TIMING, "auto_seconds": round(auto_s, 1), "latency_rounds_ms": lat["rounds"],
              "cpu_ms": lat["cpu_ms"], "files": lat["files"],
              "retimed": result.get("retimed"),
              "front": result["front"], "points": result["points"], "constraints": result["constraints"],
@@ -242,8 +241,7 @@ def run_ray(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, Any]],
     settings = {"runtime": "onnxruntime", "max_latency_ratio": 0.5, "max_accuracy_drop": 0.01,
                 "budget": args.ray_budget, "trials": args.ray_trials, "threads": args.threads,
                 "finetune_epochs": args.finetune_epochs, "profile_units": args.profile_units,
-                "latency_repeats": args.repeats, "batch": 1, "backend": "ray", "workers": 2, "retime_rounds": args.rounds,
-                "timing": TIMING}
+                "latency_repeats": args.repeats, "batch": 1, "backend": "ray", "workers": 2, "retime_rounds": args.rounds}
     recipe = mobilenet_recipe(args)
     t0 = time.perf_counter()
     with loopback_cluster(ROOT) as (address, env):
@@ -295,7 +293,7 @@ def run_ray(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, Any]],
                       f"{med['fp32']:.4g} ms); {seen['nodes']} nodes, {seen['cpus']:.0f} CPUs, 2 workers; "
                       f"{len(after)} trials ({result['trials']['feasible']} feasible), {ray_s / 60:.1f} min; {kill}; "
                       f"{result['verdict']}"}]
-    extra = {"settings": {k: v for k, v in settings.items() if k != "address"}, "seconds": round(ray_s, 1),
+    extra = {"settings": {k: v for k, v in settings.items() if k != "address"}, "timing": TIMING, "seconds": round(ray_s, 1),
              "killed": killed, "finished_before_kill": [t["number"] for t in done_before],
              "reports_untouched": untouched, "records_equal": same,
              "states_after": [t["state"] for t in after], "latency_rounds_ms": lat["rounds"],
