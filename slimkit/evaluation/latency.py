@@ -313,7 +313,7 @@ def interleaved_times(fns: Mapping[K, Callable[[], Any]], *, rounds: int, repeat
     the caches the name leaves itself, as a model called back to back in a serving loop does, not on the
     caches the other names just filled: calls alternated one by one penalise the smaller model (measured on
     MobileNetV2 at 32 px, b1, one thread: a 0.56 MB int8 file took 0.138 ms on the first call after its fp32
-    baseline and 0.118 ms on the second; the 14 MB fp32 file 0.300 and 0.289 ms: docs/auto.md, "Warm calls").
+    baseline and 0.118 ms on the second; the 9.1 MB fp32 file 0.300 and 0.289 ms: docs/auto.md, "Warm calls").
     A refill call that follows another name's call is timed apart (``"cold_median"``).
 
     Returns per name ``{"median"`` (of the rounds' medians, ms), ``"p90"`` (of all calls), ``"rounds"`` (each
