@@ -305,7 +305,7 @@ def render_doc(result: dict[str, Any]) -> str:
     lines = ["Written by `bench/auto.py` from `bench/results/auto.json`: `slimkit auto` with only the constraints "
              "given (no search space), beside the best hand-written recipe on the same trained baseline. "
              "Latency measured on a shared 2-core machine (auto's re-timing: calls alternated with the fp32 baseline, "
-             "each timed call warm, median of rounds; each case's settings.timing says how it was timed); compare "
+             "each timed call warm, median of rounds; each case's timing says how it was timed; cases without one were timed call by call); compare "
              "within a case.", "",
              "| system | variant | quality | bytes | latency (ms) | notes |", "|---|---|---|---|---|---|"]
     for r in result["rows"]:
