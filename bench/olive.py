@@ -24,7 +24,8 @@ twice, offline:
 Then, in THIS process (slimkit's environment and onnxruntime), the fp32 ONNX, Olive's outputs (auto-opt's, the
 search's output and the search candidate Olive measured fastest at the quality goal) and slimkit's artifacts
 are timed with the function bench/auto.py and slimkit auto use (``slimkit.evaluation.latency.ort_compare``:
-calls alternated one by one over rounds, and CPU time per call), scored on the case's held-out data and
+files alternated step by step over rounds, each timed call right after an untimed call of the same file,
+and CPU time per call), scored on the case's held-out data and
 their bytes counted. MiniLM: slimkit's int8 alone (``slimkit.export(..., precision="int8")``) and slimkit
 auto's deployed model when ``--auto-dir`` holds an auto run; cosine of the sentence embeddings to the fp32
 PyTorch model on the 200 held-out sentences.
@@ -231,15 +232,15 @@ def run_minilm(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, Any
         contrib = sorted({o for o in ops(path) if o.startswith("com.microsoft:")})
         rows.append({"system": system, "variant": variant, "size_bytes": size[key],
                      "latency_ms": {"b8_s128": med[key]}, "quality": fid[key],
-                     "notes": f"{speed:.2f}x vs fp32 ONNX (ort_compare, {args.rounds} rounds of calls alternated "
-                              f"one by one; by CPU time per call {cpu_ratio}); "
+                     "notes": f"{speed:.2f}x vs fp32 ONNX (ort_compare, {args.rounds} rounds, files alternated, "
+                              f"warm calls; by CPU time per call {cpu_ratio}); "
                               f"target {'met' if met else 'not met'} (>= 2.5x at cosine >= 0.98); "
                               f"contrib ops: {', '.join(contrib) or 'none'}; {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}"})
     info = {"olive": {"runs": runs, "tried": got["points"], "steps": steps, "ops": {k: ops(p) for k, p in files.items()}},
             "latency_rounds_ms": {k: v["rounds"] for k, v in lat.items()}, "cpu_ms_per_call": cpu,
             "notes": ["2 shared CPU cores; latencies are noisy (interleaved rounds, medians), fidelity and bytes "
                       "are not. All files timed in one slimkit process with slimkit.evaluation.latency.ort_compare "
-                      "(calls alternated one by one over rounds; one intra-op thread, all ORT graph optimizations), "
+                      "(files alternated step by step over rounds, each timed call warm; one intra-op thread, all ORT graph optimizations), "
                       "inputs batch 8 x 128 tokens; cpu_ms_per_call is each file's median process CPU time per call."]}
     return rows, info
 

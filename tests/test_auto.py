@@ -150,6 +150,8 @@ def test_finalists_are_retimed_and_the_retimed_speedup_judges(finished):
     assert row(t)["met"] is False and t["feasible"] is False and max(t["violations"]) > 0
     assert best_feasible(again) is None
     assert t["metrics"]["latency_ms"]["median"] == t["retimed"]["ms"]
+    if (out / t["dir"] / "model.fp32.onnx").is_file():  # an int8 artifact: its fp32 twin timed in the same rounds
+        assert t["retimed"]["fp32_artifact_ms"] > 0
     # a limit the re-timed speedup meets: the same trial becomes feasible and is chosen
     lowered = copy.deepcopy(records)
     for r in lowered:
@@ -158,6 +160,22 @@ def test_finalists_are_retimed_and_the_retimed_speedup_judges(finished):
     best = best_feasible(again)
     assert best is not None and best["feasible"] and best["violations"] == [0.0, 0.0]
     assert all(r.get("retimed") for r in again if r["state"] == "complete")
+
+
+def test_int8_note_says_what_was_measured():
+    """The verdict's int8 sentence follows the measurement: int8 faster than the same model's fp32 (re-timing
+    preferred over the export's shorter one) says so; not faster says so and names the fp32 file."""
+    from slimkit.auto.run import int8_note
+
+    deploy = {"size_bytes": 1000, "int8_vs_fp32": 0.96,
+              "retimed": {"ms": 0.10, "fp32_artifact_ms": 0.13, "rounds": 5}}
+    assert int8_note(deploy, "trials/3").startswith("int8 is deployed: in the re-timing (5 rounds) it ran 1.30x")
+    slow = {**deploy, "retimed": {"ms": 0.10, "fp32_artifact_ms": 0.09, "rounds": 5}}
+    note = int8_note(slow, "trials/3")
+    assert "0.90x" in note and "not faster" in note and "trials/3/model.fp32.onnx" in note
+    export_only = {**deploy, "retimed": None}
+    assert "at export (3 rounds) it ran 0.96x" in int8_note(export_only, "trials/3")
+    assert "not measured" in int8_note({**export_only, "int8_vs_fp32": None}, "trials/3")
 
 
 def test_auto_and_its_benchmark_time_the_deployed_file_one_way(finished, monkeypatch):
@@ -198,7 +216,9 @@ def test_auto_and_its_benchmark_time_the_deployed_file_one_way(finished, monkeyp
     assert timed["median"] == {"fp32": 2.0, "auto": 1.0}
     (files_a, xs_a, cfg_a, rounds_a), (files_b, xs_b, cfg_b, rounds_b) = calls
     tdir = out / chosen["dir"]
-    assert list(files_a.values()) == list(files_b.values()) == [tdir / "baseline.onnx", tdir / "model.onnx"]
+    assert list(files_a.values())[:2] == list(files_b.values()) == [tdir / "baseline.onnx", tdir / "model.onnx"]
+    # auto also times the same compressed model's fp32 file beside an int8 artifact (is int8 faster?)
+    assert files_a.get("artifact_fp32", tdir / "model.fp32.onnx") == tdir / "model.fp32.onnx"
     assert cfg_a == cfg_b and cfg_a.runtime == "onnxruntime" and cfg_a.repeats == SETTINGS["latency_repeats"]
     assert rounds_a == rounds_b == rounds
     assert len(xs_a) == len(xs_b) and all(torch.equal(a, b) for a, b in zip(xs_a, xs_b, strict=True))

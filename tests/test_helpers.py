@@ -49,8 +49,9 @@ def test_paired_latency_alternates_and_takes_the_median_round() -> None:
 
 
 def test_ort_compare_alternates_calls_one_by_one(monkeypatch) -> None:
-    """Each file: one session, warmed up, then its calls alternate with the other files' call by call, the
-    order reversed every other time; per-round medians, p90 of all calls, CPU time recorded (no timing)."""
+    """Each file: one session, warmed up, then its calls alternate with the other files' (each timed call right
+    after one refill call of the same file, so it runs on warm caches), the order reversed every other time;
+    per-round medians, p90 of all calls, CPU time and the cold (first) call recorded (no timing)."""
     import types
 
     import slimkit.evaluation.latency as latency
@@ -75,10 +76,14 @@ def test_ort_compare_alternates_calls_one_by_one(monkeypatch) -> None:
     cfg = LatencyConfig(batch=4, warmup=1, repeats=2, threads=1, runtime="onnxruntime")
     got = ort_compare({"a": "A", "b": "B"}, (torch.zeros(1, 3),), cfg, rounds=3)
     assert opened == [("A", 1, False), ("B", 1, False)]
-    assert "".join(calls) == "AB" + "ABBA" * 3  # warm-up, then A B, B A, ... over the rounds
+    assert "".join(calls) == "AB" + "AABBBBAA" * 3  # warm-up, then (refill, timed) A, B; B, A; ... over the rounds
     for r in got.values():
         assert len(r["rounds"]) == 3 and r["batch"] == 4 and r["runtime"] == "onnxruntime"
         assert r["median"] == sorted(r["rounds"])[1] and r["cpu_median"] >= 0 and r["p90"] >= min(r["rounds"])
+        assert r["cold_median"] >= 0
+    calls.clear()
+    got = ort_compare({"a": "A", "b": "B"}, (torch.zeros(1, 3),), cfg, rounds=1, refill=0)
+    assert "".join(calls) == "AB" + "ABBA" and "cold_median" not in got["a"]  # one by one, as before
     with pytest.raises(Exception, match="rounds"):
         ort_compare({"a": "A"}, (torch.zeros(1, 3),), cfg, rounds=0)
 
@@ -122,8 +127,31 @@ def test_interleaved_times_order_counts_and_cpu_time() -> None:
     assert got["sleep"]["median"] >= 2.9 and got["sleep"]["cpu_median"] < 1.5
     with pytest.raises(ConfigError, match="rounds"):
         interleaved_times(fns, rounds=0)
+    with pytest.raises(ConfigError, match="refill"):
+        interleaved_times(fns, rounds=1, refill=-1)
     with pytest.raises(ConfigError, match="order"):
         interleaved_times(fns, rounds=1, order="random")
+
+
+def test_interleaved_times_refill_runs_each_timed_call_warm() -> None:
+    """``refill`` untimed calls of a name come right before its timed call in the same step; only the timed
+    calls count in the medians and lists, the first refill call of each step is the cold one."""
+    calls: list[str] = []
+    cost = {"a": 0.0, "b": 0.0}
+
+    def fake(name: str):
+        def call() -> None:
+            # the first call after another name ran is slow (cold caches), the next one fast
+            slow = not calls or calls[-1] != name
+            calls.append(name)
+            time.sleep(0.004 if slow else 0.0)
+            cost[name] += 1
+        return call
+
+    got = interleaved_times({"a": fake("a"), "b": fake("b")}, rounds=2, repeats=2, warmup=0, refill=2)
+    assert "".join(calls) == "aaabbb" "bbbaaa" "aaabbb" "bbbaaa"
+    for r in got.values():
+        assert len(r["calls"]) == 4 and r["median"] < 2.0 and r["cold_median"] >= 3.9
 
 
 def test_paired_ratios_median_and_quartiles() -> None:

@@ -79,33 +79,40 @@ def time_deployed(out: Path, files: dict[str, Path], *, rounds: int, base: dict[
 
 
 def deployed_files(out: Path, record: dict[str, Any]) -> dict[str, Path]:
-    """``{"fp32": baseline.onnx, "artifact": the trial's deployed ONNX}`` of a finished onnxruntime trial."""
+    """``{"fp32": baseline.onnx, "artifact": the trial's deployed ONNX}`` of a finished onnxruntime trial, and
+    ``"artifact_fp32"``: the same compressed model's fp32 ONNX, when the artifact is int8 and that file exists."""
     tdir = out / record["dir"]
     report = json.loads((tdir / "report.json").read_text())
     onnx = next(e for e in report["exports"] if e.get("format") == "onnx")
-    return {"fp32": tdir / "baseline.onnx", "artifact": tdir / onnx["artifact"]}
+    files = {"fp32": tdir / "baseline.onnx", "artifact": tdir / onnx["artifact"]}
+    sibling = (onnx.get("fp32") or {}).get("artifact")
+    if sibling and (tdir / sibling).is_file():
+        files["artifact_fp32"] = tdir / sibling
+    return files
 
 
-def _measure(out: Path, record: dict[str, Any], base: dict[str, Any], rounds: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(baseline, artifact) latency records of one trial, measured alternately in this process."""
+def _measure(out: Path, record: dict[str, Any], base: dict[str, Any], rounds: int) -> dict[str, dict[str, Any]]:
+    """``{"fp32", "artifact"[, "artifact_fp32"]}`` latency records of one trial (baseline, deployed file, and
+    for an int8 artifact the same model in fp32), measured alternately in this process."""
     if (base["evaluate"].get("latency") or {}).get("runtime") == "onnxruntime":
-        timed = time_deployed(out, deployed_files(out, record), rounds=rounds, base=base)
-        return timed["fp32"], timed["artifact"]
+        return time_deployed(out, deployed_files(out, record), rounds=rounds, base=base)
     from slimkit.evaluation.latency import paired_latency, torch_latency
     from slimkit.pipeline.artifacts import load_saved
 
     lat = _recipe(base).evaluate.latency
     baseline, xs = load_saved(out / "baseline", "baseline")
     final, _ = load_saved(out / record["dir"], "final")
-    return paired_latency(lambda: torch_latency(baseline.eval(), xs, lat), lambda: torch_latency(final.eval(), xs, lat),
-                          rounds=rounds)
+    b_lat, f_lat = paired_latency(lambda: torch_latency(baseline.eval(), xs, lat),
+                                  lambda: torch_latency(final.eval(), xs, lat), rounds=rounds)
+    return {"fp32": b_lat, "artifact": f_lat}
 
 
 def retime(out: Path, records: list[dict[str, Any]], base: dict[str, Any], *, margin: float, most: int,
            rounds: int) -> list[dict[str, Any]]:
     """``records`` with the finalists' ``min_speedup``, ``feasible``, ``violations``, speedup objective and
     latency replaced by the re-timed ones (copies; the others unchanged); each re-timed record gets
-    ``retimed: {"baseline_ms", "ms", "speedup", "in_search_speedup", "rounds"}``. A finalist whose files
+    ``retimed: {"baseline_ms", "ms", "speedup", "in_search_speedup", "rounds"}`` (and ``"fp32_artifact_ms"``, the
+    same compressed model's fp32 ONNX timed in the same rounds, for an int8 artifact). A finalist whose files
     cannot be timed keeps its in-search numbers (logged)."""
     from slimkit.pipeline.constraints import speedup
 
@@ -116,7 +123,7 @@ def retime(out: Path, records: list[dict[str, Any]], base: dict[str, Any], *, ma
             result.append(r)
             continue
         try:
-            b_lat, f_lat = _measure(out, r, base, rounds)
+            timed = _measure(out, r, base, rounds)
         except (OSError, StopIteration, KeyError, SlimkitError) as exc:
             log.warning("trial %s could not be re-timed (%s); its in-search latency stands", r["number"], exc)
             result.append(r)
@@ -124,9 +131,12 @@ def retime(out: Path, records: list[dict[str, Any]], base: dict[str, Any], *, ma
         r = copy.deepcopy(r)
         row = _row(r)
         assert row is not None
+        b_lat, f_lat = timed["fp32"], timed["artifact"]
         s = speedup({"latency_ms": b_lat}, {"latency_ms": f_lat})
         r["retimed"] = {"baseline_ms": b_lat["median"], "ms": f_lat["median"], "speedup": s,
                         "in_search_speedup": row["value"], "rounds": rounds}
+        if "artifact_fp32" in timed:  # is int8 faster than the same model in fp32, in this same measurement?
+            r["retimed"]["fp32_artifact_ms"] = timed["artifact_fp32"]["median"]
         row.update(value=s, met=s is not None and s >= float(row["limit"]))
         r["violations"] = violations(r["constraints"])
         r["feasible"] = all(c["met"] is True for c in r["constraints"])

@@ -104,6 +104,25 @@ def log_auto(track: Any, out: Path, result: dict[str, Any]) -> dict[str, Any]:
     return log_search(track, out, result, files=files, tags={"slimkit.kind": "auto"})
 
 
+def int8_note(deploy: dict[str, Any], trial_dir: str) -> str:
+    """Why the deployed file is int8, from what was measured: the same model's fp32 ONNX timed beside it in the
+    finalists' re-timing (or else at export, a shorter measurement), and where int8 did not run faster, so."""
+    retimed = deploy.get("retimed") or {}
+    if retimed.get("fp32_artifact_ms") and retimed.get("ms"):
+        ratio, how = retimed["fp32_artifact_ms"] / retimed["ms"], f"in the re-timing ({retimed['rounds']} rounds)"
+    elif deploy.get("int8_vs_fp32") is not None:
+        ratio, how = deploy["int8_vs_fp32"], "at export (3 rounds)"
+    else:
+        return "int8 is the precision of the chosen trial; its speed against the same model in fp32 was not measured."
+    if ratio >= 1.0:
+        return (f"int8 is deployed: {how} it ran {ratio:.2f}x the speed of the same compressed model's fp32 ONNX, "
+                f"at {deploy['size_bytes']} bytes.")
+    return (f"int8 is the precision of the chosen trial (the search measured each trial's deployed file end to end), "
+            f"but {how} it ran {ratio:.2f}x the speed of the same compressed model's fp32 ONNX, i.e. not faster in "
+            f"that measurement: the fp32 file ({trial_dir}/model.fp32.onnx) may serve as fast; int8 keeps the "
+            f"smaller file ({deploy['size_bytes']} bytes).")
+
+
 def finish(out: Path, result: dict[str, Any], profile: dict[str, Any], cfg: Any,
            base: dict[str, Any]) -> dict[str, Any]:
     """Finalists re-timed (:mod:`slimkit.auto.retime`), then the front, binding constraints, chosen recipe and
@@ -157,9 +176,8 @@ def finish(out: Path, result: dict[str, Any], profile: dict[str, Any], cfg: Any,
     if target is not None:
         verdict = (f"{'Chosen' if feasible else 'Closest'}: trial {target['number']} "
                    f"({', '.join(target.get('stages') or []) or 'no structural stage'}). " + verdict)
-    if deploy and deploy["precision"] == "int8" and deploy["int8_vs_fp32"] is not None:
-        verdict += (f" int8 was chosen because the measured end-to-end latency was best; the same model's int8 ONNX "
-                    f"is {deploy['int8_vs_fp32']:.2f}x the speed of its fp32 ONNX here.")
+    if deploy and deploy["precision"] == "int8":
+        verdict += " " + int8_note(deploy, target["dir"])
     data = {"name": result["name"], "runtime": cfg.runtime, "quality": quality, "labelled": labelled,
             "settings": cfg.model_dump(mode="json"), "feasible": feasible,
             "chosen": None if target is None else {"number": target["number"], "dir": target["dir"],
@@ -182,4 +200,4 @@ def finish(out: Path, result: dict[str, Any], profile: dict[str, Any], cfg: Any,
     return data
 
 
-__all__ = ["auto", "finish", "log_auto"]
+__all__ = ["auto", "finish", "int8_note", "log_auto"]

@@ -295,7 +295,8 @@ def ort_latency(onnx_path: str | os.PathLike[str], inputs: Any, cfg: LatencyConf
 
 
 def interleaved_times(fns: Mapping[K, Callable[[], Any]], *, rounds: int, repeats: int = 1, warmup: int = 0,
-                      order: str = "alternate", seed: int = 0, threads: int | None = None) -> dict[K, dict[str, Any]]:
+                      order: str = "alternate", seed: int = 0, threads: int | None = None,
+                      refill: int = 0) -> dict[K, dict[str, Any]]:
     """The one way slimkit times several things against each other in one process, call by call.
 
     Each named zero-argument callable first gets ``warmup`` untimed calls (the names in the given order, one
@@ -308,19 +309,28 @@ def interleaved_times(fns: Mapping[K, Callable[[], Any]], *, rounds: int, repeat
     either leaves out the time another process held the core. ``threads`` also pins
     ``torch.set_num_threads`` for the measurement (restored afterwards; None keeps it).
 
+    ``refill`` calls of a name are made right before its timed call in every step, so the timed call runs on
+    the caches the name leaves itself, as a model called back to back in a serving loop does, not on the
+    caches the other names just filled: calls alternated one by one penalise the smaller model (measured on
+    MobileNetV2 at 32 px, b1, one thread: a 0.56 MB int8 file took 0.138 ms on the first call after its fp32
+    baseline and 0.118 ms on the second; the 9.1 MB fp32 file 0.300 and 0.289 ms: docs/auto.md, "Warm calls").
+    A refill call that follows another name's call is timed apart (``"cold_median"``).
+
     Returns per name ``{"median"`` (of the rounds' medians, ms), ``"p90"`` (of all calls), ``"rounds"`` (each
     round's median), ``"cpu_median"`` (of all calls), ``"cpu_clock"``, ``"calls", "cpu_calls"}``: every
     timed call's wall and CPU milliseconds in call order, so the i-th entries of two names come from the same
-    step (:func:`paired_ratios` of two names' lists)."""
-    if rounds < 1 or repeats < 1 or warmup < 0 or not fns or order not in ("alternate", "shuffle"):
-        raise ConfigError(f"interleaved_times needs rounds >= 1, repeats >= 1, warmup >= 0, at least one callable "
-                          f"and order 'alternate' or 'shuffle' (got {rounds}, {repeats}, {warmup}, {len(fns)} "
-                          f"callables, {order!r}).", hint="Pass rounds and repeats of 1 or more.")
+    step (:func:`paired_ratios` of two names' lists); with ``refill`` also ``"cold_median"`` (ms, the median
+    of the refill calls made right after another name's call: what a call costs on the caches the others left)."""
+    if rounds < 1 or repeats < 1 or warmup < 0 or refill < 0 or not fns or order not in ("alternate", "shuffle"):
+        raise ConfigError(f"interleaved_times needs rounds >= 1, repeats >= 1, warmup >= 0, refill >= 0, at least "
+                          f"one callable and order 'alternate' or 'shuffle' (got {rounds}, {repeats}, {warmup}, "
+                          f"{refill}, {len(fns)} callables, {order!r}).", hint="Pass rounds and repeats of 1 or more.")
     names = list(fns)
     cpu_clock = time.thread_time if threads == 1 else time.process_time
     rng = random.Random(seed)
     wall: dict[K, list[list[float]]] = {n: [[] for _ in range(rounds)] for n in names}
     cpu: dict[K, list[float]] = {n: [] for n in names}
+    cold: dict[K, list[float]] = {n: [] for n in names}
     previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -329,6 +339,7 @@ def interleaved_times(fns: Mapping[K, Callable[[], Any]], *, rounds: int, repeat
             for _ in range(warmup):
                 fns[n]()
         step = 0
+        last: K | None = None
         for r in range(rounds):
             for _ in range(repeats):
                 if order == "shuffle":
@@ -336,6 +347,12 @@ def interleaved_times(fns: Mapping[K, Callable[[], Any]], *, rounds: int, repeat
                 else:
                     sequence = names if step % 2 == 0 else names[::-1]
                 for n in sequence:
+                    for i in range(refill):
+                        w0 = time.perf_counter()
+                        fns[n]()
+                        if i == 0 and last != n:
+                            cold[n].append((time.perf_counter() - w0) * 1e3)
+                    last = n
                     w0, c0 = time.perf_counter(), cpu_clock()
                     fns[n]()
                     wall[n][r].append((time.perf_counter() - w0) * 1e3)
@@ -347,9 +364,12 @@ def interleaved_times(fns: Mapping[K, Callable[[], Any]], *, rounds: int, repeat
     def record(n: K) -> dict[str, Any]:
         medians = [float(statistics.median(x)) for x in wall[n]]
         calls = [t for x in wall[n] for t in x]
-        return {"median": float(statistics.median(medians)), "p90": float(_percentile(sorted(calls), 0.9)),
-                "rounds": medians, "cpu_median": float(statistics.median(cpu[n])), "cpu_clock": cpu_clock.__name__,
-                "calls": calls, "cpu_calls": cpu[n]}
+        out = {"median": float(statistics.median(medians)), "p90": float(_percentile(sorted(calls), 0.9)),
+               "rounds": medians, "cpu_median": float(statistics.median(cpu[n])), "cpu_clock": cpu_clock.__name__,
+               "calls": calls, "cpu_calls": cpu[n]}
+        if cold[n]:
+            out["cold_median"] = float(statistics.median(cold[n]))
+        return out
 
     return {n: record(n) for n in names}
 
@@ -367,7 +387,7 @@ def paired_ratios(values: Sequence[float], base: Sequence[float]) -> dict[str, f
 
 
 def ort_compare(files: Mapping[str, str | os.PathLike[str]], inputs: Any, cfg: LatencyConfig, *,
-                rounds: int) -> dict[str, dict[str, Any]]:
+                rounds: int, refill: int = 1) -> dict[str, dict[str, Any]]:
     """The one way slimkit compares ONNX files' latency (an artifact against its fp32 baseline: a run's
     deployed numbers, int8 against fp32 at export, auto's finalist re-timing, bench/auto.py's columns).
 
@@ -377,9 +397,12 @@ def ort_compare(files: Mapping[str, str | os.PathLike[str]], inputs: Any, cfg: L
     rounds of ``cfg.repeats`` calls per file, the files' calls alternating one by one with the order reversed
     every other time (A B, B A, A B, ...), so a change of the machine's load between two calls hits every file
     alike (timing each file in blocks of whole seconds let the load of one block decide a ratio: docs/auto.md,
-    "Why two timings of one file disagreed"). Returns per name ``{"median"`` (of the rounds' medians),
-    ``"p90"`` (of all calls), ``"batch", "runtime", "rounds"`` (each round's median), ``"cpu_median"}``: the
-    median process CPU time of a call, which leaves out the time another process held the core."""
+    "Why two timings of one file disagreed"). Each timed call follows ``refill`` untimed calls of the same file
+    (:func:`interleaved_times`), so every file is timed on warm caches, as it runs when called back to back,
+    not right after another file evicted it (docs/auto.md, "Warm calls"). Returns per name ``{"median"`` (of
+    the rounds' medians), ``"p90"`` (of all calls), ``"batch", "runtime", "rounds"`` (each round's median),
+    ``"cpu_median"}``: the median process CPU time of a call, which leaves out the time another process held
+    the core; with ``refill``, ``"cold_median"``: the first call after the other files ran."""
     if rounds < 1 or cfg.repeats < 1:
         raise ConfigError(f"ort_compare needs rounds >= 1 and repeats >= 1 (got {rounds}, {cfg.repeats}).",
                           hint="Set evaluate.latency.repeats >= 1 and pass rounds >= 1.")
@@ -388,6 +411,7 @@ def ort_compare(files: Mapping[str, str | os.PathLike[str]], inputs: Any, cfg: L
     calls = {n: functools.partial(sessions[n].run, None, ort_feed(sessions[n], batched(inputs, cfg.batch)))
              for n in names}
     # threads=None: torch's threads are not ORT's, and the process's CPU time counts ORT's intra-op pool
-    timed = interleaved_times(calls, rounds=rounds, repeats=cfg.repeats, warmup=cfg.warmup)
-    return {n: {"median": r["median"], "p90": r["p90"], "batch": int(cfg.batch), "runtime": "onnxruntime",
-                "rounds": r["rounds"], "cpu_median": r["cpu_median"]} for n, r in timed.items()}
+    timed = interleaved_times(calls, rounds=rounds, repeats=cfg.repeats, warmup=cfg.warmup, refill=refill)
+    keep = ("median", "p90", "rounds", "cpu_median", "cold_median")
+    return {n: {"batch": int(cfg.batch), "runtime": "onnxruntime", **{k: r[k] for k in keep if k in r}}
+            for n, r in timed.items()}
