@@ -37,6 +37,7 @@ from _common import ROOT
 from _olive_run import (
     USER_SCRIPT_COPY,
     collect,
+    custom_metric,
     data_config,
     latency_metric,
     ops,
@@ -89,11 +90,9 @@ def workflow(work: Path, model: Path, out: Path, threads: int, input_name: str, 
     """Olive's search workflow (see the module docstring)."""
     data, script = str(work / "images.npz"), str(work / USER_SCRIPT_COPY)
     metrics = [
-        {"name": "accuracy", "type": "custom",
-         "sub_types": [{"name": "accuracy", "priority": 1, "higher_is_better": True, "metric_config": {},
-                        "goal": {"type": "max-degradation", "value": MAX_DROP}}],
-         "user_config": {"user_script": script, "evaluate_func": "image_accuracy",
-                         "evaluate_func_kwargs": {"data_path": data, "threads": threads}}},
+        custom_metric("accuracy", [{"name": "accuracy", "priority": 1, "higher_is_better": True,
+                                    "goal": {"type": "max-degradation", "value": MAX_DROP}}],
+                      script, "image_accuracy", {"data_path": data, "threads": threads}),
         latency_metric("fmnist_b1", {"type": "percent-min-improvement", "value": 100 * (1 - 1 / MIN_SPEEDUP)},
                        threads, 20, 300),
     ]

@@ -86,6 +86,15 @@ def data_config(name: str, script: str, dataset: str, params: dict[str, Any], ba
             "dataloader_config": {"type": "default_dataloader", "params": {"batch_size": batch, "drop_last": True}}}
 
 
+def custom_metric(name: str, sub_types: list[dict[str, Any]], script: str, func: str,
+                  kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Olive's custom metric ``name``: ``func`` of the user script ``script`` called with ``kwargs``, scoring
+    ``sub_types`` (each needs a ``metric_config``, even empty: Olive 0.13.0 fails to serialize a custom
+    sub-metric without one)."""
+    return {"name": name, "type": "custom", "sub_types": [{"metric_config": {}, **st} for st in sub_types],
+            "user_config": {"user_script": script, "evaluate_func": func, "evaluate_func_kwargs": kwargs}}
+
+
 def latency_metric(data_config: str, goal: dict[str, Any], threads: int, warmup: int, repeats: int) -> dict[str, Any]:
     """Olive's latency metric (``avg`` with ``goal``, second priority; ``p50`` recorded) on the first batch of
     ``data_config``, in a session of ``threads`` intra-op threads and one inter-op thread."""

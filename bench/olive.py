@@ -62,7 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, ROOT, WORK, command_line, machine_info, ort_latency_ms, update_doc_section, write_result  # noqa: E402,I001
 import _olive_mnv2  # noqa: E402
 from _olive_run import (DEFAULT_VENV, USER_SCRIPT_COPY, collect, data_config, find_model, has_olive, merge,  # noqa: E402
-                        latency_metric, olive_versions, ops, run_both, runs_lines, search_workflow,
+                        custom_metric, latency_metric, olive_versions, ops, run_both, runs_lines, search_workflow,
                         steps_lines, table_rows)
 
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -113,13 +113,10 @@ def workflow(work: Path, model_dir: str, out: Path, threads: int, latency_limit_
     """Olive's search workflow (see the module docstring)."""
     data, script = str(work / "data.npz"), str(work / USER_SCRIPT_COPY)
     metrics = [
-        {"name": "fidelity", "type": "custom",
-         # metric_config {}: Olive 0.13.0 fails to serialize a custom sub-metric without one
-         "sub_types": [{"name": "cosine", "priority": 1, "higher_is_better": True, "metric_config": {},
-                        "goal": {"type": "threshold", "value": MIN_COSINE}},
-                       {"name": "cosine_min", "higher_is_better": True, "metric_config": {}}],
-         "user_config": {"user_script": script, "evaluate_func": "embedding_cosine",
-                         "evaluate_func_kwargs": {"data_path": data, "batch_size": BATCH, "threads": threads}}},
+        custom_metric("fidelity", [{"name": "cosine", "priority": 1, "higher_is_better": True,
+                                    "goal": {"type": "threshold", "value": MIN_COSINE}},
+                                   {"name": "cosine_min", "higher_is_better": True}],
+                      script, "embedding_cosine", {"data_path": data, "batch_size": BATCH, "threads": threads}),
         latency_metric("sentences_eval", {"type": "threshold", "value": latency_limit_ms}, threads, 3, 10),
     ]
     passes = {"conversion": {"type": "OnnxConversion"},
