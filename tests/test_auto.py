@@ -182,10 +182,8 @@ def test_auto_and_its_benchmark_time_the_deployed_file_one_way(finished, monkeyp
     """auto's finalist re-timing and bench/auto.py's columns call the same function
     (evaluation.latency.ort_compare) with the same latency settings, example inputs, rounds and files: the
     two can no longer disagree except by noise (no timing: the calls are recorded)."""
-    import importlib.util
-    import sys
-
     import torch
+    from conftest import load_bench
 
     import slimkit.evaluation.latency as latency
     from slimkit.auto.retime import retime
@@ -206,13 +204,7 @@ def test_auto_and_its_benchmark_time_the_deployed_file_one_way(finished, monkeyp
     rounds = result["settings"]["retime_rounds"]
     again = retime(out, [chosen], base, margin=0.999, most=1, rounds=rounds)
     assert again[0]["retimed"]["speedup"] == 2.0
-    bench_dir = Path(__file__).resolve().parents[1] / "bench"
-    monkeypatch.syspath_prepend(str(bench_dir))
-    spec = importlib.util.spec_from_file_location("bench_auto", bench_dir / "auto.py")
-    mod = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "bench_auto", mod)
-    spec.loader.exec_module(mod)
-    timed = mod.retime(out, result)
+    timed = load_bench("auto").retime(out, result)
     assert timed["median"] == {"fp32": 2.0, "auto": 1.0}
     (files_a, xs_a, cfg_a, rounds_a), (files_b, xs_b, cfg_b, rounds_b) = calls
     tdir = out / chosen["dir"]

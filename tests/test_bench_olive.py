@@ -3,24 +3,17 @@ nothing and exits 0; a case's rows merge into bench/results/olive.json keeping t
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
-
-BENCH = ROOT / "bench"
+from conftest import ROOT, load_bench
 
 
 @pytest.fixture(scope="module")
 def olive():
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("bench_olive", BENCH / "olive.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("olive")
 
 
 def test_olive_bench_without_its_environment_writes_nothing(tmp_path) -> None:

@@ -5,27 +5,19 @@ reporting its faster one."""
 from __future__ import annotations
 
 import copy
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_bench
 
 import slimkit as sk
 from slimkit.models.zoo.resnet import resnet_fmnist
 from slimkit.passes.prune.structured import count_macs
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("bench_prune_resnet", BENCH / "prune_resnet.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("prune_resnet")
 
 
 def _base(width: int) -> tuple[torch.nn.Module, tuple[torch.Tensor]]:

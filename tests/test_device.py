@@ -137,13 +137,10 @@ def test_gpu_bench_says_why_without_cuda(capsys):
     """bench/gpu.py on a CPU-only machine: a clear message, exit status 0, nothing written."""
     if HAS_CUDA:
         pytest.skip("this machine has a CUDA device: bench/gpu.py would measure")
-    import importlib.util
+    from conftest import load_bench
 
     root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("bench_gpu", root / "bench" / "gpu.py")
-    assert spec is not None and spec.loader is not None
-    gpu = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu)
+    gpu = load_bench("gpu")
     written = [p.stat().st_mtime for p in (root / "bench" / "results").glob("*.json")]
     assert gpu.main(["--quick"]) == 0
     assert "skipped: no CUDA device" in capsys.readouterr().err
