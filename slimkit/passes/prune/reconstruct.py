@@ -113,12 +113,9 @@ def find_intercepts(model: nn.Module, targets: list[Target], example_inputs: tup
         bn_name = found.get(t.consumer)
         t.intercept = "bias" if model.get_submodule(t.consumer).bias is not None else bn_name
         if bn_name is not None:
-            bn = model.get_submodule(bn_name)
-            if bn.track_running_stats and bn.running_var is not None:
-                scale = 1.0 / (bn.running_var.detach().to("cpu", torch.float64) + bn.eps).sqrt()
-                if bn.affine:
-                    scale = scale * bn.weight.detach().to("cpu", torch.float64).abs()
-                t.row_scale = scale
+            scale = _bn_scale(model.get_submodule(bn_name))
+            if scale is not None:
+                t.row_scale = scale.abs()
 
 
 def find_streams(model: nn.Module, targets: list[Target], example_inputs: tuple[Any, ...]) -> None:
@@ -165,13 +162,21 @@ def stream_factor(model: nn.Module, t: Target) -> torch.Tensor:
     (``gamma / sqrt(var + eps)``; 0 where that scale is ~0), 1 without one: a drift of the stream in the
     consumer's output units."""
     width = model.get_submodule(t.consumer).weight.shape[0]
-    if t.intercept in (None, "bias"):
+    a = None if t.intercept in (None, "bias") else _bn_scale(model.get_submodule(t.intercept))
+    if a is None:
         return torch.ones(width, dtype=torch.float64)
-    bn = model.get_submodule(t.intercept)
-    a = 1.0 / (bn.running_var.detach().to("cpu", torch.float64) + bn.eps).sqrt()
-    if bn.affine:
-        a = a * bn.weight.detach().to("cpu", torch.float64)
     return torch.where(a.abs() > 1e-8, 1.0 / a, torch.zeros_like(a))
+
+
+def _bn_scale(bn: nn.Module) -> torch.Tensor | None:
+    """A BatchNorm's signed per-channel scale in eval mode, ``gamma / sqrt(running_var + eps)`` (float64, CPU),
+    or None when it keeps no running statistics."""
+    if not (bn.track_running_stats and bn.running_var is not None):
+        return None
+    scale = 1.0 / (bn.running_var.detach().to("cpu", torch.float64) + bn.eps).sqrt()
+    if bn.affine:
+        scale = scale * bn.weight.detach().to("cpu", torch.float64)
+    return scale
 
 
 def weight_aug(model: nn.Module, t: Target) -> torch.Tensor:
