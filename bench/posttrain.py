@@ -135,11 +135,14 @@ def mobilenet(args: argparse.Namespace) -> list[dict[str, Any]]:
         name = f"posttrain-{target:.2f}macs"
         models[name] = m
         kept = ctx_info.get("kept_groups", [])
+        thin = [k["kept"].split(" (fewer")[0] for k in kept if "min_rows_per_input" in k["kept"]]
         meta[name] = {"system": "slimkit", "seconds": secs, "target": target,
                       "note": (f"PostTrainPruneConfig(target_macs={target}, criterion='reconstruction', loss='kl', "
                                f"round_to=8, refit_passes={args.refit_passes}; defaults refit_order='{cfg.refit_order}', "
-                               f"stream_target={cfg.stream_target}): {len(ctx_info.get('groups', []))} "
-                               f"reconstructable groups pruned, {len(kept)} kept (residual streams); "
+                               f"stream_target={cfg.stream_target}, min_rows_per_input={cfg.min_rows_per_input:g}): "
+                               f"{len(ctx_info.get('groups', []))} reconstructable groups pruned, "
+                               f"{sum('min_rows_per_input' not in k['kept'] for k in kept)} kept (residual streams), "
+                               f"{len(thin)} kept for too few calibration rows ({'; '.join(thin) or 'none'}); "
                                f"{sum(1 for g in ctx_info.get('groups', []) if g.get('stream'))} consumers refit to "
                                f"the residual stream's drift too; "
                                f"{n_cal} calibration crops, no labels, no training")}
@@ -524,7 +527,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work-threads", type=int, default=1, help="threads while pruning (1 is fastest on a busy CPU)")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--calib", type=int, default=256, help="calibration crops (<= 512 per the issue)")
+    ap.add_argument("--calib", type=int, default=512, help="calibration crops (<= 512 per the issue)")
     ap.add_argument("--heldout", type=int, default=320)
     ap.add_argument("--refit-passes", type=int, default=1)
     ap.add_argument("--resnet-calib", type=int, default=2048, help="unlabelled Fashion-MNIST images (ResNet)")

@@ -156,6 +156,33 @@ def test_fisher_criterion_on_a_linear_consumer() -> None:
     assert agree > 0.8
 
 
+def test_a_consumer_with_fewer_calibration_rows_than_inputs_keeps_its_group() -> None:
+    """The fc after global pooling sees one row per image: 8 fit rows for 24 inputs would make its refit exact on
+    the calibration images and its cost curve look free, so its group is kept whole (with why); conv2 sees 8 x
+    144 positions per image and is pruned; min_rows_per_input=0 prunes the fc group anyway."""
+    from slimkit.context import PassContext
+    from slimkit.registry import spec_for
+
+    calib = [b[:8] for b in _data(0, 2)]  # the first batch scores the sensitivity, the second is fit
+    x = (calib[0][:1],)
+    model = Redundant()
+    cfg = sk.PostTrainPruneConfig(ratio=0.5, loss="mse", refit_passes=1)
+    ctx = PassContext(example_inputs=x, calibration=calib)
+    spec_for(cfg).handler(model, cfg, ctx)
+    info = ctx.extras["posttrain"]
+    assert [r["consumer"] for r in info["groups"]] == ["conv2"]
+    kept = [k for k in info["kept_groups"] if "min_rows_per_input" in k["kept"]]
+    assert len(kept) == 1 and "8 calibration rows for 24 inputs" in kept[0]["kept"]
+    assert model.conv2.out_channels == 24 and model.fc.in_features == 24 and model.conv1.out_channels == 16
+    anyway = Redundant()
+    sk.prune_(anyway, cfg.model_copy(update={"min_rows_per_input": 0.0}), calibration=calib, example_inputs=x)
+    assert anyway.conv2.out_channels == 12 and anyway.fc.in_features == 12
+    with pytest.raises(ConstraintError, match="too little calibration data") as err:
+        sk.prune_(nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 4)).eval(), cfg,
+                  calibration=[torch.randn(16, 8), torch.randn(16, 8)])
+    assert "16 rows, 64 inputs" in str(err.value) and "min_rows_per_input" in err.value.hint
+
+
 def test_recipe_stage_and_errors() -> None:
     cfg, problems = parse_stage({"prune": {"method": "posttrain", "target_macs": 0.75, "round_to": 8}}, 0)
     assert not problems and isinstance(cfg, sk.PostTrainPruneConfig) and cfg.target_macs == 0.75
