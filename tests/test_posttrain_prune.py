@@ -388,6 +388,7 @@ def test_stream_drift_is_absorbed_by_the_next_blocks_refit() -> None:
     # a shift of the residual stream after block 0 (its last BN's beta): block 1's project conv refit to the
     # original output plus the stream drift (divided by its BN's signed scale) cancels it at block 1's output;
     # refit to its own branch output only, it cannot
+    from slimkit.analysis.paired import Stream, paired_stats
     from slimkit.graph import build_dependency_graph
     from slimkit.passes.prune.reconstruct import (
         find_intercepts,
@@ -395,7 +396,6 @@ def test_stream_drift_is_absorbed_by_the_next_blocks_refit() -> None:
         find_targets,
         install,
         joint_moments,
-        paired_stats,
         refit,
         stream_factor,
         weight_aug,
@@ -421,7 +421,7 @@ def test_stream_drift_is_absorbed_by_the_next_blocks_refit() -> None:
     errs = {}
     for on in (False, True):
         m = copy.deepcopy(cur)
-        streams = {t.consumer: (t.stream, stream_factor(m, t))} if on else {}
+        streams = {t.consumer: Stream(t.stream, factor=stream_factor(m, t))} if on else {}
         st = paired_stats(base, m, [t.consumer], calib, None, streams=streams)[t.consumer]
         _, hxz, hzz = joint_moments(st, m.get_submodule(t.consumer).weight[0].numel())
         w = weight_aug(base, t)

@@ -111,8 +111,9 @@ def _moments(rows: torch.Tensor, full: bool) -> tuple[int, torch.Tensor, torch.T
 SUPPORTED = (nn.Linear, nn.Conv2d)
 
 
-class _StopForward(Exception):
-    """Ends a calibration forward pass once every chosen layer has seen its input (``stop_early``)."""
+class StopForward(Exception):
+    """Raised by a forward hook to end a forward pass once what it needed has run (caught by whoever started
+    that forward: ``stop_early`` here, paired statistics, block refits)."""
 
 
 def _conv_padding(conv: nn.Conv2d) -> tuple[int, int, int, int]:
@@ -363,7 +364,7 @@ def collect_input_stats(
             if stop_early:
                 fired.add(name)
                 if len(fired) == len(chosen):
-                    raise _StopForward
+                    raise StopForward
         return hook
 
     device = model_device(model)
@@ -379,7 +380,7 @@ def collect_input_stats(
                 fired.clear()
                 try:
                     call_model(model, inputs, device)
-                except _StopForward:
+                except StopForward:
                     pass
                 batches += 1
     finally:

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from slimkit.analysis.calibration import block_of, execution_order, token_mask
+from slimkit.analysis.calibration import StopForward, block_of, execution_order, token_mask
 from slimkit.config.posttrain import BlockRefitConfig
 from slimkit.context import eval_mode, model_device
 from slimkit.data.batch import call_model, split_batch
@@ -33,10 +33,6 @@ from slimkit.errors import ConfigError, DataError
 from slimkit.evaluation.metrics import primary_output
 
 log = logging.getLogger(__name__)
-
-
-class _Stop(Exception):
-    """Ends a forward once the block of interest has run."""
 
 
 def default_blocks(model: nn.Module, example: Any) -> list[str]:
@@ -65,11 +61,11 @@ def _capture(model: nn.Module, name: str, batches: list[Any], what: str) -> list
 
     def pre(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         got.append((tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args), dict(kwargs)))
-        raise _Stop
+        raise StopForward
 
     def post(mod: nn.Module, args: Any, out: Any) -> None:
         got.append(_first(out).detach())
-        raise _Stop
+        raise StopForward
 
     handle = (block.register_forward_pre_hook(pre, with_kwargs=True) if what == "inputs"
               else block.register_forward_hook(post))
@@ -80,7 +76,7 @@ def _capture(model: nn.Module, name: str, batches: list[Any], what: str) -> list
                 n = len(got)
                 try:
                     call_model(model, b, device)
-                except _Stop:
+                except StopForward:
                     pass
                 if len(got) != n + 1:
                     raise ConfigError(f"block_refit: block '{name}' did not run on a calibration batch.",

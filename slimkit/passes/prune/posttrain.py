@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimkit.analysis.calibration import execution_order, token_mask
+from slimkit.analysis.paired import Stream, paired_stats
 from slimkit.config.posttrain import PostTrainPruneConfig
 from slimkit.context import PassContext
 from slimkit.data.batch import call_model, positional_inputs, split_batch
@@ -43,7 +44,6 @@ from slimkit.passes.prune.reconstruct import (
     install,
     joint_moments,
     moments,
-    paired_stats,
     refit_no_worse,
     stream_factor,
     weight_aug,
@@ -416,7 +416,7 @@ def _refit_chunk(model: nn.Module, reference: nn.Module, targets: list[Target], 
                  ) -> None:
     """One paired forward for ``targets``, then each consumer refit to the original's output (plus, with a
     residual ``stream``, the original stream minus the pruned model's, so it also corrects what reached it)."""
-    streams = {t.consumer: (t.stream, stream_factor(model, t)) for t in targets
+    streams = {t.consumer: Stream(t.stream, factor=stream_factor(model, t)) for t in targets
                if t.stream is not None and rows[t.group.index] is None}
     stats = paired_stats(reference, model, [t.consumer for t in targets], calib, cfg.calibration_batches,
                          streams=streams)

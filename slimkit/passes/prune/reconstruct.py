@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from slimkit.analysis.calibration import InputStats, collect_input_stats, hooked_forward, layer_rows
+from slimkit.analysis.calibration import InputStats, collect_input_stats, hooked_forward
 from slimkit.graph.core import DependencyGraph, Group
 
 log = logging.getLogger(__name__)
@@ -327,89 +327,9 @@ def consumer_stats(model: nn.Module, targets: list[Target], calibration: Iterabl
                                max_batches=max_batches)
 
 
-class _Enough(Exception):
-    """Ends a paired forward once every consumer has seen its input."""
-
-
-class _Paired(nn.Module):
-    """Runs the original and the pruned model on the same batch and feeds each consumer's probe the rows
-    ``[pruned input, original input]``, so the shared collector accumulates their joint moments; for a
-    consumer in ``streams`` (``{consumer: (residual module, per-output-channel factor)}``) also the drift of
-    the residual stream, ``(original stream - pruned stream) * factor``, in the consumer's output rows."""
-
-    def __init__(self, reference: nn.Module, current: nn.Module, names: list[str],
-                 streams: dict[str, tuple[str, torch.Tensor]] | None = None) -> None:
-        super().__init__()
-        self.reference, self.current, self.names = reference, current, names
-        self.streams = {n: v for n, v in (streams or {}).items() if n in names}
-        self.probes: dict[str, nn.Linear] = {}
-
-    def forward(self, *args: Any, **kwargs: Any) -> None:
-        got: dict[str, dict[str, torch.Tensor]] = {"ref": {}, "cur": {}}
-        drift: dict[str, dict[str, torch.Tensor]] = {"ref": {}, "cur": {}}
-        handles = []
-        for key, model in (("ref", self.reference), ("cur", self.current)):
-            for name, (block, _) in self.streams.items():
-                def stream_hook(mod: nn.Module, a: Any, key: str = key, name: str = name) -> None:
-                    drift[key][name] = a[0]
-                handles.append(model.get_submodule(block).register_forward_pre_hook(stream_hook))
-            for name in self.names:
-                def hook(mod: nn.Module, a: Any, key: str = key, name: str = name) -> None:
-                    got[key][name] = _rows(mod, a[0])
-                    if len(got[key]) == len(self.names):
-                        raise _Enough  # every consumer's input is in: the rest of the forward is not needed
-                handles.append(model.get_submodule(name).register_forward_pre_hook(hook))
-        try:
-            for model in (self.reference, self.current):
-                try:
-                    model(*args, **kwargs)
-                except _Enough:
-                    pass
-        finally:
-            for h in handles:
-                h.remove()
-        for name in self.names:
-            if name in got["ref"] and name in got["cur"]:
-                parts = [got["cur"][name], got["ref"][name]]
-                if name in self.streams:
-                    parts.append(_stream_rows(drift["ref"][name] - drift["cur"][name], self.streams[name][1]))
-                z = torch.cat(parts, -1)
-                probe = self.probes.get(name)
-                if probe is None:
-                    probe = self.probes[name] = nn.Linear(z.shape[-1], 1, bias=False, device=z.device)
-                probe(z)
-
-
-def _stream_rows(delta: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """``delta`` (a residual stream, channels at dim 1 for images, last for tokens) as rows of the consumer's
-    output, each channel times ``factor``."""
-    if delta.dim() == 4:
-        delta = delta.permute(0, 2, 3, 1).reshape(-1, delta.shape[1])
-    return delta * factor.to(delta)
-
-
-def _rows(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    if isinstance(mod, nn.Linear):
-        return x  # keeps [B, T, d] so the collector can drop padded tokens
-    return layer_rows(mod, x)[0]
-
-
-def paired_stats(reference: nn.Module, current: nn.Module, names: list[str], calibration: Iterable[Any],
-                 max_batches: int | None, streams: dict[str, tuple[str, torch.Tensor]] | None = None
-                 ) -> dict[str, InputStats]:
-    """Joint input statistics of ``[current input, reference input]`` at every consumer in ``names``, with
-    ``[..., stream drift]`` for those in ``streams`` (see :class:`_Paired`)."""
-    paired = _Paired(reference, current, names, streams)
-    first = next(iter(calibration))
-    from slimkit.data.batch import call_model, split_batch
-
-    with torch.no_grad():
-        call_model(paired, split_batch(first)[0])  # creates the probes (their widths)
-    return collect_input_stats(paired, calibration, dict(paired.probes), max_batches=max_batches)
-
-
 def joint_moments(stats: InputStats, d_cur: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """From paired statistics: ``(H_xx, H_xz, H_zz)`` with x = [reference input; 1], z = [pruned input; 1]."""
+    """From :func:`slimkit.analysis.paired.paired_stats` (``target="input"``): ``(H_xx, H_xz, H_zz)`` with
+    x = [reference input (then the stream drift, when there is one); 1], z = [pruned input; 1]."""
     n = max(stats.count, 1)
     m = stats.xtx[0] / n
     s = stats.sum[0] / n

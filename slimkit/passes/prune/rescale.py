@@ -16,9 +16,10 @@ already tuned (sequential), the targets from the original model. There are as ma
 ridge pulls toward ``s = 1`` (no change), so the calibration error can only go down: ``s = 1`` with the best
 bias is a feasible point of the same objective.
 
-Statistics are streamed through :func:`slimkit.analysis.calibration.collect_input_stats` (a probe that sees
-rows ``[x, t]``; padded tokens excluded), so memory does not grow with the calibration set. Each consumer
-costs one paired forward of both models that stops right after the consumer.
+Statistics are the moments of the rows ``[x, t]`` from :func:`slimkit.analysis.paired.paired_stats`
+(``target="output"``, the residual as a :class:`~slimkit.analysis.paired.Stream`; padded tokens excluded), so
+memory does not grow with the calibration set. Each consumer costs one paired forward of both models that
+stops right after the consumer.
 """
 
 from __future__ import annotations
@@ -30,13 +31,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from slimkit.analysis.calibration import collect_input_stats, hooked_forward
+from slimkit.analysis.calibration import hooked_forward
+from slimkit.analysis.paired import Stream, paired_stats
 
 log = logging.getLogger(__name__)
-
-
-class _Stop(Exception):
-    """Raised by a hook to end a forward pass once the consumer has run."""
 
 
 def residual_parent(model: nn.Module, consumer: str, example: Any) -> str | None:
@@ -67,57 +65,6 @@ def residual_parent(model: nn.Module, consumer: str, example: Any) -> str | None
     with torch.no_grad():
         ok = torch.allclose(norms[0](y + args[1]), out, atol=1e-4, rtol=1e-4)
     return parent_name if ok else None
-
-
-class _Paired(nn.Module):
-    """Runs the original model to its consumer, then the pruned one to its consumer, and feeds the probe the
-    rows ``[pruned consumer input, target]``."""
-
-    def __init__(self, reference: nn.Module, current: nn.Module, consumer: str, parent: str | None) -> None:
-        super().__init__()
-        self.reference, self.current = reference, current
-        self.consumer, self.parent = consumer, parent
-        cur = current.get_submodule(consumer)
-        self.probe = nn.Linear(cur.in_features + cur.out_features, 1, bias=False)
-
-    def _run(self, model: nn.Module, args: Any, kwargs: Any) -> dict[str, torch.Tensor]:
-        got: dict[str, torch.Tensor] = {}
-
-        def pre(mod: nn.Module, a: Any) -> None:
-            got["x"] = a[0]
-
-        def post(mod: nn.Module, a: Any, out: torch.Tensor) -> None:
-            got["y"] = out
-            if self.parent is None:
-                raise _Stop
-
-        def parent_pre(mod: nn.Module, a: Any) -> None:
-            got["r"] = a[1]
-
-        def parent_post(mod: nn.Module, a: Any, out: Any) -> None:
-            raise _Stop
-
-        cons = model.get_submodule(self.consumer)
-        handles = [cons.register_forward_pre_hook(pre), cons.register_forward_hook(post)]
-        if self.parent is not None:
-            par = model.get_submodule(self.parent)
-            handles += [par.register_forward_pre_hook(parent_pre), par.register_forward_hook(parent_post)]
-        try:
-            model(*args, **kwargs)
-        except _Stop:
-            pass
-        finally:
-            for h in handles:
-                h.remove()
-        return got
-
-    def forward(self, *args: Any, **kwargs: Any) -> None:
-        ref = self._run(self.reference, args, kwargs)
-        cur = self._run(self.current, args, kwargs)
-        target = ref["y"]
-        if self.parent is not None:
-            target = target + ref["r"] - cur["r"]
-        self.probe(torch.cat([cur["x"], target], -1))
 
 
 def solve_scales(w: torch.Tensor, b: torch.Tensor | None, units: list[torch.Tensor], xtx: torch.Tensor,
@@ -178,8 +125,8 @@ def tune_scales(reference: nn.Module, model: nn.Module, consumer: str, units: li
     unit) against ``reference`` and write them in; return ``(relative error before, after, scales)``. With
     ``weight_ridge`` (and a bias), the whole kept weight is then refit too, pulled toward the scaled one
     (:func:`solve_weights`)."""
-    paired = _Paired(reference, model, consumer, parent)
-    stats = collect_input_stats(paired, calibration, {"probe": paired.probe}, max_batches=max_batches)["probe"]
+    streams = {consumer: Stream(parent, arg=1)} if parent is not None else None
+    stats = paired_stats(reference, model, [consumer], calibration, max_batches, streams, target="output")[consumer]
     mod = model.get_submodule(consumer)
     w = mod.weight.detach().to("cpu", torch.float64)
     b = None if mod.bias is None else mod.bias.detach().to("cpu", torch.float64)
