@@ -72,6 +72,21 @@ def test_scale_refit_on_a_tiny_bert_heads_and_ffn() -> None:
     assert tuned < 0.9 * untuned, (tuned, untuned)
 
 
+def test_scales_refit_prunes_groups_with_fewer_rows_than_inputs() -> None:
+    """min_rows_per_input guards the weights refit only: a scales refit solves one unknown per unit, so the FFN
+    groups (64 inputs of output.dense) are still pruned from 24 fit tokens."""
+    base = tiny_bert()
+    calib = token_batches(0, n=2, bs=2)  # 24 real tokens per batch; the first batch scores the sensitivity
+    x = (calib[0]["input_ids"][:1], calib[0]["attention_mask"][:1])
+    cfg = sk.PostTrainPruneConfig(ratio=0.5, loss="mse", refit_passes=1)
+    ctx = PassContext(example_inputs=x, calibration=calib)
+    spec_for(cfg).handler(base, cfg, ctx)
+    info = ctx.extras["posttrain"]
+    assert info["refit"] == "scales" and not [k for k in info["kept_groups"] if "min_rows_per_input" in k["kept"]]
+    assert base.encoder.layer[0].intermediate.dense.out_features == 32
+    assert any("output.dense (24 rows, 64 inputs)" in t for t in info["thin_statistics"])
+
+
 def test_early_stop_statistics_equal_full_ones() -> None:
     model, calib = tiny_bert(), token_batches(2, n=2)
     names = ["encoder.layer.0.attention.self.query", "encoder.layer.0.output.dense"]

@@ -105,10 +105,10 @@ class PostTrainPruneConfig(PassConfig):
                                         "toward the scaled weight with this strength (x mean diagonal of the "
                                         "input covariance); None: scales and bias only")
     min_rows_per_input: float = Field(
-        1.0, ge=0, le=1000, description="keep a group whole when its consumer saw fewer calibration rows than "
-                                        "this times its inputs (a Linear after global pooling sees one row per "
-                                        "image): its least-squares refit would be underdetermined; 0: prune it "
-                                        "anyway")
+        1.0, ge=0, le=1000, description="refit='weights': keep a group whole when its consumer saw fewer "
+                                        "calibration rows than this times its inputs (a Linear after global "
+                                        "pooling sees one row per image): its least-squares refit would be "
+                                        "underdetermined; 0: prune it anyway")
     macs_tolerance: float = Field(0.02, gt=0, lt=0.5)
     block_refit: BlockRefitConfig | None = Field(None, description="then refit each block to the original's "
                                                                    "output on the calibration data")

@@ -287,6 +287,11 @@ def posttrain_prune(model: nn.Module, cfg: PostTrainPruneConfig, ctx: PassContex
     if not targets:
         raise ConstraintError("posttrain pruning found no reconstructable group (one weighted consumer each); "
                               "nothing was changed.", hint="Use method: structured for this model.")
+    parents = {t.consumer: residual_parent(model, t.consumer, inputs) for t in targets
+               if isinstance(model.get_submodule(t.consumer), nn.Linear)}
+    scales = cfg.refit == "scales" or (cfg.refit == "auto" and len(parents) == len(targets)
+                                       and all(parents.values()))
+    info["refit"] = "scales" if scales else "weights"
     find_intercepts(model, targets, inputs)
     if cfg.stream_target:
         find_streams(model, targets, inputs)
@@ -299,7 +304,8 @@ def posttrain_prune(model: nn.Module, cfg: PostTrainPruneConfig, ctx: PassContex
     sens = _batches(calib, cfg.sensitivity_batches)
     fit = _Skip(calib, len(sens)) if _has_more(calib, len(sens)) else calib
     stats = consumer_stats(model, targets, fit, cfg.calibration_batches)
-    targets = _drop_underdetermined(targets, stats, cfg, skipped)
+    if not scales:  # a scales refit solves one unknown per unit: well posed on few rows
+        targets = _drop_underdetermined(targets, stats, cfg, skipped)
     mats = {t.group.index: (weight_aug(model, t), moments(stats[t.consumer])) for t in targets}
     thin = [f"{t.consumer} ({stats[t.consumer].count} rows, {stats[t.consumer].dim} inputs)" for t in targets
             if stats[t.consumer].count < 4 * stats[t.consumer].dim]
@@ -334,11 +340,6 @@ def posttrain_prune(model: nn.Module, cfg: PostTrainPruneConfig, ctx: PassContex
               for t in targets}
     else:
         ks = solve_allocation(model, graph, targets, curves, orders, cfg, inputs, base)
-    parents = {t.consumer: residual_parent(model, t.consumer, inputs) for t in targets
-               if isinstance(model.get_submodule(t.consumer), nn.Linear)}
-    scales = cfg.refit == "scales" or (cfg.refit == "auto" and len(parents) == len(targets)
-                                       and all(parents.values()))
-    info["refit"] = "scales" if scales else "weights"
     removed: set[int] = set()
     for t in targets:
         gi = t.group.index
