@@ -135,13 +135,14 @@ def mobilenet(args: argparse.Namespace) -> list[dict[str, Any]]:
         name = f"posttrain-{target:.2f}macs"
         models[name] = m
         kept = ctx_info.get("kept_groups", [])
-        thin = [k["kept"].split(" (fewer")[0] for k in kept if "min_rows_per_input" in k["kept"]]
+        thin = [f"its consumer '{k['consumer']}' saw {k['rows']} calibration rows for {k['inputs']} inputs"
+                for k in kept if "rows" in k]
         meta[name] = {"system": "slimkit", "seconds": secs, "target": target,
                       "note": (f"PostTrainPruneConfig(target_macs={target}, criterion='reconstruction', loss='kl', "
                                f"round_to=8, refit_passes={args.refit_passes}; defaults refit_order='{cfg.refit_order}', "
                                f"stream_target={cfg.stream_target}, min_rows_per_input={cfg.min_rows_per_input:g}): "
                                f"{len(ctx_info.get('groups', []))} reconstructable groups pruned, "
-                               f"{sum('min_rows_per_input' not in k['kept'] for k in kept)} kept (residual streams), "
+                               f"{sum('rows' not in k for k in kept)} kept (residual streams), "
                                f"{len(thin)} kept for too few calibration rows ({'; '.join(thin) or 'none'}); "
                                f"{sum(1 for g in ctx_info.get('groups', []) if g.get('stream'))} consumers refit to "
                                f"the residual stream's drift too; "

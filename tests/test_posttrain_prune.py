@@ -173,6 +173,7 @@ def test_a_consumer_with_fewer_calibration_rows_than_inputs_keeps_its_group() ->
     assert [r["consumer"] for r in info["groups"]] == ["conv2"]
     kept = [k for k in info["kept_groups"] if "min_rows_per_input" in k["kept"]]
     assert len(kept) == 1 and "8 calibration rows for 24 inputs" in kept[0]["kept"]
+    assert (kept[0]["consumer"], kept[0]["rows"], kept[0]["inputs"]) == ("fc", 8, 24)
     assert model.conv2.out_channels == 24 and model.fc.in_features == 24 and model.conv1.out_channels == 16
     anyway = Redundant()
     sk.prune_(anyway, cfg.model_copy(update={"min_rows_per_input": 0.0}), calibration=calib, example_inputs=x)

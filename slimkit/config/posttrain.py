@@ -71,7 +71,9 @@ class PostTrainPruneConfig(PassConfig):
     ``auto``: ``scales`` when every consumer is a Linear whose output is added to a residual stream and
     normalized (transformer attention-output and FFN-output projections), ``weights`` otherwise (CNNs, MLPs).
     All statistics are streamed (``slimkit.analysis.calibration``): memory does not grow with the number of
-    batches.
+    batches. With ``weights``, a group whose consumer saw fewer calibration rows than ``min_rows_per_input``
+    times its inputs (a classifier after global pooling: one row per image) is kept whole: its refit would be
+    underdetermined and its cost would look free.
     """
 
     kind: ClassVar[str] = "prune"

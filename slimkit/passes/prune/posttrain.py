@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slimkit.analysis.calibration import execution_order, token_mask
+from slimkit.analysis.calibration import InputStats, execution_order, token_mask
 from slimkit.analysis.paired import Stream, paired_stats
 from slimkit.config.posttrain import PostTrainPruneConfig
 from slimkit.context import PassContext
@@ -202,7 +202,7 @@ def fisher_scores(model: nn.Module, targets: list[Target], batches: list[Any], k
             for t in targets}
 
 
-def _drop_underdetermined(targets: list[Target], stats: dict[str, Any], cfg: PostTrainPruneConfig,
+def _drop_underdetermined(targets: list[Target], stats: dict[str, InputStats], cfg: PostTrainPruneConfig,
                           kept: list[dict[str, Any]]) -> list[Target]:
     """The targets whose consumer saw at least ``cfg.min_rows_per_input`` calibration rows per input; the
     others join ``kept`` (with why). A refit from fewer rows than unknowns reproduces the calibration rows
@@ -218,6 +218,7 @@ def _drop_underdetermined(targets: list[Target], stats: dict[str, Any], cfg: Pos
             continue
         short.append(f"{t.consumer}: {st.count} rows, {st.dim} inputs")
         kept.append({"group": t.group.index, "producers": t.group.producers, "units": len(t.group),
+                     "consumer": t.consumer, "rows": st.count, "inputs": st.dim,
                      "kept": f"its consumer '{t.consumer}' saw {st.count} calibration rows for {st.dim} inputs "
                              f"(fewer than min_rows_per_input={cfg.min_rows_per_input:g} per input): its refit "
                              f"would be underdetermined"})
