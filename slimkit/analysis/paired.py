@@ -127,14 +127,13 @@ class _Paired(nn.Module):
             if name not in ref or name not in cur:
                 continue
             s = self.streams.get(name)
-            other = ref[name]
             if self.target == "output":
-                other = channel_rows(other)
+                other = channel_rows(ref[name])
                 if s is not None:  # out + ref - cur (not out + (ref - cur)): the float32 sum tune_scales has used
                     other = other + channel_rows(ref_s[name], s.factor) - channel_rows(cur_s[name], s.factor)
                 parts = [cur[name], other]
             else:
-                parts = [cur[name], other]
+                parts = [cur[name], ref[name]]
                 if s is not None:
                     parts.append(channel_rows(ref_s[name] - cur_s[name], s.factor))
             self.probes[name](torch.cat(parts, -1))

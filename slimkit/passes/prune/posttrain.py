@@ -202,22 +202,24 @@ def fisher_scores(model: nn.Module, targets: list[Target], batches: list[Any], k
             for t in targets}
 
 
-def _drop_underdetermined(targets: list[Target], stats: dict[str, InputStats], cfg: PostTrainPruneConfig,
-                          kept: list[dict[str, Any]]) -> list[Target]:
-    """The targets whose consumer saw at least ``cfg.min_rows_per_input`` calibration rows per input; the
-    others join ``kept`` (with why). A refit from fewer rows than unknowns reproduces the calibration rows
+def _check_rows(targets: list[Target], stats: dict[str, InputStats], cfg: PostTrainPruneConfig,
+                info: dict[str, Any], drop: bool) -> list[Target]:
+    """Whether each consumer saw enough calibration rows for its refit. With ``drop`` (the weights refit), the
+    targets whose consumer saw fewer than ``cfg.min_rows_per_input`` rows per input are left out and join
+    ``info["kept_groups"]`` (with why): a refit from fewer rows than unknowns reproduces the calibration rows
     exactly and says nothing about other inputs, and its error curve looks free, so the allocation would cut
-    there first: MobileNetV2's classifier (one row per image after global pooling, 1,280 inputs) at 0.9 of the
-    MACs lost 560 of its inputs and the model's top-1 agreement fell to 0.775 on held-out crops, 0.872 with it
-    kept whole (512 crops, docs/structured-pruning.md)."""
+    there first (MobileNetV2's classifier, one row per image after global pooling, 1,280 inputs: at 0.9 of the
+    MACs it lost 560 of its inputs and the model's top-1 agreement fell to 0.775 on held-out crops, 0.872 with
+    it kept whole; 512 crops, docs/structured-pruning.md). The remaining targets with fewer than 4 rows per
+    input are warned about and listed in ``info["thin_statistics"]``."""
     out, short = [], []
     for t in targets:
         st = stats[t.consumer]
-        if st.count >= cfg.min_rows_per_input * st.dim:
+        if not drop or st.count >= cfg.min_rows_per_input * st.dim:
             out.append(t)
             continue
         short.append(f"{t.consumer}: {st.count} rows, {st.dim} inputs")
-        kept.append({"group": t.group.index, "producers": t.group.producers, "units": len(t.group),
+        info["kept_groups"].append({"group": t.group.index, "producers": t.group.producers, "units": len(t.group),
                      "consumer": t.consumer, "rows": st.count, "inputs": st.dim,
                      "kept": f"its consumer '{t.consumer}' saw {st.count} calibration rows for {st.dim} inputs "
                              f"(fewer than min_rows_per_input={cfg.min_rows_per_input:g} per input): its refit "
@@ -229,6 +231,12 @@ def _drop_underdetermined(targets: list[Target], stats: dict[str, InputStats], c
             f"posttrain pruning has too little calibration data: every reconstructable group's consumer saw "
             f"fewer than {cfg.min_rows_per_input:g} rows per input ({'; '.join(short)}); nothing was changed.",
             hint="Give more calibration batches, or set min_rows_per_input lower (0 prunes them anyway).")
+    thin = [f"{t.consumer} ({stats[t.consumer].count} rows, {stats[t.consumer].dim} inputs)" for t in out
+            if stats[t.consumer].count < 4 * stats[t.consumer].dim]
+    if thin:
+        log.warning("posttrain: few calibration rows for the refit of %s; give more calibration data",
+                    ", ".join(thin))
+    info["thin_statistics"] = thin
     return out
 
 
@@ -288,8 +296,9 @@ def posttrain_prune(model: nn.Module, cfg: PostTrainPruneConfig, ctx: PassContex
     if not targets:
         raise ConstraintError("posttrain pruning found no reconstructable group (one weighted consumer each); "
                               "nothing was changed.", hint="Use method: structured for this model.")
+    # which Linear consumers feed a normalized residual add (one forward each): only a scales refit uses it
     parents = {t.consumer: residual_parent(model, t.consumer, inputs) for t in targets
-               if isinstance(model.get_submodule(t.consumer), nn.Linear)}
+               if cfg.refit != "weights" and isinstance(model.get_submodule(t.consumer), nn.Linear)}
     scales = cfg.refit == "scales" or (cfg.refit == "auto" and len(parents) == len(targets)
                                        and all(parents.values()))
     info["refit"] = "scales" if scales else "weights"
@@ -305,15 +314,8 @@ def posttrain_prune(model: nn.Module, cfg: PostTrainPruneConfig, ctx: PassContex
     sens = _batches(calib, cfg.sensitivity_batches)
     fit = _Skip(calib, len(sens)) if _has_more(calib, len(sens)) else calib
     stats = consumer_stats(model, targets, fit, cfg.calibration_batches)
-    if not scales:  # a scales refit solves one unknown per unit: well posed on few rows
-        targets = _drop_underdetermined(targets, stats, cfg, skipped)
+    targets = _check_rows(targets, stats, cfg, info, drop=not scales)
     mats = {t.group.index: (weight_aug(model, t), moments(stats[t.consumer])) for t in targets}
-    thin = [f"{t.consumer} ({stats[t.consumer].count} rows, {stats[t.consumer].dim} inputs)" for t in targets
-            if stats[t.consumer].count < 4 * stats[t.consumer].dim]
-    if thin:
-        log.warning("posttrain: few calibration rows for the refit of %s; give more calibration data",
-                    ", ".join(thin))
-    info["thin_statistics"] = thin
     allowed = {t.group.index: _allowed(t, cfg) for t in targets}
     orders: dict[int, list[int]] = {}
     curves: dict[int, dict[int, float]] = {}

@@ -39,8 +39,8 @@ def allocate_units(targets: list[Target], curves: dict[int, dict[int, float]], n
     return pick(hi)
 
 
-def fill_units(targets: list[Target], curves: dict[int, dict[int, float]], ks: dict[int, int], more: float
-          ) -> dict[int, int]:
+def fill_units(targets: list[Target], curves: dict[int, dict[int, float]], ks: dict[int, int],
+               more: float) -> dict[int, int]:
     """``ks`` with more units removed, one allowed step at a time, until the estimated saving reaches ``more``
     MACs: each time in the group with the least cost increase per MAC saved, and for the last step the
     cheapest one that is enough (so that a large step does not overshoot when a small one would do)."""
@@ -64,10 +64,15 @@ def fill_units(targets: list[Target], curves: dict[int, dict[int, float]], ks: d
 
 
 def solve_allocation(model: nn.Module, graph: Any, targets: list[Target], curves: dict[int, dict[int, float]],
-           orders: dict[int, list[int]], cfg: PostTrainPruneConfig, inputs: tuple[Any, ...], base: int
-           ) -> dict[int, int]:
+                     orders: dict[int, list[int]], cfg: PostTrainPruneConfig, inputs: tuple[Any, ...],
+                     base: int) -> dict[int, int]:
     """Allocation for ``target_macs``, corrected against MACs measured on the sliced copy."""
     assert cfg.target_macs is not None
+
+    def counted(ks: dict[int, int]) -> int:  # MACs of the model with each group's first ks units removed
+        removed = {u for t in targets for u in orders[t.group.index][: ks[t.group.index]]}
+        return count_macs(pruned_copy(model, graph, removed)[0], inputs)
+
     target = cfg.target_macs * base
     need = base - target
     most = sum(max(curves[t.group.index]) * t.macs_per_unit for t in targets)
@@ -79,8 +84,7 @@ def solve_allocation(model: nn.Module, graph: Any, targets: list[Target], curves
     best: tuple[float, dict[int, int], int] | None = None
     for _ in range(6):
         ks = allocate_units(targets, curves, need)
-        removed = {u for t in targets for u in orders[t.group.index][: ks[t.group.index]]}
-        macs = count_macs(pruned_copy(model, graph, removed)[0], inputs)
+        macs = counted(ks)
         gap = abs(macs / target - 1)
         if best is None or gap < best[0]:
             best = (gap, ks, macs)
@@ -92,8 +96,7 @@ def solve_allocation(model: nn.Module, graph: Any, targets: list[Target], curves
         if best[2] <= target * (1 + cfg.macs_tolerance):
             break
         ks = fill_units(targets, curves, dict(best[1]), best[2] - target)
-        removed = {u for t in targets for u in orders[t.group.index][: ks[t.group.index]]}
-        macs = count_macs(pruned_copy(model, graph, removed)[0], inputs)
+        macs = counted(ks)
         if ks == best[1] or macs >= best[2]:
             break
         best = (abs(macs / target - 1), ks, macs)
