@@ -35,6 +35,21 @@ def test_every_relative_link_resolves():
     assert not broken, broken
 
 
+DOC_PATH = re.compile(r"(?<![\w/.])(docs/[\w/-]+\.md)\b")
+
+
+def test_every_docs_page_named_in_prose_exists():
+    """A page named as a path (``see docs/lowrank.md``), not as a link, must exist too: a renamed page left
+    such mentions behind (``docs/minilm.md`` after it became docs/transformers.md)."""
+    missing = []
+    for page in [*_pages(), *sorted((ROOT / "slimkit").rglob("*.py"))]:
+        for name in DOC_PATH.findall(page.read_text(encoding="utf-8")):
+            if not (ROOT / name).exists():
+                missing.append(f"{page.relative_to(ROOT)}: {name}")
+    assert not missing, missing
+    assert DOC_PATH.findall("see docs/minilm.md, or `docs/a/b.md`; not mydocs/x.md") == ["docs/minilm.md", "docs/a/b.md"]
+
+
 def test_link_checker_catches_a_broken_link(tmp_path, monkeypatch):
     page = tmp_path / "p.md"
     page.write_text("see [x](missing.md) and [y](https://example.org)")
