@@ -60,8 +60,9 @@ class ModelConfig(StrictModel):
 
 class DataConfig(StrictModel):
     """``digits``/``fashion-mnist``/``image-folder``/``tensors`` are labelled; ``sample-images`` (ImageNet-style
-    photo crops) and ``sentences`` (offline English sentences, tokenized with ``tokenizer``) are unlabelled
-    inputs: a run on them measures fidelity to the baseline model instead of accuracy."""
+    photo crops) and ``sentences`` (offline English sentences, tokenized with ``tokenizer``; with ``path``, the
+    user's own texts, one per line or ``.jsonl`` with a ``"text"`` field) are unlabelled inputs: a run on them
+    measures fidelity to the baseline model instead of accuracy."""
 
     name: Literal["digits", "fashion-mnist", "image-folder", "tensors", "sample-images", "sentences"] = "digits"
     path: Path | None = None
@@ -86,6 +87,9 @@ class DataConfig(StrictModel):
     def _path_needed(self) -> DataConfig:
         if self.name in ("image-folder", "tensors") and self.path is None:
             raise ValueError(f"data '{self.name}' needs a path")
+        if self.path is not None and self.name in ("digits", "sample-images"):
+            raise ValueError(f"data.path applies to fashion-mnist, image-folder, tensors and sentences, not "
+                             f"'{self.name}' (its data ships with slimkit's dependencies)")
         if self.name == "sentences" and self.tokenizer is None:
             raise ValueError("data 'sentences' needs a tokenizer (it defaults to model.hf; set data.tokenizer "
                              "for other models)")

@@ -5,7 +5,10 @@
   pixels, ImageNet-normalized; ``num_classes`` 1000 (ImageNet's, which the crops are meant for).
 - ``sentences``: the 300 offline English sentences (:mod:`slimkit.data.sentences`), tokenized with
   ``DataConfig.tokenizer``; calibration/train = ``calibration_samples`` sentences (at most 100) spread over
-  every topic, test = the rest. Batches are ``{"input_ids", "attention_mask"}`` mappings padded per batch.
+  every topic, test = the rest. With ``path``, the user's own texts instead (``read_texts``: one per line, or
+  ``.jsonl`` with a ``"text"`` field), shuffled with ``seed``: calibration = the first ``calibration_samples``
+  (at most all but one), test = the rest; the two never overlap. Batches are ``{"input_ids",
+  "attention_mask"}`` mappings padded per batch.
 
 Batches carry no labels (``DataBundle.labelled`` is False): a run on them reports fidelity to the
 baseline model (cosine, top-1 agreement) instead of accuracy. ``test_limit`` takes a prefix of the test
@@ -54,13 +57,26 @@ def _token_batches(tokenizer: Any, texts: list[str], batch_size: int, max_length
 
 
 def load_sentences_bundle(cfg: Any) -> DataBundle:
-    from slimkit.data.sentences import split_sentences
+    from slimkit.data.sentences import read_texts, split_sentences
     from slimkit.models.hf import load_hf_tokenizer
 
     if cfg.tokenizer is None:
         raise DataError("data 'sentences' needs a tokenizer.", hint="Set data.tokenizer or use a model.hf model.")
+    if cfg.path is None:
+        source = "slimkit.data.sentences (300 offline sentences, 30 topics)"
+        calib, rest = split_sentences(min(100, int(cfg.calibration_samples)))
+    else:
+        import random
+
+        source = f"{cfg.path} (the user's texts, shuffled with seed {cfg.seed})"
+        texts = read_texts(cfg.path)
+        if len(texts) < 2:
+            raise DataError(f"data.path {cfg.path} holds {len(texts)} distinct text; calibration and the test need "
+                            "at least one each.", hint="Give a few hundred texts, one per line.")
+        random.Random(cfg.seed).shuffle(texts)
+        n_cal = min(int(cfg.calibration_samples), len(texts) - 1)
+        calib, rest = texts[:n_cal], texts[n_cal:]
     tokenizer = load_hf_tokenizer(cfg.tokenizer)
-    calib, rest = split_sentences(min(100, int(cfg.calibration_samples)))
     rest = rest[:_take(len(rest), cfg.test_limit)]
     if not calib or not rest:
         raise DataError(f"data 'sentences' left {len(calib)} calibration and {len(rest)} test sentences.",
@@ -75,6 +91,6 @@ def load_sentences_bundle(cfg: Any) -> DataBundle:
     return DataBundle(train=calibration, val=None, test=test, calibration=calibration,  # type: ignore[arg-type]
                       num_classes=0, input_shape=tuple(example[0].shape[1:]), example_inputs=example,
                       class_names=[], name=str(cfg.name), labelled=False,
-                      info={"source": "slimkit.data.sentences (300 offline sentences, 30 topics)",
+                      info={"source": source,
                             "tokenizer": cfg.tokenizer, "test_size": len(rest), "calibration_size": len(calib),
                             "labels": "none: fidelity to the baseline is measured"})

@@ -7,13 +7,21 @@ punctuation, questions and a little code and markup, so token lengths vary from 
 
 ``sentences()`` returns them in a fixed order; ``sentence_topics()`` the topic index of each;
 ``split_sentences()`` a deterministic calibration / evaluation split that never overlaps.
+``read_texts(path)`` reads a user's own unlabelled texts (``data: {name: sentences, path: ...}``): calibrating
+on text like the text the model will serve is worth more than any refinement of the method (docs/block-refit.md,
+"What limits MiniLM").
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from slimkit.errors import DataError
 
-__all__ = ["TOPICS", "sentence_topics", "sentences", "split_sentences"]
+__all__ = ["MAX_TEXT_BYTES", "TOPICS", "read_texts", "sentence_topics", "sentences", "split_sentences"]
+
+MAX_TEXT_BYTES = 512 * 1024 * 1024  # a texts file larger than this is refused (it is read into memory)
 
 _GROUPS: dict[str, tuple[str, ...]] = {
     "weather": (
@@ -400,3 +408,48 @@ def split_sentences(n_calibration: int = 100) -> tuple[list[str], list[str]]:
     order = [g[i] for i in range(max(len(g) for g in groups)) for g in groups if i < len(g)]
     calib = set(order[:n_calibration])
     return [s for s in sentences() if s in calib], [s for s in sentences() if s not in calib]
+
+
+def read_texts(path: str | Path) -> list[str]:
+    """A user's unlabelled texts: one per non-empty line of a UTF-8 text file, or the ``"text"`` string of
+    each line of a ``.jsonl`` file. Surrounding whitespace is stripped, repeats are dropped (the first kept),
+    the order is kept. Every problem (missing file, a directory, not UTF-8, a JSON line without a ``"text"``
+    string, no text at all) is a :class:`DataError` naming the file and the line."""
+    path = Path(path)
+    hint = "Give a UTF-8 text file with one sentence or passage per line (or .jsonl lines with a \"text\" field)."
+    if not path.exists():
+        raise DataError(f"texts file not found: {path}", hint=hint)
+    if path.is_dir():
+        raise DataError(f"{path} is a directory; expected a texts file.", hint=hint)
+    size = path.stat().st_size
+    if size > MAX_TEXT_BYTES:
+        raise DataError(f"{path} is {size:,} bytes; a texts file is at most {MAX_TEXT_BYTES:,} bytes.",
+                        hint="Calibration needs hundreds to a few thousand texts: keep a sample of them.")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise DataError(f"{path} is not UTF-8 text: byte 0x{raw[exc.start]:02x} on line {line} cannot be decoded.",
+                        hint="Re-save the file as UTF-8 (e.g. iconv -t UTF-8).") from None
+    jsonl = path.suffix.lower() == ".jsonl"
+    out: dict[str, None] = {}
+    for no, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        if jsonl:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path} line {no} is not JSON: {exc.msg}.", hint=hint) from None
+            value = record.get("text") if isinstance(record, dict) else None
+            if not isinstance(value, str):
+                raise DataError(f"{path} line {no} has no \"text\" string.", hint=hint)
+            line = value.strip()
+            if not line:
+                continue
+        out.setdefault(line, None)
+    if not out:
+        raise DataError(f"{path} holds no text.", hint=hint)
+    return list(out)
