@@ -429,8 +429,8 @@ def read_texts(path: str | Path) -> list[str]:
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = raw[:exc.start].count(b"\n") + 1
-        raise DataError(f"{path} is not UTF-8 text: byte 0x{raw[exc.start]:02x} on line {line} cannot be decoded.",
+        bad = raw[:exc.start].count(b"\n") + 1
+        raise DataError(f"{path} is not UTF-8 text: byte 0x{raw[exc.start]:02x} on line {bad} cannot be decoded.",
                         hint="Re-save the file as UTF-8 (e.g. iconv -t UTF-8).") from None
     jsonl = path.suffix.lower() == ".jsonl"
     out: dict[str, None] = {}
