@@ -20,6 +20,9 @@
     .venv/bin/python bench/posttrain.py --quick      # smoke run: small sets, JSON written to bench/_work/
     flock /tmp/slimkit-bench.lock .venv/bin/python bench/posttrain.py --skip mobilenet resnet sparse --merge \
         --minilm-final-steps 200 --minilm-final-lr 3e-5   # MiniLM section only, the other rows kept
+    flock /tmp/slimkit-bench.lock .venv/bin/python bench/posttrain.py --skip mobilenet resnet \
+        --sparse-only ffn-lowrank-50 unstructured-50 --minilm-text fortunes --out posttrain_text
+        # MiniLM calibrated on other text (docs/block-refit.md, "What limits MiniLM")
 
 ``--merge`` keeps the rows of the sections a run skips from bench/results/posttrain.json, each with the run that
 measured it (``measured_in``: command, seconds, load average, machine); ``runs`` lists those runs. Compare rows
@@ -263,8 +266,8 @@ def add_block_refit(models: dict[str, torch.nn.Module], meta: dict[str, dict[str
 
 def minilm_final(args: argparse.Namespace) -> dict[str, Any]:
     """The ``final_*`` settings of BlockRefitConfig the MiniLM refit rows use (the config's defaults unless given)."""
-    return {k: v for k, v in (("final_steps", args.minilm_final_steps), ("final_lr", args.minilm_final_lr))
-            if v is not None}
+    return {k: v for k, v in (("final_steps", args.minilm_final_steps), ("final_lr", args.minilm_final_lr),
+                              ("final_check", args.minilm_final_check)) if v is not None}
 
 
 def _posttrain(model: torch.nn.Module, cfg: Any, cal: list, x: tuple, out: dict[str, Any]) -> None:
@@ -289,7 +292,7 @@ def minilm(args: argparse.Namespace) -> list[dict[str, Any]]:
     n_cal = 48 if args.quick else args.minilm_sentences
     # the same <= 1,000 unlabelled sentences as bench/posttrain_sparse.py: its 100 calibration sentences, then
     # bench/lowrank.py's written and docstring sentences; never a held-out one
-    cal_texts = calibration_texts(n_cal, eval_texts, calib)
+    cal_texts = calibration_texts(n_cal, eval_texts, calib, args.minilm_text)
     if args.quick:
         eval_texts = eval_texts[:32]
     tok = load_encoder()
@@ -328,7 +331,8 @@ def minilm(args: argparse.Namespace) -> list[dict[str, Any]]:
         "system": "slimkit", "seconds": secs,
         "note": f"PostTrainPruneConfig(target_macs={target}, criterion='{args.minilm_criterion}', loss='mse', "
                 f"refit_passes={args.minilm_refit_passes}) -> refit='{info.get('refit')}' on {len(cal_texts)} "
-                f"unlabelled sentences ({tokens} tokens), no labels, no training"}
+                f"unlabelled sentences{f' (from {args.minilm_text})' if args.minilm_text else ''} ({tokens} tokens), "
+                f"no labels, no training"}
     if args.minilm_refit_steps:
         add_block_refit(models, meta, f"posttrain-heads-ffn-{tag}", base, cal, args.minilm_refit_steps, args.quick,
                         "each encoder layer", **minilm_final(args))
@@ -470,14 +474,15 @@ def resnet(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
-def sparse_rows(quick: bool, threads: int, only: list[str] | None,
-                final: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
+def sparse_rows(quick: bool, threads: int, only: list[str] | None, final: dict[str, Any],
+                text_file: str | None = None) -> tuple[list[dict[str, Any]], str]:
     """The rows of bench/posttrain_sparse.py (sparsity and low-rank with reconstruction), if present."""
     try:
         from posttrain_sparse import sections
     except ImportError as exc:
         return [], f"bench/posttrain_sparse.py not available ({exc})"
-    return sections(quick, threads=threads, only=only, final=final), "included" + (f" (sections {', '.join(only)})" if only else "")
+    rows = sections(quick, threads=threads, only=only, final=final, text_file=text_file)
+    return rows, "included" + (f" (sections {', '.join(only)})" if only else "")
 
 
 def doc_table(result: dict[str, Any]) -> str:
@@ -493,6 +498,18 @@ def doc_table(result: dict[str, Any]) -> str:
                      f"{'' if frac is None else f'{frac:.3f}'} | {lat.get('b1', lat.get('b1_s128', ''))} | "
                      f"{lat.get('ort_b1', lat.get('ort_b1_s128', ''))} | {r.get('seconds', '')} |")
     return "\n".join(lines)
+
+
+def text_heading(out: str) -> str:
+    return f"Post-training compression, MiniLM calibrated on other text ({out})"
+
+
+def text_body(result: dict[str, Any]) -> str:
+    """The docs/benchmarks.md section of a ``--out`` run (``--minilm-text``: MiniLM calibrated on other text)."""
+    return (f"`{result['command'].split(' ', 1)[1]}`: the MiniLM rows of \"Post-training compression (no labels, no training)\", calibrated on other "
+            "text (the command's `--minilm-text`; the same 200 held-out sentences). What it shows: "
+            "[block-refit.md](block-refit.md#what-limits-minilm-the-text-not-the-fit-measured).\n\n"
+            + doc_table(result))
 
 
 def ran_sections(args: argparse.Namespace) -> set[str]:
@@ -541,6 +558,15 @@ def main() -> None:
                     help="BlockRefitConfig.final_steps of the MiniLM refit rows (default: the config's)")
     ap.add_argument("--minilm-final-lr", type=float, default=None,
                     help="BlockRefitConfig.final_lr of the MiniLM refit rows (default: the config's)")
+    ap.add_argument("--minilm-final-check", type=int, default=None,
+                    help="BlockRefitConfig.final_check of the MiniLM refit rows (default: the config's)")
+    ap.add_argument("--minilm-text", default=None, metavar="FILE",
+                    help="calibrate MiniLM (its section and the sparse rows) on slimkit's 100 calibration sentences "
+                         "then this file's texts (one per line, shuffled with seed 0) instead of bench/lowrank.py's "
+                         "docstring-heavy sentences; the 200 held-out sentences are unchanged; 'fortunes': Debian's "
+                         "fortunes package (apt-get install fortunes)")
+    ap.add_argument("--out", default="posttrain",
+                    help="result name: bench/results/OUT.json (docs/benchmarks.md is updated only for posttrain)")
     ap.add_argument("--mobilenet-refit-steps", type=int, default=100, help="block_refit steps per block (0: no row)")
     ap.add_argument("--sparse-only", nargs="*", default=None,
                     help="sections of bench/posttrain_sparse.py to run (ffn-lowrank-50 unstructured-50 2:4)")
@@ -561,18 +587,23 @@ def main() -> None:
         rows += minilm(args)
     sparse_note = "skipped"
     if "sparse" not in args.skip:
-        extra, sparse_note = sparse_rows(args.quick, args.threads, args.sparse_only, minilm_final(args))
+        extra, sparse_note = sparse_rows(args.quick, args.threads, args.sparse_only, minilm_final(args),
+                                         args.minilm_text)
         rows += extra
     result = {"bench": "posttrain", "command": command_line(), "machine": machine_info(args.threads), "rows": rows,
               "quick": args.quick, "shared_machine": True, "seconds": round(time.time() - t0, 1),
               "load_average": {"start": load0, "end": os.getloadavg()}, "posttrain_sparse": sparse_note}
     if args.merge and not args.quick:
-        result = merge_result(result, json.loads((RESULTS / "posttrain.json").read_text()), ran_sections(args))
+        result = merge_result(result, json.loads((RESULTS / f"{args.out}.json").read_text()), ran_sections(args))
     if args.quick:
         path = write_result("posttrain", result, WORK / "posttrain" / "posttrain-quick.json")
         print(f"wrote {path}")
         return
-    path = write_result("posttrain", result)
+    path = write_result("posttrain", result, RESULTS / f"{args.out}.json")
+    if args.out != "posttrain":
+        update_doc_section(ROOT / "docs" / "benchmarks.md", text_heading(args.out), text_body(result))
+        print(f"wrote {path}")
+        return
     body = ("`bench/posttrain.py`: compression with unlabelled calibration data only, no labels and no training "
             "(issue 11). MobileNetV2 quality is agreement with the unpruned model on held-out photo crops; MiniLM "
             "quality is the cosine of mean-pooled embeddings on held-out sentences. Timings were taken on a "

@@ -72,13 +72,45 @@ def _log(msg: str) -> None:
     sys.stdout.flush()
 
 
-def calibration_texts(n: int, held_out: list[str], calib: list[str]) -> list[str]:
-    """``n`` unlabelled sentences disjoint from ``held_out``: ``calib`` first, then bench/lowrank.py's."""
-    from lowrank import sentences
+FORTUNES = Path("/usr/share/games/fortunes")
 
+
+def fortunes_file() -> Path:
+    """Debian's ``fortunes`` quotations (everyday English: jokes, proverbs, quotations) as a texts file, one
+    entry per line (whitespace collapsed, 20-300 characters), written under bench/_work. Bench-only: a source
+    of realistic English on an offline machine, not a slimkit dependency."""
+    files = sorted(FORTUNES.glob("*.u8"))
+    if not files:
+        raise SystemExit(f"--minilm-text fortunes: no {FORTUNES}/*.u8; install Debian's package "
+                         "(apt-get install fortunes) or give a texts file")
+    entries = []
+    for f in files:
+        for entry in f.read_text(encoding="utf-8", errors="replace").split("\n%\n"):
+            text = " ".join(entry.split())
+            if 20 <= len(text) <= 300:
+                entries.append(text)
+    from slimkit._io import atomic_write_text
+
+    return atomic_write_text(WORK / "fortunes.txt", "\n".join(entries) + "\n")  # two runs may write it at once
+
+
+def calibration_texts(n: int, held_out: list[str], calib: list[str], text_file: str | None = None) -> list[str]:
+    """``n`` unlabelled sentences disjoint from ``held_out``: ``calib`` first, then bench/lowrank.py's (mostly
+    docstring sentences), or with ``text_file`` the texts of that file (``slimkit.data.sentences.read_texts``,
+    shuffled with seed 0) instead; ``"fortunes"``: Debian's fortunes (``fortunes_file``)."""
     held = set(held_out)
-    extra = [t for t in sentences(n + len(calib)) if t not in held]
-    return list(dict.fromkeys(calib + extra))[:n]
+    if text_file is None:
+        from lowrank import sentences
+
+        pool = sentences(n + len(calib))
+    else:
+        import random
+
+        from slimkit.data.sentences import read_texts
+
+        pool = read_texts(fortunes_file() if text_file == "fortunes" else text_file)
+        random.Random(0).shuffle(pool)
+    return list(dict.fromkeys(calib + [t for t in pool if t not in held]))[:n]
 
 
 def variants(quick: bool, final: dict[str, Any] | None = None) -> list[tuple[str, str, Any, str]]:
@@ -129,9 +161,11 @@ def _zero_fraction(model: torch.nn.Module) -> float:
 
 
 def sections(quick: bool, threads: int = 1, rounds: int | None = None,
-             only: list[str] | None = None, final: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Run every variant (those of the sections in ``only`` when given) and return bench-result rows (``system``, ``variant``, ``size_bytes``,
-    ``latency_ms``, ``quality``, ``params``, ``notes``, plus ``section``, ``seconds`` and ``target``)."""
+             only: list[str] | None = None, final: dict[str, Any] | None = None,
+             text_file: str | None = None) -> list[dict[str, Any]]:
+    """Run every variant (those of the sections in ``only`` when given) and return bench-result rows (``system``,
+    ``variant``, ``size_bytes``, ``latency_ms``, ``quality``, ``params``, ``notes``, plus ``section``, ``seconds``
+    and ``target``); ``text_file``: calibrate on its texts (``calibration_texts``)."""
     from slimkit.exporters.onnx_transformer import export_encoder_onnx
     from slimkit.models.sentence import load_minilm
 
@@ -139,7 +173,7 @@ def sections(quick: bool, threads: int = 1, rounds: int | None = None,
     rounds = rounds or (1 if quick else 3)
     calib, held_out = split_sentences(100)
     n_cal = 48 if quick else N_CALIBRATION
-    texts = calibration_texts(n_cal, held_out, calib)
+    texts = calibration_texts(n_cal, held_out, calib, text_file)
     eval_texts = held_out[:32] if quick else held_out
     base = load_minilm().eval()
     # length-sorted batches: little padding (padded tokens never reach the statistics anyway)
@@ -195,8 +229,9 @@ def sections(quick: bool, threads: int = 1, rounds: int | None = None,
                                                             repeats=15))
                 lat[n]["ort_b8_s128"].append(ort_latency_ms(onnx[n], example, batch=8, threads=threads, warmup=1,
                                                             repeats=6))
+    source = f" ({len(calib)} of slimkit's, the rest from {text_file})" if text_file else ""
     common = (f"cosine of mean-pooled embeddings to the original on {len(eval_texts)} held-out sentences; "
-              f"calibration {len(texts)} unlabelled sentences ({tokens} tokens), no training; latency "
+              f"calibration {len(texts)} unlabelled sentences{source} ({tokens} tokens), no training; latency "
               f"{threads} thread(s), seq 128, median of {rounds} interleaved rounds on a shared 2-core machine")
     targets = {"ffn-lowrank-50": 0.95, "unstructured-50": 0.99, "2:4": 0.99}
     rows = []
