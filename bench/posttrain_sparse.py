@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import os
 import statistics
 import sys
@@ -75,10 +76,12 @@ def _log(msg: str) -> None:
 FORTUNES = Path("/usr/share/games/fortunes")
 
 
+@functools.cache
 def fortunes_file() -> Path:
     """Debian's ``fortunes`` quotations (everyday English: jokes, proverbs, quotations) as a texts file, one
-    entry per line (whitespace collapsed, 20-300 characters), written under bench/_work. Bench-only: a source
-    of realistic English on an offline machine, not a slimkit dependency."""
+    entry per line (whitespace collapsed, 20-300 characters), written under bench/_work once per process (the
+    MiniLM section and the sparse rows both calibrate on it). Bench-only: a source of realistic English on an
+    offline machine, not a slimkit dependency."""
     files = sorted(FORTUNES.glob("*.u8"))
     if not files:
         raise SystemExit(f"--minilm-text fortunes: no {FORTUNES}/*.u8; install Debian's package "
